@@ -1,0 +1,139 @@
+"""Command line: run the replay upstream server, or write the synthetic dataset to a folder.
+
+    replay-upstream [--dataset DIR | --synthetic] [--host H] [--port P] [--log-level L]
+    replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
+
+Without ``--dataset`` or ``--synthetic`` the server picks, in order: ``$REPLAY_DATASET_DIR``,
+the archive at ``<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902``, synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import uvicorn
+
+from replay_upstream.app import create_app
+from replay_upstream.dataset import Dataset, default_archive_dir, load_dataset
+from replay_upstream.synthetic import (
+    DEFAULT_END,
+    DEFAULT_SEED,
+    DEFAULT_START,
+    synthetic_dataset,
+    write_synthetic_dataset,
+)
+
+ENV_DATASET_DIR = "REPLAY_DATASET_DIR"
+_PROG = "replay-upstream"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``replay-upstream`` command."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Serve the COVID Tracking Project v1 API offline (GET/HEAD /v1/...).",
+        epilog=(
+            f"Dataset choice without --dataset/--synthetic: ${ENV_DATASET_DIR} if set, else "
+            "<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902 if present, else "
+            "synthetic. 'replay-upstream write-synthetic DIR' writes the synthetic dataset's "
+            "files (us_daily.json, states_daily.csv, ...) into DIR and exits."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", type=Path, metavar="DIR", help="serve the CTP files in DIR")
+    source.add_argument(
+        "--synthetic", action="store_true", help="serve the synthetic dataset (in memory)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8001, help="port to bind (8001)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn log level (warning)",
+    )
+    _synthetic_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    write = commands.add_parser(
+        "write-synthetic",
+        help="write the synthetic dataset's files into DIR and exit",
+        description="Write the synthetic dataset's files, named like the archive's, into DIR.",
+    )
+    write.add_argument("directory", type=Path, metavar="DIR", help="folder (created if missing)")
+    _synthetic_options(write, defaults=False)
+    return parser
+
+
+def _synthetic_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # The subcommand's copies must not overwrite values given before it: no defaults there.
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--start",
+        type=date.fromisoformat,
+        default=default(DEFAULT_START),
+        metavar="YYYY-MM-DD",
+        help=f"synthetic: first day ({DEFAULT_START})",
+    )
+    parser.add_argument(
+        "--end",
+        type=date.fromisoformat,
+        default=default(DEFAULT_END),
+        metavar="YYYY-MM-DD",
+        help=f"synthetic: last day ({DEFAULT_END})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=default(DEFAULT_SEED), help=f"synthetic: seed ({DEFAULT_SEED})"
+    )
+
+
+def choose_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset the arguments (or, failing them, the environment) ask for."""
+    if args.dataset is not None:
+        return load_dataset(args.dataset)
+    if not args.synthetic:
+        from_env = os.environ.get(ENV_DATASET_DIR)
+        if from_env:
+            return load_dataset(from_env)
+        archive = default_archive_dir()
+        if archive is not None:
+            return load_dataset(archive)
+    return synthetic_dataset(start=args.start, end=args.end, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "write-synthetic":
+            written = write_synthetic_dataset(
+                args.directory, start=args.start, end=args.end, seed=args.seed
+            )
+            print(f"{_PROG}: wrote {len(written)} files to {args.directory}", file=sys.stderr)
+            return 0
+        dataset = choose_dataset(args)
+    except (OSError, ValueError) as error:
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return 2
+    app = create_app(dataset)
+    print(
+        f"{_PROG}: serving {dataset.source} ({len(app.state.paths)} paths) "
+        f"at http://{args.host}:{args.port}/v1/",
+        file=sys.stderr,
+        flush=True,
+    )
+    # workers=1: uvicorn would otherwise take WEB_CONCURRENCY (the api's setting) from the
+    # environment that `make run` shares with every process.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
