@@ -1,0 +1,51 @@
+"""The ``stats-fetcher`` command: ``run`` (the service), ``refresh-once``, ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+import uvloop
+
+from covid_stats_runtime.logs import configure_logging
+from stats_fetcher import service
+from stats_fetcher.config import get_settings
+
+log = structlog.get_logger("stats_fetcher")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stats-fetcher", description="Refresh COVID-19 statistics from the upstream API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="refresh at start, then every FETCH_INTERVAL_SECONDS")
+    commands.add_parser(
+        "refresh-once", help="one refresh, then exit (status 1 when nothing was published)"
+    )
+    migrate = commands.add_parser("migrate", help="apply pending PostgreSQL migrations")
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for PostgreSQL to accept connections (default 30)",
+    )
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if args.command == "run":
+        uvloop.run(service.run_forever(settings))
+        return 0
+    if args.command == "refresh-once":
+        result = uvloop.run(service.refresh_once(settings))
+        return 0 if result is not None and result.snapshot_id is not None else 1
+    applied = uvloop.run(service.migrate(settings, args.wait))
+    log.info("migrated", applied=applied)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
