@@ -1,0 +1,111 @@
+"""The one error shape of the api, and the handlers that produce it.
+
+Every error body is ``{"error": {"status": <int>, "code": <str>, "message": <str>}}``, plus
+``"parameter"`` when one request parameter is at fault. Nothing a client sends produces a 500:
+an unexpected exception is logged and answered with this shape, without internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger("covid_stats_api.errors")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    parameter: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """Raise from a route to answer with the error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        parameter: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.detail = ErrorDetail(status=status, code=code, message=message, parameter=parameter)
+        self.headers = headers
+
+
+def no_data(retry_after_seconds: int) -> ApiError:
+    return ApiError(
+        503,
+        "no_data",
+        "No data is available yet: the stats-fetcher has not published any, or the stores "
+        "are unreachable. Retry later.",
+        headers={"Retry-After": str(retry_after_seconds)},
+    )
+
+
+def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        ErrorBody(error=detail).model_dump(exclude_none=True),
+        status_code=detail.status,
+        headers=headers,
+    )
+
+
+# Documented on every route that can answer with the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Not found"},
+    422: {"model": ErrorBody, "description": "A parameter is malformed; `parameter` names it"},
+    503: {
+        "model": ErrorBody,
+        "description": "No data yet; retry after the `Retry-After` header's seconds",
+    },
+}
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"No such path: {request.url.path}"
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        detail = ErrorDetail(status=exc.status_code, code=code, message=message)
+        return error_response(detail, dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        location = [str(part) for part in first.get("loc", ())]
+        parameter = location[-1] if len(location) > 1 else None
+        message = f"Invalid {location[0] if location else 'request'} parameter"
+        message += f" '{parameter}': {first.get('msg', 'invalid value')}" if parameter else ""
+        detail = ErrorDetail(
+            status=422, code="invalid_parameter", message=message, parameter=parameter
+        )
+        return error_response(detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, exc_info=exc)
+        detail = ErrorDetail(status=500, code="internal_error", message="Internal server error")
+        return error_response(detail)

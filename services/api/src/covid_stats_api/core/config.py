@@ -1,0 +1,36 @@
+"""Settings of the api, read from the environment (see the README's table)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    api_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    web_concurrency: int = Field(default=2, ge=1, description="gunicorn worker processes")
+
+    redis_url: str = "redis://localhost:6379/0"
+    redis_key_prefix: str = "covid-stats"
+    redis_pool_size: int = Field(default=32, ge=1, description="connections per worker")
+    redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    database_url: str = "postgresql://covid_stats@localhost:5432/covid_stats"
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1, description="connections per worker")
+    db_command_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    retry_after_seconds: int = Field(default=30, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

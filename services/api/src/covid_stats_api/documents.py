@@ -1,0 +1,73 @@
+"""Reading a document: Redis first, PostgreSQL when Redis misses or is down.
+
+``Served.source`` says where a body came from: ``cache`` (the current Redis snapshot) or
+``database`` (rendered from PostgreSQL by the contract's code, byte-identical to what the
+fetcher publishes). When neither can answer, ``read`` returns None and the route answers 503.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from redis.exceptions import RedisError
+
+from covid_stats_api.core.stores import DATABASE_ERRORS, Stores
+from covid_stats_contract import records
+from covid_stats_contract.documents import etag_for
+
+log = structlog.get_logger("covid_stats_api.documents")
+
+Source = Literal["cache", "database"]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    body: bytes
+    etag: str
+    source: Source
+
+
+class DocumentReader:
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+
+    async def read(self, name: str) -> Served | None:
+        try:
+            lookup = await self.stores.snapshots.read(name)
+        except RedisError as exc:
+            log.warning("redis_read_failed", document=name, error=repr(exc))
+        else:
+            if lookup.document is not None:
+                return Served(lookup.document.body, lookup.document.etag, "cache")
+        return await self._read_database(name)
+
+    async def _read_database(self, name: str) -> Served | None:
+        pool = self.stores.pg_pool
+        if pool is None:
+            return None
+        try:
+            async with pool.acquire() as conn:
+                body = await records.load_document(conn, name)
+        except DATABASE_ERRORS as exc:
+            log.warning("postgres_read_failed", document=name, error=repr(exc))
+            return None
+        return None if body is None else Served(body, etag_for(body), "database")
+
+    async def has_state_data(self) -> bool:
+        """Whether any store holds state records: then a state missing from them is unknown
+        (404) rather than not loaded yet (503)."""
+        try:
+            if await self.stores.snapshots.current_id() is not None:
+                return True
+        except RedisError:
+            pass
+        pool = self.stores.pg_pool
+        if pool is None:
+            return False
+        try:
+            async with pool.acquire() as conn:
+                return await records.has_states(conn)
+        except DATABASE_ERRORS:
+            return False
