@@ -1,0 +1,168 @@
+"""Fixtures: real Redis, PostgreSQL and upstream servers for the whole session.
+
+Redis and PostgreSQL are throwaway local servers (tools/devstack) unless TEST_REDIS_URL /
+TEST_DATABASE_URL name servers to use instead; the tests flush and truncate them, so never
+point those at data you care about. The replay upstream serves the real archive in
+../shared/covidtracking when it exists, else the synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+from support import ARCHIVE, Process, clean_env, python_module, spawn, start_api
+
+from covid_stats_contract import schema
+from devstack.procs import free_port
+from devstack.servers import LocalPostgres, LocalRedis
+
+
+def pytest_report_header() -> str:
+    if ARCHIVE.is_dir():
+        return f"upstream data: the real archive in {ARCHIVE}"
+    return (
+        f"upstream data: {ARCHIVE} is absent, so the replay upstream serves the synthetic "
+        "dataset and the archive-only tests are skipped"
+    )
+
+
+archive_only = pytest.mark.skipif(
+    not ARCHIVE.is_dir(), reason=f"the real archive {ARCHIVE} is absent"
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    with LocalRedis(tmp_path_factory.mktemp("redis-state")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    # Not under tmp_path_factory: pytest keeps its base temp dir at mode 0700 (and resets it
+    # when another pytest session starts), which the unprivileged postgres user, used when
+    # the tests run as root, could not traverse.
+    with (
+        tempfile.TemporaryDirectory(prefix="covid-stats-test-pg-", ignore_cleanup_errors=True) as d,
+        LocalPostgres(Path(d)) as server,
+    ):
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(postgres_server_url: str) -> str:
+    async def migrate() -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await schema.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate())
+    return postgres_server_url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The test Redis, emptied before the test."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def database_url(migrated_database_url: str) -> str:
+    """The test database, migrated, its data tables emptied before the test."""
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(migrated_database_url)
+        try:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'schema_migrations'"
+            )
+            if tables:
+                names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+                await conn.execute(f"TRUNCATE {names}")
+        finally:
+            await conn.close()
+
+    asyncio.run(truncate())
+    return migrated_database_url
+
+
+@pytest.fixture
+def empty_database_url(postgres_server_url: str) -> Iterator[str]:
+    """A new, empty database (not migrated), dropped after the test."""
+    name = f"t_{os.getpid()}_{free_port()}"
+    admin_url = postgres_server_url
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_server_url.rpartition("/")
+    yield f"{base}/{name}"
+    asyncio.run(run(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    real_archive: bool
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    port = free_port()
+    source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
+    process = spawn(
+        "upstream",
+        python_module("replay_upstream", "--host", "127.0.0.1", "--port", str(port), *source),
+        clean_env(),
+        tmp_path_factory.mktemp("upstream-logs"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/v1/status.json")
+    yield Upstream(url, ARCHIVE.is_dir())
+    process.stop()
+
+
+@pytest.fixture
+def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[str, str]:
+    """Environment for the fetcher and the api, pointed at the test servers."""
+    return clean_env(REDIS_URL=redis_url, DATABASE_URL=database_url, UPSTREAM_BASE_URL=upstream.url)
+
+
+@pytest.fixture
+def api_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], str]]:
+    """Starts the api under gunicorn (2 workers) with a given environment; stops it after."""
+    started: list[Process] = []
+
+    def start(env: dict[str, str]) -> str:
+        process, base = start_api(env, tmp_path)
+        started.append(process)
+        return base
+
+    yield start
+    for process in started:
+        process.stop()

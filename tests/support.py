@@ -1,0 +1,116 @@
+"""Helpers the tests share: running the project's real processes and waiting on them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "covidtracking" / "ctp_v1_api_snapshot_20200902"
+
+# Settings a developer's shell may carry that must not leak into the processes under test.
+_PROJECT_VARS = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "UPSTREAM_BASE_URL",
+    "API_HOST",
+    "API_PORT",
+    "WEB_CONCURRENCY",
+    "FETCH_INTERVAL_SECONDS",
+    "REDIS_KEY_PREFIX",
+)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _PROJECT_VARS}
+    env["LOG_LEVEL"] = "WARNING"
+    env.update(overrides)
+    return env
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Process:
+    """A project process started by a test, its output in a log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        return terminate(self.proc, timeout=timeout)
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited ({self.proc.returncode}):\n{self.output()[-3000:]}"
+                )
+            return http_ok(url)
+
+        wait_until(ready, timeout, interval=0.1, what=f"{self.name} at {url}")
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+    log = log_dir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pdeathsig_preexec(),
+        )
+    return Process(name, proc, log)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_fetcher(command: str, env: Mapping[str, str], timeout: float = 120) -> Any:
+    """Run a ``stats-fetcher`` command to completion; returns the CompletedProcess."""
+    return subprocess.run(
+        python_module("stats_fetcher", command),
+        env=dict(env),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, str]:
+    """The api under real gunicorn with ``workers`` uvicorn workers on a free port."""
+    port = free_port()
+    api_env = {**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    api_env["WEB_CONCURRENCY"] = str(workers)
+    process = spawn(
+        f"api-{port}",
+        python_module(
+            "gunicorn", "-c", "python:covid_stats_api.gunicorn_conf", "covid_stats_api.main:app"
+        ),
+        api_env,
+        log_dir,
+    )
+    base = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{base}/healthz")
+    return process, base

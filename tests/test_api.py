@@ -1,0 +1,176 @@
+"""The api under real gunicorn (2 uvicorn workers) against real Redis, PostgreSQL and the
+replay upstream, with the fetcher publishing through the real pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+import redis
+from conftest import Upstream, archive_only
+from support import ARCHIVE, run_fetcher
+
+from devstack.procs import free_port
+
+ApiFactory = Callable[[dict[str, str]], str]
+
+
+def _refresh(env: dict[str, str]) -> None:
+    result = run_fetcher("refresh-once", env)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["status"] == status
+    assert error["code"] == code
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return dict(error)
+
+
+def test_end_to_end_the_api_serves_exactly_what_the_upstream_served(
+    service_env: dict[str, str], upstream: Upstream, api_factory: ApiFactory
+) -> None:
+    base = api_factory(service_env)
+    # Before the fetcher has published anything: 503 with Retry-After, not ready.
+    _assert_error(httpx.get(f"{base}/covid-stats"), 503, "no_data")
+    assert httpx.get(f"{base}/readyz").status_code == 503
+
+    _refresh(service_env)  # the api picks it up without a restart
+
+    us = httpx.get(f"{upstream.url}/v1/us/current.json").content
+    states = httpx.get(f"{upstream.url}/v1/states/current.json").content
+    for _ in range(6):  # several requests, so both workers answer
+        response = httpx.get(f"{base}/covid-stats")
+        assert response.status_code == 200
+        assert response.json() == {"source": "cache", "data": json.loads(us)}
+    response = httpx.get(f"{base}/v1/us/current.json")
+    assert response.content == us
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-data-source"] == "cache"
+    assert response.headers["etag"].startswith('"')
+    assert httpx.get(f"{base}/v1/states/current.json").content == states
+    new_york = next(r for r in json.loads(states) if r["state"] == "NY")
+    for code in ("ny", "NY", "Ny"):
+        response = httpx.get(f"{base}/v1/states/{code}/current.json")
+        assert response.status_code == 200
+        assert list(response.json().items()) == list(new_york.items())
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "redis": "ok", "postgres": "ok"}
+
+
+@archive_only
+def test_the_archive_records_come_back_unchanged(
+    service_env: dict[str, str], api_factory: ApiFactory
+) -> None:
+    _refresh(service_env)
+    base = api_factory(service_env)
+    assert httpx.get(f"{base}/covid-stats").json()["data"] == json.loads(
+        (ARCHIVE / "us_current.json").read_bytes()
+    )
+    for path, name in [
+        ("v1/us/current.json", "us_current.json"),
+        ("v1/states/current.json", "states_current.json"),
+    ]:
+        assert httpx.get(f"{base}/{path}").content == (ARCHIVE / name).read_bytes()
+
+
+def test_when_redis_misses_postgres_serves_the_same_bytes(
+    service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
+) -> None:
+    _refresh(service_env)
+    base = api_factory(service_env)
+    paths = ["v1/us/current.json", "v1/states/current.json", "v1/states/ca/current.json"]
+    cached = {path: httpx.get(f"{base}/{path}") for path in paths}
+    redis.Redis.from_url(redis_url).flushdb()
+    for path, before in cached.items():
+        after = httpx.get(f"{base}/{path}")
+        assert after.status_code == 200
+        assert after.headers["x-data-source"] == "database"
+        assert after.content == before.content
+        assert after.headers["etag"] == before.headers["etag"]
+    envelope = httpx.get(f"{base}/covid-stats").json()
+    assert envelope["source"] == "database"
+    assert envelope["data"] == json.loads(cached["v1/us/current.json"].content)
+    _assert_error(httpx.get(f"{base}/v1/states/zz/current.json"), 404, "unknown_state")
+
+
+def test_when_redis_is_down_postgres_serves_and_the_api_stays_ready(
+    service_env: dict[str, str], api_factory: ApiFactory
+) -> None:
+    _refresh(service_env)
+    base = api_factory({**service_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    response = httpx.get(f"{base}/covid-stats")
+    assert response.status_code == 200
+    assert response.json()["source"] == "database"
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "redis": "down", "postgres": "ok"}
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_when_postgres_is_down_redis_serves(
+    service_env: dict[str, str], api_factory: ApiFactory
+) -> None:
+    _refresh(service_env)
+    dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/covid_stats"
+    base = api_factory({**service_env, "DATABASE_URL": dead_db})
+    assert httpx.get(f"{base}/covid-stats").json()["source"] == "cache"
+    assert httpx.get(f"{base}/v1/states/tx/current.json").status_code == 200
+    assert httpx.get(f"{base}/readyz").json() == {
+        "status": "ready",
+        "redis": "ok",
+        "postgres": "down",
+    }
+
+
+def test_with_no_store_reachable_data_paths_answer_503_and_liveness_stays_up(
+    service_env: dict[str, str], api_factory: ApiFactory
+) -> None:
+    base = api_factory(
+        {
+            **service_env,
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/covid_stats",
+            "RETRY_AFTER_SECONDS": "17",
+        }
+    )
+    for path in ["covid-stats", "v1/us/current.json", "v1/states/ca/current.json"]:
+        response = httpx.get(f"{base}/{path}")
+        _assert_error(response, 503, "no_data")
+        assert response.headers["retry-after"] == "17"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "redis": "down", "postgres": "down"}
+
+
+BAD_REQUESTS = [
+    ("GET", "/nope", 404, "not_found"),
+    ("GET", "/v1/us/2020-13-45.json", 404, "not_found"),
+    ("GET", "/v1/states/zz/current.json", 404, "unknown_state"),
+    ("GET", "/v1/states/cal/current.json", 422, "invalid_parameter"),
+    ("GET", "/v1/states/c1/current.json", 422, "invalid_parameter"),
+    ("GET", "/v1/states/%00%ff/current.json", 422, "invalid_parameter"),
+    ("GET", "/v1/states/" + "x" * 5000 + "/current.json", 422, "invalid_parameter"),
+    ("POST", "/covid-stats", 405, "method_not_allowed"),
+    ("DELETE", "/v1/us/current.json", 405, "method_not_allowed"),
+]
+
+
+def test_bad_requests_get_a_clear_json_error(
+    service_env: dict[str, str], api_factory: ApiFactory, subtests: pytest.Subtests
+) -> None:
+    _refresh(service_env)
+    base = api_factory(service_env)
+    for method, path, status, code in BAD_REQUESTS:
+        with subtests.test(msg=f"{method} {path[:60]}"):
+            error = _assert_error(httpx.request(method, base + path), status, code)
+            if code in ("invalid_parameter", "unknown_state"):
+                assert error["parameter"] == "state"

@@ -1,0 +1,202 @@
+"""The shared contract against real Redis and PostgreSQL: snapshots, rendering, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import pytest
+from conftest import archive_only
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from support import ARCHIVE
+
+from covid_stats_contract import schema
+from covid_stats_contract.documents import (
+    encode_record,
+    etag_for,
+    render_array,
+    render_object,
+    state_current_name,
+)
+from covid_stats_contract.keys import RedisKeys
+from covid_stats_contract.snapshots import PENDING_TTL_SECONDS, DocumentBody, SnapshotStore
+
+T = TypeVar("T")
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    return asyncio.run(main())
+
+
+def test_render_keeps_key_order_nulls_and_utf8() -> None:
+    record = {"z": 1, "a": None, "name": "Niños", "grade": ""}
+    assert encode_record(record) == '{"z":1,"a":null,"name":"Niños","grade":""}'
+    assert render_array([encode_record(record)] * 2).endswith(b"}]\n")
+    assert render_object(encode_record(record)) == (encode_record(record) + "\n").encode()
+    assert etag_for(b"x") == etag_for(b"x") != etag_for(b"y")
+
+
+@archive_only
+@pytest.mark.parametrize(
+    "name", ["us_current.json", "us_daily.json", "states_current.json", "states_info.json"]
+)
+def test_render_reproduces_the_upstream_bytes(name: str) -> None:
+    raw = (ARCHIVE / name).read_bytes()
+    assert render_array(encode_record(r) for r in json.loads(raw)) == raw
+
+
+@pytest.mark.parametrize("bad", ["", "c", "cal", "c1", "../", "c/"])
+def test_state_document_name_rejects_malformed_codes(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid state code"):
+        state_current_name(bad)
+    assert state_current_name("Ca") == "v1/states/ca/current.json"
+
+
+async def _snapshots(url: str, grace: int = 60) -> tuple[Redis, SnapshotStore]:
+    client = Redis.from_url(url)
+    return client, SnapshotStore(client, RedisKeys("t"), grace_seconds=grace)
+
+
+def test_publish_flips_atomically_and_keeps_the_previous_snapshot_for_the_grace_period(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url, grace=77)
+        keys = store.keys
+        assert (await store.read("a")).snapshot_id is None
+        first = await store.publish([DocumentBody("a", b"A1"), DocumentBody("b", b"B1")], "t1")
+        second = await store.publish([DocumentBody("a", b"A2")], "t2")
+        assert int(second) == int(first) + 1
+        found = await store.read("a")
+        assert found.snapshot_id == second
+        assert found.document is not None
+        assert found.document.body == b"A2"
+        assert found.document.etag == etag_for(b"A2")
+        assert found.document.fetched_at == "t2"
+        # "b" is not in the current snapshot, even though the previous one had it.
+        assert (await store.read("b")) == type(found)(second, None)
+        # The current snapshot is permanent; the previous one expires after the grace period.
+        assert await client.ttl(keys.document(second, "a")) == -1
+        assert 0 < await client.ttl(keys.document(first, "a")) <= 77
+        assert 0 < await client.ttl(keys.snapshot_docs(first)) <= 77
+        await client.aclose()
+
+    run(scenario)
+
+
+def test_a_publish_that_lost_a_document_is_refused_and_the_old_snapshot_stays(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url)
+        good = await store.publish([DocumentBody("a", b"good")], "t1")
+        staged = await store.stage([DocumentBody("a", b"bad"), DocumentBody("c", b"bad")], "t2")
+        await client.delete(store.keys.document(staged, "c"))  # e.g. evicted, or expired
+        with pytest.raises(ResponseError, match="lost document c"):
+            await store.activate(staged)
+        found = await store.read("a")
+        assert found.snapshot_id == good
+        assert found.document is not None
+        assert found.document.body == b"good"
+        await client.aclose()
+
+    run(scenario)
+
+
+def test_an_abandoned_publish_expires_on_its_own(redis_url: str) -> None:
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url)
+        keys = store.keys
+        abandoned = await store.stage([DocumentBody("a", b"x")], "t")  # never activated
+        await store.publish([DocumentBody("a", b"real")], "t")
+        for key in (keys.document(abandoned, "a"), keys.snapshot_docs(abandoned)):
+            assert 0 < await client.ttl(key) <= PENDING_TTL_SECONDS
+        assert (await store.read("a")).document.body == b"real"  # type: ignore[union-attr]
+        await client.aclose()
+
+    run(scenario)
+
+
+def test_readers_never_see_a_mix_of_two_snapshots(redis_url: str) -> None:
+    """Publish snapshots whose documents all carry the snapshot's generation while readers
+    read pairs of documents; every read's snapshot id must match its body."""
+
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url)
+        names = [f"d{i}" for i in range(20)]
+        await store.publish([DocumentBody(n, b"0") for n in names], "t")
+        mismatches: list[tuple[str, bytes]] = []
+        bodies_by_id: dict[str, bytes] = {}
+        done = asyncio.Event()
+
+        async def writer() -> None:
+            for generation in range(1, 30):
+                body = str(generation).encode()
+                sid = await store.publish([DocumentBody(n, body) for n in names], "t")
+                bodies_by_id[sid] = body
+            done.set()
+
+        async def reader() -> int:
+            reads = 0
+            while not done.is_set():
+                for name in names:
+                    found = await store.read(name)
+                    assert found.document is not None
+                    expected = bodies_by_id.get(found.document.snapshot_id)
+                    if expected is not None and expected != found.document.body:
+                        mismatches.append((found.document.snapshot_id, found.document.body))
+                    reads += 1
+            return reads
+
+        results = await asyncio.gather(writer(), reader(), reader())
+        assert sum(r for r in results if isinstance(r, int)) > 0
+        assert mismatches == []
+        await client.aclose()
+
+    run(scenario)
+
+
+def test_migrations_apply_once_and_refuse_edited_or_unknown_ones(empty_database_url: str) -> None:
+    async def scenario() -> None:
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            assert await schema.current_version(conn) == 0
+            assert await schema.migrate(conn) == list(range(1, schema.LATEST_VERSION + 1))
+            assert await schema.migrate(conn) == []
+            assert await schema.current_version(conn) == schema.LATEST_VERSION
+            await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+            with pytest.raises(schema.MigrationError, match="changed after it was applied"):
+                await schema.migrate(conn)
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = $1 WHERE version = 1",
+                schema.migrations()[0].checksum,
+            )
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'x', 'y')"
+            )
+            with pytest.raises(schema.MigrationError, match="newer release"):
+                await schema.migrate(conn)
+        finally:
+            await conn.close()
+
+    run(scenario)
+
+
+def test_concurrent_migrators_serialize(empty_database_url: str) -> None:
+    async def scenario() -> None:
+        conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
+        try:
+            applied = await asyncio.gather(*(schema.migrate(c) for c in conns))
+            assert sorted(len(a) for a in applied) == [0, 0, 0, schema.LATEST_VERSION]
+        finally:
+            for c in conns:
+                await c.close()
+
+    run(scenario)

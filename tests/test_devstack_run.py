@@ -1,0 +1,92 @@
+"""`make run`'s supervisor (``python -m devstack run``): everything starts, serves the
+upstream's data, stops on Ctrl-C leaving no process, and starts cleanly after a crash."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+import pytest
+from support import Process, clean_env, python_module, spawn
+
+from devstack.procs import free_port, is_alive, wait_until
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Outside pytest's 0700 temp dir: the local PostgreSQL runs as an unprivileged user.
+    with tempfile.TemporaryDirectory(
+        prefix="covid-stats-devstack-", ignore_cleanup_errors=True
+    ) as d:
+        yield Path(d)
+
+
+def _start(state_dir: Path, log_dir: Path, **env: str) -> tuple[Process, str]:
+    port = free_port()
+    process = spawn(
+        "devstack",
+        python_module("devstack", "run", "--state-dir", str(state_dir)),
+        clean_env(API_PORT=str(port), **env),
+        log_dir,
+    )
+    base = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{base}/covid-stats", timeout=120)
+    wait_until(lambda: "Press Ctrl-C to stop" in process.output(), 30, what="the URLs banner")
+    return process, base
+
+
+def _descendants(process: Process) -> list[int]:
+    return [p.pid for p in psutil.Process(process.proc.pid).children(recursive=True)]
+
+
+def _wait_all_gone(pids: list[int]) -> None:
+    wait_until(
+        lambda: not any(is_alive(pid) for pid in pids),
+        timeout=60,
+        what=f"processes {[p for p in pids if is_alive(p)]} to exit",
+    )
+
+
+def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path: Path) -> None:
+    process, base = _start(state_dir, tmp_path, WEB_CONCURRENCY="3")
+    output = process.output()
+    upstream = re.search(r"upstream: (http://\S+)", output)
+    assert upstream, output
+    us = httpx.get(f"{upstream[1]}/v1/us/current.json").content
+    assert httpx.get(f"{base}/covid-stats").json() == {"source": "cache", "data": json.loads(us)}
+    assert f"{base}/covid-stats" in output  # the URLs are printed
+
+    # WEB_CONCURRENCY reaches gunicorn: a master with 3 workers.
+    masters = [
+        p
+        for p in psutil.Process(process.proc.pid).children()
+        if "gunicorn" in " ".join(p.cmdline())
+    ]
+    assert len(masters) == 1
+    assert len(masters[0].children()) == 3
+
+    children = _descendants(process)
+    assert len(children) >= 6  # redis, postgres (+ backends), upstream, fetcher, api (+ workers)
+    process.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert process.proc.wait(timeout=60) == 0
+    _wait_all_gone(children)
+    assert "devstack | stopped" in process.output()
+
+
+def test_make_run_starts_cleanly_after_a_crash(state_dir: Path, tmp_path: Path) -> None:
+    process, _ = _start(state_dir, tmp_path)
+    children = _descendants(process)
+    process.proc.send_signal(signal.SIGKILL)
+    process.proc.wait(timeout=10)
+    _wait_all_gone(children)  # the children die with their supervisor
+
+    again, base = _start(state_dir, tmp_path)
+    assert httpx.get(f"{base}/v1/states/current.json").status_code == 200
+    again.proc.send_signal(signal.SIGINT)
+    assert again.proc.wait(timeout=60) == 0

@@ -1,0 +1,215 @@
+"""``make run``: the whole system on one machine, with nothing but Python.
+
+Starts, in order: throwaway Redis and PostgreSQL (unless ``REDIS_URL`` / ``DATABASE_URL``
+are set), the migrations, the replay upstream (unless ``UPSTREAM_BASE_URL`` is set), the
+stats-fetcher and the api under gunicorn. Prints the URLs once the api is ready. On Ctrl-C
+(SIGINT) or SIGTERM, or when any of them exits, stops everything in reverse order. Every
+child dies with this process even if it is SIGKILLed (``PR_SET_PDEATHSIG``), so a later run
+starts cleanly. Each child's output is printed with its name in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
+from devstack.servers import LocalPostgres, LocalRedis
+
+# Defaults of `make run` that differ from the services' own (container) defaults.
+LOCAL_DEFAULTS = {"API_HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stop_timeout: float
+    _pump: threading.Thread | None = None
+
+    def start_pump(self, out: IO[str]) -> None:
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                out.write(f"{self.name:>8} | {line.decode('utf-8', 'replace')}")
+                out.flush()
+
+        self._pump = threading.Thread(target=pump, name=f"pump-{self.name}", daemon=True)
+        self._pump.start()
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+    servers: list[LocalRedis | LocalPostgres] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], stop_timeout: float = 10.0) -> Child:
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+            preexec_fn=pdeathsig_preexec(),
+        )
+        child = Child(name, proc, stop_timeout)
+        child.start_pump(sys.stdout)
+        self.children.append(child)
+        return child
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            terminate(child.proc, timeout=child.stop_timeout)
+        for server in reversed(self.servers):
+            server.stop()
+
+    def exited(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return check
+
+
+def _alive_and(child: Child, check: Callable[[], bool]) -> Callable[[], bool]:
+    def predicate() -> bool:
+        if child.proc.poll() is not None:
+            raise StartupError(f"{child.name} exited with status {child.proc.returncode}")
+        return check()
+
+    return predicate
+
+
+def start(stack: Stack, state_dir: Path) -> str:
+    """Start everything; returns the api's base URL."""
+    env = stack.env
+    python = sys.executable
+    if "REDIS_URL" not in env:
+        redis = LocalRedis(state_dir)
+        stack.servers.append(redis)
+        redis.start()
+        env["REDIS_URL"] = redis.url
+        print(f"devstack | local Redis      {redis.url}", flush=True)
+    if "DATABASE_URL" not in env:
+        postgres = LocalPostgres(state_dir)
+        stack.servers.append(postgres)
+        postgres.start()
+        env["DATABASE_URL"] = postgres.url
+        print(f"devstack | local PostgreSQL {postgres.url}", flush=True)
+
+    migrate = subprocess.run(
+        [python, "-m", "stats_fetcher", "migrate"], env=env, check=False, capture_output=True
+    )
+    if migrate.returncode != 0:
+        raise StartupError(
+            f"migrations failed:\n{migrate.stdout.decode()}{migrate.stderr.decode()}"
+        )
+
+    if "UPSTREAM_BASE_URL" not in env:
+        port = free_port()
+        upstream = stack.spawn(
+            "upstream",
+            [python, "-m", "replay_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        )
+        env["UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{port}"
+        wait_until(
+            _alive_and(upstream, _http_ok(f"{env['UPSTREAM_BASE_URL']}/v1/status.json")),
+            timeout=30,
+            what="the replay upstream",
+        )
+
+    stack.spawn("fetcher", [python, "-m", "stats_fetcher", "run"])
+    for key, value in LOCAL_DEFAULTS.items():
+        env.setdefault(key, value)
+    api = stack.spawn(
+        "api",
+        [
+            python,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:covid_stats_api.gunicorn_conf",
+            "covid_stats_api.main:app",
+        ],
+        stop_timeout=30.0,  # longer than gunicorn's graceful_timeout
+    )
+    host = env["API_HOST"]
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere; call it locally
+        host = "127.0.0.1"
+    base = f"http://{host}:{env.get('API_PORT', '8000')}"
+    wait_until(_alive_and(api, _http_ok(f"{base}/readyz")), timeout=60, what="the api to be ready")
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", choices=["run"], default="run")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("DEVSTACK_STATE_DIR", ".local")),
+        help="where local server data and logs live (default .local, git-ignored)",
+    )
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    stack = Stack(env=dict(os.environ))
+    status = 0
+    try:
+        base = start(stack, state_dir)
+        print(
+            f"\ncovid-stats is running:\n"
+            f"  {base}/covid-stats\n  {base}/v1/us/current.json\n"
+            f"  {base}/v1/states/current.json\n  {base}/docs\n"
+            f"  upstream: {stack.env['UPSTREAM_BASE_URL']}\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            exited = stack.exited()
+            if exited is not None:
+                print(f"devstack | {exited.name} exited ({exited.proc.returncode}); stopping")
+                status = 1
+                break
+    except (StartupError, TimeoutError, RuntimeError) as exc:
+        print(f"devstack | start failed: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("devstack | stopping", flush=True)
+        stack.stop()
+        print("devstack | stopped", flush=True)
+    return status
