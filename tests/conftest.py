@@ -18,11 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis
-from support import ARCHIVE, Process, clean_env, python_module, spawn, start_api
 
 from covid_stats_contract import schema
 from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
+from support import ARCHIVE, Process, clean_env, python_module, spawn, start_api
 
 
 def pytest_report_header() -> str:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 import redis
-from conftest import Upstream, archive_only
-from support import ARCHIVE, run_fetcher
 
+from conftest import Upstream, archive_only
 from devstack.procs import free_port
+from support import ARCHIVE, run_fetcher
 
 ApiFactory = Callable[[dict[str, str]], str]
 

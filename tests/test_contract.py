@@ -9,11 +9,10 @@ from typing import TypeVar
 
 import asyncpg
 import pytest
-from conftest import archive_only
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from support import ARCHIVE
 
+from conftest import archive_only
 from covid_stats_contract import schema
 from covid_stats_contract.documents import (
     encode_record,
@@ -24,6 +23,7 @@ from covid_stats_contract.documents import (
 )
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import PENDING_TTL_SECONDS, DocumentBody, SnapshotStore
+from support import ARCHIVE
 
 T = TypeVar("T")
 

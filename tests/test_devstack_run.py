@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
-from support import Process, clean_env, python_module, spawn
 
 from devstack.procs import free_port, is_alive, wait_until
+from support import Process, clean_env, python_module, spawn
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import redis
-from conftest import Upstream
 from redis.asyncio import Redis as AsyncRedis
-from support import clean_env, python_module, run_fetcher, spawn
 
+from conftest import Upstream
 from covid_stats_contract.documents import STATES_CURRENT, US_CURRENT, state_current_name
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
 from devstack.procs import free_port, wait_until
+from support import clean_env, python_module, run_fetcher, spawn
 
 
 def _current_document(redis_url: str, name: str) -> bytes | None:
