@@ -60,6 +60,7 @@ class Clients:
                 min_size=1,
                 max_size=self.settings.db_pool_max_size,
                 command_timeout=60,
+                timeout=self.settings.upstream_timeout_seconds,  # connect timeout
             )
             async with pool.acquire() as conn:
                 version = await schema.current_version(conn)
@@ -83,6 +84,8 @@ class Clients:
             log.error("database_unavailable", error=repr(exc))
         except RedisError as exc:
             log.error("redis_unavailable", error=repr(exc))
+        except Exception:  # a bug must not stop the schedule: log it, try again next time
+            log.exception("refresh_failed")
         return None
 
 

@@ -168,6 +168,16 @@ class _Server:
 
     # -- helpers for subclasses -------------------------------------------------------------
 
+    def _begin_start(self, timeout: float) -> tuple[float, float] | None:
+        """Common start preamble: None when already running, else (t0, deadline) after
+        reaping a previous run that died by itself."""
+        if self.is_running():
+            return None
+        t0 = time.monotonic()
+        if self._proc is not None:
+            self._proc.wait()
+        return t0, t0 + timeout
+
     def _open_log(self) -> IO[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         f = self.log_path.open("ab")
@@ -249,12 +259,9 @@ class LocalRedis(_Server):
 
     def start(self, timeout: float = 20.0) -> None:
         """Start redis-server and return once it answers PING. No-op if already running."""
-        if self.is_running():
+        if (begun := self._begin_start(timeout)) is None:
             return
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        if self._proc is not None:
-            self._proc.wait()  # reap a previous run that died by itself
+        t0, deadline = begun
         self.dir.mkdir(parents=True, exist_ok=True)
         _stop_strays(self.dir, "redis-server", signal.SIGTERM, max(1.0, deadline - t0))
         argv = [
@@ -351,12 +358,9 @@ class LocalPostgres(_Server):
     def start(self, timeout: float = 60.0) -> None:
         """initdb on first use, start postgres, wait until it accepts connections, create the
         database if missing. No-op if already running."""
-        if self.is_running():
+        if (begun := self._begin_start(timeout)) is None:
             return
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        if self._proc is not None:
-            self._proc.wait()  # reap a previous run that died by itself
+        t0, deadline = begun
         bin_dir = pg_bin_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
