@@ -2,9 +2,12 @@
 
 It serves an archived snapshot of the API (or a deterministic synthetic dataset of the same
 schema) byte for byte, plus the paths derivable from it, so the stats-fetcher can run offline.
+It also reads the v1 CSV-only backup of 2021 and the website's ``all-states-history.csv``
+(converted), and can misbehave on purpose for fault tests (the ``--control`` API).
 
 - :func:`load_dataset` / :func:`synthetic_dataset` give a :class:`Dataset`;
-- :func:`create_app` turns one into a Starlette (ASGI) app;
+- :func:`create_app` turns one into a Starlette (ASGI) app (``control=True``: with the control
+  API of :mod:`replay_upstream.control`);
 - :func:`write_synthetic_dataset` writes the synthetic files, named like the archive's;
 - ``python -m replay_upstream`` / ``replay-upstream`` runs the server (see ``--help``).
 """

@@ -1,10 +1,12 @@
 """Command line: run the replay upstream server, or write the synthetic dataset to a folder.
 
-    replay-upstream [--dataset DIR | --synthetic] [--host H] [--port P] [--log-level L]
+    replay-upstream [--dataset DIR | --synthetic] [--control] [--host H] [--port P]
+                    [--log-level L]
     replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
 
 Without ``--dataset`` or ``--synthetic`` the server picks, in order: ``$REPLAY_DATASET_DIR``,
 the archive at ``<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902``, synthetic.
+``--control`` enables the control API under ``/_control/`` (fault injection, request counts).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_PROG,
         description="Serve the COVID Tracking Project v1 API offline (GET/HEAD /v1/...).",
         epilog=(
+            "A dataset DIR holds CTP v1 API files (us_daily.json, states_info.csv, ...; the "
+            "states daily CSV may be named states_daily_4pm_et[__as_of_YYYYMMDD].csv), or else "
+            "the website download all-states-history.csv (served, converted, as "
+            "/v1/states/daily.json|csv and the per-state paths). "
             f"Dataset choice without --dataset/--synthetic: ${ENV_DATASET_DIR} if set, else "
             "<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902 if present, else "
             "synthetic. 'replay-upstream write-synthetic DIR' writes the synthetic dataset's "
@@ -45,9 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", type=Path, metavar="DIR", help="serve the CTP files in DIR")
+    source.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="DIR",
+        help="serve the CTP v1 files (or the website's all-states-history.csv) in DIR",
+    )
     source.add_argument(
         "--synthetic", action="store_true", help="serve the synthetic dataset (in memory)"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help=(
+            "enable the control API for tests: PUT/GET/DELETE /_control/faults (inject "
+            "status, delay, truncate, empty, schema, content_type, not_modified or body "
+            "faults into GETs of a path), GET/DELETE /_control/requests (request counts); "
+            "off by default, /_control/* is then 404"
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8001, help="port to bind (8001)")
@@ -122,10 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2
-    app = create_app(dataset)
+    app = create_app(dataset, control=args.control)
+    control = f", control API at http://{args.host}:{args.port}/_control/" if args.control else ""
     print(
-        f"{_PROG}: serving {dataset.source} ({len(app.state.paths)} paths) "
-        f"at http://{args.host}:{args.port}/v1/",
+        f"{_PROG}: serving {dataset.source} ({dataset.layout}, {len(app.state.paths)} paths) "
+        f"at http://{args.host}:{args.port}/v1/{control}",
         file=sys.stderr,
         flush=True,
     )

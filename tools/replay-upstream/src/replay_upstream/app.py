@@ -1,36 +1,37 @@
 """The Starlette app serving a dataset like the CTP v1 API did.
 
-Every path of :func:`~replay_upstream.dataset.api_paths` is built once, when the app is created,
-with its ETag (a SHA-256 of the bytes); requests only look bytes up. GET and HEAD are served with
+Every path of :func:`~replay_upstream.dataset.api_paths` is built once, when the app is created
+(:mod:`replay_upstream.resources`); requests only look bytes up. GET and HEAD are served with
 ``Content-Length``, ``ETag``, ``Last-Modified`` (fixed per dataset) and
 ``Access-Control-Allow-Origin: *``; ``If-None-Match`` and ``If-Modified-Since`` get 304 when they
 match. State codes in per-state paths are accepted in any case (``/v1/states/CA/daily.json``).
-Unknown paths get 404 with a small JSON body; OPTIONS answers CORS preflights; other methods 405.
+Unknown paths get 404 with a small JSON body, whatever the method; OPTIONS answers CORS
+preflights; other methods on known paths get 405.
+
+With ``control=True`` the app also answers ``/_control/...`` (faults to inject, request counts:
+:mod:`replay_upstream.control`); without it those paths are unknown paths like any other.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from replay_upstream.dataset import Dataset, api_paths
+from replay_upstream.control import CONTROL_PREFIX, Control, control_endpoint
+from replay_upstream.dataset import Dataset
+from replay_upstream.faults import faulty_response
+from replay_upstream.resources import BODY_HEADERS, Resource, build_resources, error_resource
 
-JSON = "application/json"
-CSV = "text/csv; charset=utf-8"
 ALLOWED = "GET, HEAD, OPTIONS"
 _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 _STATE_PATH = re.compile(r"/v1/states/([A-Za-z]{2})/(.+)")
-_BODY_HEADERS = frozenset({"Content-Type", "Content-Length"})
 _PREFLIGHT = {
     "Allow": ALLOWED,
     "Access-Control-Allow-Origin": "*",
@@ -40,55 +41,51 @@ _PREFLIGHT = {
 }
 
 
-@dataclass(frozen=True)
-class Resource:
-    """One servable path: its bytes and the headers a GET of it returns."""
+def create_app(dataset: Dataset, *, control: bool = False) -> Starlette:
+    """An ASGI app serving ``dataset``; all bytes are built here, before the first request.
 
-    body: bytes
-    headers: Mapping[str, str]
-
-
-def build_resources(dataset: Dataset) -> dict[str, Resource]:
-    """API path -> resource, for every path the dataset allows."""
-    last_modified = formatdate(dataset.last_modified.timestamp(), usegmt=True)
-    return {
-        path: Resource(
-            body=body,
-            headers={
-                "Content-Type": CSV if path.endswith(".csv") else JSON,
-                "Content-Length": str(len(body)),
-                "ETag": f'"{hashlib.sha256(body).hexdigest()[:40]}"',
-                "Last-Modified": last_modified,
-                "Access-Control-Allow-Origin": "*",
-            },
-        )
-        for path, body in api_paths(dataset).items()
-    }
-
-
-def create_app(dataset: Dataset) -> Starlette:
-    """An ASGI app serving ``dataset``; all bytes are built here, before the first request."""
+    ``control``: also serve the control API (fault injection, request counts) under
+    ``/_control/``; the app's ``state.control`` is then its :class:`Control` (else None).
+    """
     resources = build_resources(dataset)
     last_modified = dataset.last_modified
+    controller = Control() if control else None
 
     async def serve(request: Request) -> Response:
-        method = request.method
+        path, method = request.url.path, request.method
+        if controller is not None and path.startswith(CONTROL_PREFIX):
+            return await control_endpoint(controller, request)
         if method == "OPTIONS":
             return Response(status_code=204, headers=_PREFLIGHT)
+        found = _lookup(resources, path)
+        normal = found or error_resource(404, "not found", path)
         if method not in ("GET", "HEAD"):
-            return _error(405, "method not allowed", request.url.path, {"Allow": ALLOWED})
-        resource = _lookup(resources, request.url.path)
-        if resource is None:
-            return _error(404, "not found", request.url.path)
-        if _not_modified(request, resource, last_modified):
-            headers = {k: v for k, v in resource.headers.items() if k not in _BODY_HEADERS}
-            return Response(status_code=304, headers=headers)
-        body = b"" if method == "HEAD" else resource.body
-        return Response(body, headers=resource.headers)
+            if found is None:
+                return normal.response()
+            return error_resource(405, "method not allowed", path, {"Allow": ALLOWED}).response()
+
+        def usual() -> Response:
+            if found is not None and _not_modified(request, found, last_modified):
+                headers = {k: v for k, v in found.headers.items() if k not in BODY_HEADERS}
+                return Response(status_code=304, headers=headers)
+            return normal.response(head=method == "HEAD")
+
+        if controller is None:
+            return usual()
+        controller.count_request(path, conditional=_conditional(request))
+        fault = controller.take_fault(path) if method == "GET" else None
+        response = (
+            usual() if fault is None else await faulty_response(fault, request, normal, usual)
+        )
+        if response is None:  # the client left during a delay: nothing to answer or count
+            return Response(status_code=499)
+        controller.count_status(path, response.status_code)
+        return response
 
     app = Starlette(routes=[Route("/{path:path}", serve, methods=_METHODS)])
     app.state.dataset = dataset
     app.state.paths = frozenset(resources)
+    app.state.control = controller
     return app
 
 
@@ -97,6 +94,10 @@ def _lookup(resources: Mapping[str, Resource], path: str) -> Resource | None:
     if found is None and (match := _STATE_PATH.fullmatch(path)):
         found = resources.get(f"/v1/states/{match[1].lower()}/{match[2]}")
     return found
+
+
+def _conditional(request: Request) -> bool:
+    return "if-none-match" in request.headers or "if-modified-since" in request.headers
 
 
 def _not_modified(request: Request, resource: Resource, last_modified: datetime) -> bool:
@@ -115,15 +116,3 @@ def _not_modified(request: Request, resource: Resource, last_modified: datetime)
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     return last_modified <= since
-
-
-def _error(
-    status: int, message: str, path: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    body = json.dumps({"error": message, "path": path}, separators=(",", ":")) + "\n"
-    return Response(
-        body.encode(),
-        status_code=status,
-        headers={"Access-Control-Allow-Origin": "*", **(headers or {})},
-        media_type=JSON,
-    )

@@ -2,26 +2,30 @@
 
 A dataset is a set of files named after API paths (``us_current.json`` is ``/v1/us/current.json``,
 ``states_info.csv`` is ``/v1/states/info.csv``, ``status.json`` is ``/v1/status.json``), read from
-a directory (:func:`load_dataset`) or generated in memory (``replay_upstream.synthetic``).
+a directory (:func:`load_dataset`) or generated in memory (``replay_upstream.synthetic``). A
+directory may instead hold the website download ``all-states-history.csv``: then the dataset has
+no files, only the states daily records converted from it (``replay_upstream.website``).
 
 :func:`api_paths` maps each API path to the bytes to serve: the files themselves, unchanged, plus
 what can be derived from their records: a missing JSON or CSV twin of a list
 (``/v1/states/daily.json`` from ``states_daily.csv``), the per-state paths
 ``/v1/states/{st}/current|daily|info|{YYYYMMDD}`` and the per-date ``/v1/us/{YYYYMMDD}``, each as
 ``.json`` and ``.csv``. Records come from the JSON file of a kind when there is one, else from its
-CSV, typed by :class:`~replay_upstream.formats.FieldTypes` learned from the JSON files of the
-same dataset.
+CSV, typed by the table of :mod:`replay_upstream.fields`, refined by what the JSON files of the
+same dataset show.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 
+from replay_upstream.fields import INFO_TYPES, STATE_TYPES, US_TYPES
 from replay_upstream.formats import (
     FieldTypes,
     Record,
@@ -32,6 +36,7 @@ from replay_upstream.formats import (
     parse_csv,
     parse_json_records,
 )
+from replay_upstream.website import WEBSITE_FILE, website_records
 
 US_CURRENT = "us_current"
 US_DAILY = "us_daily"
@@ -48,46 +53,11 @@ FILE_PATHS: Mapping[str, str] = {
 }
 """File name in a dataset directory -> the API path serving its bytes."""
 
-US_TYPES = FieldTypes(strings=frozenset({"dateChecked", "lastModified", "hash"}))
-STATE_TYPES = FieldTypes(
-    strings=frozenset(
-        {
-            "state",
-            "fips",
-            "dataQualityGrade",
-            "lastUpdateEt",
-            "dateModified",
-            "checkTimeEt",
-            "dateChecked",
-            "totalTestResultsSource",
-            "hash",
-            "grade",
-        }
-    ),
-    empty_strings=frozenset({"grade", "dataQualityGrade", "lastUpdateEt"}),
-)
-_INFO_TEXT = frozenset(
-    {
-        "state",
-        "covid19Site",
-        "covid19SiteSecondary",
-        "covid19SiteTertiary",
-        "covid19SiteQuaternary",
-        "covid19SiteQuinary",
-        "twitter",
-        "covid19SiteOld",
-        "covidTrackingProjectPreferredTotalTestUnits",
-        "covidTrackingProjectPreferredTotalTestField",
-        "totalTestResultsField",
-        "pui",
-        "name",
-        "fips",
-    }
-)
-INFO_TYPES = FieldTypes(
-    strings=_INFO_TEXT | {"notes"}, empty_strings=_INFO_TEXT, booleans=frozenset({"pum"})
-)
-"""Column types used when no JSON file of the dataset tells better (as in the 2020 archive)."""
+STATES_DAILY_CSV = f"{STATES_DAILY}.csv"
+_STATES_DAILY_4PM = re.compile(r"states_daily_4pm_et(?:__as_of_([0-9]{8}))?\.csv")
+
+V1_LAYOUT = "v1 API files"
+WEBSITE_LAYOUT = f"website download {WEBSITE_FILE}, converted"
 
 _GROUPS: tuple[tuple[tuple[str, ...], FieldTypes], ...] = (
     ((US_CURRENT, US_DAILY), US_TYPES),
@@ -101,8 +71,10 @@ class Dataset:
     """The files of one dataset and the typed records read from them.
 
     ``files``: file name (a key of :data:`FILE_PATHS`) -> exact bytes.
-    ``records``: kind (one of :data:`KINDS`) -> records, for each kind with a JSON or CSV file.
+    ``records``: kind (one of :data:`KINDS`) -> records, for each kind with a JSON or CSV file
+    (or, for the website layout, the states daily records converted from its file).
     ``last_modified``: fixed for the dataset (status.json's buildTime, else the newest file).
+    ``layout``: what the folder held (:data:`V1_LAYOUT` or :data:`WEBSITE_LAYOUT`).
     """
 
     source: str
@@ -110,22 +82,59 @@ class Dataset:
     records: Mapping[str, Sequence[Record]]
     status: Record | None
     last_modified: datetime
+    layout: str = V1_LAYOUT
 
 
 def load_dataset(path: Path | str) -> Dataset:
-    """Read the CTP files found in directory ``path`` (others are ignored)."""
+    """Read the dataset in directory ``path``, in either of the layouts it recognises.
+
+    - CTP v1 API files, named as in :data:`FILE_PATHS` (``us_daily.json``, ``states_info.csv``,
+      ...) or, for the states daily CSV, as in the CTP data repository
+      (``states_daily_4pm_et.csv``, ``states_daily_4pm_et__as_of_YYYYMMDD.csv``); other files
+      are ignored;
+    - else the website download ``all-states-history.csv``, converted to the API's records
+      (see :mod:`replay_upstream.website`).
+    """
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {directory}")
-    found = [directory / name for name in FILE_PATHS if (directory / name).is_file()]
+    found = v1_files(directory)
+    website = directory / WEBSITE_FILE
+    if not found and website.is_file():
+        return Dataset(
+            source=str(directory.resolve()),
+            files={},
+            records={STATES_DAILY: website_records(website.read_bytes())},
+            status=None,
+            last_modified=_mtime(website),
+            layout=WEBSITE_LAYOUT,
+        )
     if not found:
-        raise ValueError(f"no CTP v1 files (like us_daily.json) in {directory}")
-    newest = max(file.stat().st_mtime for file in found)
+        raise ValueError(f"no CTP v1 files (like us_daily.json) nor {WEBSITE_FILE} in {directory}")
     return dataset_from_files(
-        {file.name: file.read_bytes() for file in found},
+        {name: file.read_bytes() for name, file in found.items()},
         source=str(directory.resolve()),
-        fallback_time=datetime.fromtimestamp(newest, UTC),
+        fallback_time=max(_mtime(file) for file in found.values()),
     )
+
+
+def v1_files(directory: Path) -> dict[str, Path]:
+    """File name (a key of :data:`FILE_PATHS`) -> the file of ``directory`` holding it."""
+    found = {name: directory / name for name in FILE_PATHS if (directory / name).is_file()}
+    if STATES_DAILY_CSV not in found:
+        # The data repository's name; the plain one is the live file, else the latest as-of.
+        candidates = sorted(
+            (match[1] or "99999999", file)
+            for file in directory.glob("states_daily_4pm_et*.csv")
+            if (match := _STATES_DAILY_4PM.fullmatch(file.name)) and file.is_file()
+        )
+        if candidates:
+            found[STATES_DAILY_CSV] = candidates[-1][1]
+    return found
+
+
+def _mtime(file: Path) -> datetime:
+    return datetime.fromtimestamp(file.stat().st_mtime, UTC).replace(microsecond=0)
 
 
 def dataset_from_files(
