@@ -4,35 +4,47 @@ The fetcher renders every document once; the api sends ``body`` as it is, never 
 and re-encoding it. A document's ``name`` is its path under the api root without the leading
 slash (``v1/us/current.json``).
 
-Records are rendered the way the upstream (the COVID Tracking Project v1 API) rendered them:
-compact JSON (no spaces), keys in the upstream's order, non-ASCII left as UTF-8, and a
-trailing newline after the top-level value. For the archived files this reproduces the
-upstream's bytes exactly.
+Records are rendered the way the upstream (the COVID Tracking Project v1 API) rendered them.
+JSON: compact (no spaces), keys in the upstream's order, non-ASCII left as UTF-8, a newline
+after the top-level value. CSV: a header of the keys in that order, ``\\n`` line ends, null as
+an empty cell, booleans as ``true``/``false``, minimal quoting. For the archived files both
+reproduce the upstream's bytes exactly.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from covid_stats_contract.resources import STATES_CURRENT as _STATES_CURRENT
+from covid_stats_contract.resources import Format
+
 JSON_CONTENT_TYPE = "application/json"
+CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
+CONTENT_TYPES: dict[Format, str] = {"json": JSON_CONTENT_TYPE, "csv": CSV_CONTENT_TYPE}
 
 US_CURRENT = "v1/us/current.json"
 STATES_CURRENT = "v1/states/current.json"
-_STATE_CURRENT = "v1/states/{state}/current.json"
 
 STATE_CODE_RE = re.compile(r"^[A-Za-z]{2}$")
 
 
-def state_current_name(state: str) -> str:
-    """Document name of one state's current record; ``state`` is any-case, two letters."""
+def check_state_code(state: str) -> str:
+    """The code in upper case; ValueError unless it is two letters."""
     if not STATE_CODE_RE.match(state):
         raise ValueError(f"invalid state code {state!r}: expected two letters")
-    return _STATE_CURRENT.format(state=state.lower())
+    return state.upper()
+
+
+def state_current_name(state: str) -> str:
+    """Document name of one state's current record; ``state`` is any-case, two letters."""
+    return _STATES_CURRENT.state_document(check_state_code(state))
 
 
 def encode_record(record: Mapping[str, Any]) -> str:
@@ -50,9 +62,48 @@ def render_object(record_text: str) -> bytes:
     return (record_text + "\n").encode()
 
 
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return value
+
+
+def render_csv(records: Sequence[Mapping[str, Any]]) -> bytes:
+    """A CSV document: the header is every key in first-seen order."""
+    header: dict[str, None] = {}
+    for record in records:
+        header.update(dict.fromkeys(record))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for record in records:
+        writer.writerow([_cell(record.get(key)) for key in header])
+    return out.getvalue().encode()
+
+
+def content_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def etag_for(body: bytes) -> str:
     """Strong ETag of a body: the same bytes always give the same tag."""
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return '"' + content_hash(body)[:32] + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentBody:
+    """A document as the fetcher renders it, before it belongs to a snapshot. ``source``
+    holds the freshness of the upstream response it came from (``fetched_at``,
+    ``upstream_etag``, ``upstream_last_modified``; empty strings when unknown)."""
+
+    name: str
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    source: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +114,24 @@ class Document:
     body: bytes
     etag: str
     content_type: str
+    content_hash: str
     snapshot_id: str
-    fetched_at: str  # ISO 8601, UTC
+    fetched_at: str  # ISO 8601 UTC: when the upstream response it renders was fetched
+    upstream_etag: str = ""
+    upstream_last_modified: str = ""
 
     @classmethod
-    def render(cls, name: str, body: bytes, *, snapshot_id: str, fetched_at: str) -> Document:
+    def render(cls, doc: DocumentBody, snapshot_id: str) -> Document:
         return cls(
-            name=name,
-            body=body,
-            etag=etag_for(body),
-            content_type=JSON_CONTENT_TYPE,
+            name=doc.name,
+            body=doc.body,
+            etag=etag_for(doc.body),
+            content_type=doc.content_type,
+            content_hash=content_hash(doc.body),
             snapshot_id=snapshot_id,
-            fetched_at=fetched_at,
+            fetched_at=doc.source.get("fetched_at", ""),
+            upstream_etag=doc.source.get("upstream_etag", ""),
+            upstream_last_modified=doc.source.get("upstream_last_modified", ""),
         )
 
     def to_redis_hash(self) -> dict[str, bytes | str]:
@@ -82,17 +139,26 @@ class Document:
             "body": self.body,
             "etag": self.etag,
             "content_type": self.content_type,
+            "content_hash": self.content_hash,
             "snapshot_id": self.snapshot_id,
             "fetched_at": self.fetched_at,
+            "upstream_etag": self.upstream_etag,
+            "upstream_last_modified": self.upstream_last_modified,
         }
 
     @classmethod
     def from_redis_hash(cls, name: str, fields: Mapping[bytes, bytes]) -> Document:
+        def text(key: bytes) -> str:
+            return fields.get(key, b"").decode()
+
         return cls(
             name=name,
             body=fields[b"body"],
-            etag=fields[b"etag"].decode(),
-            content_type=fields[b"content_type"].decode(),
-            snapshot_id=fields[b"snapshot_id"].decode(),
-            fetched_at=fields[b"fetched_at"].decode(),
+            etag=text(b"etag"),
+            content_type=text(b"content_type"),
+            content_hash=text(b"content_hash"),
+            snapshot_id=text(b"snapshot_id"),
+            fetched_at=text(b"fetched_at"),
+            upstream_etag=text(b"upstream_etag"),
+            upstream_last_modified=text(b"upstream_last_modified"),
         )

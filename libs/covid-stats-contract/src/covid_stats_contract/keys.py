@@ -6,6 +6,10 @@ Layout (``{p}`` is the prefix, ``covid-stats`` unless configured)::
     {p}:snapshot:current             id of the snapshot readers see
     {p}:snapshot:{id}:docs           SET of the document names in snapshot {id}
     {p}:snapshot:{id}:doc:{name}     HASH of one document (see ``documents.Document``)
+    {p}:snapshot:{id}:meta           HASH about the snapshot (published_at, resources' freshness)
+    {p}:fetcher:leader               the fetcher leader's lease: "<fencing token>:<holder id>"
+    {p}:fetcher:leader:token         INCR counter of fencing tokens
+    {p}:fetcher:refresh              pub/sub channel: "refresh now" (POST /refresh on any replica)
 
 A snapshot's keys carry a TTL while it is being written and after it stops being current
 (the grace period); the current snapshot's keys have none.
@@ -23,12 +27,18 @@ class RedisKeys:
         self.prefix = prefix
         self.snapshot_seq = f"{prefix}:snapshot:seq"
         self.current_snapshot = f"{prefix}:snapshot:current"
+        self.leader = f"{prefix}:fetcher:leader"
+        self.leader_token = f"{prefix}:fetcher:leader:token"
+        self.refresh_channel = f"{prefix}:fetcher:refresh"
 
     def snapshot_base(self, snapshot_id: str) -> str:
         return f"{self.prefix}:snapshot:{snapshot_id}"
 
     def snapshot_docs(self, snapshot_id: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:docs"
+
+    def snapshot_meta(self, snapshot_id: str) -> str:
+        return f"{self.snapshot_base(snapshot_id)}:meta"
 
     def document(self, snapshot_id: str, name: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:doc:{name}"

@@ -1,105 +1,199 @@
-"""Records in PostgreSQL: the fetcher's upserts, and documents rebuilt from the store.
+"""Records in PostgreSQL: the fetcher's bulk sync, and documents rendered from the store.
 
-The fetcher publishes what ``load_documents`` returns, and the api falls back to
-``load_document`` when Redis cannot answer: both render through the same code, so a
-document served from PostgreSQL is byte-identical to the one served from Redis.
+The fetcher publishes what ``load_documents`` returns and the api falls back to
+``load_document`` when Redis cannot answer: both render through the same code, so a document
+served from PostgreSQL is byte-identical to the one served from Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from covid_stats_contract.documents import (
-    STATES_CURRENT,
-    US_CURRENT,
+    CONTENT_TYPES,
+    DocumentBody,
     encode_record,
     render_array,
+    render_csv,
     render_object,
-    state_current_name,
 )
+from covid_stats_contract.resources import BY_KEY, FORMATS, RESOURCES, Format, Resource
 from covid_stats_contract.schema import Executor
-from covid_stats_contract.snapshots import DocumentBody
 
 Record = Mapping[str, Any]
 
-_STATE_CURRENT_RE = re.compile(r"^v1/states/([a-z]{2})/current\.json$")
-
-_UPSERT_US_CURRENT = """
-INSERT INTO us_current (date, record, fetched_at) VALUES ($1, $2, $3)
-ON CONFLICT (date) DO UPDATE SET record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at
-WHERE us_current.record::text IS DISTINCT FROM EXCLUDED.record::text
-"""
-
-_UPSERT_STATES_CURRENT = """
-INSERT INTO states_current (state, date, record, fetched_at) VALUES ($1, $2, $3, $4)
-ON CONFLICT (state, date) DO UPDATE SET record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at
-WHERE states_current.record::text IS DISTINCT FROM EXCLUDED.record::text
-"""
-
-_SELECT_US_CURRENT = "SELECT record::text AS record FROM us_current ORDER BY date DESC LIMIT 1"
-
-_SELECT_STATES_CURRENT = """
-SELECT DISTINCT ON (state) state, record::text AS record
-FROM states_current ORDER BY state, date DESC
-"""
-
-_SELECT_STATE_CURRENT = """
-SELECT record::text FROM states_current WHERE state = $1 ORDER BY date DESC LIMIT 1
-"""
+_LIST_RE = re.compile(r"^v1/([a-z]+/[a-z]+)\.(json|csv)$")
+_STATE_RE = re.compile(r"^v1/states/([a-z]{2})/([a-z]+)\.(json|csv)$")
 
 
-async def upsert_us_current(
-    conn: Executor, records: Sequence[Record], fetched_at: datetime
-) -> None:
-    """Store US current records, keyed on date (idempotent)."""
-    await conn.executemany(
-        _UPSERT_US_CURRENT,
-        [(int(r["date"]), encode_record(r), fetched_at) for r in records],
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the fetcher last stored of one resource (table ``upstream_resources``)."""
+
+    resource: str
+    etag: str | None
+    last_modified: str | None
+    content_hash: str
+    record_count: int
+    jurisdictions: int
+    fetched_at: datetime
+
+    def source(self) -> dict[str, str]:
+        """Freshness metadata for the documents rendered from this resource."""
+        return {
+            "fetched_at": self.fetched_at.isoformat().replace("+00:00", "Z"),
+            "upstream_etag": self.etag or "",
+            "upstream_last_modified": self.last_modified or "",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    written: int  # rows inserted or changed
+    deleted: int  # rows the new payload no longer has
+
+
+async def upstream_states(conn: Executor) -> dict[str, UpstreamState]:
+    rows = await conn.fetch(
+        "SELECT resource, etag, last_modified, content_hash, record_count, jurisdictions, "
+        "fetched_at FROM upstream_resources"
     )
+    return {row["resource"]: UpstreamState(**dict(row)) for row in rows}
 
 
-async def upsert_states_current(
-    conn: Executor, records: Sequence[Record], fetched_at: datetime
-) -> None:
-    """Store state current records, keyed on (state, date) (idempotent)."""
-    await conn.executemany(
-        _UPSERT_STATES_CURRENT,
-        [(str(r["state"]), int(r["date"]), encode_record(r), fetched_at) for r in records],
-    )
+def key_of(resource: Resource, record: Record) -> tuple[Any, ...]:
+    return tuple(record[column] for column in resource.key_columns)
 
 
-async def load_documents(conn: Executor) -> list[DocumentBody]:
-    """Every document the store can render now (empty when it holds no data)."""
-    docs: list[DocumentBody] = []
-    us = await conn.fetch(_SELECT_US_CURRENT)
-    if us:
-        docs.append(DocumentBody(US_CURRENT, render_array(row["record"] for row in us)))
-    states = await conn.fetch(_SELECT_STATES_CURRENT)
-    if states:
-        docs.append(DocumentBody(STATES_CURRENT, render_array(row["record"] for row in states)))
-        docs.extend(
-            DocumentBody(state_current_name(row["state"]), render_object(row["record"]))
-            for row in states
+async def sync_resource(
+    conn: Any, resource: Resource, records: Sequence[Record], state: UpstreamState
+) -> SyncResult:
+    """Make the resource's table hold exactly ``records`` and record ``state``, in one
+    transaction: bulk COPY into a temporary table, then one upsert that only touches
+    changed rows and one delete of the rows the payload no longer has. Idempotent."""
+    table, keys = resource.table, resource.key_columns
+    key_list = ", ".join(keys)
+    on_keys = " AND ".join(f"i.{k} = t.{k}" for k in keys)
+    rows = [(*key_of(resource, r), encode_record(r), state.fetched_at) for r in records]
+    async with conn.transaction():
+        await conn.execute(
+            f"CREATE TEMP TABLE incoming (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
         )
+        await conn.copy_records_to_table(
+            "incoming", records=rows, columns=[*keys, "record", "fetched_at"]
+        )
+        written = await conn.execute(
+            f"INSERT INTO {table} AS t SELECT * FROM incoming "  # noqa: S608 - fixed names
+            f"ON CONFLICT ({key_list}) DO UPDATE "
+            "SET record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at "
+            "WHERE t.record::text IS DISTINCT FROM EXCLUDED.record::text"
+        )
+        deleted = await conn.execute(
+            f"DELETE FROM {table} t "  # noqa: S608 - fixed names
+            f"WHERE NOT EXISTS (SELECT 1 FROM incoming i WHERE {on_keys})"
+        )
+        await conn.execute(
+            """INSERT INTO upstream_resources AS u (resource, etag, last_modified,
+                   content_hash, record_count, jurisdictions, fetched_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (resource) DO UPDATE SET etag = EXCLUDED.etag,
+                   last_modified = EXCLUDED.last_modified,
+                   content_hash = EXCLUDED.content_hash,
+                   record_count = EXCLUDED.record_count,
+                   jurisdictions = EXCLUDED.jurisdictions, fetched_at = EXCLUDED.fetched_at""",
+            resource.key,
+            state.etag,
+            state.last_modified,
+            state.content_hash,
+            state.record_count,
+            state.jurisdictions,
+            state.fetched_at,
+        )
+    return SyncResult(int(written.split()[-1]), int(deleted.split()[-1]))
+
+
+async def _rows(conn: Executor, resource: Resource, state: str | None = None) -> list[Any]:
+    # Table, column and ORDER BY text are the fixed values of the Resource definitions.
+    select = f"SELECT {', '.join(resource.key_columns)}, record::text AS record FROM "  # noqa: S608
+    if state is None:
+        return await conn.fetch(f"{select}{resource.table} ORDER BY {resource.order_by}")
+    return await conn.fetch(
+        f"{select}{resource.table} WHERE state = $1 ORDER BY {resource.order_by}", state
+    )
+
+
+def _render(texts: Sequence[str], fmt: Format, as_list: bool) -> bytes:
+    if fmt == "csv":
+        return render_csv([json.loads(text) for text in texts])
+    return render_array(texts) if as_list else render_object(texts[0])
+
+
+def _render_resource(
+    resource: Resource, rows: Sequence[Any], source: Mapping[str, str]
+) -> list[DocumentBody]:
+    texts = [row["record"] for row in rows]
+    docs = [
+        DocumentBody(resource.document(fmt), _render(texts, fmt, True), CONTENT_TYPES[fmt], source)
+        for fmt in FORMATS
+    ]
+    if resource.per_state is not None:
+        by_state: dict[str, list[str]] = {}
+        for row in rows:
+            by_state.setdefault(row["state"], []).append(row["record"])
+        for state, state_texts in by_state.items():
+            for fmt in FORMATS:
+                body = _render(state_texts, fmt, resource.per_state_is_list)
+                docs.append(
+                    DocumentBody(
+                        resource.state_document(state, fmt), body, CONTENT_TYPES[fmt], source
+                    )
+                )
     return docs
 
 
-async def load_document(conn: Executor, name: str) -> bytes | None:
-    """One document rendered from the store; None when the store has no data for it."""
-    if name == US_CURRENT:
-        rows = await conn.fetch(_SELECT_US_CURRENT)
-        return render_array(row["record"] for row in rows) if rows else None
-    if name == STATES_CURRENT:
-        rows = await conn.fetch(_SELECT_STATES_CURRENT)
-        return render_array(row["record"] for row in rows) if rows else None
-    match = _STATE_CURRENT_RE.match(name)
-    if match:
-        text = await conn.fetchval(_SELECT_STATE_CURRENT, match[1].upper())
-        return None if text is None else render_object(text)
-    raise ValueError(f"unknown document {name!r}")
+async def load_documents(conn: Executor) -> list[DocumentBody]:
+    """Every document the store can render now (empty when it holds no data). Rendering
+    runs in a thread: it is CPU work that must not stall the caller's event loop."""
+    states = await upstream_states(conn)
+    fetched = [(resource, await _rows(conn, resource)) for resource in RESOURCES]
+
+    def render() -> list[DocumentBody]:
+        docs: list[DocumentBody] = []
+        for resource, rows in fetched:
+            if rows:
+                state = states.get(resource.key)
+                docs.extend(_render_resource(resource, rows, state.source() if state else {}))
+        return docs
+
+    return await asyncio.to_thread(render)
+
+
+async def load_document(conn: Executor, name: str) -> DocumentBody | None:
+    """One document rendered from the store; None when the store has no data for it.
+    Raises ValueError for a name that is no document."""
+    if match := _LIST_RE.match(name):
+        resource, fmt, state, as_list = BY_KEY.get(match[1]), match[2], None, True
+    elif match := _STATE_RE.match(name):
+        kind, fmt, state = match[2], match[3], match[1].upper()
+        resource = next((r for r in RESOURCES if r.per_state == kind), None)
+        as_list = resource is not None and resource.per_state_is_list
+    else:
+        raise ValueError(f"unknown document {name!r}")
+    if resource is None:
+        raise ValueError(f"unknown document {name!r}")
+    rows = await _rows(conn, resource, state)
+    if not rows:
+        return None
+    texts = [row["record"] for row in rows]
+    fmt_: Format = "csv" if fmt == "csv" else "json"
+    body = await asyncio.to_thread(_render, texts, fmt_, as_list)
+    return DocumentBody(name, body, CONTENT_TYPES[fmt_])
 
 
 async def has_states(conn: Executor) -> bool:

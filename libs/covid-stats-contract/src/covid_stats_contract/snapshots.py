@@ -1,10 +1,11 @@
 """Snapshots in Redis: published atomically by the fetcher, read consistently by the api.
 
-One refresh publishes one snapshot. The fetcher writes every document of the new snapshot
+One refresh publishes one snapshot. The fetcher stages every document of the new snapshot
 under its own keys (with a provisional TTL, so an abandoned publish cleans itself up), then
-one Lua script checks they are all there, makes them permanent, flips the ``current`` pointer
-and gives the previous snapshot a grace-period TTL. Readers resolve the pointer and fetch the
-document in one script too, so a reader sees the old snapshot or the new one, never a mix.
+one Lua script checks the publisher still holds the leader lease (its fencing value), checks
+the documents are all there, makes them permanent, flips the ``current`` pointer and gives
+the previous snapshot a grace-period TTL. Readers resolve the pointer and fetch the document
+in one script too, so a reader sees the old snapshot or the new one, never a mix.
 
 The scripts build key names from the prefix passed in ARGV, so they assume one Redis
 instance (not Redis Cluster); ``keys.RedisKeys`` documents the layout they follow.
@@ -12,20 +13,24 @@ instance (not Redis Cluster); ``keys.RedisKeys`` documents the layout they follo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from covid_stats_contract.documents import Document
+from covid_stats_contract.documents import Document, DocumentBody
 from covid_stats_contract.keys import RedisKeys
 
 # Seconds the keys of a snapshot being written live if the publish never completes.
 PENDING_TTL_SECONDS = 3600
 
 _FLIP = """
--- KEYS[1]: current pointer. ARGV[1]: new snapshot id, ARGV[2]: snapshot key prefix,
--- ARGV[3]: grace period (s) for the previous snapshot.
+-- KEYS[1]: current pointer, KEYS[2]: leader lease. ARGV[1]: new snapshot id,
+-- ARGV[2]: snapshot key prefix, ARGV[3]: grace period (s) for the previous snapshot,
+-- ARGV[4]: the publisher's lease value ('' to skip the fencing check).
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then
+  return redis.error_reply('FENCED the publisher no longer holds the leader lease')
+end
 local new_base = ARGV[2] .. ARGV[1]
 local names = redis.call('SMEMBERS', new_base .. ':docs')
 if #names == 0 then
@@ -38,6 +43,7 @@ for _, n in ipairs(names) do
 end
 for _, n in ipairs(names) do redis.call('PERSIST', new_base .. ':doc:' .. n) end
 redis.call('PERSIST', new_base .. ':docs')
+redis.call('PERSIST', new_base .. ':meta')
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1])
 if old and old ~= ARGV[1] then
@@ -46,6 +52,7 @@ if old and old ~= ARGV[1] then
     redis.call('EXPIRE', old_base .. ':doc:' .. n, ARGV[3])
   end
   redis.call('EXPIRE', old_base .. ':docs', ARGV[3])
+  redis.call('EXPIRE', old_base .. ':meta', ARGV[3])
 end
 return old
 """
@@ -57,13 +64,8 @@ if not id then return false end
 return {id, redis.call('HGETALL', ARGV[1] .. id .. ':doc:' .. ARGV[2])}
 """
 
-
-@dataclass(frozen=True, slots=True)
-class DocumentBody:
-    """A document as the fetcher renders it, before it belongs to a snapshot."""
-
-    name: str
-    body: bytes
+# Documents are written in batches of this many per round trip.
+_BATCH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,43 +88,60 @@ class SnapshotStore:
         self._read = redis.register_script(_READ)
         self._snapshot_prefix = keys.snapshot_base("")
 
-    async def publish(self, documents: Sequence[DocumentBody], fetched_at: str) -> str:
-        """Write ``documents`` as a new snapshot and make it current. Returns its id."""
-        snapshot_id = await self.stage(documents, fetched_at)
-        await self.activate(snapshot_id)
+    async def publish(
+        self,
+        documents: Sequence[DocumentBody],
+        meta: Mapping[str, str] | None = None,
+        fence: str = "",
+    ) -> str:
+        """Stage ``documents`` as a new snapshot and activate it. Returns its id."""
+        snapshot_id = await self.stage(documents, meta)
+        await self.activate(snapshot_id, fence)
         return snapshot_id
 
-    async def stage(self, documents: Sequence[DocumentBody], fetched_at: str) -> str:
+    async def stage(
+        self, documents: Sequence[DocumentBody], meta: Mapping[str, str] | None = None
+    ) -> str:
         """Write a new snapshot's documents (with the provisional TTL); readers do not see
         it until ``activate``. Returns its id."""
         if not documents:
             raise ValueError("a snapshot needs at least one document")
         snapshot_id = str(await self.redis.incr(self.keys.snapshot_seq))
+        for start in range(0, len(documents), _BATCH):
+            pipe = self.redis.pipeline(transaction=False)
+            for doc in documents[start : start + _BATCH]:
+                key = self.keys.document(snapshot_id, doc.name)
+                rendered = Document.render(doc, snapshot_id)
+                pipe.hset(key, mapping=rendered.to_redis_hash())  # type: ignore[arg-type]
+                pipe.expire(key, PENDING_TTL_SECONDS)
+            await pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
-        for doc in documents:
-            key = self.keys.document(snapshot_id, doc.name)
-            rendered = Document.render(
-                doc.name, doc.body, snapshot_id=snapshot_id, fetched_at=fetched_at
-            )
-            pipe.hset(key, mapping=rendered.to_redis_hash())  # type: ignore[arg-type]
-            pipe.expire(key, PENDING_TTL_SECONDS)
         docs_key = self.keys.snapshot_docs(snapshot_id)
         pipe.sadd(docs_key, *(doc.name for doc in documents))
         pipe.expire(docs_key, PENDING_TTL_SECONDS)
+        meta_key = self.keys.snapshot_meta(snapshot_id)
+        fields: dict[str, str] = {"snapshot_id": snapshot_id, **(meta or {})}
+        pipe.hset(meta_key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(meta_key, PENDING_TTL_SECONDS)
         await pipe.execute()
         return snapshot_id
 
-    async def activate(self, snapshot_id: str) -> None:
-        """Make a staged snapshot current in one step; refused (ResponseError) when any of
-        its documents is missing, leaving the current snapshot as it was."""
+    async def activate(self, snapshot_id: str, fence: str = "") -> None:
+        """Make a staged snapshot current in one step. Refused (ResponseError) when any of
+        its documents is missing, or when ``fence`` is given and is no longer the leader
+        lease's value (a FENCED error); the current snapshot then stays as it was."""
         await self._flip(
-            keys=[self.keys.current_snapshot],
-            args=[snapshot_id, self._snapshot_prefix, self.grace_seconds],
+            keys=[self.keys.current_snapshot, self.keys.leader],
+            args=[snapshot_id, self._snapshot_prefix, self.grace_seconds, fence],
         )
 
     async def current_id(self) -> str | None:
         raw = await self.redis.get(self.keys.current_snapshot)
         return None if raw is None else _text(raw)
+
+    async def meta(self, snapshot_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.snapshot_meta(snapshot_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def read(self, name: str) -> Lookup:
         """The document ``name`` of the current snapshot, in one round trip."""
