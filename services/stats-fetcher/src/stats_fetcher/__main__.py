@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="refresh at start, then every FETCH_INTERVAL_SECONDS")
     commands.add_parser(
-        "refresh-once", help="one refresh, then exit (status 1 when nothing was published)"
+        "refresh-once",
+        help="one refresh, then exit: 0 when Redis then serves a current snapshot, 1 when "
+        "it does not (no data, or a store failed), 2 when a running fetcher holds the lease",
     )
     migrate = commands.add_parser("migrate", help="apply pending PostgreSQL migrations")
     migrate.add_argument(
@@ -37,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     if args.command == "run":
-        uvloop.run(service.run_forever(settings))
+        uvloop.run(service.FetcherService(settings).run())
         return 0
     if args.command == "refresh-once":
-        result = uvloop.run(service.refresh_once(settings))
-        return 0 if result is not None and result.snapshot_id is not None else 1
+        try:
+            served = uvloop.run(service.refresh_once(settings))
+        except service.LeaseHeld as exc:
+            log.error("refresh_refused", reason=str(exc))
+            return 2
+        return 0 if served else 1
     applied = uvloop.run(service.migrate(settings, args.wait))
     log.info("migrated", applied=applied)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,15 +13,29 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     upstream_base_url: HttpUrl = HttpUrl("https://api.covidtracking.com")
+    upstream_format: Literal["json", "csv"] = "json"
     fetch_interval_seconds: float = Field(default=300.0, gt=0)
+    fetch_jitter_ratio: float = Field(default=0.1, ge=0, le=0.5)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
+    upstream_retries: int = Field(default=3, ge=0)
+    upstream_retry_initial_seconds: float = Field(default=0.5, gt=0)
+    upstream_retry_max_seconds: float = Field(default=10.0, gt=0)
+    min_jurisdictions_ratio: float = Field(default=0.9, gt=0, le=1)
+    max_future_days: int = Field(default=1, ge=0)
 
     redis_url: str = "redis://localhost:6379/0"
     redis_key_prefix: str = "covid-stats"
     snapshot_grace_seconds: int = Field(default=300, ge=1)
+    redis_check_interval_seconds: float = Field(default=5.0, gt=0)
+    leader_lease_seconds: float = Field(default=15.0, ge=1)
 
     database_url: str = "postgresql://covid_stats@localhost:5432/covid_stats"
     db_pool_max_size: int = Field(default=4, ge=1)
+
+    fetcher_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces
+    fetcher_port: int = Field(default=8081, ge=1, le=65535)
+    refresh_token: SecretStr | None = None
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

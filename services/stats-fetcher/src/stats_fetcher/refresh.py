@@ -1,95 +1,178 @@
-"""One refresh: fetch every resource, store what is valid, publish a snapshot.
+"""One refresh: every resource fetched, checked and stored on its own, then one snapshot.
 
-Each resource fails on its own: a rejected payload is logged and leaves that resource's last
-good records in PostgreSQL untouched. The snapshot is then rendered from PostgreSQL (the store
-of record), so it always holds the last good data of every resource; the same path rebuilds
-Redis after a flush or restart.
+For each resource, concurrently: a conditional GET (304: nothing to do), a content hash
+(the same body as the last stored one: nothing to write), validation (a rejected payload
+leaves the last good records in place), then one transaction that syncs its table. When any
+resource changed, or Redis has no current snapshot (restarted, flushed), every document is
+rendered from PostgreSQL and published as one snapshot, fenced by the leader lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
-import httpx
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from covid_stats_contract import records as store
-from covid_stats_contract.schema import Executor
+from covid_stats_contract.documents import content_hash
+from covid_stats_contract.records import UpstreamState
+from covid_stats_contract.resources import RESOURCES, Resource
 from covid_stats_contract.snapshots import SnapshotStore
-from stats_fetcher.upstream import (
-    RESOURCES,
-    STATES_CURRENT_RESOURCE,
-    US_CURRENT_RESOURCE,
-    Record,
-    Resource,
-    UpstreamError,
-    fetch_records,
-)
+from stats_fetcher import metrics
+from stats_fetcher.upstream import FetchFailed, UpstreamClient
+from stats_fetcher.validation import Rejected, jurisdictions, parse_payload
 
 log = structlog.get_logger("stats_fetcher.refresh")
 
-Upsert = Callable[[Executor, Sequence[Record], datetime], Awaitable[None]]
 
-_UPSERTS: dict[Resource, Upsert] = {
-    US_CURRENT_RESOURCE: store.upsert_us_current,
-    STATES_CURRENT_RESOURCE: store.upsert_states_current,
-}
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    resource: str
+    outcome: str  # updated | unchanged | not_modified | rejected | failed
+    reason: str | None = None
+    records: int = 0
+    written: int = 0
+    deleted: int = 0
 
 
 @dataclass
 class RefreshResult:
-    stored: dict[str, int] = field(default_factory=dict)  # resource -> records stored
-    failed: dict[str, str] = field(default_factory=dict)  # resource -> reason
+    outcomes: list[Outcome] = field(default_factory=list)
     snapshot_id: str | None = None
+    publish_error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return any(o.outcome == "updated" for o in self.outcomes)
+
+    @property
+    def all_confirmed(self) -> bool:
+        return all(o.outcome in ("updated", "unchanged", "not_modified") for o in self.outcomes)
 
 
 class Refresher:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        upstream: UpstreamClient,
         pool: asyncpg.Pool,
         snapshots: SnapshotStore,
+        *,
+        max_future_days: int = 1,
+        min_ratio: float = 0.9,
     ) -> None:
-        self.http = http
+        self.upstream = upstream
         self.pool = pool
         self.snapshots = snapshots
+        self.max_future_days = max_future_days
+        self.min_ratio = min_ratio
 
-    async def refresh(self) -> RefreshResult:
-        fetched_at = datetime.now(UTC)
-        result = RefreshResult()
-        fetched = await asyncio.gather(
-            *(fetch_records(self.http, resource) for resource in RESOURCES),
-            return_exceptions=True,
-        )
+    async def refresh(self, fence: str = "") -> RefreshResult:
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
-            for resource, outcome in zip(RESOURCES, fetched, strict=True):
-                if isinstance(outcome, UpstreamError):
-                    result.failed[resource.document] = outcome.reason
-                    log.warning("fetch_rejected", resource=resource.document, reason=outcome.reason)
-                    continue
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                async with conn.transaction():
-                    await _UPSERTS[resource](conn, outcome, fetched_at)
-                result.stored[resource.document] = len(outcome)
-            documents = await store.load_documents(conn)
-        if documents:
-            try:
-                result.snapshot_id = await self.snapshots.publish(
-                    documents, fetched_at.isoformat().replace("+00:00", "Z")
-                )
-            except RedisError as exc:
-                result.failed["publish"] = repr(exc)
-                log.error("publish_failed", error=repr(exc))
+            last = await store.upstream_states(conn)
+        outcomes = await asyncio.gather(
+            *(self._refresh_resource(resource, last.get(resource.key)) for resource in RESOURCES)
+        )
+        result = RefreshResult(outcomes=list(outcomes))
+        if result.changed or await self.snapshots.current_id() is None:
+            await self.publish(result, fence)
+        if result.all_confirmed:
+            metrics.data_confirmed()
+        metrics.REFRESH_DURATION.observe(time.perf_counter() - started)
         log.info(
             "refresh_done",
-            stored=result.stored,
-            failed=result.failed,
+            outcomes={o.resource: o.outcome for o in outcomes},
             snapshot_id=result.snapshot_id,
+            seconds=round(time.perf_counter() - started, 3),
         )
         return result
+
+    async def publish(self, result: RefreshResult, fence: str = "") -> None:
+        """Render every document from PostgreSQL and publish them as one snapshot."""
+        async with self.pool.acquire() as conn:
+            documents = await store.load_documents(conn)
+            states = await store.upstream_states(conn)
+        if not documents:
+            return
+        meta = {
+            "published_at": _iso_now(),
+            "resources": json.dumps({key: s.source() for key, s in states.items()}),
+        }
+        try:
+            result.snapshot_id = await self.snapshots.publish(documents, meta, fence)
+        except ResponseError as exc:
+            reason = "fenced" if "FENCED" in str(exc) else "redis"
+            result.publish_error = reason
+            metrics.PUBLISH_ERRORS.labels(reason).inc()
+            log.error("publish_refused", reason=reason, error=str(exc))
+            return
+        except RedisError as exc:
+            result.publish_error = "redis"
+            metrics.PUBLISH_ERRORS.labels("redis").inc()
+            log.error("publish_failed", error=repr(exc))
+            return
+        metrics.SNAPSHOTS_PUBLISHED.inc()
+        metrics.SNAPSHOT_ID.set(int(result.snapshot_id))
+        log.info("snapshot_published", snapshot_id=result.snapshot_id, documents=len(documents))
+
+    async def _refresh_resource(self, resource: Resource, last: UpstreamState | None) -> Outcome:
+        outcome = await self._fetch_and_store(resource, last)
+        metrics.FETCHES.labels(resource.key, outcome.outcome).inc()
+        if outcome.reason is not None:
+            metrics.FETCH_ERRORS.labels(resource.key, outcome.reason).inc()
+        else:
+            metrics.LAST_SUCCESS.labels(resource.key).set_to_current_time()
+        return outcome
+
+    async def _fetch_and_store(self, resource: Resource, last: UpstreamState | None) -> Outcome:
+        key = resource.key
+        try:
+            with metrics.FETCH_DURATION.labels(key).time():
+                fetched = await self.upstream.fetch(resource, last)
+        except FetchFailed as exc:
+            log.warning("fetch_failed", resource=key, reason=exc.reason, detail=exc.detail)
+            return Outcome(key, "failed", exc.reason)
+        if fetched.not_modified:
+            return Outcome(key, "not_modified")
+        digest = content_hash(fetched.body)
+        if last is not None and digest == last.content_hash:
+            return Outcome(key, "unchanged")
+        today = datetime.now(UTC).date()
+        try:
+            records = await asyncio.to_thread(
+                parse_payload,
+                resource,
+                self.upstream.fmt,
+                fetched.body,
+                last,
+                today,
+                max_future_days=self.max_future_days,
+                min_ratio=self.min_ratio,
+            )
+        except Rejected as exc:
+            log.warning("payload_rejected", resource=key, reason=exc.reason, detail=exc.detail)
+            return Outcome(key, "rejected", exc.reason)
+        state = UpstreamState(
+            resource=key,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            content_hash=digest,
+            record_count=len(records),
+            jurisdictions=jurisdictions(resource, records),
+            fetched_at=datetime.now(UTC),
+        )
+        async with self.pool.acquire() as conn:
+            synced = await store.sync_resource(conn, resource, records, state)
+        metrics.RECORDS_WRITTEN.labels(key).inc(synced.written)
+        metrics.RECORDS_DELETED.labels(key).inc(synced.deleted)
+        return Outcome(key, "updated", None, len(records), synced.written, synced.deleted)
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -1,22 +1,33 @@
-"""The fetcher's resources and schedule: refresh at start, then every interval, until SIGTERM.
+"""The stats-fetcher service: leader lease, schedule, Redis watchdog and HTTP port.
 
-A signal only sets an event that the loop checks between refreshes, so a refresh in flight
-finishes (every call in it has a timeout) and the process exits with nothing half-written.
-An outage of PostgreSQL, Redis or the upstream fails that refresh, is logged, and the loop
-goes on; the next refresh recovers.
+- Every replica tries to hold the leader lease (``leader``); only the leader refreshes.
+- The leader refreshes when it becomes leader, then every ``FETCH_INTERVAL_SECONDS`` with
+  +/- ``FETCH_JITTER_RATIO`` jitter, and at once when any replica receives ``POST /refresh``
+  (relayed over a Redis pub/sub channel).
+- Every ``REDIS_CHECK_INTERVAL_SECONDS`` the leader checks that Redis has a current snapshot
+  and rebuilds it from PostgreSQL if not (Redis restarted or flushed): no upstream needed.
+- SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
+  finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
+  activated and expires); the lease is released so a follower takes over at once.
+- An outage of PostgreSQL, Redis or the upstream fails that refresh, is logged, and the
+  service goes on; it never exits because a dependency is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import random
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import httpx
 import structlog
+import uvicorn
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenacity import (
@@ -29,9 +40,12 @@ from tenacity import (
 from covid_stats_contract import schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
-from stats_fetcher import __version__
+from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
+from stats_fetcher.leader import LeaderLease
 from stats_fetcher.refresh import Refresher, RefreshResult
+from stats_fetcher.server import create_app
+from stats_fetcher.upstream import UpstreamClient
 
 log = structlog.get_logger("stats_fetcher.service")
 
@@ -43,13 +57,53 @@ class SchemaNotReady(RuntimeError):
     pass
 
 
-@dataclass
-class Clients:
-    http: httpx.AsyncClient
-    redis: Redis
-    snapshots: SnapshotStore
-    settings: Settings
-    _pool: asyncpg.Pool | None = None
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the service, not uvicorn, handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class FetcherService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = RedisKeys(settings.redis_key_prefix)
+        timeout = settings.upstream_timeout_seconds
+        self.http = httpx.AsyncClient(
+            base_url=str(settings.upstream_base_url).rstrip("/"),
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": f"covid-stats-fetcher/{__version__}"},
+            follow_redirects=True,
+        )
+        self.redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        self.snapshots = SnapshotStore(self.redis, self.keys, settings.snapshot_grace_seconds)
+        self.upstream = UpstreamClient(
+            self.http,
+            settings.upstream_format,
+            settings.upstream_retries,
+            settings.upstream_retry_initial_seconds,
+            settings.upstream_retry_max_seconds,
+        )
+        self.lease = LeaderLease(
+            self.redis,
+            self.keys,
+            f"{socket.gethostname()}/{os.getpid()}",
+            settings.leader_lease_seconds,
+        )
+        self._pool: asyncpg.Pool | None = None
+        self._busy = asyncio.Lock()  # one refresh or rebuild at a time
+        self._wake = asyncio.Event()
+        self._requested = False
+        self._stopping = asyncio.Event()
+        self._refresh_task: asyncio.Task[RefreshResult | None] | None = None
+
+    # -- resources --------------------------------------------------------------------------
 
     async def pool(self) -> asyncpg.Pool:
         """The asyncpg pool, created on first use so that the fetcher starts while
@@ -73,72 +127,234 @@ class Clients:
             self._pool = pool
         return self._pool
 
-    async def refresh(self) -> RefreshResult | None:
-        """One refresh; None when a dependency outage prevented it (logged)."""
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+        await self.redis.aclose()
+
+    async def check_stores(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {"leader": self.lease.held}
         try:
-            refresher = Refresher(self.http, await self.pool(), self.snapshots)
-            return await refresher.refresh()
+            await self.redis.ping()
+            checks["redis"] = "ok"
+        except RedisError:
+            checks["redis"] = "down"
+        try:
+            async with (await self.pool()).acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            checks["postgres"] = "ok"
+        except (*DATABASE_ERRORS, SchemaNotReady):
+            checks["postgres"] = "down"
+        return checks
+
+    # -- work -------------------------------------------------------------------------------
+
+    async def _guarded(
+        self, what: str, work: Callable[[Refresher], Awaitable[RefreshResult | None]]
+    ) -> RefreshResult | None:
+        """Run ``work`` with a refresher; a dependency outage is logged, never raised."""
+        try:
+            refresher = Refresher(
+                self.upstream,
+                await self.pool(),
+                self.snapshots,
+                max_future_days=self.settings.max_future_days,
+                min_ratio=self.settings.min_jurisdictions_ratio,
+            )
+            async with self._busy:
+                return await work(refresher)
         except SchemaNotReady as exc:
             log.error("schema_not_ready", error=str(exc))
         except DATABASE_ERRORS as exc:
-            log.error("database_unavailable", error=repr(exc))
+            log.error("database_unavailable", during=what, error=repr(exc))
         except RedisError as exc:
-            log.error("redis_unavailable", error=repr(exc))
+            log.error("redis_unavailable", during=what, error=repr(exc))
         except Exception:  # a bug must not stop the schedule: log it, try again next time
-            log.exception("refresh_failed")
+            log.exception("refresh_failed", during=what)
         return None
 
+    async def refresh(self) -> RefreshResult | None:
+        return await self._guarded("refresh", lambda r: r.refresh(self.lease.value or ""))
 
-@asynccontextmanager
-async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
-    """One shared HTTP client, Redis client and (lazy) PostgreSQL pool; closed on exit."""
-    timeout = settings.upstream_timeout_seconds
-    http = httpx.AsyncClient(
-        base_url=str(settings.upstream_base_url).rstrip("/"),
-        timeout=httpx.Timeout(timeout),
-        headers={"User-Agent": f"covid-stats-fetcher/{__version__}"},
-        follow_redirects=True,
-    )
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-    )
-    snapshots = SnapshotStore(
-        redis, RedisKeys(settings.redis_key_prefix), settings.snapshot_grace_seconds
-    )
-    clients = Clients(http=http, redis=redis, snapshots=snapshots, settings=settings)
+    async def rebuild_if_empty(self) -> None:
+        """Republish from PostgreSQL when Redis has no current snapshot."""
+
+        async def rebuild(refresher: Refresher) -> RefreshResult | None:
+            if await self.snapshots.current_id() is not None:
+                return None
+            log.warning("redis_has_no_snapshot", action="rebuild from PostgreSQL")
+            result = RefreshResult()
+            await refresher.publish(result, self.lease.value or "")
+            return result
+
+        await self._guarded("rebuild", rebuild)
+
+    async def request_refresh(self) -> bool:
+        """Ask the leader, wherever it runs, to refresh now. False when Redis is down."""
+        try:
+            await self.redis.publish(self.keys.refresh_channel, "refresh")
+        except RedisError:
+            return False
+        return True
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _lead(self) -> None:
+        while not self._stopping.is_set():
+            was = self.lease.held
+            try:
+                held = await self.lease.keep()
+            except RedisError as exc:
+                held = False
+                log.warning("lease_unavailable", error=repr(exc))
+            metrics.LEADER.set(1 if held else 0)
+            if held and not was:
+                log.info("became_leader", lease=self.lease.value)
+                self._requested = True
+                self._wake.set()
+            elif was and not held:
+                log.warning("lost_leadership")
+            await self._sleep(self.settings.leader_lease_seconds / 3)
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_due = loop.time()
+        while not self._stopping.is_set():
+            timeout = max(0.0, next_due - loop.time()) if self.lease.held else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self._stopping.is_set() or not self.lease.held:
+                continue
+            if not self._requested and loop.time() < next_due:
+                continue
+            self._requested = False
+            self._refresh_task = asyncio.create_task(self.refresh())
+            await asyncio.wait({self._refresh_task})
+            jitter = random.uniform(-1, 1) * self.settings.fetch_jitter_ratio  # noqa: S311
+            next_due = loop.time() + self.settings.fetch_interval_seconds * (1 + jitter)
+
+    async def _watch_redis(self) -> None:
+        while not self._stopping.is_set():
+            await self._sleep(self.settings.redis_check_interval_seconds)
+            if self.lease.held and not self._busy.locked():
+                await self.rebuild_if_empty()
+
+    async def _listen(self) -> None:
+        """Relay POST /refresh from any replica to this one if it leads."""
+        while not self._stopping.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.refresh_channel)
+                while not self._stopping.is_set():
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and self.lease.held:
+                        log.info("refresh_requested")
+                        self._requested = True
+                        self._wake.set()
+            except RedisError as exc:
+                log.warning("refresh_channel_unavailable", error=repr(exc))
+                await self._sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop)
+        server = _EmbeddedServer(
+            uvicorn.Config(
+                create_app(self),
+                host=self.settings.fetcher_host,
+                port=self.settings.fetcher_port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        log.info(
+            "fetcher_started",
+            upstream=str(self.settings.upstream_base_url),
+            interval_seconds=self.settings.fetch_interval_seconds,
+            port=self.settings.fetcher_port,
+        )
+        tasks = [
+            asyncio.create_task(coro)
+            for coro in (
+                server.serve(),
+                self._lead(),
+                self._schedule(),
+                self._watch_redis(),
+                self._listen(),
+            )
+        ]
+        await self._stopping.wait()
+        await self._finish_refresh()
+        for task in tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        with contextlib.suppress(RedisError):
+            await self.lease.release()
+        metrics.LEADER.set(0)
+        server.should_exit = True
+        await tasks[0]
+        await self.close()
+        log.info("fetcher_stopped")
+
+    def _stop(self) -> None:
+        log.info("stopping")
+        self._stopping.set()
+        self._wake.set()
+
+    async def _finish_refresh(self) -> None:
+        task = self._refresh_task
+        if task is None or task.done():
+            return
+        grace = self.settings.shutdown_grace_seconds
+        log.info("waiting_for_refresh", grace_seconds=grace)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except TimeoutError:
+            log.warning("refresh_abandoned", reason="shutdown grace period over")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def one_shot(settings: Settings) -> AsyncIterator[FetcherService]:
+    service = FetcherService(settings)
     try:
-        yield clients
+        yield service
     finally:
-        await http.aclose()
-        await redis.aclose()
-        if clients._pool is not None:
-            await clients._pool.close()
+        await service.close()
 
 
-async def run_forever(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "fetcher_started",
-        upstream=str(settings.upstream_base_url),
-        interval_seconds=settings.fetch_interval_seconds,
-    )
-    async with open_clients(settings) as clients:
-        while not stop.is_set():
-            await clients.refresh()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.fetch_interval_seconds)
-    log.info("fetcher_stopped")
+class LeaseHeld(RuntimeError):
+    pass
 
 
-async def refresh_once(settings: Settings) -> RefreshResult | None:
-    async with open_clients(settings) as clients:
-        return await clients.refresh()
+async def refresh_once(settings: Settings) -> bool:
+    """One refresh, holding the leader lease for its duration (refused while a running
+    fetcher holds it). True when it ran and Redis then serves a current snapshot."""
+    async with one_shot(settings) as service:
+        if not await service.lease.keep():
+            raise LeaseHeld("another stats-fetcher holds the leader lease")
+        try:
+            result = await service.refresh()
+        finally:
+            await service.lease.release()
+        if result is None or result.publish_error is not None:
+            return False
+        return await service.snapshots.current_id() is not None
 
 
 async def migrate(settings: Settings, wait_seconds: float) -> list[int]:

@@ -1,90 +1,118 @@
-"""The upstream API: which resources the fetcher reads, fetching them, and validating them.
+"""Fetching one upstream resource: conditional, retried, and bounded in time.
 
-The api serves each resource under the upstream's own path, so a resource's document name in
-the contract is its upstream path without the leading slash.
+Every request has the client's timeout. Transient failures (a timeout, a dropped or truncated
+connection, 429 and 5xx answers) are retried with exponential backoff and jitter; anything
+else fails at once. The validators of the last stored response (``ETag``, ``Last-Modified``)
+go out as ``If-None-Match`` / ``If-Modified-Since``, so an unchanged upstream answers 304.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from covid_stats_contract.documents import STATES_CURRENT, US_CURRENT
+from covid_stats_contract.records import UpstreamState
+from covid_stats_contract.resources import Format, Resource
 
-Record = dict[str, Any]
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+_CONTENT_TYPES: dict[Format, tuple[str, ...]] = {
+    "json": ("json",),
+    "csv": ("csv", "text/plain"),
+}
 
-_STATE_RE = re.compile(r"^[A-Z]{2}$")
 
+class FetchFailed(Exception):
+    """The resource could not be fetched; ``reason`` is a short label (for metrics)."""
 
-class UpstreamError(Exception):
-    """A resource could not be fetched or its payload was rejected; ``reason`` says why."""
-
-    def __init__(self, resource: str, reason: str) -> None:
-        super().__init__(f"{resource}: {reason}")
-        self.resource = resource
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
+
+
+class _Transient(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.status_code = response.status_code
 
 
 @dataclass(frozen=True, slots=True)
-class Resource:
-    document: str  # contract document name, also the upstream path without "/"
-    check_record: Callable[[Record], str | None]  # None when fine, else the reason
-
-    @property
-    def path(self) -> str:
-        return "/" + self.document
-
-
-def _check_dated(record: Record) -> str | None:
-    date = record.get("date")
-    if type(date) is not int or not 20000101 <= date <= 99991231:
-        return f"bad date {date!r}"
-    return None
+class Fetched:
+    not_modified: bool
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+    attempts: int
+    seconds: float
 
 
-def _check_state(record: Record) -> str | None:
-    state = record.get("state")
-    if not isinstance(state, str) or not _STATE_RE.match(state):
-        return f"bad state {state!r}"
-    return _check_dated(record)
+class UpstreamClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        fmt: Format,
+        retries: int,
+        retry_initial_seconds: float,
+        retry_max_seconds: float,
+    ) -> None:
+        self.http = http
+        self.fmt = fmt
+        self.retries = retries
+        self.retry_initial_seconds = retry_initial_seconds
+        self.retry_max_seconds = retry_max_seconds
 
-
-US_CURRENT_RESOURCE = Resource(US_CURRENT, _check_dated)
-STATES_CURRENT_RESOURCE = Resource(STATES_CURRENT, _check_state)
-RESOURCES = (US_CURRENT_RESOURCE, STATES_CURRENT_RESOURCE)
-
-
-async def fetch_records(client: httpx.AsyncClient, resource: Resource) -> list[Record]:
-    """GET one resource and return its validated records; raises UpstreamError."""
-    try:
-        response = await client.get(resource.path)
-    except httpx.HTTPError as exc:
-        raise UpstreamError(resource.document, f"request failed: {exc!r}") from exc
-    if response.status_code != httpx.codes.OK:
-        raise UpstreamError(resource.document, f"HTTP {response.status_code}")
-    content_type = response.headers.get("content-type", "")
-    if "json" not in content_type:
-        raise UpstreamError(resource.document, f"unexpected content type {content_type!r}")
-    return parse_records(resource, response.content)
-
-
-def parse_records(resource: Resource, body: bytes) -> list[Record]:
-    """Decode and validate a payload: a non-empty JSON array of records."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise UpstreamError(resource.document, f"invalid JSON ({exc})") from exc
-    if not isinstance(payload, list) or not payload:
-        raise UpstreamError(resource.document, "expected a non-empty JSON array")
-    for index, record in enumerate(payload):
-        if not isinstance(record, dict):
-            raise UpstreamError(resource.document, f"record {index} is not an object")
-        problem = resource.check_record(record)
-        if problem:
-            raise UpstreamError(resource.document, f"record {index}: {problem}")
-    return payload
+    async def fetch(self, resource: Resource, last: UpstreamState | None) -> Fetched:
+        headers = {}
+        if last is not None and last.etag:
+            headers["If-None-Match"] = last.etag
+        if last is not None and last.last_modified:
+            headers["If-Modified-Since"] = last.last_modified
+        path = resource.upstream_path(self.fmt)
+        started = time.perf_counter()
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.retries + 1),
+                wait=wait_exponential_jitter(
+                    initial=self.retry_initial_seconds, max=self.retry_max_seconds
+                ),
+                retry=retry_if_exception_type((httpx.TransportError, _Transient)),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    response = await self.http.get(path, headers=headers)
+                    if response.status_code in _TRANSIENT_STATUS:
+                        raise _Transient(response)
+        except httpx.TimeoutException as exc:
+            raise FetchFailed("timeout", f"{path}: {exc!r} after {attempts} attempts") from exc
+        except httpx.RemoteProtocolError as exc:
+            raise FetchFailed("truncated", f"{path}: {exc!r} after {attempts} attempts") from exc
+        except httpx.TransportError as exc:
+            raise FetchFailed("connection", f"{path}: {exc!r} after {attempts} attempts") from exc
+        except _Transient as exc:
+            raise FetchFailed(
+                f"http_{exc.status_code}",
+                f"{path}: HTTP {exc.status_code} after {attempts} attempts",
+            ) from exc
+        seconds = time.perf_counter() - started
+        etag = response.headers.get("etag")
+        last_modified = response.headers.get("last-modified")
+        if response.status_code == httpx.codes.NOT_MODIFIED:
+            return Fetched(True, b"", etag, last_modified, attempts, seconds)
+        if response.status_code != httpx.codes.OK:
+            raise FetchFailed(
+                f"http_{response.status_code}", f"{path}: HTTP {response.status_code}"
+            )
+        content_type = response.headers.get("content-type", "")
+        if not any(kind in content_type for kind in _CONTENT_TYPES[self.fmt]):
+            raise FetchFailed("content_type", f"{path}: unexpected content type {content_type!r}")
+        return Fetched(False, response.content, etag, last_modified, attempts, seconds)

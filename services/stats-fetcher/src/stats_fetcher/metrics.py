@@ -1,0 +1,93 @@
+"""The fetcher's Prometheus metrics (served on its own port at ``/metrics``).
+
+One process, one registry: the fetcher runs no worker processes, so the default registry is
+exact. Names follow Prometheus conventions (base units, ``_total``, ``_seconds``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from stats_fetcher import __version__
+
+NAMESPACE = "covid_stats_fetcher"
+
+FETCHES = Counter(
+    "fetches",
+    "Upstream fetches by resource and outcome (updated, unchanged, not_modified, rejected, failed)",
+    ["resource", "outcome"],
+    namespace=NAMESPACE,
+)
+FETCH_ERRORS = Counter(
+    "fetch_errors",
+    "Fetches that failed or whose payload was rejected, by resource and reason",
+    ["resource", "reason"],
+    namespace=NAMESPACE,
+)
+FETCH_DURATION = Histogram(
+    "fetch_duration_seconds",
+    "Time to fetch one resource, retries included",
+    ["resource"],
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RECORDS_WRITTEN = Counter(
+    "records_written",
+    "Records inserted or changed in PostgreSQL",
+    ["resource"],
+    namespace=NAMESPACE,
+)
+RECORDS_DELETED = Counter(
+    "records_deleted",
+    "Records deleted from PostgreSQL because the upstream no longer has them",
+    ["resource"],
+    namespace=NAMESPACE,
+)
+LAST_SUCCESS = Gauge(
+    "last_success_timestamp_seconds",
+    "Unix time of the last fetch that confirmed or updated the resource",
+    ["resource"],
+    namespace=NAMESPACE,
+)
+REFRESH_DURATION = Histogram(
+    "refresh_duration_seconds",
+    "Time of one whole refresh (all resources, store, publish)",
+    namespace=NAMESPACE,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+SNAPSHOTS_PUBLISHED = Counter(
+    "snapshots_published", "Snapshots published to Redis", namespace=NAMESPACE
+)
+PUBLISH_ERRORS = Counter(
+    "publish_errors",
+    "Snapshots that could not be published, by reason (redis, fenced)",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+SNAPSHOT_ID = Gauge(
+    "snapshot_id", "Id of the last snapshot this process published", namespace=NAMESPACE
+)
+LEADER = Gauge("leader", "1 while this process holds the leader lease", namespace=NAMESPACE)
+BUILD = Info("build", "Version of the stats-fetcher", namespace=NAMESPACE)
+BUILD.info({"version": __version__})
+
+_DATA_CONFIRMED_AT: list[float] = []  # [unix time]: when the data was last confirmed fresh
+
+
+def data_confirmed(at: float | None = None) -> None:
+    """The data in the stores is as fresh as the upstream's at ``at`` (now by default)."""
+    _DATA_CONFIRMED_AT[:] = [time.time() if at is None else at]
+
+
+def _data_age() -> float:
+    return time.time() - _DATA_CONFIRMED_AT[0] if _DATA_CONFIRMED_AT else float("nan")
+
+
+DATA_AGE = Gauge(
+    "data_age_seconds",
+    "Seconds since every resource was last confirmed current with the upstream (NaN: never)",
+    namespace=NAMESPACE,
+)
+DATA_AGE.set_function(_data_age)
