@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +20,18 @@ import redis
 from covid_stats_contract import schema
 from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
-from support import ARCHIVE, Process, clean_env, python_module, spawn, start_api
+from support import (
+    ARCHIVE,
+    Fetcher,
+    Process,
+    Upstream,
+    clean_env,
+    python_module,
+    scratch_dir,
+    spawn,
+    start_api,
+    start_fetcher,
+)
 
 
 def pytest_report_header() -> str:
@@ -53,11 +62,8 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     if url := os.environ.get("TEST_DATABASE_URL"):
         yield url
         return
-    # Not under tmp_path_factory: pytest keeps its base temp dir at mode 0700 (and resets it
-    # when another pytest session starts), which the unprivileged postgres user, used when
-    # the tests run as root, could not traverse.
     with (
-        tempfile.TemporaryDirectory(prefix="covid-stats-test-pg-", ignore_cleanup_errors=True) as d,
+        scratch_dir("test-pg") as d,
         LocalPostgres(Path(d)) as server,
     ):
         yield server.url
@@ -125,19 +131,16 @@ def empty_database_url(postgres_server_url: str) -> Iterator[str]:
     asyncio.run(run(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
-@dataclass(frozen=True)
-class Upstream:
-    url: str
-    real_archive: bool
-
-
 @pytest.fixture(scope="session")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The replay upstream, with its fault-injection control API on."""
     port = free_port()
     source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
     process = spawn(
         "upstream",
-        python_module("replay_upstream", "--host", "127.0.0.1", "--port", str(port), *source),
+        python_module(
+            "replay_upstream", "--host", "127.0.0.1", "--port", str(port), "--control", *source
+        ),
         clean_env(),
         tmp_path_factory.mktemp("upstream-logs"),
     )
@@ -148,9 +151,68 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
 
 
 @pytest.fixture
+def upstream(upstream_server: Upstream) -> Upstream:
+    """The replay upstream with no fault set and its request counters at zero."""
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture
 def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[str, str]:
     """Environment for the fetcher and the api, pointed at the test servers."""
-    return clean_env(REDIS_URL=redis_url, DATABASE_URL=database_url, UPSTREAM_BASE_URL=upstream.url)
+    return clean_env(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        UPSTREAM_BASE_URL=upstream.url,
+        # Fail fast in tests: one quick retry, short timeouts.
+        UPSTREAM_RETRIES="1",
+        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+        UPSTREAM_TIMEOUT_SECONDS="2",
+    )
+
+
+@pytest.fixture
+def private_redis() -> Iterator[LocalRedis]:
+    """A Redis server of the test's own, which it may stop and start (outages)."""
+    with (
+        scratch_dir("test-redis") as d,
+        LocalRedis(Path(d)) as server,
+    ):
+        yield server
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A migrated PostgreSQL server of the test's own, which it may stop and start."""
+    with (
+        scratch_dir("test-pg") as d,
+        LocalPostgres(Path(d)) as server,
+    ):
+
+        async def migrate() -> None:
+            conn = await asyncpg.connect(server.url)
+            try:
+                await schema.migrate(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(migrate())
+        yield server
+
+
+@pytest.fixture
+def fetcher_factory(tmp_path: Path) -> Iterator[Callable[..., Fetcher]]:
+    """Starts `stats-fetcher run` processes with a given environment; stops them after."""
+    started: list[Fetcher] = []
+
+    def start(env: dict[str, str], name: str = "fetcher") -> Fetcher:
+        fetcher = start_fetcher(env, tmp_path, name)
+        started.append(fetcher)
+        return fetcher
+
+    yield start
+    for fetcher in started:
+        fetcher.process.stop()
 
 
 @pytest.fixture

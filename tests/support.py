@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 
@@ -27,7 +29,17 @@ _PROJECT_VARS = (
     "WEB_CONCURRENCY",
     "FETCH_INTERVAL_SECONDS",
     "REDIS_KEY_PREFIX",
+    "REFRESH_TOKEN",
+    "FETCHER_PORT",
+    "UPSTREAM_FORMAT",
 )
+
+
+def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory outside pytest's base temp dir, which pytest keeps at mode 0700
+    (and resets when another pytest session starts): the local PostgreSQL, run as an
+    unprivileged user when the tests run as root, could not traverse it."""
+    return tempfile.TemporaryDirectory(prefix=f"covid-stats-{prefix}-", ignore_cleanup_errors=True)
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -114,3 +126,80 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
     base = f"http://127.0.0.1:{port}"
     process.wait_http(f"{base}/healthz")
     return process, base
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The replay upstream under test, and its control API (faults, request counters)."""
+
+    url: str
+    real_archive: bool
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=10)
+
+    def fault(self, path: str, fault: str, **params: Any) -> None:
+        response = httpx.put(
+            f"{self.url}/_control/faults", json={"path": path, "fault": fault, **params}
+        )
+        response.raise_for_status()
+
+    def requests(self) -> dict[str, Any]:
+        counts: dict[str, Any] = httpx.get(f"{self.url}/_control/requests").json()
+        return counts
+
+    def reset(self) -> None:
+        httpx.delete(f"{self.url}/_control/faults").raise_for_status()
+        httpx.delete(f"{self.url}/_control/requests").raise_for_status()
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text format -> {(sample name, labels): value}."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@dataclass
+class Fetcher:
+    """A running `stats-fetcher run` process and its HTTP port."""
+
+    process: Process
+    url: str
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return metric_samples(httpx.get(f"{self.url}/metrics").text)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return sum(
+            value
+            for (sample, sample_labels), value in self.metrics().items()
+            if sample == name and wanted <= sample_labels
+        )
+
+    def ready(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/readyz").json()
+        return body
+
+    def is_leader(self) -> bool:
+        try:
+            return bool(self.ready().get("leader"))
+        except httpx.HTTPError:
+            return False
+
+
+def start_fetcher(env: Mapping[str, str], log_dir: Path, name: str = "fetcher") -> Fetcher:
+    port = free_port()
+    process = spawn(
+        f"{name}-{port}",
+        python_module("stats_fetcher", "run"),
+        {**env, "FETCHER_HOST": "127.0.0.1", "FETCHER_PORT": str(port)},
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/healthz")
+    return Fetcher(process, url)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis
 
-from conftest import Upstream, archive_only
+from conftest import archive_only
 from devstack.procs import free_port
-from support import ARCHIVE, run_fetcher
+from support import ARCHIVE, Upstream, run_fetcher
 
 ApiFactory = Callable[[dict[str, str]], str]
 

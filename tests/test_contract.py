@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from conftest import archive_only
 from covid_stats_contract import schema
 from covid_stats_contract.documents import (
+    DocumentBody,
     encode_record,
     etag_for,
     render_array,
@@ -22,7 +23,7 @@ from covid_stats_contract.documents import (
     state_current_name,
 )
 from covid_stats_contract.keys import RedisKeys
-from covid_stats_contract.snapshots import PENDING_TTL_SECONDS, DocumentBody, SnapshotStore
+from covid_stats_contract.snapshots import PENDING_TTL_SECONDS, SnapshotStore
 from support import ARCHIVE
 
 T = TypeVar("T")
@@ -71,8 +72,10 @@ def test_publish_flips_atomically_and_keeps_the_previous_snapshot_for_the_grace_
         client, store = await _snapshots(redis_url, grace=77)
         keys = store.keys
         assert (await store.read("a")).snapshot_id is None
-        first = await store.publish([DocumentBody("a", b"A1"), DocumentBody("b", b"B1")], "t1")
-        second = await store.publish([DocumentBody("a", b"A2")], "t2")
+        first = await store.publish([DocumentBody("a", b"A1"), DocumentBody("b", b"B1")])
+        second = await store.publish(
+            [DocumentBody("a", b"A2", source={"fetched_at": "t2"})], meta={"published_at": "p2"}
+        )
         assert int(second) == int(first) + 1
         found = await store.read("a")
         assert found.snapshot_id == second
@@ -86,6 +89,8 @@ def test_publish_flips_atomically_and_keeps_the_previous_snapshot_for_the_grace_
         assert await client.ttl(keys.document(second, "a")) == -1
         assert 0 < await client.ttl(keys.document(first, "a")) <= 77
         assert 0 < await client.ttl(keys.snapshot_docs(first)) <= 77
+        assert 0 < await client.ttl(keys.snapshot_meta(first)) <= 77
+        assert await store.meta(second) == {"snapshot_id": second, "published_at": "p2"}
         await client.aclose()
 
     run(scenario)
@@ -96,8 +101,8 @@ def test_a_publish_that_lost_a_document_is_refused_and_the_old_snapshot_stays(
 ) -> None:
     async def scenario() -> None:
         client, store = await _snapshots(redis_url)
-        good = await store.publish([DocumentBody("a", b"good")], "t1")
-        staged = await store.stage([DocumentBody("a", b"bad"), DocumentBody("c", b"bad")], "t2")
+        good = await store.publish([DocumentBody("a", b"good")])
+        staged = await store.stage([DocumentBody("a", b"bad"), DocumentBody("c", b"bad")])
         await client.delete(store.keys.document(staged, "c"))  # e.g. evicted, or expired
         with pytest.raises(ResponseError, match="lost document c"):
             await store.activate(staged)
@@ -114,8 +119,8 @@ def test_an_abandoned_publish_expires_on_its_own(redis_url: str) -> None:
     async def scenario() -> None:
         client, store = await _snapshots(redis_url)
         keys = store.keys
-        abandoned = await store.stage([DocumentBody("a", b"x")], "t")  # never activated
-        await store.publish([DocumentBody("a", b"real")], "t")
+        abandoned = await store.stage([DocumentBody("a", b"x")])  # never activated
+        await store.publish([DocumentBody("a", b"real")])
         for key in (keys.document(abandoned, "a"), keys.snapshot_docs(abandoned)):
             assert 0 < await client.ttl(key) <= PENDING_TTL_SECONDS
         assert (await store.read("a")).document.body == b"real"  # type: ignore[union-attr]
@@ -131,7 +136,7 @@ def test_readers_never_see_a_mix_of_two_snapshots(redis_url: str) -> None:
     async def scenario() -> None:
         client, store = await _snapshots(redis_url)
         names = [f"d{i}" for i in range(20)]
-        await store.publish([DocumentBody(n, b"0") for n in names], "t")
+        await store.publish([DocumentBody(n, b"0") for n in names])
         mismatches: list[tuple[str, bytes]] = []
         bodies_by_id: dict[str, bytes] = {}
         done = asyncio.Event()
@@ -139,7 +144,7 @@ def test_readers_never_see_a_mix_of_two_snapshots(redis_url: str) -> None:
         async def writer() -> None:
             for generation in range(1, 30):
                 body = str(generation).encode()
-                sid = await store.publish([DocumentBody(n, body) for n in names], "t")
+                sid = await store.publish([DocumentBody(n, body) for n in names])
                 bodies_by_id[sid] = body
             done.set()
 

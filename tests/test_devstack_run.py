@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +14,12 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from devstack.procs import free_port, is_alive, wait_until
-from support import Process, clean_env, python_module, spawn
+from support import Process, clean_env, python_module, scratch_dir, spawn
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    # Outside pytest's 0700 temp dir: the local PostgreSQL runs as an unprivileged user.
-    with tempfile.TemporaryDirectory(
-        prefix="covid-stats-devstack-", ignore_cleanup_errors=True
-    ) as d:
+    with scratch_dir("run") as d:
         yield Path(d)
 
 
@@ -59,6 +55,12 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     upstream = re.search(r"upstream: (http://\S+)", output)
     assert upstream, output
     us = httpx.get(f"{upstream[1]}/v1/us/current.json").content
+    # Served from PostgreSQL between the fetcher's store and its publish, then from Redis.
+    wait_until(
+        lambda: httpx.get(f"{base}/covid-stats").json()["source"] == "cache",
+        30,
+        what="the snapshot in Redis",
+    )
     assert httpx.get(f"{base}/covid-stats").json() == {"source": "cache", "data": json.loads(us)}
     assert f"{base}/covid-stats" in output  # the URLs are printed
 

@@ -1,98 +1,161 @@
-"""The stats-fetcher as a real process against the real replay upstream, PostgreSQL and Redis."""
+"""The stats-fetcher as real processes against the real replay upstream (misbehaving on
+purpose where a test says so), PostgreSQL and Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from conftest import Upstream
-from covid_stats_contract.documents import STATES_CURRENT, US_CURRENT, state_current_name
+from covid_stats_contract.documents import Document
 from covid_stats_contract.keys import RedisKeys
+from covid_stats_contract.resources import RESOURCES, STATES_CURRENT, STATES_DAILY, US_CURRENT
 from covid_stats_contract.snapshots import SnapshotStore
 from devstack.procs import free_port, wait_until
-from support import clean_env, python_module, run_fetcher, spawn
+from devstack.servers import LocalPostgres, LocalRedis
+from support import Fetcher, Upstream, clean_env, run_fetcher
+
+TOKEN = "test-refresh-token"
+# Rows inserted, updated or deleted in the database's tables so far (all backends).
+WRITES = "SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables"
 
 
-def _current_document(redis_url: str, name: str) -> bytes | None:
-    """The body of document ``name`` in the current snapshot, read as the api reads it."""
+def current_document(redis_url: str, name: str) -> Document | None:
+    """Document ``name`` of the current snapshot, read as the api reads it."""
 
-    async def read() -> bytes | None:
+    async def read() -> Document | None:
         client = AsyncRedis.from_url(redis_url)
         try:
-            found = await SnapshotStore(client, RedisKeys()).read(name)
+            return (await SnapshotStore(client, RedisKeys()).read(name)).document
         finally:
             await client.aclose()
-        return None if found.document is None else found.document.body
 
     return asyncio.run(read())
 
 
-def _count(database_url: str, table: str) -> int:
-    async def count() -> int:
+def body(redis_url: str, name: str) -> bytes | None:
+    doc = current_document(redis_url, name)
+    return None if doc is None else doc.body
+
+
+def snapshot_id(redis_url: str) -> int:
+    raw = redis.Redis.from_url(redis_url).get(RedisKeys().current_snapshot)
+    return 0 if raw is None else int(raw)
+
+
+def query(database_url: str, sql: str) -> Any:
+    async def run() -> Any:
         conn = await asyncpg.connect(database_url)
         try:
-            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            return await conn.fetchval(sql)
         finally:
             await conn.close()
 
-    return asyncio.run(count())
+    return asyncio.run(run())
 
 
-def test_refresh_stores_every_record_and_publishes_the_upstream_bytes(
+def refresh(env: dict[str, str]) -> str:
+    result = run_fetcher("refresh-once", env)
+    output = str(result.stdout.decode() + result.stderr.decode())
+    assert result.returncode == 0, output
+    return output
+
+
+# -- the pipeline --------------------------------------------------------------------------
+
+
+def test_a_refresh_stores_all_five_resources_and_publishes_the_upstream_bytes(
     service_env: dict[str, str], redis_url: str, database_url: str, upstream: Upstream
 ) -> None:
-    result = run_fetcher("refresh-once", service_env)
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-
-    us = httpx.get(f"{upstream.url}/v1/us/current.json").content
-    states = httpx.get(f"{upstream.url}/v1/states/current.json").content
-    assert _count(database_url, "us_current") == len(json.loads(us)) == 1
-    assert _count(database_url, "states_current") == len(json.loads(states)) == 56
-    assert _current_document(redis_url, US_CURRENT) == us
-    assert _current_document(redis_url, STATES_CURRENT) == states
-    california = next(r for r in json.loads(states) if r["state"] == "CA")
-    ca_doc = _current_document(redis_url, state_current_name("CA"))
-    assert ca_doc is not None
-    assert json.loads(ca_doc) == california
-    assert list(json.loads(ca_doc)) == list(california)  # key order kept
-
-
-def test_refresh_is_idempotent(service_env: dict[str, str], database_url: str) -> None:
-    for _ in range(2):
-        assert run_fetcher("refresh-once", service_env).returncode == 0
-    assert _count(database_url, "states_current") == 56
-    assert _count(database_url, "us_current") == 1
+    refresh(service_env)
+    for resource in RESOURCES:
+        upstream_json = upstream.get(resource.upstream_path("json"))
+        records = json.loads(upstream_json.content)
+        count = query(database_url, f"SELECT count(*) FROM {resource.table}")  # noqa: S608
+        assert count == len(records), resource.key
+        doc = current_document(redis_url, resource.document("json"))
+        assert doc is not None, resource.key
+        assert doc.body == upstream_json.content, resource.key
+        assert doc.upstream_etag == upstream_json.headers["etag"]
+        assert doc.fetched_at.endswith("Z")
+        upstream_csv = upstream.get(resource.upstream_path("csv"))
+        assert body(redis_url, resource.document("csv")) == upstream_csv.content, resource.key
+    for state in ("ca", "NY", "vi"):
+        for resource in (STATES_CURRENT, STATES_DAILY):
+            path = f"/v1/states/{state.lower()}/{resource.per_state}.json"
+            assert body(redis_url, resource.state_document(state)) == upstream.get(path).content
 
 
-def test_an_unreachable_upstream_keeps_the_stored_data_and_republishes_it(
+def test_a_refresh_of_an_unchanged_upstream_costs_conditional_requests_and_no_writes(
+    service_env: dict[str, str], redis_url: str, database_url: str, upstream: Upstream
+) -> None:
+    refresh(service_env)
+    first = snapshot_id(redis_url)
+    stored_at = query(database_url, "SELECT max(fetched_at) FROM upstream_resources")
+    writes = query(database_url, WRITES)
+    upstream.reset()
+
+    refresh(service_env)
+    counts = upstream.requests()
+    assert sum(c["total"] for c in counts.values()) == len(RESOURCES)
+    assert sum(c["conditional"] for c in counts.values()) == len(RESOURCES)
+    assert sum(c["status"].get("304", 0) for c in counts.values()) == len(RESOURCES)
+    assert snapshot_id(redis_url) == first  # no new snapshot
+    assert query(database_url, "SELECT max(fetched_at) FROM upstream_resources") == stored_at
+    # Backends flush their statistics when they disconnect: the fetcher has exited.
+    assert query(database_url, WRITES) == writes
+
+
+def test_the_csv_form_gives_the_same_documents_as_the_json_form(
     service_env: dict[str, str], redis_url: str
 ) -> None:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    published = _current_document(redis_url, STATES_CURRENT)
-    redis.Redis.from_url(redis_url).flushdb()  # Redis lost everything (restart, flush)
+    refresh(service_env)
+    from_json = {r.key: body(redis_url, r.document("json")) for r in RESOURCES}
+    redis.Redis.from_url(redis_url).flushdb()
+    query(service_env["DATABASE_URL"], "TRUNCATE upstream_resources")  # force a full reload
+    refresh({**service_env, "UPSTREAM_FORMAT": "csv"})
+    assert {r.key: body(redis_url, r.document("json")) for r in RESOURCES} == from_json
 
+
+def test_a_changed_upstream_publishes_a_new_snapshot_and_keeps_the_old_one_for_a_while(
+    service_env: dict[str, str], redis_url: str, upstream: Upstream
+) -> None:
+    refresh({**service_env, "SNAPSHOT_GRACE_SECONDS": "120"})
+    first = snapshot_id(redis_url)
+    changed = json.loads(upstream.get("/v1/us/current.json").content)
+    changed[0]["positive"] += 1
+    upstream.fault("/v1/us/current.json", "body", body=changed)
+    refresh({**service_env, "SNAPSHOT_GRACE_SECONDS": "120"})
+    assert snapshot_id(redis_url) == first + 1
+    assert json.loads(body(redis_url, "v1/us/current.json") or b"") == changed
+    old_key = RedisKeys().document(str(first), "v1/us/current.json")
+    assert 0 < redis.Redis.from_url(redis_url).ttl(old_key) <= 120
+
+
+def test_redis_is_rebuilt_from_postgres_without_the_upstream(
+    service_env: dict[str, str], redis_url: str
+) -> None:
+    refresh(service_env)
+    published = {r.key: body(redis_url, r.document("json")) for r in RESOURCES}
+    redis.Redis.from_url(redis_url).flushdb()
     dead = {**service_env, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{free_port()}"}
-    result = run_fetcher("refresh-once", dead)
-    assert result.returncode == 0, result.stdout.decode()
-    assert "fetch_rejected" in result.stdout.decode()
-    # Rebuilt from PostgreSQL without the upstream: the same bytes as before.
-    assert _current_document(redis_url, STATES_CURRENT) == published
+    output = refresh(dead)
+    assert '"fetch_failed"' in output
+    assert {r.key: body(redis_url, r.document("json")) for r in RESOURCES} == published
 
 
-def test_nothing_is_published_without_data_and_the_command_says_so(
-    service_env: dict[str, str], redis_url: str
-) -> None:
+def test_nothing_is_published_without_any_data(service_env: dict[str, str], redis_url: str) -> None:
     dead = {**service_env, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     result = run_fetcher("refresh-once", dead)
     assert result.returncode == 1
-    assert _current_document(redis_url, US_CURRENT) is None
+    assert snapshot_id(redis_url) == 0
 
 
 def test_an_unmigrated_database_is_reported_not_written(
@@ -105,32 +168,338 @@ def test_an_unmigrated_database_is_reported_not_written(
     assert result.returncode == 1
     assert "stats-fetcher migrate" in result.stdout.decode()
     assert run_fetcher("migrate", env).returncode == 0
+    assert run_fetcher("migrate", env).returncode == 0  # idempotent
     assert run_fetcher("refresh-once", env).returncode == 0
 
 
-def test_the_service_refreshes_on_schedule_and_stops_on_sigterm(
-    service_env: dict[str, str], redis_url: str, tmp_path: Path
+# -- faults: the last good snapshot stays, the failure is counted --------------------------
+
+
+def _refreshed(fetcher: Fetcher, before: float) -> bool:
+    return fetcher.metric("covid_stats_fetcher_refresh_duration_seconds_count") > before
+
+
+def _trigger_and_wait(fetcher: Fetcher) -> None:
+    before = fetcher.metric("covid_stats_fetcher_refresh_duration_seconds_count")
+    response = httpx.post(f"{fetcher.url}/refresh", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 202, response.text
+    wait_until(lambda: _refreshed(fetcher, before), 30, what="the requested refresh")
+
+
+def _states(upstream: Upstream) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = json.loads(upstream.get("/v1/states/current.json").content)
+    return records
+
+
+FAULTS: list[tuple[str, dict[str, Any], str, str]] = [
+    # (fault, params, expected outcome, expected reason)
+    ("status", {"status": 500}, "failed", "http_500"),
+    ("status", {"status": 404}, "failed", "http_404"),
+    ("delay", {"seconds": 5}, "failed", "timeout"),
+    ("truncate", {}, "failed", "truncated"),
+    ("schema", {}, "rejected", "schema"),
+    ("empty", {}, "rejected", "empty"),
+    ("content_type", {}, "failed", "content_type"),
+    ("not_modified", {}, "not_modified", ""),
+]
+
+
+def test_every_fault_keeps_the_last_good_snapshot_and_moves_the_failure_metric(
+    service_env: dict[str, str],
+    redis_url: str,
+    upstream: Upstream,
+    fetcher_factory: Any,
+    api_factory: Any,
+    subtests: pytest.Subtests,
+) -> None:
+    env = {
+        **service_env,
+        "REFRESH_TOKEN": TOKEN,
+        "UPSTREAM_TIMEOUT_SECONDS": "0.5",
+        "FETCH_INTERVAL_SECONDS": "3600",
+    }
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(redis_url) > 0, 30, what="the first snapshot")
+    api = api_factory(service_env)
+    good = httpx.get(f"{api}/v1/states/current.json").content
+    assert good == upstream.get("/v1/states/current.json").content
+    path = "/v1/states/current.json"
+    records = _states(upstream)
+    negative = [dict(records[0], positive=-1), *records[1:]]
+    future = [dict(records[0], date=29991231), *records[1:]]
+    cases = [
+        *FAULTS,
+        ("body", {"body": negative}, "rejected", "schema"),
+        ("body", {"body": future}, "rejected", "future_date"),
+        ("body", {"body": records[:10]}, "rejected", "fewer_jurisdictions"),
+        ("body", {"body": records + records[:1]}, "rejected", "duplicate_keys"),
+    ]
+    for fault, params, outcome, reason in cases:
+        with subtests.test(msg=f"{fault} {params if fault != 'body' else reason}"):
+            upstream.reset()
+            upstream.fault(path, fault, **params)
+            labels = {"resource": "states/current"}
+            outcomes_before = fetcher.metric(
+                "covid_stats_fetcher_fetches_total", outcome=outcome, **labels
+            )
+            errors = "covid_stats_fetcher_fetch_errors_total"
+            errors_before = fetcher.metric(errors, reason=reason, **labels)
+            _trigger_and_wait(fetcher)
+            assert (
+                fetcher.metric("covid_stats_fetcher_fetches_total", outcome=outcome, **labels)
+                == outcomes_before + 1
+            )
+            if reason:
+                assert (
+                    fetcher.metric(
+                        "covid_stats_fetcher_fetch_errors_total", reason=reason, **labels
+                    )
+                    == errors_before + 1
+                )
+            assert httpx.get(f"{api}/v1/states/current.json").content == good
+            # The other resources were refreshed as usual: each fails on its own.
+            assert (
+                fetcher.metric(
+                    "covid_stats_fetcher_fetches_total", resource="us/current", outcome="failed"
+                )
+                == 0
+            )
+
+
+def test_transient_errors_are_retried(
+    service_env: dict[str, str], redis_url: str, upstream: Upstream
+) -> None:
+    upstream.fault("/v1/us/daily.json", "status", status=503, times=2)
+    output = refresh({**service_env, "UPSTREAM_RETRIES": "2"})
+    assert '"fetch_failed"' not in output
+    assert upstream.requests()["/v1/us/daily.json"]["total"] == 3
+    assert body(redis_url, "v1/us/daily.json") == upstream.get("/v1/us/daily.json").content
+
+
+# -- the service: schedule, control, outages, replicas --------------------------------------
+
+
+def test_post_refresh_needs_the_bearer_token(
+    service_env: dict[str, str], fetcher_factory: Any
+) -> None:
+    fetcher: Fetcher = fetcher_factory({**service_env, "REFRESH_TOKEN": TOKEN})
+    url = f"{fetcher.url}/refresh"
+    assert httpx.post(url).status_code == 401
+    wrong = httpx.post(url, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "unauthorized"
+    assert TOKEN not in wrong.text
+    assert httpx.post(url, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    _trigger_and_wait(fetcher)
+    off: Fetcher = fetcher_factory(service_env, name="no-token")
+    assert (
+        httpx.post(f"{off.url}/refresh", headers={"Authorization": "Bearer x"}).status_code == 403
+    )
+    assert TOKEN not in fetcher.process.output()
+
+
+def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(
+    service_env: dict[str, str], fetcher_factory: Any, upstream: Upstream
 ) -> None:
     env = {**service_env, "FETCH_INTERVAL_SECONDS": "0.5", "LOG_LEVEL": "INFO"}
-    process = spawn("fetcher", python_module("stats_fetcher", "run"), env, tmp_path)
-    keys = RedisKeys()
-    client = redis.Redis.from_url(redis_url)
-
-    def snapshot() -> int:
-        raw = client.get(keys.current_snapshot)
-        return 0 if raw is None else int(raw)
-
-    # A first refresh at start, then more on the schedule.
-    wait_until(lambda: snapshot() >= 1, 20, what="the first snapshot")
-    wait_until(lambda: snapshot() >= 3, 20, what="two scheduled refreshes")
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.proc.wait(timeout=20) == 0
-    assert "fetcher_stopped" in process.output()
-    client.close()
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(
+        lambda: fetcher.metric("covid_stats_fetcher_refresh_duration_seconds_count") >= 3,
+        30,
+        what="three scheduled refreshes",
+    )
+    assert fetcher.metric("covid_stats_fetcher_leader") == 1
+    assert fetcher.metric("covid_stats_fetcher_snapshots_published_total") == 1  # then 304s
+    assert fetcher.metric("covid_stats_fetcher_data_age_seconds") < 30
+    assert fetcher.ready() == {"status": "ready", "leader": True, "redis": "ok", "postgres": "ok"}
+    fetcher.process.proc.send_signal(signal.SIGTERM)
+    assert fetcher.process.proc.wait(timeout=30) == 0
+    assert '"fetcher_stopped"' in fetcher.process.output()
 
 
-def test_the_service_survives_a_database_outage_at_start(
-    redis_url: str, upstream: Upstream, tmp_path: Path
+def test_sigterm_during_a_refresh_lets_it_finish(
+    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+) -> None:
+    upstream.fault("/v1/states/daily.json", "delay", seconds=2)
+    fetcher: Fetcher = fetcher_factory({**service_env, "UPSTREAM_TIMEOUT_SECONDS": "10"})
+    wait_until(
+        lambda: upstream.requests().get("/v1/states/daily.json", {}).get("total", 0) >= 1,
+        20,
+        what="the refresh to be in flight",
+    )
+    fetcher.process.proc.send_signal(signal.SIGTERM)
+    assert fetcher.process.proc.wait(timeout=30) == 0
+    assert snapshot_id(redis_url) == 1  # the refresh finished and published
+    assert body(redis_url, "v1/states/daily.json") is not None
+
+
+def test_sigterm_past_the_grace_period_abandons_the_refresh_cleanly(
+    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+) -> None:
+    refresh(service_env)
+    changed = json.loads(upstream.get("/v1/us/current.json").content)
+    changed[0]["death"] += 7
+    upstream.fault("/v1/us/current.json", "body", body=changed)
+    upstream.fault("/v1/states/daily.json", "delay", seconds=20)
+    env = {**service_env, "UPSTREAM_TIMEOUT_SECONDS": "30", "SHUTDOWN_GRACE_SECONDS": "0.5"}
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(
+        lambda: upstream.requests().get("/v1/states/daily.json", {}).get("total", 0) >= 1,
+        20,
+        what="the refresh to be in flight",
+    )
+    fetcher.process.proc.send_signal(signal.SIGTERM)
+    assert fetcher.process.proc.wait(timeout=30) == 0
+    assert '"refresh_abandoned"' in fetcher.process.output()
+    assert snapshot_id(redis_url) == 1  # the previous snapshot is still the current one
+    assert json.loads(body(redis_url, "v1/us/current.json") or b"") != changed
+
+
+def test_a_flushed_redis_is_rebuilt_by_the_running_fetcher_without_the_upstream(
+    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+) -> None:
+    env = {**service_env, "REDIS_CHECK_INTERVAL_SECONDS": "0.2", "FETCH_INTERVAL_SECONDS": "3600"}
+    fetcher_factory(env)
+    wait_until(lambda: snapshot_id(redis_url) > 0, 30, what="the first snapshot")
+    published = body(redis_url, "v1/states/daily.json")
+    upstream.reset()
+    redis.Redis.from_url(redis_url).flushdb()
+    wait_until(lambda: body(redis_url, "v1/states/daily.json") is not None, 20, what="the rebuild")
+    assert body(redis_url, "v1/states/daily.json") == published
+    assert upstream.requests() == {}
+
+
+def test_redis_down_during_a_publish_then_back_empty(
+    service_env: dict[str, str],
+    private_redis: LocalRedis,
+    fetcher_factory: Any,
+    upstream: Upstream,
+) -> None:
+    env = {
+        **service_env,
+        "REDIS_URL": private_redis.url,
+        "FETCH_INTERVAL_SECONDS": "0.3",
+        "REDIS_CHECK_INTERVAL_SECONDS": "0.2",
+        "LEADER_LEASE_SECONDS": "1",
+        "UPSTREAM_TIMEOUT_SECONDS": "1",
+    }
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(private_redis.url) > 0, 30, what="the first snapshot")
+    changed = json.loads(upstream.get("/v1/us/current.json").content)
+    changed[0]["positive"] += 5
+    private_redis.kill()
+    upstream.fault("/v1/us/current.json", "body", body=changed)
+    wait_until(
+        lambda: fetcher.metric("covid_stats_fetcher_leader") == 0, 20, what="the lease to be lost"
+    )
+    assert fetcher.process.proc.poll() is None  # degraded, not dead
+    private_redis.start()  # back, and empty
+    wait_until(
+        lambda: json.loads(body(private_redis.url, US_CURRENT.document()) or b"null") == changed,
+        30,
+        what="the new data to be published after Redis came back",
+    )
+    assert fetcher.ready()["redis"] == "ok"
+
+
+def test_postgres_down_during_an_upsert_then_back(
+    service_env: dict[str, str],
+    redis_url: str,
+    private_postgres: LocalPostgres,
+    fetcher_factory: Any,
+    api_factory: Any,
+    upstream: Upstream,
+) -> None:
+    env = {
+        **service_env,
+        "DATABASE_URL": private_postgres.url,
+        "FETCH_INTERVAL_SECONDS": "0.3",
+        "UPSTREAM_TIMEOUT_SECONDS": "1",
+    }
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(redis_url) > 0, 30, what="the first snapshot")
+    api = api_factory(env)
+    before = httpx.get(f"{api}/v1/us/current.json").content
+    private_postgres.kill()
+    changed = json.loads(upstream.get("/v1/us/current.json").content)
+    changed[0]["death"] += 3
+    upstream.fault("/v1/us/current.json", "body", body=changed)
+    wait_until(
+        lambda: '"database_unavailable"' in fetcher.process.output(), 20, what="a failed refresh"
+    )
+    assert httpx.get(f"{api}/v1/us/current.json").content == before  # still served
+    assert fetcher.ready()["postgres"] == "down"
+    private_postgres.start()
+    wait_until(
+        lambda: json.loads(httpx.get(f"{api}/v1/us/current.json").content) == changed,
+        30,
+        what="the new data once PostgreSQL is back",
+    )
+
+
+def test_two_replicas_one_refreshes_and_the_other_takes_over_when_it_dies(
+    service_env: dict[str, str], redis_url: str, fetcher_factory: Any
+) -> None:
+    lease = 1.0
+    env = {**service_env, "LEADER_LEASE_SECONDS": str(lease), "FETCH_INTERVAL_SECONDS": "0.3"}
+    first: Fetcher = fetcher_factory(env, name="first")
+    wait_until(first.is_leader, 10, what="the first replica to lead")
+    second: Fetcher = fetcher_factory(env, name="second")
+    wait_until(
+        lambda: first.metric("covid_stats_fetcher_refresh_duration_seconds_count") >= 3,
+        20,
+        what="the leader's refreshes",
+    )
+    assert not second.is_leader()
+    assert second.metric("covid_stats_fetcher_refresh_duration_seconds_count") == 0
+    assert second.metric("covid_stats_fetcher_fetches_total") == 0
+
+    published = snapshot_id(redis_url)
+    first.process.proc.send_signal(signal.SIGKILL)  # dies without releasing its lease
+    first.process.proc.wait(timeout=10)
+    wait_until(second.is_leader, 2 * lease + 1, what="the second replica to take over")
+    wait_until(
+        lambda: second.metric("covid_stats_fetcher_refresh_duration_seconds_count") >= 1,
+        10,
+        what="the new leader to refresh",
+    )
+    assert snapshot_id(redis_url) >= published
+
+
+def test_a_stale_leader_cannot_publish(redis_url: str) -> None:
+    """The fencing check: a publisher whose lease value is no longer current is refused."""
+
+    async def scenario() -> None:
+        from redis.exceptions import ResponseError
+
+        from covid_stats_contract.documents import DocumentBody
+
+        client = AsyncRedis.from_url(redis_url)
+        keys = RedisKeys()
+        store = SnapshotStore(client, keys)
+        await client.set(keys.leader, "2:new-leader")
+        good = await store.publish([DocumentBody("a", b"good")], fence="2:new-leader")
+        with pytest.raises(ResponseError, match="FENCED"):
+            await store.publish([DocumentBody("a", b"stale")], fence="1:old-leader")
+        found = await store.read("a")
+        assert found.snapshot_id == good
+        assert found.document is not None
+        assert found.document.body == b"good"
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_refresh_once_refuses_while_a_running_fetcher_leads(
+    service_env: dict[str, str], fetcher_factory: Any
+) -> None:
+    fetcher: Fetcher = fetcher_factory(service_env)
+    wait_until(fetcher.is_leader, 10, what="the fetcher to lead")
+    assert run_fetcher("refresh-once", service_env).returncode == 2
+
+
+def test_the_fetcher_keeps_running_while_postgres_is_unreachable_at_start(
+    redis_url: str, upstream: Upstream, fetcher_factory: Any
 ) -> None:
     env = clean_env(
         REDIS_URL=redis_url,
@@ -138,11 +507,14 @@ def test_the_service_survives_a_database_outage_at_start(
         UPSTREAM_BASE_URL=upstream.url,
         FETCH_INTERVAL_SECONDS="0.2",
     )
-    process = spawn("fetcher", python_module("stats_fetcher", "run"), env, tmp_path)
+    fetcher: Fetcher = fetcher_factory(env)
     wait_until(
-        lambda: process.output().count("database_unavailable") >= 2,
+        lambda: fetcher.process.output().count('"database_unavailable"') >= 2,
         20,
         what="two failed refreshes",
     )
-    assert process.proc.poll() is None  # still running, retrying
-    process.stop()
+    assert fetcher.process.proc.poll() is None
+    ready = httpx.get(f"{fetcher.url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["postgres"] == "down"
+    assert httpx.get(f"{fetcher.url}/healthz").status_code == 200

@@ -35,7 +35,8 @@ def test_every_setting_is_in_the_table_with_its_default(
     fields = settings.model_fields
     assert documented == {name.upper() for name in fields}
     for name, field in fields.items():
-        assert table[(service, name.upper())] == f"`{field.default}`", name
+        documented_default = "(unset)" if field.default is None else f"`{field.default}`"
+        assert table[(service, name.upper())] == documented_default, name
 
 
 def test_the_other_documented_variables_are_read_by_the_code() -> None:

@@ -49,11 +49,11 @@ class DocumentReader:
             return None
         try:
             async with pool.acquire() as conn:
-                body = await records.load_document(conn, name)
+                doc = await records.load_document(conn, name)
         except DATABASE_ERRORS as exc:
             log.warning("postgres_read_failed", document=name, error=repr(exc))
             return None
-        return None if body is None else Served(body, etag_for(body), "database")
+        return None if doc is None else Served(doc.body, etag_for(doc.body), "database")
 
     async def has_state_data(self) -> bool:
         """Whether any store holds state records: then a state missing from them is unknown

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -103,6 +104,12 @@ def _alive_and(child: Child, check: Callable[[], bool]) -> Callable[[], bool]:
     return predicate
 
 
+def _local_url(host: str, port: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere; call it locally
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
 def start(stack: Stack, state_dir: Path) -> str:
     """Start everything; returns the api's base URL."""
     env = stack.env
@@ -141,7 +148,22 @@ def start(stack: Stack, state_dir: Path) -> str:
             what="the replay upstream",
         )
 
-    stack.spawn("fetcher", [python, "-m", "stats_fetcher", "run"])
+    env.setdefault("FETCHER_HOST", "127.0.0.1")
+    env.setdefault("FETCHER_PORT", str(free_port()))
+    if "REFRESH_TOKEN" not in env:
+        # A throwaway token for this run, kept in a file only the user can read (never printed).
+        token_file = state_dir / "refresh-token"
+        token_file.write_text(secrets.token_urlsafe(32))
+        token_file.chmod(0o600)
+        env["REFRESH_TOKEN"] = token_file.read_text()
+    fetcher = stack.spawn("fetcher", [python, "-m", "stats_fetcher", "run"])
+    wait_until(
+        _alive_and(
+            fetcher, _http_ok(f"{_local_url(env['FETCHER_HOST'], env['FETCHER_PORT'])}/healthz")
+        ),
+        timeout=30,
+        what="the fetcher's HTTP port",
+    )
     for key, value in LOCAL_DEFAULTS.items():
         env.setdefault(key, value)
     api = stack.spawn(
@@ -156,10 +178,7 @@ def start(stack: Stack, state_dir: Path) -> str:
         ],
         stop_timeout=30.0,  # longer than gunicorn's graceful_timeout
     )
-    host = env["API_HOST"]
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere; call it locally
-        host = "127.0.0.1"
-    base = f"http://{host}:{env.get('API_PORT', '8000')}"
+    base = _local_url(env["API_HOST"], env.get("API_PORT", "8000"))
     wait_until(_alive_and(api, _http_ok(f"{base}/readyz")), timeout=60, what="the api to be ready")
     return base
 
@@ -189,11 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         base = start(stack, state_dir)
+        fetcher_url = _local_url(stack.env["FETCHER_HOST"], stack.env["FETCHER_PORT"])
+        token_file = state_dir / "refresh-token"
+        token_hint = f", the token is in {token_file}" if token_file.exists() else ""
         print(
             f"\ncovid-stats is running:\n"
             f"  {base}/covid-stats\n  {base}/v1/us/current.json\n"
             f"  {base}/v1/states/current.json\n  {base}/docs\n"
             f"  upstream: {stack.env['UPSTREAM_BASE_URL']}\n"
+            f"  fetcher:  {fetcher_url}/metrics  (POST {fetcher_url}/refresh with "
+            f"'Authorization: Bearer <token>'{token_hint})\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
