@@ -39,6 +39,8 @@ class Outcome:
     records: int = 0
     written: int = 0
     deleted: int = 0
+    validate_seconds: float = 0.0  # decoding and validation (in a thread)
+    store_seconds: float = 0.0  # the PostgreSQL transaction
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Refresher:
         if last is not None and digest == last.content_hash:
             return Outcome(key, "unchanged")
         today = datetime.now(UTC).date()
+        validating = time.perf_counter()
         try:
             records = await asyncio.to_thread(
                 parse_payload,
@@ -158,6 +161,7 @@ class Refresher:
         except Rejected as exc:
             log.warning("payload_rejected", resource=key, reason=exc.reason, detail=exc.detail)
             return Outcome(key, "rejected", exc.reason)
+        validated = time.perf_counter()
         state = UpstreamState(
             resource=key,
             etag=fetched.etag,
@@ -171,7 +175,16 @@ class Refresher:
             synced = await store.sync_resource(conn, resource, records, state)
         metrics.RECORDS_WRITTEN.labels(key).inc(synced.written)
         metrics.RECORDS_DELETED.labels(key).inc(synced.deleted)
-        return Outcome(key, "updated", None, len(records), synced.written, synced.deleted)
+        return Outcome(
+            key,
+            "updated",
+            None,
+            len(records),
+            synced.written,
+            synced.deleted,
+            validate_seconds=validated - validating,
+            store_seconds=time.perf_counter() - validated,
+        )
 
 
 def _iso_now() -> str:
