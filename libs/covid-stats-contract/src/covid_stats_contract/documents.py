@@ -62,16 +62,6 @@ def render_object(record_text: str) -> bytes:
     return (record_text + "\n").encode()
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return value
-
-
 def render_csv(records: Sequence[Mapping[str, Any]]) -> bytes:
     """A CSV document: the header is every key in first-seen order."""
     header: dict[str, None] = {}
@@ -80,8 +70,14 @@ def render_csv(records: Sequence[Mapping[str, Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    for record in records:
-        writer.writerow([_cell(record.get(key)) for key in header])
+    # null -> empty cell, booleans -> true/false (inline: this loop runs per cell)
+    writer.writerows(
+        [
+            "" if v is None else ("true" if v else "false") if v is True or v is False else v
+            for v in map(record.get, header)
+        ]
+        for record in records
+    )
     return out.getvalue().encode()
 
 

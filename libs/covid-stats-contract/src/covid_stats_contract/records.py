@@ -128,9 +128,11 @@ async def _rows(conn: Executor, resource: Resource, state: str | None = None) ->
     )
 
 
-def _render(texts: Sequence[str], fmt: Format, as_list: bool) -> bytes:
+def _render(
+    texts: Sequence[str], fmt: Format, as_list: bool, parsed: Sequence[Record] | None = None
+) -> bytes:
     if fmt == "csv":
-        return render_csv([json.loads(text) for text in texts])
+        return render_csv(parsed if parsed is not None else [json.loads(t) for t in texts])
     return render_array(texts) if as_list else render_object(texts[0])
 
 
@@ -138,17 +140,22 @@ def _render_resource(
     resource: Resource, rows: Sequence[Any], source: Mapping[str, str]
 ) -> list[DocumentBody]:
     texts = [row["record"] for row in rows]
+    parsed = [json.loads(text) for text in texts]  # once, for every CSV document
     docs = [
-        DocumentBody(resource.document(fmt), _render(texts, fmt, True), CONTENT_TYPES[fmt], source)
+        DocumentBody(
+            resource.document(fmt), _render(texts, fmt, True, parsed), CONTENT_TYPES[fmt], source
+        )
         for fmt in FORMATS
     ]
     if resource.per_state is not None:
-        by_state: dict[str, list[str]] = {}
-        for row in rows:
-            by_state.setdefault(row["state"], []).append(row["record"])
-        for state, state_texts in by_state.items():
+        by_state: dict[str, tuple[list[str], list[Record]]] = {}
+        for row, record in zip(rows, parsed, strict=True):
+            state_texts, state_parsed = by_state.setdefault(row["state"], ([], []))
+            state_texts.append(row["record"])
+            state_parsed.append(record)
+        for state, (state_texts, state_parsed) in by_state.items():
             for fmt in FORMATS:
-                body = _render(state_texts, fmt, resource.per_state_is_list)
+                body = _render(state_texts, fmt, resource.per_state_is_list, state_parsed)
                 docs.append(
                     DocumentBody(
                         resource.state_document(state, fmt), body, CONTENT_TYPES[fmt], source
