@@ -148,9 +148,12 @@ class Upstream:
         counts: dict[str, Any] = httpx.get(f"{self.url}/_control/requests").json()
         return counts
 
+    def reset_requests(self) -> None:
+        httpx.delete(f"{self.url}/_control/requests").raise_for_status()
+
     def reset(self) -> None:
         httpx.delete(f"{self.url}/_control/faults").raise_for_status()
-        httpx.delete(f"{self.url}/_control/requests").raise_for_status()
+        self.reset_requests()
 
 
 def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -139,6 +139,22 @@ def test_a_changed_upstream_publishes_a_new_snapshot_and_keeps_the_old_one_for_a
     assert 0 < redis.Redis.from_url(redis_url).ttl(old_key) <= 120
 
 
+def test_the_same_body_again_costs_no_writes(
+    service_env: dict[str, str], redis_url: str, database_url: str, upstream: Upstream
+) -> None:
+    """A 200 (no 304) whose bytes equal the stored ones: the content hash stops it."""
+    refresh(service_env)
+    first = snapshot_id(redis_url)
+    writes = query(database_url, WRITES)
+    same = json.loads(upstream.get("/v1/states/daily.json").content)
+    upstream.fault("/v1/states/daily.json", "body", body=same)  # same bytes, served as a 200
+    upstream.reset_requests()
+    refresh(service_env)
+    assert upstream.requests()["/v1/states/daily.json"]["status"] == {"200": 1}
+    assert snapshot_id(redis_url) == first
+    assert query(database_url, WRITES) == writes
+
+
 def test_redis_is_rebuilt_from_postgres_without_the_upstream(
     service_env: dict[str, str], redis_url: str
 ) -> None:
