@@ -69,16 +69,20 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield server.url
 
 
-@pytest.fixture(scope="session")
-def migrated_database_url(postgres_server_url: str) -> str:
-    async def migrate() -> None:
-        conn = await asyncpg.connect(postgres_server_url)
+def migrate(url: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
         try:
             await schema.migrate(conn)
         finally:
             await conn.close()
 
-    asyncio.run(migrate())
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(postgres_server_url: str) -> str:
+    migrate(postgres_server_url)
     return postgres_server_url
 
 
@@ -188,15 +192,7 @@ def private_postgres() -> Iterator[LocalPostgres]:
         scratch_dir("test-pg") as d,
         LocalPostgres(Path(d)) as server,
     ):
-
-        async def migrate() -> None:
-            conn = await asyncpg.connect(server.url)
-            try:
-                await schema.migrate(conn)
-            finally:
-                await conn.close()
-
-        asyncio.run(migrate())
+        migrate(server.url)
         yield server
 
 
