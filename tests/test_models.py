@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from covid_stats_contract.models import StateInfo, StateRecord, UsRecord, records_from_csv
 from covid_stats_contract.records import UpstreamState
 from covid_stats_contract.resources import STATES_CURRENT, STATES_DAILY
-from stats_fetcher.models import StateInfo, StateRecord, UsRecord, records_from_csv
 from stats_fetcher.validation import Rejected, parse_payload
 
 STATE = {"date": 20210306, "state": "CA", "positive": 10, "fips": "06"}

@@ -3,6 +3,8 @@
 Everything both services must agree on lives here, and only here:
 
 - ``keys``: the Redis key names;
+- ``resources``: the upstream resources, their tables and documents;
+- ``models``: the typed models of the upstream's records (the document format's fields);
 - ``documents``: what a served document is (exact response bytes plus metadata) and how
   records become those bytes;
 - ``snapshots``: how the fetcher publishes a snapshot of documents to Redis atomically and

@@ -17,6 +17,13 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from covid_stats_contract.models import (
+    StateInfo,
+    StateRecord,
+    UpstreamRecord,
+    UsRecord,
+    records_from_csv,
+)
 from covid_stats_contract.records import UpstreamState, key_of
 from covid_stats_contract.resources import (
     STATES_INFO,
@@ -24,13 +31,6 @@ from covid_stats_contract.resources import (
     US_DAILY,
     Format,
     Resource,
-)
-from stats_fetcher.models import (
-    StateInfo,
-    StateRecord,
-    UpstreamRecord,
-    UsRecord,
-    records_from_csv,
 )
 
 Record = dict[str, Any]
