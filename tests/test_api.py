@@ -152,15 +152,31 @@ def test_with_no_store_reachable_data_paths_answer_503_and_liveness_stays_up(
 
 
 BAD_REQUESTS = [
-    ("GET", "/nope", 404, "not_found"),
-    ("GET", "/v1/us/2020-13-45.json", 404, "not_found"),
-    ("GET", "/v1/states/zz/current.json", 404, "unknown_state"),
-    ("GET", "/v1/states/cal/current.json", 422, "invalid_parameter"),
-    ("GET", "/v1/states/c1/current.json", 422, "invalid_parameter"),
-    ("GET", "/v1/states/%00%ff/current.json", 422, "invalid_parameter"),
-    ("GET", "/v1/states/" + "x" * 5000 + "/current.json", 422, "invalid_parameter"),
-    ("POST", "/covid-stats", 405, "method_not_allowed"),
-    ("DELETE", "/v1/us/current.json", 405, "method_not_allowed"),
+    # (method, path, status, code, parameter at fault)
+    ("GET", "/nope", 404, "not_found", None),
+    ("GET", "/v1/us/current.xml", 422, "invalid_parameter", "fmt"),
+    ("GET", "/v1/us/2020-13-45.json", 422, "invalid_parameter", "date"),
+    ("GET", "/v1/us/20201345.json", 422, "invalid_parameter", "date"),
+    ("GET", "/v1/us/19990101.json", 404, "not_found", None),
+    ("GET", "/v1/states/zz/current.json", 404, "unknown_state", "state"),
+    ("GET", "/v1/states/zz/daily.json", 404, "unknown_state", "state"),
+    ("GET", "/v1/states/zz/20200401.json", 404, "unknown_state", "state"),
+    ("GET", "/v1/states/zz/derived.json", 404, "unknown_state", "state"),
+    ("GET", "/v1/states/ca/19990101.json", 404, "not_found", None),
+    ("GET", "/v1/states/cal/current.json", 422, "invalid_parameter", "state"),
+    ("GET", "/v1/states/c1/current.json", 422, "invalid_parameter", "state"),
+    ("GET", "/v1/states/%00%ff/current.json", 422, "invalid_parameter", "state"),
+    ("GET", "/v1/states/" + "x" * 5000 + "/current.json", 422, "invalid_parameter", "state"),
+    ("GET", "/v1/states/daily.json?fields=nope", 422, "invalid_parameter", "fields"),
+    ("GET", "/v1/states/daily.json?fields=a%20b", 422, "invalid_parameter", "fields"),
+    ("GET", "/v1/states/daily.json?sort=-nope", 422, "invalid_parameter", "sort"),
+    ("GET", "/v1/states/daily.json?from=2020-02-30", 422, "invalid_parameter", "from"),
+    ("GET", "/v1/states/daily.json?from=20200501&to=20200401", 422, "invalid_parameter", "from"),
+    ("GET", "/v1/states/daily.json?lastdays=0", 422, "invalid_parameter", "lastdays"),
+    ("GET", "/v1/states/daily.json?lastdays=x", 422, "invalid_parameter", "lastdays"),
+    ("GET", "/v1/states/daily.json?states=ca,c1", 422, "invalid_parameter", "states"),
+    ("POST", "/covid-stats", 405, "method_not_allowed", None),
+    ("DELETE", "/v1/us/current.json", 405, "method_not_allowed", None),
 ]
 
 
@@ -169,8 +185,7 @@ def test_bad_requests_get_a_clear_json_error(
 ) -> None:
     _refresh(service_env)
     base = api_factory(service_env)
-    for method, path, status, code in BAD_REQUESTS:
+    for method, path, status, code, parameter in BAD_REQUESTS:
         with subtests.test(msg=f"{method} {path[:60]}"):
             error = _assert_error(httpx.request(method, base + path), status, code)
-            if code in ("invalid_parameter", "unknown_state"):
-                assert error["parameter"] == "state"
+            assert error.get("parameter") == parameter

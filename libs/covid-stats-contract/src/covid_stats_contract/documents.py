@@ -31,6 +31,7 @@ CONTENT_TYPES: dict[Format, str] = {"json": JSON_CONTENT_TYPE, "csv": CSV_CONTEN
 
 US_CURRENT = "v1/us/current.json"
 STATES_CURRENT = "v1/states/current.json"
+STATUS = "v1/status.json"
 
 STATE_CODE_RE = re.compile(r"^[A-Za-z]{2}$")
 

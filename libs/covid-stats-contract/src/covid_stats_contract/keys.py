@@ -7,6 +7,9 @@ Layout (``{p}`` is the prefix, ``covid-stats`` unless configured)::
     {p}:snapshot:{id}:docs           SET of the document names in snapshot {id}
     {p}:snapshot:{id}:doc:{name}     HASH of one document (see ``documents.Document``)
     {p}:snapshot:{id}:meta           HASH about the snapshot (published_at, resources' freshness)
+    {p}:snapshot:{id}:query:{digest} HASH, the api's cached answer to a query (body, etag,
+                                     content_type), with a TTL; keyed by the snapshot, so a
+                                     new snapshot never serves an old answer
     {p}:fetcher:leader               the fetcher leader's lease: "<fencing token>:<holder id>"
     {p}:fetcher:leader:token         INCR counter of fencing tokens
     {p}:fetcher:refresh              pub/sub channel: "refresh now" (POST /refresh on any replica)
@@ -39,6 +42,9 @@ class RedisKeys:
 
     def snapshot_meta(self, snapshot_id: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:meta"
+
+    def query(self, snapshot_id: str, digest: str) -> str:
+        return f"{self.snapshot_base(snapshot_id)}:query:{digest}"
 
     def document(self, snapshot_id: str, name: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:doc:{name}"

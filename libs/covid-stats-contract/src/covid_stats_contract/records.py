@@ -17,7 +17,10 @@ from typing import Any
 
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
+    JSON_CONTENT_TYPE,
+    STATUS,
     DocumentBody,
+    content_hash,
     encode_record,
     render_array,
     render_csv,
@@ -164,6 +167,22 @@ def _render_resource(
     return docs
 
 
+def _status(states: Mapping[str, UpstreamState]) -> DocumentBody | None:
+    """``v1/status.json`` in the upstream's shape, describing the data this store holds:
+    ``buildTime`` is when its newest resource was fetched, ``runNumber`` a digest of the
+    resources' content (it changes exactly when the data does)."""
+    if not states:
+        return None
+    latest = max(state.fetched_at for state in states.values())
+    digest = content_hash("".join(s.content_hash for _, s in sorted(states.items())).encode())
+    status = {
+        "buildTime": latest.strftime("%Y-%m-%dT%H:%M:%S.") + f"{latest.microsecond // 1000:03d}Z",
+        "production": True,
+        "runNumber": digest[:12],
+    }
+    return DocumentBody(STATUS, render_object(encode_record(status)), JSON_CONTENT_TYPE)
+
+
 async def load_documents(conn: Executor) -> list[DocumentBody]:
     """Every document the store can render now (empty when it holds no data). Rendering
     runs in a thread: it is CPU work that must not stall the caller's event loop."""
@@ -176,6 +195,9 @@ async def load_documents(conn: Executor) -> list[DocumentBody]:
             if rows:
                 state = states.get(resource.key)
                 docs.extend(_render_resource(resource, rows, state.source() if state else {}))
+        status = _status(states)
+        if docs and status is not None:
+            docs.append(status)
         return docs
 
     return await asyncio.to_thread(render)
@@ -184,6 +206,8 @@ async def load_documents(conn: Executor) -> list[DocumentBody]:
 async def load_document(conn: Executor, name: str) -> DocumentBody | None:
     """One document rendered from the store; None when the store has no data for it.
     Raises ValueError for a name that is no document."""
+    if name == STATUS:
+        return _status(await upstream_states(conn))
     if match := _LIST_RE.match(name):
         resource, fmt, state, as_list = BY_KEY.get(match[1]), match[2], None, True
     elif match := _STATE_RE.match(name):

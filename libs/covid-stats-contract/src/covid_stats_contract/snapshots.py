@@ -64,8 +64,30 @@ if not id then return false end
 return {id, redis.call('HGETALL', ARGV[1] .. id .. ':doc:' .. ARGV[2])}
 """
 
+_READ_QUERY = """
+-- KEYS[1]: current pointer. ARGV[1]: snapshot key prefix, ARGV[2]: query digest.
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return {id, redis.call('HGETALL', ARGV[1] .. id .. ':query:' .. ARGV[2])}
+"""
+
 # Documents are written in batches of this many per round trip.
 _BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    body: bytes
+    etag: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLookup:
+    """The current snapshot id (None: nothing published) and the cached answer, if any."""
+
+    snapshot_id: str | None
+    answer: CachedAnswer | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +108,7 @@ class SnapshotStore:
         self.grace_seconds = grace_seconds
         self._flip = redis.register_script(_FLIP)
         self._read = redis.register_script(_READ)
+        self._read_query = redis.register_script(_READ_QUERY)
         self._snapshot_prefix = keys.snapshot_base("")
 
     async def publish(
@@ -156,6 +179,34 @@ class SnapshotStore:
             return Lookup(snapshot_id, None)
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return Lookup(snapshot_id, Document.from_redis_hash(name, fields))
+
+    async def read_query(self, digest: str) -> QueryLookup:
+        """The cached answer ``digest`` of the current snapshot, in one round trip."""
+        result = await self._read_query(
+            keys=[self.keys.current_snapshot], args=[self._snapshot_prefix, digest]
+        )
+        if not result:
+            return QueryLookup(None, None)
+        raw_id, flat = result
+        if not flat:
+            return QueryLookup(_text(raw_id), None)
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        answer = CachedAnswer(
+            fields[b"body"], fields[b"etag"].decode(), fields[b"content_type"].decode()
+        )
+        return QueryLookup(_text(raw_id), answer)
+
+    async def store_query(
+        self, snapshot_id: str, digest: str, answer: CachedAnswer, ttl_seconds: int
+    ) -> None:
+        key = self.keys.query(snapshot_id, digest)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={"body": answer.body, "etag": answer.etag, "content_type": answer.content_type},
+        )
+        pipe.expire(key, ttl_seconds)
+        await pipe.execute()
 
 
 def _text(raw: bytes | str) -> str:

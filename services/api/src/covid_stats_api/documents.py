@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from covid_stats_api.core.stores import DATABASE_ERRORS, Stores
 from covid_stats_contract import records
-from covid_stats_contract.documents import etag_for
+from covid_stats_contract.documents import JSON_CONTENT_TYPE, etag_for
 
 log = structlog.get_logger("covid_stats_api.documents")
 
@@ -27,6 +27,7 @@ class Served:
     body: bytes
     etag: str
     source: Source
+    content_type: str = JSON_CONTENT_TYPE
 
 
 class DocumentReader:
@@ -39,8 +40,8 @@ class DocumentReader:
         except RedisError as exc:
             log.warning("redis_read_failed", document=name, error=repr(exc))
         else:
-            if lookup.document is not None:
-                return Served(lookup.document.body, lookup.document.etag, "cache")
+            if (doc := lookup.document) is not None:
+                return Served(doc.body, doc.etag, "cache", doc.content_type)
         return await self._read_database(name)
 
     async def _read_database(self, name: str) -> Served | None:
@@ -53,7 +54,9 @@ class DocumentReader:
         except DATABASE_ERRORS as exc:
             log.warning("postgres_read_failed", document=name, error=repr(exc))
             return None
-        return None if doc is None else Served(doc.body, etag_for(doc.body), "database")
+        if doc is None:
+            return None
+        return Served(doc.body, etag_for(doc.body), "database", doc.content_type)
 
     async def has_state_data(self) -> bool:
         """Whether any store holds state records: then a state missing from them is unknown

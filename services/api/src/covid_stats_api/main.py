@@ -1,22 +1,61 @@
 """The FastAPI application. Run it with gunicorn (see ``gunicorn_conf``)::
 
-gunicorn -c python:covid_stats_api.gunicorn_conf covid_stats_api.main:app
+    gunicorn -c python:covid_stats_api.gunicorn_conf covid_stats_api.main:app
+
+``/docs`` (Swagger UI) and ``/redoc`` are served from the installed ``fastapi-offline``
+package, not a CDN, so they work without internet access.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.middleware.cors import CORSMiddleware
 
 from covid_stats_api import __version__
+from covid_stats_api.answers import AnswerCache
+from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
-from covid_stats_api.api.routes import health, stats
+from covid_stats_api.api.routes import covid_stats, health, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
+from covid_stats_api.derived import DerivedRecord, DerivedService
 from covid_stats_api.documents import DocumentReader
+from covid_stats_api.queries import QueryService
+from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime.logs import configure_logging
+
+
+class Status(BaseModel):
+    """``/v1/status.json``: when the data this service holds was fetched, and its version."""
+
+    buildTime: str
+    production: bool
+    runNumber: str
+
+
+RECORD_MODELS: tuple[type[BaseModel], ...] = (
+    UsRecord,
+    StateRecord,
+    StateInfo,
+    DerivedRecord,
+    Status,
+)
+
+
+def record_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A record's JSON Schema as the api serves it: every field optional (``fields=`` may
+    leave any out), unknown fields allowed (the upstream added fields over time)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("required", None)
+    schema["additionalProperties"] = True
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,23 +66,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores = Stores(settings)
         await stores.open()
-        app.state.stores = stores
-        app.state.reader = DocumentReader(stores)
+        reader = DocumentReader(stores)
+        answers = AnswerCache(stores.snapshots, settings.query_cache_ttl_seconds)
+        app.state.api = Api(
+            settings,
+            stores,
+            reader,
+            QueryService(stores, answers),
+            DerivedService(reader, answers),
+        )
         try:
             yield
         finally:
             await stores.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="covid-stats",
         version=__version__,
-        summary="COVID-19 statistics (COVID Tracking Project v1 API shape), served from Redis.",
+        summary="COVID-19 statistics in the COVID Tracking Project v1 API's shape, "
+        "served from Redis with PostgreSQL behind it.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD"],
+        expose_headers=["ETag", "X-Data-Source"],
+    )
     app.include_router(health.router)
-    app.include_router(stats.router)
+    app.include_router(covid_stats.router)
+    app.include_router(v1.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in RECORD_MODELS:
+                components[model.__name__] = record_schema(model)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

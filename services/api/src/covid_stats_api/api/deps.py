@@ -1,31 +1,98 @@
-"""Dependencies the routes declare: the document reader and the settings."""
+"""What the routes depend on: ``Api``, one object per app that answers a route's question
+with the one error model (404 unknown state or date, 422 bad parameter, 503 no data)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import Response
 
+from covid_stats_api.api.errors import ApiError, no_data
+from covid_stats_api.api.params import Query
+from covid_stats_api.api.responses import send
 from covid_stats_api.core.config import Settings
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.documents import DocumentReader
+from covid_stats_api.derived import DerivedService
+from covid_stats_api.documents import DocumentReader, Served
+from covid_stats_api.queries import NoRecords, QueryService, StoreUnavailable, UnknownField
+from covid_stats_contract.documents import check_state_code
+from covid_stats_contract.resources import STATES_CURRENT, Format
 
 
-def get_stores(request: Request) -> Stores:
-    stores: Stores = request.app.state.stores
-    return stores
+class Api:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        reader: DocumentReader,
+        queries: QueryService,
+        derived: DerivedService,
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.reader = reader
+        self.queries = queries
+        self.derived = derived
+
+    def send(self, request: Request, served: Served) -> Response:
+        return send(request, served, self.settings.cache_max_age_seconds)
+
+    def no_data(self) -> ApiError:
+        return no_data(self.settings.retry_after_seconds)
+
+    async def document(self, request: Request, name: str, state: str | None = None) -> Response:
+        """A published document; for a state's document, 404 when the state is unknown."""
+        served = await self.reader.read(name)
+        if served is None:
+            if state is not None:
+                await self.require_state(state)
+            raise self.no_data()
+        return self.send(request, served)
+
+    async def answer(self, request: Request, query: Query, state: str | None = None) -> Response:
+        """The answer to a query; 404 for a single record that does not exist, or for an
+        unknown state."""
+        try:
+            served = await self.queries.answer(query)
+        except UnknownField as exc:
+            raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
+        except NoRecords:
+            if state is not None:
+                await self.require_state(state)
+            day = f" on {query.date_from}" if query.date_from else ""
+            where = f" for {state.upper()}" if state else ""
+            raise ApiError(404, "not_found", f"No record{where}{day}") from None
+        except StoreUnavailable:
+            raise self.no_data() from None
+        if state is not None and served.body in (b"[]\n", b"\n"):  # empty array / CSV
+            await self.require_state(state)
+        return self.send(request, served)
+
+    async def series(
+        self, request: Request, daily_document: str, fmt: Format, state: str | None = None
+    ) -> Response:
+        try:
+            served = await self.derived.series(daily_document, fmt)
+        except StoreUnavailable:
+            if state is not None:
+                await self.require_state(state)
+            raise self.no_data() from None
+        return self.send(request, served)
+
+    async def require_state(self, state: str) -> None:
+        """404 unless the stores know ``state``; 503 when they hold no data at all."""
+        code = check_state_code(state)
+        if await self.reader.read(STATES_CURRENT.state_document(code)) is not None:
+            return
+        if await self.reader.has_state_data():
+            raise ApiError(404, "unknown_state", f"No data for state {code!r}", parameter="state")
+        raise self.no_data()
 
 
-def get_reader(request: Request) -> DocumentReader:
-    reader: DocumentReader = request.app.state.reader
-    return reader
+def get_api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
 
 
-def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-StoresDep = Annotated[Stores, Depends(get_stores)]
-ReaderDep = Annotated[DocumentReader, Depends(get_reader)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ApiDep = Annotated[Api, Depends(get_api)]

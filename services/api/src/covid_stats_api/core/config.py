@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
 
     retry_after_seconds: int = Field(default=30, ge=1)
+    cache_max_age_seconds: int = Field(default=60, ge=0)
+    query_cache_ttl_seconds: int = Field(default=300, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from covid_stats_api.api.deps import StoresDep
+from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.core.stores import DATABASE_ERRORS
 from covid_stats_contract import records
 
@@ -41,7 +41,8 @@ async def healthz() -> Health:
     summary="Readiness: data can be served from Redis or PostgreSQL",
     responses={503: {"model": Readiness, "description": "Neither store can serve data"}},
 )
-async def readyz(stores: StoresDep) -> JSONResponse:
+async def readyz(api: ApiDep) -> JSONResponse:
+    stores = api.stores
     redis: Check
     try:
         redis = "ok" if await stores.snapshots.current_id() is not None else "no_data"

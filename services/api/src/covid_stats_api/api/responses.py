@@ -1,0 +1,31 @@
+"""HTTP semantics of every data response: ETag, Cache-Control, 304, where the body came from.
+
+``If-None-Match`` is compared with the body's ETag (a list of tags and ``*`` are understood,
+weak tags compare by their opaque part); a match answers 304 with no body.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from covid_stats_api.documents import Served
+
+
+def _matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+def send(request: Request, served: Served, max_age: int) -> Response:
+    headers = {
+        "ETag": served.etag,
+        "Cache-Control": f"public, max-age={max_age}",
+        "X-Data-Source": served.source,
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and _matches(if_none_match, served.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(content=served.body, media_type=served.content_type, headers=headers)

@@ -1,0 +1,56 @@
+"""``/covid-stats``: the original example's contract, ``{"source": ..., "data": ...}``.
+
+``data`` is the ``/v1/us/current.json`` array; ``source`` is ``cache`` when the body came from
+Redis and ``database`` when it came from PostgreSQL. The envelope is assembled from the
+document's bytes, never by decoding and re-encoding them.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from covid_stats_api.api.deps import ApiDep
+from covid_stats_api.api.errors import ERROR_RESPONSES
+from covid_stats_api.documents import Served
+from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
+
+router = APIRouter(tags=["covid-stats"])
+
+
+@router.api_route(
+    "/covid-stats",
+    methods=["GET", "HEAD"],
+    response_class=Response,
+    summary="US current totals in the original example's envelope",
+    responses={
+        200: {
+            "description": "`data` is the /v1/us/current.json array; `source` is `cache` "
+            "(Redis) or `database` (PostgreSQL)",
+            "content": {
+                JSON_CONTENT_TYPE: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "source": {"type": "string", "enum": ["cache", "database"]},
+                            "data": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/UsRecord"},
+                            },
+                        },
+                        "required": ["source", "data"],
+                    }
+                }
+            },
+        },
+        304: {"description": "Not modified"},
+        **ERROR_RESPONSES,
+    },
+)
+async def covid_stats(request: Request, api: ApiDep) -> Response:
+    served = await api.reader.read(US_CURRENT)
+    if served is None:
+        raise api.no_data()
+    body = b'{"source":"%s","data":%s}\n' % (served.source.encode(), served.body.rstrip(b"\n"))
+    etag = served.etag[:-1] + f'-{served.source}"'  # one tag per body: the source is in it
+    return api.send(request, Served(body, etag, served.source))

@@ -1,0 +1,354 @@
+"""The COVID Tracking Project v1 paths, as ``.json`` and ``.csv`` (GET and HEAD).
+
+Without query parameters a path answers with the published document: the upstream's bytes,
+key order and nulls. With them (``fields``, ``sort``, ``from``/``to``/``lastdays`` on daily
+series, ``states`` on states lists) PostgreSQL answers, cached per snapshot. Single-date and
+single-state paths answer with an object, list paths with an array, as upstream did.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from covid_stats_api.api import params
+from covid_stats_api.api.deps import ApiDep
+from covid_stats_api.api.errors import ERROR_RESPONSES
+from covid_stats_api.api.params import (
+    FieldsParam,
+    FromParam,
+    LastDaysParam,
+    SortParam,
+    StatesParam,
+    ToParam,
+)
+from covid_stats_contract.documents import (
+    CSV_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    STATUS,
+    check_state_code,
+)
+from covid_stats_contract.resources import (
+    STATES_CURRENT,
+    STATES_DAILY,
+    STATES_INFO,
+    US_CURRENT,
+    US_DAILY,
+    Resource,
+)
+
+router = APIRouter(tags=["v1"])
+GET = ["GET", "HEAD"]
+
+Fmt = Annotated[Literal["json", "csv"], Path(description="`json` or `csv`")]
+StateCode = Annotated[
+    str,
+    Path(
+        pattern="^[A-Za-z]{2}$",
+        description="Two-letter state or territory code, any case",
+        examples=["ca"],
+    ),
+]
+Day = Annotated[
+    str, Path(pattern=r"^\d{8}$", description="A date, `YYYYMMDD`", examples=["20200401"])
+]
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+    """200 as JSON (``schema``) or CSV (a header of the JSON's keys), 304, and the errors."""
+    return {
+        200: {
+            "description": description,
+            "content": {
+                JSON_CONTENT_TYPE: {"schema": schema},
+                CSV_CONTENT_TYPE: {"schema": {"type": "string"}},
+            },
+            "headers": {
+                "ETag": {"schema": {"type": "string"}},
+                "X-Data-Source": {"schema": {"type": "string", "enum": ["cache", "database"]}},
+            },
+        },
+        304: {"description": "Not modified: the `If-None-Match` tag is current"},
+        **ERROR_RESPONSES,
+    }
+
+
+def array_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return responses({"type": "array", "items": ref(model)}, description)
+
+
+def object_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return responses(ref(model), description)
+
+
+def _bare(*values: object) -> bool:
+    return all(value is None for value in values)
+
+
+async def _list(
+    api: ApiDep, request: Request, resource: Resource, fmt: Literal["json", "csv"], **query: Any
+) -> Response:
+    if _bare(*query.values()):
+        return await api.document(request, resource.document(fmt))
+    return await api.answer(request, params.build(resource, fmt, **query))
+
+
+@router.api_route(
+    "/v1/us/current.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="US current totals (an array of one record)",
+    responses=array_of("UsRecord", "The upstream's `us/current`"),
+)
+async def us_current(
+    request: Request, api: ApiDep, fmt: Fmt, fields: FieldsParam = None
+) -> Response:
+    return await _list(api, request, US_CURRENT, fmt, fields=fields)
+
+
+@router.api_route(
+    "/v1/us/daily.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="US daily totals, newest first",
+    responses=array_of("UsRecord", "The upstream's `us/daily`"),
+)
+async def us_daily(
+    request: Request,
+    api: ApiDep,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+    sort: SortParam = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+) -> Response:
+    return await _list(
+        api,
+        request,
+        US_DAILY,
+        fmt,
+        fields=fields,
+        sort=sort,
+        date_from=date_from,
+        date_to=to,
+        last_days=lastdays,
+    )
+
+
+@router.api_route(
+    "/v1/us/derived.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="US derived series: 7-day averages of the daily increases, test positivity",
+    responses=array_of("DerivedRecord", "One record per date, newest first"),
+)
+async def us_derived(request: Request, api: ApiDep, fmt: Fmt) -> Response:
+    return await api.series(request, US_DAILY.document("json"), fmt)
+
+
+@router.api_route(
+    "/v1/us/{date}.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="US totals of one date (an object)",
+    responses=object_of("UsRecord", "The `us/daily` record of that date"),
+)
+async def us_date(
+    request: Request, api: ApiDep, date: Day, fmt: Fmt, fields: FieldsParam = None
+) -> Response:
+    day = params.parse_date(date, "date")
+    query = params.build(US_DAILY, fmt, fields=fields, day=day, single=True)
+    return await api.answer(request, query)
+
+
+@router.api_route(
+    "/v1/states/current.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Current values of every state, states A..Z",
+    responses=array_of("StateRecord", "The upstream's `states/current`"),
+)
+async def states_current(
+    request: Request,
+    api: ApiDep,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+    sort: SortParam = None,
+    states: StatesParam = None,
+) -> Response:
+    return await _list(api, request, STATES_CURRENT, fmt, fields=fields, sort=sort, states=states)
+
+
+@router.api_route(
+    "/v1/states/daily.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Daily values of every state, newest first, then states A..Z",
+    responses=array_of("StateRecord", "The upstream's `states/daily`"),
+)
+async def states_daily(
+    request: Request,
+    api: ApiDep,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+    sort: SortParam = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+    states: StatesParam = None,
+) -> Response:
+    return await _list(
+        api,
+        request,
+        STATES_DAILY,
+        fmt,
+        fields=fields,
+        sort=sort,
+        date_from=date_from,
+        date_to=to,
+        last_days=lastdays,
+        states=states,
+    )
+
+
+@router.api_route(
+    "/v1/states/info.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Where each state publishes its data, states A..Z",
+    responses=array_of("StateInfo", "The upstream's `states/info`"),
+)
+async def states_info(
+    request: Request,
+    api: ApiDep,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+    sort: SortParam = None,
+    states: StatesParam = None,
+) -> Response:
+    return await _list(api, request, STATES_INFO, fmt, fields=fields, sort=sort, states=states)
+
+
+async def _state(
+    api: ApiDep,
+    request: Request,
+    resource: Resource,
+    state: str,
+    fmt: Literal["json", "csv"],
+    **query: Any,
+) -> Response:
+    code = check_state_code(state)
+    if _bare(*query.values()):
+        return await api.document(request, resource.state_document(code, fmt), state=code)
+    single = not resource.per_state_is_list
+    built = params.build(resource, fmt, state=code, single=single, **query)
+    return await api.answer(request, built, state=code)
+
+
+@router.api_route(
+    "/v1/states/{state}/current.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Current values of one state (an object)",
+    responses=object_of("StateRecord", "The state's record of `states/current`"),
+)
+async def state_current(
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: FieldsParam = None
+) -> Response:
+    return await _state(api, request, STATES_CURRENT, state, fmt, fields=fields)
+
+
+@router.api_route(
+    "/v1/states/{state}/daily.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Daily values of one state, newest first",
+    responses=array_of("StateRecord", "The state's records of `states/daily`"),
+)
+async def state_daily(
+    request: Request,
+    api: ApiDep,
+    state: StateCode,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+    sort: SortParam = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+) -> Response:
+    return await _state(
+        api,
+        request,
+        STATES_DAILY,
+        state,
+        fmt,
+        fields=fields,
+        sort=sort,
+        date_from=date_from,
+        date_to=to,
+        last_days=lastdays,
+    )
+
+
+@router.api_route(
+    "/v1/states/{state}/info.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="Where one state publishes its data (an object)",
+    responses=object_of("StateInfo", "The state's record of `states/info`"),
+)
+async def state_info(
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: FieldsParam = None
+) -> Response:
+    return await _state(api, request, STATES_INFO, state, fmt, fields=fields)
+
+
+@router.api_route(
+    "/v1/states/{state}/derived.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="One state's derived series: 7-day averages of the daily increases, positivity",
+    responses=array_of("DerivedRecord", "One record per date, newest first"),
+)
+async def state_derived(request: Request, api: ApiDep, state: StateCode, fmt: Fmt) -> Response:
+    code = check_state_code(state)
+    return await api.series(request, STATES_DAILY.state_document(code, "json"), fmt, state=code)
+
+
+@router.api_route(
+    "/v1/states/{state}/{date}.{fmt}",
+    methods=GET,
+    response_class=Response,
+    summary="One state's values of one date (an object)",
+    responses=object_of("StateRecord", "The state's `states/daily` record of that date"),
+)
+async def state_date(
+    request: Request,
+    api: ApiDep,
+    state: StateCode,
+    date: Day,
+    fmt: Fmt,
+    fields: FieldsParam = None,
+) -> Response:
+    code = check_state_code(state)
+    day = params.parse_date(date, "date")
+    query = params.build(STATES_DAILY, fmt, fields=fields, state=code, day=day, single=True)
+    return await api.answer(request, query, state=code)
+
+
+@router.api_route(
+    "/v1/status.json",
+    methods=GET,
+    response_class=Response,
+    summary="When the data was built: `buildTime` (newest fetch), `runNumber` (data version)",
+    responses=object_of("Status", "Describes the data this service holds"),
+)
+async def status(request: Request, api: ApiDep) -> Response:
+    return await api.document(request, STATUS)

@@ -1,0 +1,119 @@
+"""Derived series: 7-day rolling averages of the daily increases, and test positivity.
+
+Computed from a daily series (``us/daily`` or one state's daily document) in a worker thread,
+never on the event loop, and cached per snapshot through the ``AnswerCache`` (concurrent
+requests for the same series in one worker share one computation).
+
+For each date, newest first: the ``<increase>Avg7d`` fields average the increase over the 7
+calendar days ending that date (null unless all 7 days have a value); ``testPositivity`` is
+``positiveIncrease / totalTestResultsIncrease`` of the day and ``testPositivity7d`` the same
+ratio over the 7 days (null when the tests are not positive numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from covid_stats_api.answers import AnswerCache
+from covid_stats_api.documents import DocumentReader, Served
+from covid_stats_api.queries import StoreUnavailable
+from covid_stats_contract.documents import (
+    CONTENT_TYPES,
+    encode_record,
+    etag_for,
+    render_array,
+    render_csv,
+)
+from covid_stats_contract.resources import Format
+
+INCREASES = (
+    "positiveIncrease",
+    "negativeIncrease",
+    "deathIncrease",
+    "hospitalizedIncrease",
+    "totalTestResultsIncrease",
+)
+WINDOW = 7
+
+
+class DerivedRecord(BaseModel):
+    """One date of a derived series (``state`` only in a state's series)."""
+
+    date: int
+    state: str | None = None
+    positiveIncreaseAvg7d: float | None
+    negativeIncreaseAvg7d: float | None
+    deathIncreaseAvg7d: float | None
+    hospitalizedIncreaseAvg7d: float | None
+    totalTestResultsIncreaseAvg7d: float | None
+    testPositivity: float | None
+    testPositivity7d: float | None
+
+
+def _day(value: int) -> date:
+    return date(value // 10000, value // 100 % 100, value % 100)
+
+
+def _ratio(positives: float | None, tests: float | None) -> float | None:
+    if positives is None or tests is None or tests <= 0:
+        return None
+    return round(positives / tests, 4)
+
+
+def derive(daily: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The derived series of a daily series (any order in, newest first out)."""
+    by_day = {_day(r["date"]): r for r in daily}
+    out = []
+    for day in sorted(by_day, reverse=True):
+        record = by_day[day]
+        window = [by_day.get(day - timedelta(days=n)) for n in range(WINDOW)]
+        derived: dict[str, Any] = {"date": record["date"]}
+        if "state" in record:
+            derived["state"] = record["state"]
+        sums: dict[str, float | None] = {}
+        for field in INCREASES:
+            values = [w.get(field) if w else None for w in window]
+            complete = all(isinstance(v, int | float) for v in values)
+            sums[field] = sum(values) if complete else None  # type: ignore[arg-type]
+            total = sums[field]
+            derived[f"{field}Avg7d"] = None if total is None else round(total / WINDOW, 2)
+        derived["testPositivity"] = _ratio(
+            record.get("positiveIncrease"), record.get("totalTestResultsIncrease")
+        )
+        derived["testPositivity7d"] = _ratio(
+            sums["positiveIncrease"], sums["totalTestResultsIncrease"]
+        )
+        out.append(derived)
+    return out
+
+
+def render(daily_body: bytes, fmt: Format) -> bytes:
+    series = derive(json.loads(daily_body))
+    if fmt == "csv":
+        return render_csv(series)
+    return render_array(encode_record(r) for r in series)
+
+
+class DerivedService:
+    def __init__(self, reader: DocumentReader, answers: AnswerCache) -> None:
+        self.reader = reader
+        self.answers = answers
+
+    async def series(self, daily_document: str, fmt: Format) -> Served:
+        """The derived series of ``daily_document``; raises StoreUnavailable without data."""
+        return await self.answers.get(
+            f"derived|{daily_document}|{fmt}", lambda: self._compute(daily_document, fmt)
+        )
+
+    async def _compute(self, daily_document: str, fmt: Format) -> Served:
+        daily = await self.reader.read(daily_document)
+        if daily is None:
+            raise StoreUnavailable
+        body = await asyncio.to_thread(render, daily.body, fmt)
+        return Served(body, etag_for(body), daily.source, CONTENT_TYPES[fmt])

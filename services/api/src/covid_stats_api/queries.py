@@ -1,0 +1,165 @@
+"""Answers to parametrized questions: PostgreSQL behind a cache in Redis (cache-aside).
+
+A ``Query`` (see ``api.params``) is answered through the ``AnswerCache`` (Redis, per
+snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
+statement text is fixed per resource and sort direction, so asyncpg prepares it once per
+connection and reuses it; a large body is rendered off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import structlog
+
+from covid_stats_api.answers import AnswerCache
+from covid_stats_api.api.params import Query
+from covid_stats_api.core.stores import DATABASE_ERRORS, Stores
+from covid_stats_api.documents import Served
+from covid_stats_contract.documents import (
+    CONTENT_TYPES,
+    encode_record,
+    etag_for,
+    render_array,
+    render_csv,
+    render_object,
+)
+from covid_stats_contract.resources import Resource
+
+log = structlog.get_logger("covid_stats_api.queries")
+
+# Answers with more records than this are rendered in a thread, off the event loop.
+_RENDER_INLINE_MAX = 200
+
+
+class UnknownField(Exception):
+    def __init__(self, parameter: str, name: str) -> None:
+        super().__init__(f"{parameter}: no such field: {name!r}")
+        self.parameter = parameter
+        self.name = name
+
+
+class NoRecords(Exception):
+    """The question asks for one record and the store has none."""
+
+
+class StoreUnavailable(Exception):
+    """Neither the cache nor PostgreSQL could answer."""
+
+
+@cache
+def statement(resource: Resource, sort: bool, descending: bool) -> str:
+    """The SQL of a question to ``resource``. Parameters, in order: first date, last date,
+    states, last N dates, sort field (only the ones the resource's table has)."""
+    columns = resource.key_columns
+    table = resource.table
+    params: list[str] = []
+
+    def param(name: str) -> str:
+        params.append(name)
+        return f"${len(params)}"
+
+    conditions = []
+    state_condition = "TRUE"
+    if "date" in columns:
+        first, last = param("from"), param("to")
+        conditions += [
+            f"({first}::int IS NULL OR date >= {first})",
+            f"({last}::int IS NULL OR date <= {last})",
+        ]
+    if "state" in columns:
+        states = param("states")
+        state_condition = f"({states}::text[] IS NULL OR state = ANY({states}))"
+        conditions.append(state_condition)
+    if "date" in columns:
+        n = param("last_days")
+        recent = (
+            f"SELECT min(d) FROM (SELECT DISTINCT date AS d FROM {table} "  # noqa: S608 - fixed names
+            f"WHERE {state_condition} ORDER BY d DESC LIMIT {n}) recent"
+        )
+        conditions.append(f"({n}::int IS NULL OR date >= ({recent}))")
+    order = resource.order_by
+    if sort:
+        field = param("sort")
+        direction = "DESC" if descending else "ASC"
+        order = (
+            f"CASE WHEN json_typeof(record->({field}::text)) = 'number' "
+            f"THEN (record->>({field}::text))::numeric END {direction} NULLS LAST, "
+            f"record->>({field}::text) {direction} NULLS LAST, {order}"
+        )
+    where = " AND ".join(conditions) or "TRUE"
+    return f"SELECT record::text FROM {table} WHERE {where} ORDER BY {order}"  # noqa: S608
+
+
+def _arguments(query: Query) -> list[Any]:
+    columns = query.resource.key_columns
+    args: list[Any] = []
+    if "date" in columns:
+        args += [query.date_from, query.date_to]
+    if "state" in columns:
+        args.append(list(query.states) or None)
+    if "date" in columns:
+        args.append(query.last_days)
+    if query.sort:
+        args.append(query.sort)
+    return args
+
+
+def render(query: Query, texts: Sequence[str]) -> bytes:
+    """The answer's body. Without a projection, JSON is the stored text as it is."""
+    if not query.fields and query.fmt == "json" and not query.sort:
+        return render_object(texts[0]) if query.single else render_array(texts)
+    records: list[dict[str, Any]] = [json.loads(text) for text in texts]
+    present: dict[str, None] = {}
+    for record in records:
+        present.update(dict.fromkeys(record))
+    if query.sort and query.sort not in present:
+        raise UnknownField("sort", query.sort)
+    for name in query.fields:
+        if name not in present:
+            raise UnknownField("fields", name)
+    if query.fields:
+        wanted = set(query.fields)
+        records = [{k: v for k, v in r.items() if k in wanted} for r in records]
+    if query.fmt == "csv":
+        return render_csv(records)
+    if query.single:
+        return render_object(encode_record(records[0]))
+    return render_array(encode_record(r) for r in records)
+
+
+class QueryService:
+    def __init__(self, stores: Stores, answers: AnswerCache) -> None:
+        self.stores = stores
+        self.answers = answers
+
+    async def answer(self, query: Query) -> Served:
+        """Raises NoRecords, UnknownField or StoreUnavailable."""
+        return await self.answers.get(query.key, lambda: self._compute(query))
+
+    async def _compute(self, query: Query) -> Served:
+        texts = await self._fetch(query)
+        if not texts and query.single:
+            raise NoRecords
+        if len(texts) > _RENDER_INLINE_MAX:
+            body = await asyncio.to_thread(render, query, texts)
+        else:
+            body = render(query, texts)
+        return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+
+    async def _fetch(self, query: Query) -> list[str]:
+        pool = self.stores.pg_pool
+        if pool is None:
+            raise StoreUnavailable
+        sql = statement(query.resource, bool(query.sort), query.descending)
+        try:
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(sql, *_arguments(query))
+        except DATABASE_ERRORS as exc:
+            log.warning("postgres_query_failed", error=repr(exc))
+            raise StoreUnavailable from exc
+        return [row[0] for row in rows]
