@@ -34,6 +34,10 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 test: $(STAMP) ## Run the tests against real local servers (PYTEST_ARGS="-k api" to pick)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: $(STAMP) ## Benchmark cached reads vs the naive path and a bare ASGI app (needs wrk)
+	$(BIN)/python -m devstack.bench_api
+
 .PHONY: bench-fetcher
 bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher

@@ -85,7 +85,7 @@ def test_when_redis_misses_postgres_serves_the_same_bytes(
     service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
 ) -> None:
     _refresh(service_env)
-    base = api_factory(service_env)
+    base = api_factory({**service_env, "HOT_CACHE_MAX_BYTES": "0"})  # no in-process tier
     paths = ["v1/us/current.json", "v1/states/current.json", "v1/states/ca/current.json"]
     cached = {path: httpx.get(f"{base}/{path}") for path in paths}
     redis.Redis.from_url(redis_url).flushdb()

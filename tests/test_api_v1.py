@@ -129,8 +129,10 @@ SAME_ANSWER_PATHS = [
 
 
 def test_redis_and_postgres_answer_with_identical_bodies(
-    api: str, redis_url: str, subtests: Any
+    service_env: dict[str, str], api_factory: ApiFactory, redis_url: str, subtests: Any
 ) -> None:
+    assert run_fetcher("refresh-once", service_env).returncode == 0
+    api = api_factory({**service_env, "HOT_CACHE_MAX_BYTES": "0"})  # Redis, not memory
     from_cache = {}
     for path in SAME_ANSWER_PATHS:
         get(f"{api}/{path}")  # a query's first answer fills the cache

@@ -14,6 +14,7 @@ reproduce the upstream's bytes exactly.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -82,6 +83,18 @@ def render_csv(records: Sequence[Mapping[str, Any]]) -> bytes:
     return out.getvalue().encode()
 
 
+# Bodies smaller than this are not worth compressing (the gzip header alone is 20 bytes).
+GZIP_MIN_BYTES = 256
+
+
+def compress(body: bytes) -> bytes:
+    """The gzip form of a body, rendered once by the fetcher: deterministic (no timestamp),
+    so every replica produces the same bytes. Empty for bodies too small to gain."""
+    if len(body) < GZIP_MIN_BYTES:
+        return b""
+    return gzip.compress(body, compresslevel=6, mtime=0)
+
+
 def content_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -101,6 +114,12 @@ class DocumentBody:
     body: bytes
     content_type: str = JSON_CONTENT_TYPE
     source: Mapping[str, str] = field(default_factory=dict)
+    gzip: bytes = b""  # compress(body), or empty
+
+    def compressed(self) -> DocumentBody:
+        return DocumentBody(
+            self.name, self.body, self.content_type, self.source, compress(self.body)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,7 @@ class Document:
     fetched_at: str  # ISO 8601 UTC: when the upstream response it renders was fetched
     upstream_etag: str = ""
     upstream_last_modified: str = ""
+    gzip: bytes = b""  # the body gzip-compressed once by the fetcher; empty when not worth it
 
     @classmethod
     def render(cls, doc: DocumentBody, snapshot_id: str) -> Document:
@@ -129,6 +149,7 @@ class Document:
             fetched_at=doc.source.get("fetched_at", ""),
             upstream_etag=doc.source.get("upstream_etag", ""),
             upstream_last_modified=doc.source.get("upstream_last_modified", ""),
+            gzip=doc.gzip,
         )
 
     def to_redis_hash(self) -> dict[str, bytes | str]:
@@ -141,6 +162,7 @@ class Document:
             "fetched_at": self.fetched_at,
             "upstream_etag": self.upstream_etag,
             "upstream_last_modified": self.upstream_last_modified,
+            "gzip": self.gzip,
         }
 
     @classmethod
@@ -158,4 +180,5 @@ class Document:
             fetched_at=text(b"fetched_at"),
             upstream_etag=text(b"upstream_etag"),
             upstream_last_modified=text(b"upstream_last_modified"),
+            gzip=fields.get(b"gzip", b""),
         )

@@ -10,6 +10,7 @@ Layout (``{p}`` is the prefix, ``covid-stats`` unless configured)::
     {p}:snapshot:{id}:query:{digest} HASH, the api's cached answer to a query (body, etag,
                                      content_type), with a TTL; keyed by the snapshot, so a
                                      new snapshot never serves an old answer
+    {p}:snapshot:{id}:query:{digest}:fill  lock (SET NX PX) of the worker filling it
     {p}:fetcher:leader               the fetcher leader's lease: "<fencing token>:<holder id>"
     {p}:fetcher:leader:token         INCR counter of fencing tokens
     {p}:fetcher:refresh              pub/sub channel: "refresh now" (POST /refresh on any replica)
@@ -45,6 +46,10 @@ class RedisKeys:
 
     def query(self, snapshot_id: str, digest: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:query:{digest}"
+
+    def query_fill(self, snapshot_id: str, digest: str) -> str:
+        """Lock held by the one api worker computing an answer (other workers wait)."""
+        return f"{self.query(snapshot_id, digest)}:fill"
 
     def document(self, snapshot_id: str, name: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:doc:{name}"

@@ -198,7 +198,7 @@ async def load_documents(conn: Executor) -> list[DocumentBody]:
         status = _status(states)
         if docs and status is not None:
             docs.append(status)
-        return docs
+        return [doc.compressed() for doc in docs]
 
     return await asyncio.to_thread(render)
 

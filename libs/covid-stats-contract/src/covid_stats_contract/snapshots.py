@@ -196,6 +196,18 @@ class SnapshotStore:
         )
         return QueryLookup(_text(raw_id), answer)
 
+    async def lock_fill(self, snapshot_id: str, digest: str, ttl_ms: int) -> bool:
+        """Take the fill lock of an answer: True for exactly one caller until it is
+        released or ``ttl_ms`` passes (a crashed filler cannot block the others for long)."""
+        return bool(
+            await self.redis.set(
+                self.keys.query_fill(snapshot_id, digest), b"1", nx=True, px=ttl_ms
+            )
+        )
+
+    async def unlock_fill(self, snapshot_id: str, digest: str) -> None:
+        await self.redis.delete(self.keys.query_fill(snapshot_id, digest))
+
     async def store_query(
         self, snapshot_id: str, digest: str, answer: CachedAnswer, ttl_seconds: int
     ) -> None:

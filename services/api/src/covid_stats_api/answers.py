@@ -4,8 +4,10 @@
 (the snapshot pointer and the answer in one round trip); on a miss it runs ``compute`` and
 stores the result under the snapshot's id with a TTL, so a new snapshot never serves an old
 answer. Concurrent requests for the same key in one worker share one lookup and one fill
-(single-flight): a burst of identical uncached questions costs one PostgreSQL query.
-When Redis is down the answer is computed and served without the cache.
+(single-flight), and across workers only the one holding the answer's fill lock in Redis
+computes it while the others wait for it to appear: a burst of identical uncached questions
+costs one PostgreSQL query. When Redis is down the answer is computed and served without
+the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from covid_stats_api.documents import Served
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
 
 log = structlog.get_logger("covid_stats_api.answers")
+
+# The fill lock's lifetime, and how long other workers wait for the filler's answer before
+# computing it themselves (a filler that died or is stuck does not block them for long).
+_FILL_LOCK_MS = 10_000
+_FILL_WAIT_SECONDS = 10.0
 
 
 class AnswerCache:
@@ -59,9 +66,39 @@ class AnswerCache:
             snapshot_id = lookup.snapshot_id
             if (found := lookup.answer) is not None:
                 return Served(found.body, found.etag, "cache", found.content_type)
-        served = await compute()
-        if snapshot_id is not None:
+        if snapshot_id is None:
+            return await compute()
+        locked = True
+        with contextlib.suppress(RedisError):
+            locked = await self.snapshots.lock_fill(snapshot_id, digest, _FILL_LOCK_MS)
+        if not locked:
+            # Another worker is computing it: wait for its answer, within a deadline.
+            waited = await self._wait_for_fill(digest, snapshot_id)
+            if waited is not None:
+                return waited
+        try:
+            served = await compute()
             answer = CachedAnswer(served.body, served.etag, served.content_type)
             with contextlib.suppress(RedisError):
                 await self.snapshots.store_query(snapshot_id, digest, answer, self.ttl_seconds)
-        return served
+            return served
+        finally:
+            if locked:
+                with contextlib.suppress(RedisError):
+                    await self.snapshots.unlock_fill(snapshot_id, digest)
+
+    async def _wait_for_fill(self, digest: str, snapshot_id: str) -> Served | None:
+        deadline = asyncio.get_running_loop().time() + _FILL_WAIT_SECONDS
+        delay = 0.005
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            try:
+                lookup = await self.snapshots.read_query(digest)
+            except RedisError:
+                return None
+            if lookup.snapshot_id != snapshot_id:
+                return None
+            if (found := lookup.answer) is not None:
+                return Served(found.body, found.etag, "cache", found.content_type)
+        return None

@@ -14,6 +14,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from covid_stats_api.core.stores import DATABASE_ERRORS, Stores
+from covid_stats_api.hot import HotCache
 from covid_stats_contract import records
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, etag_for
 
@@ -28,11 +29,15 @@ class Served:
     etag: str
     source: Source
     content_type: str = JSON_CONTENT_TYPE
+    gzip: bytes = b""  # the body compressed once by the fetcher (empty: not available)
 
 
 class DocumentReader:
-    def __init__(self, stores: Stores) -> None:
+    """Reads documents, and keeps each one it reads in the worker's ``HotCache``."""
+
+    def __init__(self, stores: Stores, hot: HotCache) -> None:
         self.stores = stores
+        self.hot = hot
 
     async def read(self, name: str) -> Served | None:
         try:
@@ -41,7 +46,10 @@ class DocumentReader:
             log.warning("redis_read_failed", document=name, error=repr(exc))
         else:
             if (doc := lookup.document) is not None:
-                return Served(doc.body, doc.etag, "cache", doc.content_type)
+                self.hot.put(
+                    name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
+                )
+                return Served(doc.body, doc.etag, "cache", doc.content_type, doc.gzip)
         return await self._read_database(name)
 
     async def _read_database(self, name: str) -> Served | None:
@@ -56,7 +64,9 @@ class DocumentReader:
             return None
         if doc is None:
             return None
-        return Served(doc.body, etag_for(doc.body), "database", doc.content_type)
+        etag = etag_for(doc.body)
+        self.hot.put(name, doc.body, b"", etag, doc.content_type, "database", "")
+        return Served(doc.body, etag, "database", doc.content_type)
 
     async def has_state_data(self) -> bool:
         """Whether any store holds state records: then a state missing from them is unknown

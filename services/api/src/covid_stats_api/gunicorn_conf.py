@@ -1,7 +1,7 @@
 """gunicorn settings for the api (``gunicorn -c python:covid_stats_api.gunicorn_conf``).
 
-The bind address and worker count come from the api's settings (``API_HOST``, ``API_PORT``,
-``WEB_CONCURRENCY``) so that one table documents them; the rest is fixed here.
+Everything tunable comes from the api's settings (``API_HOST``, ``API_PORT``,
+``WEB_CONCURRENCY``, ``GUNICORN_*``) so that one table documents it.
 """
 
 from covid_stats_api.core.config import get_settings
@@ -10,14 +10,25 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
+# uvicorn-worker's class, with uvloop and httptools (installed: "auto" picks them).
 worker_class = "uvicorn_worker.UvicornWorker"
 
 # A worker silent for this long is killed and replaced.
-timeout = 30
-# On SIGTERM or a reload, workers get this long to finish in-flight requests.
-graceful_timeout = 20
-# Seconds an idle keep-alive connection is held open.
-keepalive = 5
+timeout = _settings.gunicorn_timeout_seconds
+# On SIGTERM or a reload, workers get this long to finish in-flight requests; the pod's
+# termination grace period must be longer (see the Helm chart).
+graceful_timeout = _settings.gunicorn_graceful_timeout_seconds
+# Idle keep-alive connections are held this long: longer than a load balancer's own idle
+# timeout is what avoids resets on reused connections.
+keepalive = _settings.gunicorn_keepalive_seconds
+# Workers are recycled after this many requests (+ a random jitter so they do not all
+# restart at once): bounds the damage of a slow leak. 0 turns it off. Recycling closes the
+# worker's keep-alive connections, so it must be rare at this service's rates: 1,000,000 is
+# about a minute of one core at full load (make bench), hours at ordinary loads.
+max_requests = _settings.gunicorn_max_requests
+max_requests_jitter = _settings.gunicorn_max_requests_jitter
+# The worker heartbeat file lives in memory, not on a (possibly read-only) disk.
+worker_tmp_dir = "/dev/shm"  # noqa: S108 - tmpfs on Linux, as gunicorn's docs advise
 
 # Access logs are off: at the request rates this service is built for they would drown
 # everything else. Errors go to stderr.

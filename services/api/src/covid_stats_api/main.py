@@ -27,6 +27,8 @@ from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.derived import DerivedRecord, DerivedService
 from covid_stats_api.documents import DocumentReader
+from covid_stats_api.fastpath import FastPath
+from covid_stats_api.hot import HotCache, HotWatcher
 from covid_stats_api.queries import QueryService
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime.logs import configure_logging
@@ -62,11 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
 
+    hot = HotCache(
+        settings.hot_cache_max_bytes,
+        settings.cache_max_age_seconds,
+        settings.hot_cache_database_ttl_seconds,
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores = Stores(settings)
         await stores.open()
-        reader = DocumentReader(stores)
+        watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds)
+        watcher.start()
+        reader = DocumentReader(stores, hot)
         answers = AnswerCache(stores.snapshots, settings.query_cache_ttl_seconds)
         app.state.api = Api(
             settings,
@@ -78,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await watcher.stop()
             await stores.close()
 
     app = FastAPIOffline(
@@ -114,7 +125,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.hot = hot
     return app
 
 
-app = create_app()
+def create_asgi(settings: Settings | None = None) -> FastPath:
+    """The served application: hot documents from memory, everything else by FastAPI."""
+    api = create_app(settings)
+    return FastPath(api, api.state.hot)
+
+
+app = create_asgi()

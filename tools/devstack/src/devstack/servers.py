@@ -338,10 +338,13 @@ class LocalPostgres(_Server):
         port: int | None = None,
         database: str = "covid_stats",
         max_connections: int = 200,
+        settings: dict[str, str] | None = None,
     ) -> None:
+        """``settings``: more server settings (``-c name=value``), e.g. statement logging."""
         super().__init__(state_dir, port)
         self.database = database
         self.max_connections = max_connections
+        self.settings = dict(settings or {})
         self.root = self.state_dir / "postgres"
         self.data_dir = self.root / "data"
         quoted_db = urllib.parse.quote(database, safe="")
@@ -383,6 +386,7 @@ class LocalPostgres(_Server):
             "-c", "synchronous_commit=off",
             "-c", "full_page_writes=off",
             "-c", f"max_connections={self.max_connections}",
+            *(arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")),
         ]  # fmt: skip
         self._spawn(argv, signal.SIGINT, cwd=self.root, env=_pg_env(), **_user_kwargs(run_as))
         self._wait_ready(self._postmaster_ready, deadline)

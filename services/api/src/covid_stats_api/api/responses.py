@@ -1,4 +1,5 @@
-"""HTTP semantics of every data response: ETag, Cache-Control, 304, where the body came from.
+"""HTTP semantics of every data response: ETag, Cache-Control, 304, gzip, CORS, and where
+the body came from (the fast path in ``fastpath`` sends the same headers).
 
 ``If-None-Match`` is compared with the body's ETag (a list of tags and ``*`` are understood,
 weak tags compare by their opaque part); a match answers 304 with no body.
@@ -24,8 +25,13 @@ def send(request: Request, served: Served, max_age: int) -> Response:
         "ETag": served.etag,
         "Cache-Control": f"public, max-age={max_age}",
         "X-Data-Source": served.source,
+        "Access-Control-Allow-Origin": "*",
+        "Vary": "Accept-Encoding",
     }
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _matches(if_none_match, served.etag):
         return Response(status_code=304, headers=headers)
+    if served.gzip and "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(content=served.gzip, media_type=served.content_type, headers=headers)
     return Response(content=served.body, media_type=served.content_type, headers=headers)

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=30, ge=1)
     cache_max_age_seconds: int = Field(default=60, ge=0)
     query_cache_ttl_seconds: int = Field(default=300, ge=1)
+    hot_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    hot_cache_check_seconds: float = Field(default=0.25, gt=0)
+    hot_cache_database_ttl_seconds: float = Field(default=5.0, ge=0)
+
+    gunicorn_timeout_seconds: int = Field(default=30, ge=1)
+    gunicorn_graceful_timeout_seconds: int = Field(default=20, ge=1)
+    gunicorn_keepalive_seconds: int = Field(default=5, ge=1)
+    gunicorn_max_requests: int = Field(default=1_000_000, ge=0)
+    gunicorn_max_requests_jitter: int = Field(default=100_000, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

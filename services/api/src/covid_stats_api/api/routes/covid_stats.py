@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.documents import Served
+from covid_stats_api.hot import envelope, envelope_etag
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
 
 router = APIRouter(tags=["covid-stats"])
@@ -51,6 +52,6 @@ async def covid_stats(request: Request, api: ApiDep) -> Response:
     served = await api.reader.read(US_CURRENT)
     if served is None:
         raise api.no_data()
-    body = b'{"source":"%s","data":%s}\n' % (served.source.encode(), served.body.rstrip(b"\n"))
-    etag = served.etag[:-1] + f'-{served.source}"'  # one tag per body: the source is in it
-    return api.send(request, Served(body, etag, served.source))
+    body = envelope(served.source, served.body)
+    served = Served(body, envelope_etag(served.source, served.etag), served.source)
+    return api.send(request, served)

@@ -1,0 +1,81 @@
+"""The fast path: hot documents answered straight from the worker's memory.
+
+A plain ASGI layer in front of the FastAPI app. A GET or HEAD of a published document's path
+(no query string) whose entry is in the ``HotCache`` is answered here, without FastAPI's
+routing, validation or dependency injection and without Redis: the prebuilt header list and
+the bytes are sent as they are (the gzip body when the client accepts gzip; 304 when
+``If-None-Match`` matches). Anything else, including every error, goes to FastAPI, so the
+OpenAPI document and the error model stay whole: both paths answer the same request with the
+same status, headers and bytes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry
+
+_STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
+
+
+def document_name(path: str) -> str | None:
+    """The hot-cache key a path would be served from (state codes in any case)."""
+    if path == "/covid-stats":
+        return COVID_STATS
+    if match := _STATE_DOCUMENT.match(path):
+        return f"v1/states/{match[1].lower()}/{match[2]}.{match[3]}"
+    if path.startswith("/v1/"):
+        return path[1:]
+    return None
+
+
+def _matches(if_none_match: bytes, etag: str) -> bool:
+    header = if_none_match.decode("latin-1")
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, hot: HotCache) -> None:
+        self.app = app
+        self.hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and not scope["query_string"]
+            and scope["method"] in ("GET", "HEAD")
+            and (name := document_name(scope["path"])) is not None
+            and (entry := self.hot.get(name)) is not None
+        ):
+            await self._send(scope, send, entry)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _send(scope: Scope, send: Send, entry: HotEntry) -> None:
+        gzip_ok = False
+        for key, value in scope["headers"]:
+            if key == b"if-none-match" and _matches(value, entry.etag):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 304,
+                        "headers": entry.not_modified_headers,
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if key == b"accept-encoding" and b"gzip" in value:
+                gzip_ok = True
+        if gzip_ok and entry.gzip:
+            headers, body = entry.gzip_headers, entry.gzip
+        else:
+            headers, body = entry.headers, entry.body
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )

@@ -1,0 +1,213 @@
+"""The in-process tier: each worker's own copy of the hot documents.
+
+An entry holds what a response needs, ready to send: the body, the gzip body the fetcher
+compressed, the ETag and the header list. ``fastpath`` serves entries without touching
+FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
+
+Freshness: a watcher task reads the snapshot pointer every ``HOT_CACHE_CHECK_SECONDS``
+(one cheap GET per worker; chosen over pub/sub or keyspace events because it needs no extra
+connection or server configuration and cannot miss a message across a Redis restart). When
+the pointer moves it refetches every cached document of the new snapshot; until each
+arrives the old one keeps being served (stale-while-revalidate), so a new snapshot reaches
+every worker within one check interval plus one refill. When Redis is unreachable or empty,
+the entries stay: the last good documents keep being served. Entries rendered from
+PostgreSQL (Redis down) live only ``HOT_CACHE_DATABASE_TTL_SECONDS``. Memory is bounded by
+``HOT_CACHE_MAX_BYTES`` per worker (least recently used entries go first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import structlog
+from redis.exceptions import RedisError
+
+from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress
+from covid_stats_contract.snapshots import SnapshotStore
+
+log = structlog.get_logger("covid_stats_api.hot")
+
+COVID_STATS = "covid-stats"  # the envelope's key in the tier, derived from US_CURRENT
+
+
+def envelope(source: str, us_current: bytes) -> bytes:
+    """``/covid-stats``'s body, from the ``/v1/us/current.json`` bytes (never decoded)."""
+    return b'{"source":"%s","data":%s}\n' % (source.encode(), us_current.rstrip(b"\n"))
+
+
+def envelope_etag(source: str, etag: str) -> str:
+    return etag[:-1] + f'-{source}"'  # one tag per body: the source is part of it
+
+
+@dataclass(slots=True)
+class HotEntry:
+    body: bytes
+    gzip: bytes
+    etag: str
+    source: str
+    version: str  # the snapshot id it belongs to; "" when rendered from PostgreSQL
+    expires: float  # time.monotonic() deadline
+    headers: list[tuple[bytes, bytes]]  # for the identity body
+    gzip_headers: list[tuple[bytes, bytes]]  # for the gzip body
+    not_modified_headers: list[tuple[bytes, bytes]]
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzip) + 512
+
+
+def _entry(
+    body: bytes,
+    gzip: bytes,
+    etag: str,
+    content_type: str,
+    source: str,
+    version: str,
+    expires: float,
+    max_age: int,
+) -> HotEntry:
+    common = [
+        (b"etag", etag.encode()),
+        (b"cache-control", f"public, max-age={max_age}".encode()),
+        (b"x-data-source", source.encode()),
+        (b"access-control-allow-origin", b"*"),
+        (b"vary", b"Accept-Encoding"),
+    ]
+    kind = (b"content-type", content_type.encode())
+    return HotEntry(
+        body=body,
+        gzip=gzip,
+        etag=etag,
+        source=source,
+        version=version,
+        expires=expires,
+        headers=[kind, (b"content-length", str(len(body)).encode()), *common],
+        gzip_headers=[
+            kind,
+            (b"content-length", str(len(gzip)).encode()),
+            (b"content-encoding", b"gzip"),
+            *common,
+        ],
+        not_modified_headers=common,
+    )
+
+
+class HotCache:
+    def __init__(self, max_bytes: int, max_age: int, database_ttl: float) -> None:
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.database_ttl = database_ttl
+        self.version: str | None = None  # the snapshot id last seen in Redis
+        self._entries: OrderedDict[str, HotEntry] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, name: str) -> HotEntry | None:
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        if entry.expires < time.monotonic():
+            self._drop(name)
+            return None
+        self._entries.move_to_end(name)
+        return entry
+
+    def put(
+        self,
+        name: str,
+        body: bytes,
+        gzip: bytes,
+        etag: str,
+        content_type: str,
+        source: str,
+        version: str,
+    ) -> None:
+        """Keep a document (from Redis: ``version`` is its snapshot id; from PostgreSQL:
+        ``version`` is "" and the entry expires soon)."""
+        expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
+        self._store(
+            name, _entry(body, gzip, etag, content_type, source, version, expires, self.max_age)
+        )
+        if name == US_CURRENT:
+            wrapped = envelope(source, body)
+            self._store(
+                COVID_STATS,
+                _entry(
+                    wrapped,
+                    compress(wrapped),
+                    envelope_etag(source, etag),
+                    JSON_CONTENT_TYPE,
+                    source,
+                    version,
+                    expires,
+                    self.max_age,
+                ),
+            )
+
+    def _store(self, name: str, entry: HotEntry) -> None:
+        if entry.size > self.max_bytes:
+            return
+        self._drop(name)
+        self._entries[name] = entry
+        self._bytes += entry.size
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, name: str) -> None:
+        entry = self._entries.pop(name, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def documents(self) -> list[str]:
+        return [name for name in self._entries if name != COVID_STATS]
+
+
+class HotWatcher:
+    """Keeps a worker's ``HotCache`` in step with the current snapshot."""
+
+    def __init__(self, hot: HotCache, snapshots: SnapshotStore, interval: float) -> None:
+        self.hot = hot
+        self.snapshots = snapshots
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self.check()
+            await asyncio.sleep(self.interval)
+
+    async def check(self) -> None:
+        current = await self.snapshots.current_id()
+        if current is None or current == self.hot.version:
+            return
+        self.hot.version = current
+        for name in self.hot.documents():
+            lookup = await self.snapshots.read(name)
+            doc = lookup.document
+            if doc is None or lookup.snapshot_id != current:
+                continue
+            self.hot.put(
+                name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
+            )
+        log.info("hot_cache_refreshed", snapshot_id=current, documents=len(self.hot))

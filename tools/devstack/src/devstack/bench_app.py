@@ -1,0 +1,56 @@
+"""Applications for ``make bench`` only (never deployed).
+
+- ``app``: the real api plus ``/bench/naive``, the original example's path: Redis GET,
+  ``json.loads``, return the dict (FastAPI encodes it). Same app, same server flags.
+- ``bare``: the ceiling, a bare ASGI callable returning constant bytes (the ``/covid-stats``
+  body, read from the file named by ``BENCH_BARE_BODY_FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.types import Receive, Scope, Send
+
+from covid_stats_api.fastpath import FastPath
+from covid_stats_api.main import create_app
+
+# The documents' plain JSON, written by the bench for the naive path to read.
+NAIVE_KEYS = {"us": "bench:naive:us-current", "states": "bench:naive:states-current"}
+
+_api = create_app()
+
+
+@_api.get("/bench/naive", include_in_schema=False)
+async def naive(request: Request) -> dict[str, Any]:
+    raw = await request.app.state.api.stores.redis.get(NAIVE_KEYS["us"])
+    return {"source": "cache", "data": json.loads(raw)}
+
+
+@_api.get("/bench/naive-states", include_in_schema=False)
+async def naive_states(request: Request) -> Any:
+    raw = await request.app.state.api.stores.redis.get(NAIVE_KEYS["states"])
+    return json.loads(raw)
+
+
+app = FastPath(_api, _api.state.hot)
+
+_BODY = Path(os.environ.get("BENCH_BARE_BODY_FILE", "/dev/null")).read_bytes()
+_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode())]
+
+
+async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    await send({"type": "http.response.body", "body": _BODY})
