@@ -87,10 +87,11 @@ def test_when_redis_misses_postgres_serves_the_same_bytes(
     _refresh(service_env)
     base = api_factory({**service_env, "HOT_CACHE_MAX_BYTES": "0"})  # no in-process tier
     paths = ["v1/us/current.json", "v1/states/current.json", "v1/states/ca/current.json"]
-    cached = {path: httpx.get(f"{base}/{path}") for path in paths}
+    identity = {"Accept-Encoding": "identity"}
+    cached = {path: httpx.get(f"{base}/{path}", headers=identity) for path in paths}
     redis.Redis.from_url(redis_url).flushdb()
     for path, before in cached.items():
-        after = httpx.get(f"{base}/{path}")
+        after = httpx.get(f"{base}/{path}", headers=identity)
         assert after.status_code == 200
         assert after.headers["x-data-source"] == "database"
         assert after.content == before.content

@@ -57,9 +57,11 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     us = httpx.get(f"{upstream[1]}/v1/us/current.json").content
     # Served from PostgreSQL between the fetcher's store and its publish, then from Redis.
     wait_until(
-        lambda: httpx.get(f"{base}/covid-stats").json()["source"] == "cache",
+        lambda: all(
+            httpx.get(f"{base}/covid-stats").json()["source"] == "cache" for _ in range(10)
+        ),
         30,
-        what="the snapshot in Redis",
+        what="every worker to serve the snapshot in Redis",
     )
     assert httpx.get(f"{base}/covid-stats").json() == {"source": "cache", "data": json.loads(us)}
     assert f"{base}/covid-stats" in output  # the URLs are printed

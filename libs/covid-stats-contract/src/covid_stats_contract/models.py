@@ -28,6 +28,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from covid_stats_contract.resources import STATES_INFO, US_CURRENT, US_DAILY, Resource
+
 _TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?Z$")
 
 
@@ -226,3 +228,12 @@ def records_from_csv(model: type[UpstreamRecord], text: str) -> list[dict[str, A
             {name: _typed_cell(model, name, cell) for name, cell in zip(header, row, strict=True)}
         )
     return records
+
+
+def model_of(resource: Resource) -> type[UpstreamRecord]:
+    """The model of a resource's records."""
+    if resource in (US_CURRENT, US_DAILY):
+        return UsRecord
+    if resource is STATES_INFO:
+        return StateInfo
+    return StateRecord

@@ -15,7 +15,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry
+from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry, gzip_etag
 
 _STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
 
@@ -32,10 +32,12 @@ def document_name(path: str) -> str | None:
 
 
 def _matches(if_none_match: bytes, etag: str) -> bool:
+    """Whether the header names either representation's tag (identity or gzip)."""
     header = if_none_match.decode("latin-1")
     if header.strip() == "*":
         return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+    tags = (etag, gzip_etag(etag))
+    return any(tag.strip().removeprefix("W/") in tags for tag in header.split(","))
 
 
 class FastPath:

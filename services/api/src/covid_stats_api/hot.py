@@ -39,6 +39,11 @@ def envelope(source: str, us_current: bytes) -> bytes:
     return b'{"source":"%s","data":%s}\n' % (source.encode(), us_current.rstrip(b"\n"))
 
 
+def gzip_etag(etag: str) -> str:
+    """The gzip representation's own strong tag (HTTP wants one per representation)."""
+    return etag[:-1] + '-gzip"'
+
+
 def envelope_etag(source: str, etag: str) -> str:
     return etag[:-1] + f'-{source}"'  # one tag per body: the source is part of it
 
@@ -71,7 +76,6 @@ def _entry(
     max_age: int,
 ) -> HotEntry:
     common = [
-        (b"etag", etag.encode()),
         (b"cache-control", f"public, max-age={max_age}".encode()),
         (b"x-data-source", source.encode()),
         (b"access-control-allow-origin", b"*"),
@@ -85,14 +89,20 @@ def _entry(
         source=source,
         version=version,
         expires=expires,
-        headers=[kind, (b"content-length", str(len(body)).encode()), *common],
+        headers=[
+            kind,
+            (b"content-length", str(len(body)).encode()),
+            (b"etag", etag.encode()),
+            *common,
+        ],
         gzip_headers=[
             kind,
             (b"content-length", str(len(gzip)).encode()),
             (b"content-encoding", b"gzip"),
+            (b"etag", gzip_etag(etag).encode()),
             *common,
         ],
-        not_modified_headers=common,
+        not_modified_headers=[(b"etag", etag.encode()), *common],
     )
 
 

@@ -8,6 +8,7 @@ package, not a CDN, so they work without internet access.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -85,6 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             QueryService(stores, answers),
             DerivedService(reader, answers),
         )
+        # Everything built so far lives as long as the worker: keep it out of the garbage
+        # collector's full passes, whose cost grows with the heap (a p99 and throughput win).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -28,6 +28,7 @@ from covid_stats_contract.documents import (
     render_csv,
     render_object,
 )
+from covid_stats_contract.models import model_of
 from covid_stats_contract.resources import Resource
 
 log = structlog.get_logger("covid_stats_api.queries")
@@ -111,16 +112,17 @@ def _arguments(query: Query) -> list[Any]:
 
 def render(query: Query, texts: Sequence[str]) -> bytes:
     """The answer's body. Without a projection, JSON is the stored text as it is."""
-    if not query.fields and query.fmt == "json" and not query.sort:
+    if not query.fields and query.fmt == "json" and not query.sort and texts:
         return render_object(texts[0]) if query.single else render_array(texts)
     records: list[dict[str, Any]] = [json.loads(text) for text in texts]
     present: dict[str, None] = {}
     for record in records:
         present.update(dict.fromkeys(record))
-    if query.sort and query.sort not in present:
+    known = present.keys() | model_of(query.resource).model_fields.keys()
+    if query.sort and query.sort not in known:
         raise UnknownField("sort", query.sort)
     for name in query.fields:
-        if name not in present:
+        if name not in known:
             raise UnknownField("fields", name)
     if query.fields:
         wanted = set(query.fields)

@@ -22,13 +22,11 @@ from covid_stats_contract.models import (
     StateRecord,
     UpstreamRecord,
     UsRecord,
+    model_of,
     records_from_csv,
 )
 from covid_stats_contract.records import UpstreamState, key_of
 from covid_stats_contract.resources import (
-    STATES_INFO,
-    US_CURRENT,
-    US_DAILY,
     Format,
     Resource,
 )
@@ -41,14 +39,6 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def model_of(resource: Resource) -> type[UpstreamRecord]:
-    if resource in (US_CURRENT, US_DAILY):
-        return UsRecord
-    if resource is STATES_INFO:
-        return StateInfo
-    return StateRecord
 
 
 _ADAPTERS: Mapping[type[UpstreamRecord], TypeAdapter[list[Any]]] = {

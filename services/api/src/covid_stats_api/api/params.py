@@ -10,35 +10,42 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query as Param
 
 from covid_stats_api.api.errors import ApiError
 from covid_stats_contract.resources import Format, Resource
 
-_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
-_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
-_STATE = re.compile(r"^[A-Za-z]{2}$")
+# ASCII only, matched whole (fullmatch): no Unicode digits, no trailing newline.
+_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9]*", re.ASCII)
+_DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY-MM-DD
+_STATE = re.compile(r"[A-Za-z]{2}", re.ASCII)
 
-FieldsParam = Annotated[
-    str | None,
-    Param(
-        description="Comma-separated fields to return, e.g. `date,state,positive` "
-        "(in the records' own key order). Unknown fields answer 422.",
-        examples=["date,state,positive"],
+
+def fields_param(example: str) -> Any:
+    return Param(
+        description="Comma-separated fields to return (in the records' own key order). "
+        "Fields the records do not have answer 422.",
+        examples=[example],
         max_length=2000,
-    ),
-]
-SortParam = Annotated[
-    str | None,
-    Param(
+    )
+
+
+def sort_param(example: str) -> Any:
+    return Param(
         description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
         "nulls last. Default: the upstream's order.",
-        examples=["-positive"],
+        examples=[example],
         max_length=100,
-    ),
-]
+    )
+
+
+UsFields = Annotated[str | None, fields_param("date,positive,death")]
+StateFields = Annotated[str | None, fields_param("date,state,positive")]
+InfoFields = Annotated[str | None, fields_param("state,name,fips")]
+CountSort = Annotated[str | None, sort_param("-positive")]
+InfoSort = Annotated[str | None, sort_param("name")]
 FromParam = Annotated[
     str | None,
     Param(
@@ -71,10 +78,10 @@ StatesParam = Annotated[
 
 
 def parse_date(value: str, parameter: str) -> int:
-    match = _DATE.match(value)
+    match = _DATE.fullmatch(value)
     if match:
         try:
-            day = date(int(match[1]), int(match[2]), int(match[3]))
+            day = date(int(match[1]), int(match[3]), int(match[4]))
             return int(day.strftime("%Y%m%d"))
         except ValueError:
             pass
@@ -85,7 +92,7 @@ def parse_date(value: str, parameter: str) -> int:
 
 def _names(value: str, parameter: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-    bad = [name for name in names if not _FIELD.match(name)]
+    bad = [name for name in names if not _FIELD.fullmatch(name)]
     if not names or bad:
         raise ApiError(
             422,
@@ -118,7 +125,7 @@ class Query:
             self.resource.key,
             self.fmt,
             "single" if self.single else "list",
-            ",".join(self.fields),
+            ",".join(sorted(self.fields)),  # the answer keeps the records' order anyway
             ("-" if self.descending else "") + (self.sort or ""),
             str(self.date_from or ""),
             str(self.date_to or ""),
@@ -156,7 +163,7 @@ def build(
     codes: tuple[str, ...] = ()
     if states is not None:
         parts = [part.strip() for part in states.split(",") if part.strip()]
-        bad = [part for part in parts if not _STATE.match(part)]
+        bad = [part for part in parts if not _STATE.fullmatch(part)]
         if not parts or bad:
             raise ApiError(
                 422,

@@ -11,13 +11,15 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from covid_stats_api.documents import Served
+from covid_stats_api.hot import gzip_etag
 
 
 def _matches(header: str, etag: str) -> bool:
+    """Whether the header names either representation's tag (identity or gzip)."""
     if header.strip() == "*":
         return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+    wanted = (etag, gzip_etag(etag))
+    return any(tag.strip().removeprefix("W/") in wanted for tag in header.split(","))
 
 
 def send(request: Request, served: Served, max_age: int) -> Response:
@@ -33,5 +35,6 @@ def send(request: Request, served: Served, max_age: int) -> Response:
         return Response(status_code=304, headers=headers)
     if served.gzip and "gzip" in request.headers.get("accept-encoding", ""):
         headers["Content-Encoding"] = "gzip"
+        headers["ETag"] = gzip_etag(served.etag)
         return Response(content=served.gzip, media_type=served.content_type, headers=headers)
     return Response(content=served.body, media_type=served.content_type, headers=headers)

@@ -17,12 +17,15 @@ from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.params import (
-    FieldsParam,
+    CountSort,
     FromParam,
+    InfoFields,
+    InfoSort,
     LastDaysParam,
-    SortParam,
+    StateFields,
     StatesParam,
     ToParam,
+    UsFields,
 )
 from covid_stats_contract.documents import (
     CSV_CONTENT_TYPE,
@@ -52,7 +55,7 @@ StateCode = Annotated[
     ),
 ]
 Day = Annotated[
-    str, Path(pattern=r"^\d{8}$", description="A date, `YYYYMMDD`", examples=["20200401"])
+    str, Path(pattern=r"^[0-9]{8}$", description="A date, `YYYYMMDD`", examples=["20200401"])
 ]
 
 
@@ -106,9 +109,7 @@ async def _list(
     summary="US current totals (an array of one record)",
     responses=array_of("UsRecord", "The upstream's `us/current`"),
 )
-async def us_current(
-    request: Request, api: ApiDep, fmt: Fmt, fields: FieldsParam = None
-) -> Response:
+async def us_current(request: Request, api: ApiDep, fmt: Fmt, fields: UsFields = None) -> Response:
     return await _list(api, request, US_CURRENT, fmt, fields=fields)
 
 
@@ -123,8 +124,8 @@ async def us_daily(
     request: Request,
     api: ApiDep,
     fmt: Fmt,
-    fields: FieldsParam = None,
-    sort: SortParam = None,
+    fields: UsFields = None,
+    sort: CountSort = None,
     date_from: FromParam = None,
     to: ToParam = None,
     lastdays: LastDaysParam = None,
@@ -161,7 +162,7 @@ async def us_derived(request: Request, api: ApiDep, fmt: Fmt) -> Response:
     responses=object_of("UsRecord", "The `us/daily` record of that date"),
 )
 async def us_date(
-    request: Request, api: ApiDep, date: Day, fmt: Fmt, fields: FieldsParam = None
+    request: Request, api: ApiDep, date: Day, fmt: Fmt, fields: UsFields = None
 ) -> Response:
     day = params.parse_date(date, "date")
     query = params.build(US_DAILY, fmt, fields=fields, day=day, single=True)
@@ -179,8 +180,8 @@ async def states_current(
     request: Request,
     api: ApiDep,
     fmt: Fmt,
-    fields: FieldsParam = None,
-    sort: SortParam = None,
+    fields: StateFields = None,
+    sort: CountSort = None,
     states: StatesParam = None,
 ) -> Response:
     return await _list(api, request, STATES_CURRENT, fmt, fields=fields, sort=sort, states=states)
@@ -197,8 +198,8 @@ async def states_daily(
     request: Request,
     api: ApiDep,
     fmt: Fmt,
-    fields: FieldsParam = None,
-    sort: SortParam = None,
+    fields: StateFields = None,
+    sort: CountSort = None,
     date_from: FromParam = None,
     to: ToParam = None,
     lastdays: LastDaysParam = None,
@@ -229,8 +230,8 @@ async def states_info(
     request: Request,
     api: ApiDep,
     fmt: Fmt,
-    fields: FieldsParam = None,
-    sort: SortParam = None,
+    fields: InfoFields = None,
+    sort: InfoSort = None,
     states: StatesParam = None,
 ) -> Response:
     return await _list(api, request, STATES_INFO, fmt, fields=fields, sort=sort, states=states)
@@ -260,7 +261,7 @@ async def _state(
     responses=object_of("StateRecord", "The state's record of `states/current`"),
 )
 async def state_current(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: FieldsParam = None
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: StateFields = None
 ) -> Response:
     return await _state(api, request, STATES_CURRENT, state, fmt, fields=fields)
 
@@ -277,8 +278,8 @@ async def state_daily(
     api: ApiDep,
     state: StateCode,
     fmt: Fmt,
-    fields: FieldsParam = None,
-    sort: SortParam = None,
+    fields: StateFields = None,
+    sort: CountSort = None,
     date_from: FromParam = None,
     to: ToParam = None,
     lastdays: LastDaysParam = None,
@@ -305,7 +306,7 @@ async def state_daily(
     responses=object_of("StateInfo", "The state's record of `states/info`"),
 )
 async def state_info(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: FieldsParam = None
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: InfoFields = None
 ) -> Response:
     return await _state(api, request, STATES_INFO, state, fmt, fields=fields)
 
@@ -335,7 +336,7 @@ async def state_date(
     state: StateCode,
     date: Day,
     fmt: Fmt,
-    fields: FieldsParam = None,
+    fields: StateFields = None,
 ) -> Response:
     code = check_state_code(state)
     day = params.parse_date(date, "date")
@@ -348,7 +349,14 @@ async def state_date(
     methods=GET,
     response_class=Response,
     summary="When the data was built: `buildTime` (newest fetch), `runNumber` (data version)",
-    responses=object_of("Status", "Describes the data this service holds"),
+    responses={
+        200: {
+            "description": "Describes the data this service holds",
+            "content": {JSON_CONTENT_TYPE: {"schema": ref("Status")}},
+        },
+        304: {"description": "Not modified"},
+        **ERROR_RESPONSES,
+    },
 )
 async def status(request: Request, api: ApiDep) -> Response:
     return await api.document(request, STATUS)
