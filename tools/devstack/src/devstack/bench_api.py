@@ -67,10 +67,16 @@ def wrk(
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def latency(percent: str) -> float:  # NaN when wrk got no answer at all
+        found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", out, re.M)
+        return _seconds(found[1]) if found else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
-        "p50": _seconds(re.search(r"^\s+50%\s+(\S+)$", out, re.M)[1]),  # type: ignore[index]
-        "p99": _seconds(re.search(r"^\s+99%\s+(\S+)$", out, re.M)[1]),  # type: ignore[index]
+        "rps": float(rps[1]) if rps else 0.0,
+        "p50": latency("50"),
+        "p99": latency("99"),
         "non2xx": float(non2xx[1]) if non2xx else 0.0,
         "errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
     }
