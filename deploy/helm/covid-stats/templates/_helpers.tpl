@@ -1,0 +1,321 @@
+{{/* Names ----------------------------------------------------------------------------- */}}
+
+{{- define "covid-stats.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "covid-stats.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>": include "covid-stats.componentName" (list $ "api") */}}
+{{- define "covid-stats.componentName" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-%s" (include "covid-stats.fullname" $ctx | trunc 45 | trimSuffix "-") (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "covid-stats.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels: include "covid-stats.labels" (list $ "api") ------------------------------- */}}
+
+{{- define "covid-stats.selectorLabels" -}}
+{{- $ctx := index . 0 -}}
+app.kubernetes.io/name: {{ include "covid-stats.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "covid-stats.labels" -}}
+{{- $ctx := index . 0 -}}
+{{ include "covid-stats.selectorLabels" . }}
+app.kubernetes.io/part-of: covid-stats
+app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
+helm.sh/chart: {{ include "covid-stats.chart" $ctx }}
+{{- with $ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Images: include "covid-stats.image" (list $ .Values.api.image) --------------------- */}}
+{{- define "covid-stats.image" -}}
+{{- $ctx := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $ref := printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) -}}
+{{- if $image.digest -}}
+{{- $ref = printf "%s@%s" $ref $image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/* Service account name: include "covid-stats.serviceAccountName" (list $ "api" .Values.api) */}}
+{{- define "covid-stats.serviceAccountName" -}}
+{{- $ctx := index . 0 -}}
+{{- $sa := (index . 2).serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "covid-stats.componentName" (list $ctx (index . 1))) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A ServiceAccount: include "covid-stats.serviceAccount" (list $ "api" .Values.api) */}}
+{{- define "covid-stats.serviceAccount" -}}
+{{- $ctx := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- if $values.serviceAccount.create }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "covid-stats.serviceAccountName" . }}
+  labels:
+    {{- include "covid-stats.labels" (list $ctx $component) | nindent 4 }}
+  {{- with $values.serviceAccount.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: {{ $values.serviceAccount.automountToken }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling, shared by every pod: include "covid-stats.scheduling" (list $ "api" .Values.api true)
+     The last argument: a Deployment (its pods carry pod-template-hash, spread per revision). */}}
+{{- define "covid-stats.scheduling" -}}
+{{- $ctx := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- $deployment := index . 3 -}}
+{{- with $values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with $values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if and $values.topologySpread.enabled $values.topologySpread.topologyKeys }}
+topologySpreadConstraints:
+  {{- range $values.topologySpread.topologyKeys }}
+  - maxSkew: {{ $values.topologySpread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $values.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "covid-stats.selectorLabels" (list $ctx $component) | nindent 8 }}
+    {{- if $deployment }}
+    matchLabelKeys: [pod-template-hash]
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Probes: include "covid-stats.probe" (list .Values.api.probes.readiness (dict "httpGet" ...)) */}}
+{{- define "covid-stats.probe" -}}
+{{- $probe := index . 0 -}}
+{{- toYaml (index . 1) }}
+{{- range $key := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "failureThreshold" "successThreshold" }}
+{{- if hasKey $probe $key }}
+{{ $key }}: {{ index $probe $key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Generated secret values, kept across upgrades --------------------------------------
+     include "covid-stats.generated" (dict "ctx" $ "secret" NAME "key" KEY)
+     The value stored in the existing Secret when there is one (lookup), else a new random
+     one; memoised for the whole render so that the Secret and the checksum annotations of
+     the pods that use it agree. (helm template has no cluster: a new value every render.) */}}
+{{- define "covid-stats.generated" -}}
+{{- $ctx := .ctx -}}
+{{- if not (hasKey $ctx "covidStatsGenerated") -}}
+{{- $_ := set $ctx "covidStatsGenerated" dict -}}
+{{- end -}}
+{{- $cache := get $ctx "covidStatsGenerated" -}}
+{{- $id := printf "%s/%s" .secret .key -}}
+{{- if not (hasKey $cache $id) -}}
+{{- $value := randAlphaNum 40 -}}
+{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace .secret -}}
+{{- if and $existing (hasKey $existing "data") -}}
+{{- if hasKey $existing.data .key -}}
+{{- $value = index $existing.data .key | b64dec -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $cache $id $value -}}
+{{- end -}}
+{{- get $cache $id -}}
+{{- end -}}
+
+{{/* Redis connection ------------------------------------------------------------------- */}}
+
+{{- define "covid-stats.redis.host" -}}
+{{- if .Values.redis.enabled -}}
+{{- include "covid-stats.componentName" (list . "redis") -}}
+{{- else -}}
+{{- required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the Redis password; empty when Redis needs none. */}}
+{{- define "covid-stats.redis.secretName" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.redis.auth.enabled -}}
+{{- default (include "covid-stats.componentName" (list . "redis")) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+{{- else if .Values.externalRedis.existingSecret -}}
+{{- .Values.externalRedis.existingSecret -}}
+{{- else if .Values.externalRedis.password -}}
+{{- include "covid-stats.componentName" (list . "external-redis") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.redis.secretKey" -}}
+{{- if .Values.redis.enabled -}}
+{{- .Values.redis.auth.existingSecretPasswordKey -}}
+{{- else -}}
+{{- .Values.externalRedis.existingSecretPasswordKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/* REDIS_PASSWORD (from the Secret) then REDIS_URL, which Kubernetes expands from it. */}}
+{{- define "covid-stats.redis.env" -}}
+{{- $secret := include "covid-stats.redis.secretName" . -}}
+{{- $scheme := "redis" -}}
+{{- $user := "" -}}
+{{- $port := .Values.redis.port -}}
+{{- $db := 0 -}}
+{{- if not .Values.redis.enabled -}}
+{{- $port = .Values.externalRedis.port -}}
+{{- $db = .Values.externalRedis.database -}}
+{{- $user = .Values.externalRedis.username -}}
+{{- if .Values.externalRedis.tls }}{{ $scheme = "rediss" }}{{ end -}}
+{{- end -}}
+{{- $auth := "" -}}
+{{- if $secret -}}
+{{- $auth = printf "%s:$(REDIS_PASSWORD)@" $user -}}
+{{- else if $user -}}
+{{- $auth = printf "%s@" $user -}}
+{{- end }}
+{{- if $secret }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ include "covid-stats.redis.secretKey" . }}
+{{- end }}
+- name: REDIS_URL
+  value: {{ printf "%s://%s%s:%d/%d" $scheme $auth (include "covid-stats.redis.host" .) (int $port) (int $db) | quote }}
+{{- end -}}
+
+{{/* PostgreSQL connection -------------------------------------------------------------- */}}
+
+{{- define "covid-stats.database.host" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- include "covid-stats.componentName" (list . "postgresql") -}}
+{{- else -}}
+{{- required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.database.secretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- default (include "covid-stats.componentName" (list . "postgresql")) .Values.postgresql.auth.existingSecret -}}
+{{- else if .Values.externalDatabase.existingSecret -}}
+{{- .Values.externalDatabase.existingSecret -}}
+{{- else -}}
+{{- include "covid-stats.componentName" (list . "external-database") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.database.secretKey" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- .Values.postgresql.auth.existingSecretPasswordKey -}}
+{{- else -}}
+{{- .Values.externalDatabase.existingSecretPasswordKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DATABASE_PASSWORD (from the Secret) then DATABASE_URL, which Kubernetes expands from it. */}}
+{{- define "covid-stats.database.env" -}}
+{{- $db := .Values.postgresql.auth.database -}}
+{{- $user := .Values.postgresql.auth.username -}}
+{{- $port := .Values.postgresql.port -}}
+{{- $query := "" -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- $db = .Values.externalDatabase.database -}}
+{{- $user = .Values.externalDatabase.username -}}
+{{- $port = .Values.externalDatabase.port -}}
+{{- with .Values.externalDatabase.sslmode }}{{ $query = printf "?sslmode=%s" . }}{{ end -}}
+{{- end }}
+- name: DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "covid-stats.database.secretName" . }}
+      key: {{ include "covid-stats.database.secretKey" . }}
+- name: DATABASE_URL
+  value: {{ printf "postgresql://%s:$(DATABASE_PASSWORD)@%s:%d/%s%s" $user (include "covid-stats.database.host" .) (int $port) $db $query | quote }}
+{{- end -}}
+
+{{/* The upstream the fetcher reads: the in-cluster replay upstream when it is enabled. */}}
+{{- define "covid-stats.upstreamBaseUrl" -}}
+{{- if .Values.replayUpstream.enabled -}}
+{{- printf "http://%s:%d/" (include "covid-stats.componentName" (list . "replay-upstream")) (int .Values.replayUpstream.port) -}}
+{{- else -}}
+{{- .Values.statsFetcher.upstream.baseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checksums that roll a component's pods when its config or secrets change. */}}
+{{- define "covid-stats.secretsChecksum" -}}
+{{- $parts := list -}}
+{{- if .Values.postgresql.enabled -}}
+{{- if not .Values.postgresql.auth.existingSecret -}}
+{{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.database.secretName" .) "key" (include "covid-stats.database.secretKey" .))) -}}
+{{- end -}}
+{{- else if not .Values.externalDatabase.existingSecret -}}
+{{- $parts = append $parts .Values.externalDatabase.password -}}
+{{- end -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) -}}
+{{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.redis.secretName" .) "key" (include "covid-stats.redis.secretKey" .))) -}}
+{{- else if and (not .Values.redis.enabled) (not .Values.externalRedis.existingSecret) -}}
+{{- $parts = append $parts .Values.externalRedis.password -}}
+{{- end -}}
+{{- $parts = append $parts (include "covid-stats.database.secretName" .) -}}
+{{- $parts = append $parts (include "covid-stats.redis.secretName" .) -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end -}}
+
+{{- define "covid-stats.refreshToken.secretName" -}}
+{{- default (include "covid-stats.componentName" (list . "refresh-token")) .Values.statsFetcher.refreshToken.existingSecret -}}
+{{- end -}}
+
+{{/* Volumes every one of our pods has: /tmp (the root filesystem is read-only). */}}
+{{- define "covid-stats.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ . }}
+{{- end -}}

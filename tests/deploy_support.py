@@ -1,0 +1,270 @@
+"""Helpers of the deploy checks (tests/test_deploy.py): the deploy tools, rendering the chart,
+and reading rendered containers the way the kubelet would (env, $(VAR) expansion, ports).
+
+The tools come from ``make deploy-tools``: helm and kubectl in .venv/bin, checkov, hadolint
+and kubernetes-validate in their own venv, .venv/deploy (see the Makefile's deploy block).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from support import REPO
+
+CHART = REPO / "deploy" / "helm" / "covid-stats"
+VALUE_SETS = ("default", "external", "ha", "dev")
+K8S_DIR = REPO / "deploy" / "k8s"
+RELEASE = "covid-stats"
+# Every minor version the chart supports (Chart.yaml kubeVersion >= 1.29) up to the newest
+# kubectl/helm here speak; kubernetes-validate knows their schemas offline.
+KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 36))
+# Kinds of the Prometheus Operator: kubernetes-validate has no schema for CRDs.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+VENV_BIN = Path(sys.executable).parent
+DEPLOY_BIN = Path(sys.prefix) / "deploy" / "bin"
+
+
+def tool(name: str) -> Path:
+    """A deploy tool's path; fails (not skips) when missing: `make test` installs them."""
+    for folder in (VENV_BIN, DEPLOY_BIN):
+        path = folder / name
+        if path.is_file():
+            return path
+    pytest.fail(f"{name} is not installed: run `make deploy-tools` (make test does)")
+
+
+def optional_module(name: str) -> Any:
+    """jsonschema and kubernetes, installed into .venv by `make deploy-tools`. Imported by
+    name so that `make lint` (mypy) passes before they are installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pytest.fail(f"the {name} package is not installed: run `make deploy-tools`")
+
+
+def run(argv: list[str | Path], *, check: bool = True, **kwargs: Any) -> Any:
+    """Run a tool; returns the CompletedProcess (text). ``check``: fail the test on non-zero."""
+    result = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(str(a) for a in argv)} exited {result.returncode}:\n"
+            f"{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def values_file(value_set: str) -> Path:
+    return CHART / "ci" / f"{value_set}-values.yaml"
+
+
+def set_args(values: Mapping[str, object]) -> list[str]:
+    args = []
+    for key, value in values.items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        args += ["--set-json" if not isinstance(value, str) else "--set-string", f"{key}={text}"]
+    return args
+
+
+def helm_template(
+    *values_files: Path, values: Mapping[str, object] | None = None, check: bool = True
+) -> Any:
+    argv: list[str | Path] = [tool("helm"), "template", RELEASE, CHART]
+    for path in values_files:
+        argv += ["--values", path]
+    argv += set_args(values or {})
+    return run(argv, check=check)
+
+
+@dataclass
+class Rendered:
+    """Rendered manifests: the documents, by kind and name."""
+
+    text: str
+    docs: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.docs = [d for d in yaml.safe_load_all(self.text) if d]
+
+    def of_kind(self, *kinds: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] in kinds]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
+        assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
+        return found[0] if found else None
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return self.of_kind("Deployment", "StatefulSet", "Job", "Pod")
+
+    def pod_spec(self, doc: dict[str, Any]) -> dict[str, Any]:
+        spec: dict[str, Any] = (
+            doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+        )
+        return spec
+
+    def pod_labels(self, doc: dict[str, Any]) -> dict[str, str]:
+        meta = doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]
+        labels: dict[str, str] = meta.get("labels", {})
+        return labels
+
+    def container(self, kind: str, name: str, container: str) -> dict[str, Any]:
+        spec = self.pod_spec(self.get(kind, name))
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            if c["name"] == container:
+                return dict(c)
+        raise AssertionError(f"{kind}/{name} has no container {container}")
+
+    def secret_value(self, name: str, key: str) -> str | None:
+        secret = self.maybe("Secret", name)
+        if secret is None:
+            return None
+        return base64.b64decode(secret["data"][key]).decode()
+
+
+def render(*values_files: Path, values: Mapping[str, object] | None = None) -> Rendered:
+    return Rendered(helm_template(*values_files, values=values).stdout)
+
+
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\$")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' expansion of $(VAR) in env values, command and args: a defined variable is
+    replaced, an undefined reference is left as it is, $$ is a literal $."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(sub, text)
+
+
+def container_env(
+    rendered: Rendered,
+    container: dict[str, Any],
+    secrets: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """The environment a container starts with, as the kubelet builds it: envFrom ConfigMaps,
+    then env in order (values expanded against what is defined before them). Secret values
+    come from the rendered Secrets, else from ``secrets`` {(name, key): value}."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, source
+        config = rendered.get("ConfigMap", source["configMapRef"]["name"])
+        env.update({k: str(v) for k, v in config.get("data", {}).items()})
+    for item in container.get("env", []):
+        name = item["name"]
+        if "value" in item:
+            env[name] = expand(str(item["value"]), env)
+            continue
+        ref = item["valueFrom"]
+        if "secretKeyRef" in ref:
+            secret, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
+            value = rendered.secret_value(secret, key)
+            if value is None:
+                value = (secrets or {})[(secret, key)]
+            env[name] = value
+        elif "configMapKeyRef" in ref:
+            config = rendered.get("ConfigMap", ref["configMapKeyRef"]["name"])
+            env[name] = str(config["data"][ref["configMapKeyRef"]["key"]])
+        else:
+            raise AssertionError(f"unsupported env source {item}")
+    return env
+
+
+def container_argv(container: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """command + args, with $(VAR) expanded. The chart always sets both: the image's
+    ENTRYPOINT/CMD never decide what runs (a test compares them with the Dockerfiles')."""
+    assert container.get("command"), f"{container['name']}: no command"
+    return [expand(str(a), env) for a in container["command"] + container.get("args", [])]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's or Service's port: a number, or the name of a container port."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise AssertionError(f"{container['name']} has no port named {port}")
+
+
+def probes(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        kind: container[f"{kind}Probe"]
+        for kind in ("startup", "liveness", "readiness")
+        if f"{kind}Probe" in container
+    }
+
+
+def dockerfile_stages(path: Path) -> list[dict[str, Any]]:
+    """A Dockerfile's stages: base, name, and instructions (continuations joined)."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    stages: list[dict[str, Any]] = []
+    for line in lines:
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append({"base": words[0], "name": name, "instructions": []})
+        elif stages:
+            stages[-1]["instructions"].append((instruction, rest.strip()))
+    return stages
+
+
+def stage_chain(stages: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """A stage and the stages it is built FROM, nearest first."""
+    by_name = {s["name"]: s for s in stages if s["name"]}
+    chain = [stages[index]]
+    while chain[-1]["base"] in by_name:
+        chain.append(by_name[chain[-1]["base"]])
+    return chain
+
+
+def last_instruction(chain: Iterable[dict[str, Any]], instruction: str) -> str | None:
+    for stage in chain:
+        for name, rest in reversed(stage["instructions"]):
+            if name == instruction:
+                return str(rest)
+    return None
+
+
+def readme_settings() -> dict[str, set[str]]:
+    """The README's configuration table: {service: {VARIABLE, ...}}."""
+    row = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z -]+) \| (.+?) \| .+ \|$")
+    table: dict[str, set[str]] = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        if match := row.match(line):
+            table.setdefault(match[2], set()).add(match[1])
+    return table

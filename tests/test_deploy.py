@@ -1,0 +1,1117 @@
+"""The Kubernetes delivery (deploy/, skaffold.yaml, the Dockerfiles), checked with real tools.
+
+- helm lint --strict and helm template of every value set (deploy/helm/covid-stats/ci/),
+  validated by kubernetes-validate --strict for every supported Kubernetes version; the
+  values schema rejects misspelt keys and wrong types; the install-time checks refuse bad
+  configurations (connection budget, grace periods, conflicting stores).
+- deploy/k8s: kubectl kustomize validates the same way and matches the chart (drift).
+- skaffold.yaml validates against ../shared/schemas/skaffold-v4beta14.json.
+- checkov (kubernetes, helm, dockerfile) and hadolint pass (skips: deploy/checkov.yaml).
+- The images: multi-stage, a pinned slim base, a numeric non-root user, and a CMD that is
+  exactly what the chart runs.
+- The contract: the api and the fetcher run here with exactly the commands, arguments,
+  environment and ports of their rendered containers (the chart's service host names
+  pointed at the test servers), and answer on their probe paths and probe ports.
+- Cluster smoke tests, when a kubeconfig names a cluster (else skipped, saying so).
+
+No container engine runs here: the images are not built; their Dockerfiles are linted and
+their commands run from the venv (where the same packages are installed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml  # type: ignore[import-untyped]
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy_support import (
+    CHART,
+    CRD_KINDS,
+    K8S_DIR,
+    KUBERNETES_VERSIONS,
+    RELEASE,
+    VALUE_SETS,
+    VENV_BIN,
+    Rendered,
+    container_argv,
+    container_env,
+    container_port,
+    dockerfile_stages,
+    helm_template,
+    last_instruction,
+    optional_module,
+    probes,
+    readme_settings,
+    render,
+    run,
+    stage_chain,
+    tool,
+    values_file,
+)
+from devstack.procs import free_port, wait_until
+from support import REPO, Process, Upstream, spawn
+
+SKAFFOLD_SCHEMA = REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+DOCKERFILES = {
+    "api": REPO / "services" / "api" / "Dockerfile",
+    "stats-fetcher": REPO / "services" / "stats-fetcher" / "Dockerfile",
+    "replay-upstream": REPO / "tools" / "replay-upstream" / "Dockerfile",
+}
+# The main container of each of our Deployments: (Deployment, container).
+MAIN_CONTAINERS = {
+    "api": (f"{RELEASE}-api", "api"),
+    "stats-fetcher": (f"{RELEASE}-stats-fetcher", "stats-fetcher"),
+    "replay-upstream": (f"{RELEASE}-replay-upstream", "replay-upstream"),
+}
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Rendered, Path]]:
+    """Every value set rendered once, and written to a file for the file-based tools."""
+    folder = tmp_path_factory.mktemp("renders")
+    result = {}
+    for value_set in VALUE_SETS:
+        rendered = render(values_file(value_set))
+        path = folder / f"{value_set}.yaml"
+        path.write_text(rendered.text)
+        result[value_set] = (rendered, path)
+    return result
+
+
+@pytest.fixture(scope="session")
+def kustomized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Rendered, Path]:
+    text = run([tool("kubectl"), "kustomize", K8S_DIR]).stdout
+    path = tmp_path_factory.mktemp("kustomize") / "k8s.yaml"
+    path.write_text(text)
+    return Rendered(text), path
+
+
+# -- helm lint, kubernetes-validate, kustomize, drift ------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint_strict(value_set: str) -> None:
+    result = run([tool("helm"), "lint", "--strict", CHART, "--values", values_file(value_set)])
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_install_notes_render(value_set: str) -> None:
+    result = run(
+        [
+            tool("helm"),
+            "install",
+            RELEASE,
+            CHART,
+            "--values",
+            values_file(value_set),
+            "--dry-run=client",
+            "--namespace",
+            "demo",
+        ]
+    )
+    notes = result.stdout.partition("\nNOTES:\n")[2]
+    assert f"http://{RELEASE}-api.demo.svc:80" in notes, result.stdout[-2000:]
+
+
+def _kubernetes_validate(version: str, files: list[Path]) -> None:
+    result = run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, *files], check=False
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip()
+        and not re.search(rf"Couldn't find schema for kind ({'|'.join(CRD_KINDS)}) ", line)
+    ]
+    assert result.returncode == 0, "\n".join(problems)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_renders_and_plain_manifests_validate_strictly(
+    version: str,
+    renders: dict[str, tuple[Rendered, Path]],
+    kustomized: tuple[Rendered, Path],
+) -> None:
+    """Every value set's render and `kubectl kustomize deploy/k8s`, against the Kubernetes
+    OpenAPI schemas of this version, unknown fields rejected (--strict)."""
+    _kubernetes_validate(version, [path for _, path in renders.values()] + [kustomized[1]])
+
+
+def test_crd_resources_are_consistent(renders: dict[str, tuple[Rendered, Path]]) -> None:
+    """What kubernetes-validate cannot check (no CRD schemas): the ServiceMonitors select a
+    Service of ours by its labels and name its port; the PrometheusRule and the dashboard
+    carry files/alerts.yaml and files/dashboard.json as they are."""
+    rendered, _ = renders["ha"]
+    monitors = rendered.of_kind("ServiceMonitor")
+    assert monitors
+    for monitor in monitors:
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [
+            s
+            for s in rendered.of_kind("Service")
+            if selector.items() <= s["metadata"]["labels"].items()
+            and s["spec"].get("clusterIP") != "None"
+        ]
+        assert len(services) == 1, monitor["metadata"]["name"]
+        port_names = {p["name"] for p in services[0]["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in port_names
+            assert endpoint["path"].startswith("/")
+    rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    (rule,) = rendered.of_kind("PrometheusRule")
+    assert rule["spec"]["groups"] == rules["groups"]
+    dashboard = rendered.get("ConfigMap", f"{RELEASE}-dashboard")
+    assert json.loads(dashboard["data"]["covid-stats.json"]) == json.loads(
+        (CHART / "files" / "dashboard.json").read_text()
+    )
+
+
+def test_plain_manifests_match_the_chart(tmp_path: Path) -> None:
+    """deploy/k8s/covid-stats.yaml is what `make k8s-manifests` renders from the chart now."""
+    out = tmp_path / "covid-stats.yaml"
+    run(
+        [
+            VENV_BIN / "python",
+            REPO / "deploy" / "tools" / "render_k8s.py",
+            "--helm",
+            tool("helm"),
+            "--values",
+            K8S_DIR / "values.yaml",
+            "--out",
+            out,
+        ]
+    )
+    committed = (K8S_DIR / "covid-stats.yaml").read_text()
+    assert out.read_text() == committed, (
+        "deploy/k8s/covid-stats.yaml differs from the chart: run `make k8s-manifests`"
+    )
+
+
+def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
+    kustomized: tuple[Rendered, Path],
+) -> None:
+    rendered, _ = kustomized
+    for doc in rendered.docs:
+        assert "helm.sh/hook" not in doc["metadata"].get("annotations", {}), doc["metadata"]
+    assert not rendered.of_kind("Secret"), "plain manifests must not carry secrets"
+    fetcher = rendered.get("Deployment", f"{RELEASE}-stats-fetcher")
+    (init,) = rendered.pod_spec(fetcher)["initContainers"]
+    assert init["args"][0] == "migrate", "the init container migrates where no hook Job does"
+
+
+# -- the values schema and the install-time checks ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"api.worker": 3}, "additional properties 'worker' not allowed"),
+        ({"api.workers": "two"}, "/api/workers"),
+        ({"redis.auth.passwrd": "x"}, "additional properties 'passwrd' not allowed"),
+        ({"postgresql.persistance": {"enabled": False}}, "'persistance' not allowed"),
+        ({"statsFetcher.upstream.format": "xml"}, "/statsFetcher/upstream/format"),
+        ({"statsFetcher.replica": 2}, "additional properties 'replica' not allowed"),
+        ({"apii": {"workers": 1}}, "additional properties 'apii' not allowed"),
+        ({"api.image.digest": "latest"}, "/api/image/digest"),
+        ({"api.autoscaling.maxReplicas": 0}, "/api/autoscaling/maxReplicas"),
+        ({"metrics.serviceMonitor.enabeld": True}, "'enabeld' not allowed"),
+        ({"api.podAnnotations": {"a": 1}}, "/api/podAnnotations/a"),
+    ],
+)
+def test_schema_rejects_unknown_keys_and_wrong_types(
+    values: dict[str, object], message: str
+) -> None:
+    result = helm_template(values=values, check=False)
+    assert result.returncode != 0, f"{values} was accepted"
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"api.autoscaling.maxReplicas": 10},
+            "PostgreSQL connection budget exceeded: the api may open (10 pods + 1 surge) x 2 "
+            "workers (api.workers) x 10 (api.dbPool.maxSize) = 220 connections",
+        ),
+        (
+            {
+                "postgresql.enabled": False,
+                "externalDatabase.host": "db",
+                "externalDatabase.existingSecret": "s",
+                "externalDatabase.maxConnections": 50,
+            },
+            "but PostgreSQL allows 50 (externalDatabase.maxConnections)",
+        ),
+        (
+            {"api.terminationGracePeriodSeconds": 25},
+            "api.terminationGracePeriodSeconds (25) must exceed api.preStopSleepSeconds + "
+            "api.gunicorn.gracefulTimeoutSeconds (5 + 20 = 25)",
+        ),
+        (
+            {"statsFetcher.terminationGracePeriodSeconds": 20},
+            "statsFetcher.terminationGracePeriodSeconds (20) must exceed "
+            "statsFetcher.shutdownGraceSeconds",
+        ),
+        ({"externalDatabase.host": "db"}, "both postgresql.enabled and externalDatabase.host"),
+        ({"externalRedis.host": "cache"}, "both redis.enabled and externalRedis.host"),
+        ({"postgresql.enabled": False}, "externalDatabase.host is required"),
+        (
+            {"postgresql.enabled": False, "externalDatabase.host": "db"},
+            "externalDatabase.existingSecret (a Secret holding the password) or "
+            "externalDatabase.password is required",
+        ),
+        ({"redis.enabled": False}, "externalRedis.host is required"),
+        ({"api.resources.requests.cpu": None}, "needs api.resources.requests.cpu"),
+    ],
+)
+def test_install_refuses_bad_configurations(values: dict[str, object], message: str) -> None:
+    result = helm_template(values=values, check=False)
+    assert result.returncode != 0, f"{values} was accepted"
+    assert message in result.stderr, result.stderr
+
+
+def test_values_carry_no_password() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["externalDatabase"]["password"] == ""
+    assert values["externalRedis"]["password"] == ""
+    assert not re.search(
+        r"(?i)password:\s*\S+",
+        (CHART / "values.yaml").read_text().replace('password: ""', "").replace("PasswordKey:", ""),
+    ), "a default password in values.yaml"
+
+
+# -- what the renders say -----------------------------------------------------------------------
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """Non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault,
+    a read-only root filesystem (the dev set's api excepted: skaffold syncs code into it),
+    no service account token, requests and a memory limit, only restricted volume types."""
+    allowed_volumes = {"emptyDir", "persistentVolumeClaim", "configMap", "secret", "projected"}
+    for value_set, (rendered, _) in renders.items():
+        for doc in rendered.workloads():
+            where = f"{value_set}: {doc['kind']}/{doc['metadata']['name']}"
+            spec = rendered.pod_spec(doc)
+            pod = spec["securityContext"]
+            assert pod["runAsNonRoot"] is True, where
+            assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert spec["automountServiceAccountToken"] is False, where
+            assert not spec.get("hostNetwork"), where
+            assert not spec.get("hostPID"), where
+            for volume in spec.get("volumes", []):
+                assert set(volume) - {"name"} <= allowed_volumes, (where, volume)
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, where
+                assert sc["capabilities"] == {"drop": ["ALL"]}, where
+                assert sc["runAsNonRoot"] is True, where
+                dev_api = value_set == "dev" and c["name"] == "api"
+                assert sc["readOnlyRootFilesystem"] is (not dev_api), where
+                assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
+                assert "memory" in c["resources"]["limits"], where
+
+
+def test_our_images_run_as_a_high_numeric_uid(renders: dict[str, tuple[Rendered, Path]]) -> None:
+    rendered, _ = renders["dev"]
+    for name, (deployment, _) in MAIN_CONTAINERS.items():
+        spec = rendered.pod_spec(rendered.get("Deployment", deployment))
+        assert spec["securityContext"]["runAsUser"] >= 10000, name
+
+
+def test_long_running_containers_have_all_three_probes(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    for value_set, (rendered, _) in renders.items():
+        for doc in rendered.of_kind("Deployment", "StatefulSet"):
+            for c in rendered.pod_spec(doc)["containers"]:
+                assert set(probes(c)) == {"startup", "liveness", "readiness"}, (
+                    value_set,
+                    doc["metadata"]["name"],
+                )
+
+
+def test_services_target_ports_their_pods_have(renders: dict[str, tuple[Rendered, Path]]) -> None:
+    for value_set, (rendered, _) in renders.items():
+        for service in rendered.of_kind("Service"):
+            selector = service["spec"]["selector"]
+            pods = [
+                d
+                for d in rendered.of_kind("Deployment", "StatefulSet")
+                if selector.items() <= rendered.pod_labels(d).items()
+            ]
+            assert len(pods) == 1, (value_set, service["metadata"]["name"])
+            containers = rendered.pod_spec(pods[0])["containers"]
+            for port in service["spec"]["ports"]:
+                assert any(
+                    p.get("name") == port["targetPort"] for c in containers for p in c["ports"]
+                ), (value_set, service["metadata"]["name"], port)
+
+
+def test_rolling_updates_drop_no_requests(renders: dict[str, tuple[Rendered, Path]]) -> None:
+    """The api leaves the endpoints during its preStop sleep, gunicorn then gets its graceful
+    timeout, all within the termination grace period; no pod is taken before a new one is
+    ready; a voluntary disruption takes one api pod at a time."""
+    for value_set, (rendered, _) in renders.items():
+        deployment = rendered.get("Deployment", f"{RELEASE}-api")
+        spec = rendered.pod_spec(deployment)
+        (api,) = spec["containers"]
+        sleep = int(api["lifecycle"]["preStop"]["exec"]["command"][1])
+        graceful = int(
+            container_env(rendered, api, _fake_secrets(rendered))[
+                "GUNICORN_GRACEFUL_TIMEOUT_SECONDS"
+            ]
+        )
+        assert sleep > 0
+        assert spec["terminationGracePeriodSeconds"] > sleep + graceful, value_set
+        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        fetcher_spec = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-stats-fetcher"))
+        fetcher_env = container_env(
+            rendered, fetcher_spec["containers"][0], secrets=_fake_secrets(rendered)
+        )
+        assert fetcher_spec["terminationGracePeriodSeconds"] > float(
+            fetcher_env["SHUTDOWN_GRACE_SECONDS"]
+        )
+    rendered, _ = renders["default"]
+    assert rendered.get("PodDisruptionBudget", f"{RELEASE}-api")["spec"]["maxUnavailable"] == 1
+    hpa = rendered.get("HorizontalPodAutoscaler", f"{RELEASE}-api")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{RELEASE}-api",
+    }
+    assert "replicas" not in rendered.get("Deployment", f"{RELEASE}-api")["spec"]
+
+
+def test_network_policies_fence_redis_and_postgresql(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    rendered, _ = renders["dev"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in rendered.of_kind("NetworkPolicy")}
+    deny = policies[f"{RELEASE}-default-deny"]
+    assert "ingress" not in deny
+    assert deny["policyTypes"] == ["Ingress"]
+    for doc in rendered.workloads():
+        assert deny["podSelector"]["matchLabels"].items() <= rendered.pod_labels(doc).items()
+
+    def clients(store: str) -> set[str]:
+        (rule,) = policies[f"{RELEASE}-{store}"]["ingress"]
+        (peer,) = rule["from"]
+        (expression,) = peer["podSelector"]["matchExpressions"]
+        assert expression["key"] == "app.kubernetes.io/component"
+        return set(expression["values"])
+
+    assert clients("redis") == {"api", "stats-fetcher"}
+    assert clients("postgresql") == {"api", "stats-fetcher", "migrate"}
+    components = {
+        rendered.pod_labels(d)["app.kubernetes.io/component"] for d in rendered.workloads()
+    }
+    assert {"api", "stats-fetcher", "migrate"} <= components
+    (rule,) = policies[f"{RELEASE}-replay-upstream"]["ingress"]
+    assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "stats-fetcher"
+    )
+
+
+def _annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
+    doc = rendered.get("Deployment", deployment)
+    annotations: dict[str, str] = doc["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+def test_checksums_roll_pods_when_their_config_or_secrets_change() -> None:
+    api, fetcher = f"{RELEASE}-api", f"{RELEASE}-stats-fetcher"
+    secrets = {"postgresql.auth.existingSecret": "pg", "redis.auth.existingSecret": "r"}
+    base = render(values=secrets)
+    api_config = render(values={**secrets, "api.logLevel": "DEBUG"})
+    fetcher_config = render(values={**secrets, "statsFetcher.fetchIntervalSeconds": 60})
+    other_secret = render(values={**secrets, "postgresql.auth.existingSecret": "pg2"})
+
+    def checksum(rendered: Rendered, deployment: str, kind: str) -> str:
+        return _annotations(rendered, deployment)[f"checksum/{kind}"]
+
+    assert checksum(api_config, api, "config") != checksum(base, api, "config")
+    assert checksum(api_config, fetcher, "config") == checksum(base, fetcher, "config")
+    assert checksum(fetcher_config, fetcher, "config") != checksum(base, fetcher, "config")
+    assert checksum(fetcher_config, api, "config") == checksum(base, api, "config")
+    for deployment in (api, fetcher):
+        assert checksum(other_secret, deployment, "secrets") != checksum(
+            base, deployment, "secrets"
+        )
+    # Generated passwords: one value per render, the same in the Secret and every checksum.
+    first, second = render(), render()
+    for rendered in (first, second):
+        sums = {
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
+            for d in rendered.of_kind("Deployment", "StatefulSet")
+            if d["metadata"]["name"] != f"{RELEASE}-replay-upstream"
+        }
+        assert len(sums) == 1, sums
+    assert checksum(first, api, "secrets") != checksum(second, api, "secrets")
+
+
+def test_generated_credentials_and_connection_urls(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """In-chart stores: the chart generates the passwords (kept across upgrades by lookup,
+    the PostgreSQL one even across uninstall), and Kubernetes assembles the URLs from them.
+    External stores: only the Secrets you name, and URLs in their form (TLS, sslmode)."""
+    rendered, _ = renders["default"]
+    pg_secret = rendered.get("Secret", f"{RELEASE}-postgresql")
+    assert pg_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    password = rendered.secret_value(f"{RELEASE}-postgresql", "password")
+    assert password
+    assert len(password) >= 32
+    assert password.isalnum()
+    api = rendered.container("Deployment", f"{RELEASE}-api", "api")
+    env = container_env(rendered, api)
+    assert env["DATABASE_URL"] == (
+        f"postgresql://covid_stats:{password}@{RELEASE}-postgresql:5432/covid_stats"
+    )
+    redis_password = rendered.secret_value(f"{RELEASE}-redis", "redis-password")
+    assert env["REDIS_URL"] == f"redis://:{redis_password}@{RELEASE}-redis:6379/0"
+    postgres = rendered.container("StatefulSet", f"{RELEASE}-postgresql", "postgresql")
+    assert container_env(rendered, postgres)["POSTGRES_PASSWORD"] == password
+
+    rendered, _ = renders["external"]
+    assert not rendered.of_kind("Secret"), "external stores: the chart creates no Secret"
+    env = container_env(
+        rendered,
+        rendered.container("Deployment", f"{RELEASE}-api", "api"),
+        secrets=_fake_secrets(rendered),
+    )
+    assert env["DATABASE_URL"] == (
+        "postgresql://covid_stats_app:db-secret@covid-stats.postgres.example.internal:5432/"
+        "covid_stats?sslmode=verify-full"
+    )
+    assert env["REDIS_URL"] == (
+        "rediss://covid-stats:redis-secret@covid-stats.redis.example.internal:6380/0"
+    )
+
+
+def test_migration_job_is_a_hook_running_migrate(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    expected = {"default": "post-install,pre-upgrade", "external": "pre-install,pre-upgrade"}
+    for value_set, hooks in expected.items():
+        rendered, _ = renders[value_set]
+        job = rendered.get("Job", f"{RELEASE}-migrate")
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == hooks
+        account = rendered.get("ServiceAccount", f"{RELEASE}-migrate")
+        assert account["metadata"]["annotations"]["helm.sh/hook"] == hooks
+        assert int(account["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            annotations["helm.sh/hook-weight"]
+        )
+        (container,) = rendered.pod_spec(job)["containers"]
+        assert container["command"] + container["args"][:1] == ["stats-fetcher", "migrate"]
+        assert rendered.pod_spec(job)["serviceAccountName"] == f"{RELEASE}-migrate"
+    test_pod = renders["default"][0].get("Pod", f"{RELEASE}-test-api")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def test_every_documented_setting_is_set_by_the_chart(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """The README's configuration table is the services' contract: each of their settings
+    has a value in the chart (so a setting another change adds fails here until the chart
+    learns it). Only the chart's helpers are extra."""
+    table = readme_settings()
+    rendered, _ = renders["default"]
+    helpers = {"DATABASE_PASSWORD", "REDIS_PASSWORD"}
+    for service, (deployment, container) in (
+        ("api", MAIN_CONTAINERS["api"]),
+        ("stats-fetcher", MAIN_CONTAINERS["stats-fetcher"]),
+    ):
+        env = container_env(rendered, rendered.container("Deployment", deployment, container))
+        extra = {"PROMETHEUS_MULTIPROC_DIR"} if service == "api" else set()
+        assert set(env) - helpers - extra == table[service], service
+
+
+def test_replay_upstream_is_what_the_fetcher_reads_when_enabled(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    rendered, _ = renders["dev"]
+    env = container_env(
+        rendered, rendered.container("Deployment", f"{RELEASE}-stats-fetcher", "stats-fetcher")
+    )
+    assert env["UPSTREAM_BASE_URL"] == f"http://{RELEASE}-replay-upstream:8001/"
+    rendered, _ = renders["default"]
+    env = container_env(
+        rendered, rendered.container("Deployment", f"{RELEASE}-stats-fetcher", "stats-fetcher")
+    )
+    assert env["UPSTREAM_BASE_URL"] == "https://api.covidtracking.com/"
+    assert rendered.maybe("Deployment", f"{RELEASE}-replay-upstream") is None
+
+
+def _fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
+    """Values for the Secrets a value set names but does not create (existingSecret)."""
+    fake = {}
+    for doc in rendered.workloads():
+        spec = rendered.pod_spec(doc)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for item in c.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref and rendered.maybe("Secret", ref["name"]) is None:
+                    short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
+                    fake[(ref["name"], ref["key"])] = f"{short}-secret"
+    return fake
+
+
+# -- skaffold ---------------------------------------------------------------------------------
+
+
+def _skaffold() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    return config
+
+
+@pytest.mark.skipif(
+    not SKAFFOLD_SCHEMA.is_file(),
+    reason=f"{SKAFFOLD_SCHEMA} is absent (../shared is not beside the repository)",
+)
+def test_skaffold_yaml_validates_against_its_schema() -> None:
+    jsonschema = optional_module("jsonschema")
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    config = _skaffold()
+    errors = [f"{list(e.absolute_path)}: {e.message[:300]}" for e in validator.iter_errors(config)]
+    assert not errors, "\n".join(errors)
+    assert config["apiVersion"] == "skaffold/v4beta14"
+    # The validation means something: a misspelt key is an error.
+    config["build"]["artifacts"][0]["docker"]["dockerfil"] = "Dockerfile"
+    assert list(validator.iter_errors(config))
+
+
+def test_skaffold_builds_our_images_and_injects_them_into_the_chart() -> None:
+    config = _skaffold()
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert (REPO / release["chartPath"]) == CHART
+    templates = release["setValueTemplates"]
+    for key, name in (
+        ("api", "api"),
+        ("statsFetcher", "stats-fetcher"),
+        ("replayUpstream", "replay-upstream"),
+    ):
+        image = values[key]["image"]["repository"]
+        artifact = artifacts[image]
+        assert artifact["context"] == "."
+        assert (REPO / artifact["docker"]["dockerfile"]) == DOCKERFILES[name]
+        variable = image.replace("-", "_")
+        assert templates[f"{key}.image.repository"] == f"{{{{.IMAGE_REPO_{variable}}}}}"
+        assert templates[f"{key}.image.tag"] == (
+            f"{{{{.IMAGE_TAG_{variable}}}}}@{{{{.IMAGE_DIGEST_{variable}}}}}"
+        )
+    # The injected form of an image reference renders (the schema accepts tag@digest).
+    digest = "sha256:" + "0" * 64
+    rendered = render(
+        values={
+            "api.image.repository": "registry.example/covid-stats-api",
+            "api.image.tag": f"abc123@{digest}",
+        }
+    )
+    api = rendered.container("Deployment", f"{RELEASE}-api", "api")
+    assert api["image"] == f"registry.example/covid-stats-api:abc123@{digest}"
+    forwards = config["portForward"]
+    assert forwards == [
+        {
+            "resourceType": "service",
+            "resourceName": f"{RELEASE}-api",
+            "port": values["api"]["service"]["port"],
+            "localPort": 8000,
+        }
+    ]
+    # The dev profile: the api's dev target with file sync into its site-packages (the same
+    # Python as the image's), the dev values (one worker, reload, the replay upstream).
+    (profile,) = config["profiles"]
+    assert profile["activation"] == [{"command": "dev"}]
+    patches = {p["path"]: p["value"] for p in profile["patches"]}
+    assert patches["/build/artifacts/0/docker/target"] == "dev"
+    assert config["build"]["artifacts"][0]["image"] == "covid-stats-api"
+    python = re.search(r"python:(\d+\.\d+)\.", DOCKERFILES["api"].read_text())
+    assert python
+    for rule in patches["/build/artifacts/0/sync"]["manual"]:
+        assert rule["dest"] == f"/opt/venv/lib/python{python[1]}/site-packages"
+        assert (REPO / rule["src"].split("/**")[0]).is_dir(), rule
+    dev_values = yaml.safe_load(values_file("dev").read_text())
+    assert patches["/deploy/helm/releases/0/valuesFiles"] == [
+        str(values_file("dev").relative_to(REPO))
+    ]
+    assert dev_values["api"]["workers"] == 1
+    assert dev_values["api"]["reload"] is True
+    assert dev_values["replayUpstream"]["enabled"] is True
+    stages = {s["name"] for s in dockerfile_stages(DOCKERFILES["api"])}
+    assert {"dev", "runtime"} <= stages
+
+
+# -- the images ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_is_multi_stage_slim_pinned_and_non_root(name: str) -> None:
+    stages = dockerfile_stages(DOCKERFILES[name])
+    assert len(stages) >= 2, "multi-stage"
+    named = {s["name"] for s in stages}
+    for stage in stages:
+        base = stage["base"]
+        assert base in named or re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+", base), base
+    final = stage_chain(stages, len(stages) - 1)
+    assert final[-1]["base"].startswith("python:")
+    user = last_instruction(final, "USER")
+    assert user
+    assert re.fullmatch(r"\d+:\d+", user), user
+    assert int(user.split(":")[0]) >= 10000
+    for stage in final:
+        for instruction, rest in stage["instructions"]:
+            text = f"{instruction} {rest}"
+            assert not re.search(r"apt-get|apk |gcc|build-essential|g\+\+|make ", text), text
+            if instruction == "COPY" and "--from=" in rest:
+                source = re.search(r"--from=(\S+)", rest)
+                assert source, text
+                assert source[1] == "build", text
+    (build,) = [s for s in stages if s["name"] == "build"]
+    assert "--only-binary=:all:" in " ".join(rest for _, rest in build["instructions"])
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_image_cmd_is_what_the_chart_runs(
+    name: str, renders: dict[str, tuple[Rendered, Path]]
+) -> None:
+    stages = dockerfile_stages(DOCKERFILES[name])
+    cmd = last_instruction(stage_chain(stages, len(stages) - 1), "CMD")
+    assert cmd
+    assert last_instruction(stage_chain(stages, len(stages) - 1), "ENTRYPOINT") is None
+    rendered, _ = renders["default" if name != "replay-upstream" else "dev"]
+    deployment, container = MAIN_CONTAINERS[name]
+    c = rendered.container("Deployment", deployment, container)
+    args = list(c["args"])
+    if "--reload" in args:  # the dev set adds it
+        args.remove("--reload")
+    assert json.loads(cmd) == c["command"] + args
+
+
+def test_dockerignore_sends_only_what_the_images_copy() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "an allowlist: everything else (.venv, .git, .local) stays out"
+    for dockerfile in DOCKERFILES.values():
+        for instruction, rest in (
+            i for s in dockerfile_stages(dockerfile) for i in s["instructions"]
+        ):
+            if instruction == "COPY" and "--from=" not in rest:
+                source = rest.split()[0]
+                assert (REPO / source).exists(), source
+                assert any(
+                    line.startswith("!") and source.startswith(line[1:].split("*")[0].rstrip("/"))
+                    for line in lines
+                ), f"{source} is not sent to the build"
+
+
+def test_hadolint_passes() -> None:
+    run([tool("hadolint"), "--config", REPO / "deploy" / "hadolint.yaml", *DOCKERFILES.values()])
+
+
+# -- checkov ------------------------------------------------------------------------------------
+
+
+def _checkov(args: list[str | Path]) -> tuple[int, list[dict[str, Any]], str]:
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "BC_SKIP_MAPPING": "TRUE"}
+    result = run([tool("checkov"), *args, "-o", "json"], check=False, env=env, cwd=REPO)
+    reports: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
+    text, index = result.stdout, 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        value, index = decoder.raw_decode(text, index)
+        reports += value if isinstance(value, list) else [value]
+    return result.returncode, reports, result.stderr
+
+
+def test_checkov_passes(renders: dict[str, tuple[Rendered, Path]], tmp_path: Path) -> None:
+    """kubernetes (every render and deploy/k8s), helm (the chart) and dockerfile, with the
+    skips of deploy/checkov.yaml; the dev set also skips CKV_K8S_22 (read-only root
+    filesystem: skaffold syncs code into its api). Both runs at once: checkov is slow to start."""
+    config = REPO / "deploy" / "checkov.yaml"
+    scans = tmp_path / "renders"
+    scans.mkdir()
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for value_set, (_, path) in renders.items():
+        shutil.copy(path, (dev if value_set == "dev" else scans) / path.name)
+    skips = yaml.safe_load(config.read_text())["skip-check"]
+    main: list[str | Path] = [
+        "--config-file",
+        config,
+        "--framework",
+        "kubernetes",
+        "helm",
+        "dockerfile",
+        "-d",
+        scans,
+        "-d",
+        K8S_DIR,
+        "-d",
+        CHART.parent,
+        *[a for d in DOCKERFILES.values() for a in ("-d", d.parent)],
+    ]
+    dev_run: list[str | Path] = [
+        "--config-file",
+        config,
+        "--framework",
+        "kubernetes",
+        "--skip-check",
+        ",".join([*skips, "CKV_K8S_22"]),
+        "-d",
+        dev,
+    ]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(_checkov, [main, dev_run]))
+    frameworks: set[str] = set()
+    for returncode, reports, stderr in results:
+        failures = [
+            f"{r['check_type']}: {f['check_id']} {f['check_name']} {f['resource']} "
+            f"({f['file_path']})"
+            for r in reports
+            for f in r["results"]["failed_checks"]
+        ]
+        assert not failures, "\n".join(failures)
+        assert all(r["summary"]["parsing_errors"] == 0 for r in reports), reports
+        assert returncode == 0, stderr[-3000:]
+        frameworks |= {r["check_type"] for r in reports if r["summary"]["passed"]}
+    assert frameworks == {"kubernetes", "helm", "dockerfile"}
+
+
+# -- the contract: the rendered containers, run here ----------------------------------------------
+
+
+def _map_service_urls(
+    env: dict[str, str], rendered: Rendered, local: dict[str, str]
+) -> dict[str, str]:
+    """Point every URL whose host is one of the chart's Services at the local server of that
+    component, after checking the URL names the Service's port."""
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    mapped = dict(env)
+    for name, value in env.items():
+        parts = urllib.parse.urlsplit(value)
+        if not parts.scheme or parts.hostname not in services:
+            continue
+        service = services[parts.hostname]
+        assert parts.port in {p["port"] for p in service["spec"]["ports"]}, (name, value)
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        mapped[name] = local[component]
+    return mapped
+
+
+def _map_volumes(env: dict[str, str], container: dict[str, Any], scratch: Path) -> dict[str, str]:
+    """Paths in the container's emptyDir mounts -> local scratch folders (created empty, as
+    an emptyDir is)."""
+    mounts = sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
+    mapped = dict(env)
+    for name, value in env.items():
+        for mount in mounts:
+            path = mount["mountPath"]
+            if mount["mountPath"] != "/tmp" and (value == path or value.startswith(path + "/")):
+                local = scratch / mount["name"] / value[len(path) :].lstrip("/")
+                local.mkdir(parents=True, exist_ok=True)
+                mapped[name] = str(local)
+                break
+    return mapped
+
+
+def _local_run(
+    rendered: Rendered,
+    kind: str,
+    workload: str,
+    container_name: str,
+    local: dict[str, str],
+    scratch: Path,
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    container = rendered.container(kind, workload, container_name)
+    env = container_env(rendered, container)
+    env = _map_service_urls(env, rendered, local)
+    env = _map_volumes(env, container, scratch)
+    argv = container_argv(container, env)
+    home = scratch / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    base = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
+    full_env = {**base, **env}
+    executable = shutil.which(argv[0], path=full_env["PATH"])
+    assert executable, argv[0]
+    assert Path(executable).parent == VENV_BIN, f"{argv[0]}: {executable}"
+    return container, argv, full_env
+
+
+def _probe_url(container: dict[str, Any], probe: dict[str, Any]) -> str:
+    get = probe["httpGet"]
+    return f"http://127.0.0.1:{container_port(container, get['port'])}{get['path']}"
+
+
+def _wait_200(process: Process, url: str, timeout: float) -> httpx.Response:
+    last: list[httpx.Response] = []
+
+    def ok() -> bool:
+        if process.proc.poll() is not None:
+            raise AssertionError(f"{process.name} exited:\n{process.output()[-3000:]}")
+        try:
+            last[:] = [httpx.get(url, timeout=5)]
+        except httpx.HTTPError:
+            return False
+        return last[0].status_code == 200
+
+    try:
+        wait_until(ok, timeout, interval=0.2, what=url)
+    except TimeoutError as exc:
+        answer = f"{last[0].status_code} {last[0].text[:300]}" if last else "no answer"
+        raise AssertionError(f"{url}: {answer}\n{process.output()[-3000:]}") from exc
+    return last[0]
+
+
+@pytest.fixture
+def contract_render() -> Rendered:
+    """The chart with the replay upstream in, on free ports (so the processes below bind
+    exactly the ports the containers declare without colliding with anything here)."""
+    return render(
+        values={
+            "replayUpstream.enabled": True,
+            "api.port": free_port(),
+            "statsFetcher.port": free_port(),
+        }
+    )
+
+
+@pytest.fixture
+def contract_processes(tmp_path: Path) -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+def test_rendered_containers_run_here_and_answer_on_their_probes(
+    contract_render: Rendered,
+    redis_url: str,
+    database_url: str,
+    upstream: Upstream,
+    tmp_path: Path,
+    contract_processes: list[Process],
+) -> None:
+    rendered = contract_render
+    local = {
+        "redis": redis_url,
+        "postgresql": database_url,
+        "replay-upstream": upstream.url + "/",
+    }
+    fetcher_name = f"{RELEASE}-stats-fetcher"
+
+    # The init container (and the hook Job: same command) migrates, and exits 0.
+    _, argv, env = _local_run(
+        rendered, "Deployment", fetcher_name, "migrate", local, tmp_path / "migrate"
+    )
+    migrate = run([*argv], env=env, timeout=120)
+    assert migrate.returncode == 0
+
+    container, argv, env = _local_run(
+        rendered, "Deployment", fetcher_name, "stats-fetcher", local, tmp_path / "fetcher"
+    )
+    assert env["UPSTREAM_BASE_URL"] == upstream.url + "/"
+    fetcher = spawn("contract-fetcher", argv, env, tmp_path)
+    contract_processes.append(fetcher)
+    fetcher_probes = probes(container)
+    _wait_200(fetcher, _probe_url(container, fetcher_probes["startup"]), timeout=30)
+    for kind in ("liveness", "readiness"):
+        _wait_200(fetcher, _probe_url(container, fetcher_probes[kind]), timeout=30)
+    api_name = f"{RELEASE}-api"
+    container, argv, env = _local_run(
+        rendered, "Deployment", api_name, "api", local, tmp_path / "api"
+    )
+    api = spawn("contract-api", argv, env, tmp_path)
+    contract_processes.append(api)
+    api_probes = probes(container)
+    _wait_200(api, _probe_url(container, api_probes["startup"]), timeout=60)
+    _wait_200(api, _probe_url(container, api_probes["liveness"]), timeout=10)
+    # Ready once the fetcher (the leader, refreshing at start) has published.
+    _wait_200(api, _probe_url(container, api_probes["readiness"]), timeout=120)
+    # The Service's target is that port, and it serves the upstream's data.
+    (service_port,) = rendered.get("Service", api_name)["spec"]["ports"]
+    port = container_port(container, service_port["targetPort"])
+    answer = httpx.get(f"http://127.0.0.1:{port}/v1/us/current.json", timeout=10)
+    assert answer.status_code == 200
+    assert answer.content == upstream.get("/v1/us/current.json").content
+
+    # What the chart tells Prometheus to scrape is there, in Prometheus' text format (the
+    # fetcher always; the api once api.metrics.enabled says it serves /metrics).
+    scraped = []
+    for name, process in ((fetcher_name, fetcher), (api_name, api)):
+        annotations = _annotations(rendered, name)
+        if annotations.get("prometheus.io/scrape") != "true":
+            continue
+        target = f"{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}"
+        metrics = _wait_200(process, f"http://127.0.0.1:{target}", timeout=10)
+        assert list(text_string_to_metric_families(metrics.text)), name
+        scraped.append(name)
+    assert fetcher_name in scraped
+
+    # SIGTERM: both stop cleanly within their termination grace periods.
+    for process, name in ((api, api_name), (fetcher, fetcher_name)):
+        grace = rendered.pod_spec(rendered.get("Deployment", name))["terminationGracePeriodSeconds"]
+        started = time.monotonic()
+        code = process.stop(timeout=grace)
+        assert code == 0, f"{process.name} exited {code}:\n{process.output()[-3000:]}"
+        assert time.monotonic() - started < grace
+
+
+# -- cluster smoke tests ------------------------------------------------------------------------
+
+
+def _kube_context() -> str | None:
+    """The current context of the kubeconfig (KUBECONFIG or ~/.kube/config), if it names one."""
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not any(Path(p).is_file() for p in paths.split(os.pathsep) if p):
+        return None
+    kubernetes = optional_module("kubernetes")
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts()
+    except Exception:  # a kubeconfig without a usable context
+        return None
+    return str(active["name"]) if active and active.get("context", {}).get("cluster") else None
+
+
+KUBE_CONTEXT = _kube_context()
+
+
+@pytest.mark.skipif(
+    KUBE_CONTEXT is None,
+    reason="no kubeconfig names a cluster (KUBECONFIG or ~/.kube/config): the cluster smoke "
+    "tests install the chart into one",
+)
+@pytest.mark.timeout(1200)
+def test_cluster_smoke(tmp_path: Path) -> None:
+    """Install the chart (in-chart stores, the replay upstream, no volumes) into a new
+    namespace enforcing the restricted Pod Security Standard, wait for the rollouts, call the
+    api and the /metrics the chart declares through the API server proxy, run `helm test`,
+    then remove everything. The images must be pullable by the cluster: set
+    COVID_STATS_IMAGE_REGISTRY (e.g. registry.example/team) and COVID_STATS_IMAGE_TAG, or load
+    covid-stats-{api,fetcher,replay-upstream}:<appVersion> into it (kind load, skaffold)."""
+    kubernetes = optional_module("kubernetes")
+    assert KUBE_CONTEXT is not None
+    kubernetes.config.load_kube_config(context=KUBE_CONTEXT)
+    core = kubernetes.client.CoreV1Api()
+    apps = kubernetes.client.AppsV1Api()
+    namespace = f"covid-stats-smoke-{uuid.uuid4().hex[:8]}"
+    helm: list[str | Path] = [tool("helm"), "--kube-context", KUBE_CONTEXT, "-n", namespace]
+    values: dict[str, object] = {
+        "replayUpstream.enabled": True,
+        "redis.persistence.enabled": False,
+        "postgresql.persistence.enabled": False,
+    }
+    registry = os.environ.get("COVID_STATS_IMAGE_REGISTRY", "").rstrip("/")
+    tag = os.environ.get("COVID_STATS_IMAGE_TAG", "")
+    for key, image in (
+        ("api", "covid-stats-api"),
+        ("statsFetcher", "covid-stats-fetcher"),
+        ("replayUpstream", "covid-stats-replay-upstream"),
+    ):
+        if registry:
+            values[f"{key}.image.repository"] = f"{registry}/{image}"
+        if tag:
+            values[f"{key}.image.tag"] = tag
+    values_path = tmp_path / "smoke-values.json"
+    values_path.write_text(json.dumps(_nest(values)))
+    core.create_namespace(
+        kubernetes.client.V1Namespace(
+            metadata=kubernetes.client.V1ObjectMeta(
+                name=namespace,
+                labels={"pod-security.kubernetes.io/enforce": "restricted"},
+            )
+        )
+    )
+    try:
+        run(
+            [
+                *helm,
+                "install",
+                RELEASE,
+                CHART,
+                "--values",
+                values_path,
+                "--wait",
+                "--timeout",
+                "10m",
+            ],
+            timeout=900,
+        )
+        for name in (f"{RELEASE}-api", f"{RELEASE}-stats-fetcher"):
+            deployment = apps.read_namespaced_deployment_status(name, namespace)
+            assert deployment.status.ready_replicas == deployment.spec.replicas, name
+        for name in (f"{RELEASE}-redis", f"{RELEASE}-postgresql"):
+            statefulset = apps.read_namespaced_stateful_set_status(name, namespace)
+            assert statefulset.status.ready_replicas == 1, name
+
+        def proxy(service: str, path: str) -> str:
+            response = core.connect_get_namespaced_service_proxy_with_path(
+                f"{service}:http", namespace, path, _preload_content=False
+            )
+            assert response.status == 200, (service, path, response.status)
+            return str(response.data.decode())
+
+        assert json.loads(proxy(f"{RELEASE}-api", "readyz"))["status"] == "ready"
+        assert json.loads(proxy(f"{RELEASE}-api", "v1/us/current.json"))
+        chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+        scraped = [f"{RELEASE}-stats-fetcher"]
+        if chart_values["api"]["metrics"]["enabled"]:
+            scraped.append(f"{RELEASE}-api")
+        for service in scraped:
+            assert list(text_string_to_metric_families(proxy(service, "metrics"))), service
+        run([*helm, "test", RELEASE, "--timeout", "10m"], timeout=900)
+    finally:
+        run([*helm, "uninstall", RELEASE, "--wait", "--timeout", "5m"], check=False, timeout=600)
+        core.delete_namespace(namespace)
+
+
+def _nest(flat: dict[str, object]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def test_render_is_reproducible_with_your_own_secrets() -> None:
+    """Same values, same render (no randomness) once every Secret is one of yours: what
+    makes deploy/k8s reproducible."""
+    values = {
+        "postgresql.auth.existingSecret": "pg",
+        "redis.auth.existingSecret": "r",
+        "statsFetcher.refreshToken.existingSecret": "t",
+    }
+    first = helm_template(values=values).stdout
+    assert first == helm_template(values=values).stdout
+    assert "kind: Secret" not in first
