@@ -21,6 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from covid_stats_api.documents import Served
+from covid_stats_api.metrics import CACHE_LOOKUPS
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
 
 log = structlog.get_logger("covid_stats_api.answers")
@@ -61,9 +62,11 @@ class AnswerCache:
         try:
             lookup = await self.snapshots.read_query(digest)
         except RedisError as exc:
+            CACHE_LOOKUPS.labels("redis", "error").inc()
             log.warning("redis_answer_read_failed", error=repr(exc))
         else:
             snapshot_id = lookup.snapshot_id
+            CACHE_LOOKUPS.labels("redis", "miss" if lookup.answer is None else "hit").inc()
             if (found := lookup.answer) is not None:
                 return Served(found.body, found.etag, "cache", found.content_type)
         if snapshot_id is None:

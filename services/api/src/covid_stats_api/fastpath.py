@@ -16,8 +16,21 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry, gzip_etag
+from covid_stats_api.metrics import CACHE_LOOKUPS
 
 _STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
+
+
+def route_template(name: str) -> str:
+    """The FastAPI route template a hot document's path belongs to (the metrics' label)."""
+    if name == COVID_STATS:
+        return "/covid-stats"
+    if name.startswith("v1/states/") and name.count("/") == 3:
+        kind = name.rsplit("/", 1)[1].split(".")[0]
+        return f"/v1/states/{{state}}/{kind}.{{fmt}}"
+    if name.endswith(".json") and name.count("/") == 1:  # v1/status.json
+        return f"/{name}"
+    return "/" + name.rsplit(".", 1)[0] + ".{fmt}"
 
 
 def document_name(path: str) -> str | None:
@@ -51,10 +64,15 @@ class FastPath:
             and not scope["query_string"]
             and scope["method"] in ("GET", "HEAD")
             and (name := document_name(scope["path"])) is not None
-            and (entry := self.hot.get(name)) is not None
         ):
-            await self._send(scope, send, entry)
-            return
+            entry = self.hot.get(name)
+            if entry is not None:
+                stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
+                CACHE_LOOKUPS.labels("memory", "stale" if stale else "hit").inc()
+                scope["route_template"] = route_template(name)
+                await self._send(scope, send, entry)
+                return
+            CACHE_LOOKUPS.labels("memory", "miss").inc()
         await self.app(scope, receive, send)
 
     @staticmethod

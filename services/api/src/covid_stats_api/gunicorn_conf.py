@@ -4,6 +4,11 @@ Everything tunable comes from the api's settings (``API_HOST``, ``API_PORT``,
 ``WEB_CONCURRENCY``, ``GUNICORN_*``) so that one table documents it.
 """
 
+import os
+import shutil
+import tempfile
+from typing import Any
+
 from covid_stats_api.core.config import get_settings
 
 _settings = get_settings()
@@ -39,3 +44,31 @@ loglevel = _settings.log_level.lower()
 # gunicorn 25+ opens a control socket under $HOME by default: it would collide between
 # instances on one machine and fail on a read-only root filesystem. Not needed here.
 control_socket_disable = True
+
+
+# Prometheus multiprocess mode (see covid_stats_api.metrics): one directory per pod (the
+# chart mounts an emptyDir), emptied when the master starts; a temporary one otherwise.
+_created_metrics_dir: list[str] = []
+
+
+def on_starting(server: Any) -> None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="covid-stats-metrics-")
+        _created_metrics_dir.append(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    os.makedirs(directory, exist_ok=True)
+    for entry in os.scandir(directory):  # samples of a previous run are not this pod's
+        if entry.is_file():
+            os.unlink(entry.path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    for directory in _created_metrics_dir:
+        shutil.rmtree(directory, ignore_errors=True)

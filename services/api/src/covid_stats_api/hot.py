@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from redis.exceptions import RedisError
@@ -112,6 +113,7 @@ class HotCache:
         self.max_age = max_age
         self.database_ttl = database_ttl
         self.version: str | None = None  # the snapshot id last seen in Redis
+        self.published_at: float | None = None  # its publish time (unix), when known
         self._entries: OrderedDict[str, HotEntry] = OrderedDict()
         self._bytes = 0
 
@@ -212,6 +214,10 @@ class HotWatcher:
         if current is None or current == self.hot.version:
             return
         self.hot.version = current
+        published = (await self.snapshots.meta(current)).get("published_at")
+        if published:
+            stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
+            self.hot.published_at = stamp.timestamp()
         for name in self.hot.documents():
             lookup = await self.snapshots.read(name)
             doc = lookup.document

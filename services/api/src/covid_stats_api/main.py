@@ -8,18 +8,19 @@ package, not a CDN, so they work without internet access.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 
-from covid_stats_api import __version__
+from covid_stats_api import __version__, metrics
 from covid_stats_api.answers import AnswerCache
 from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
@@ -30,6 +31,7 @@ from covid_stats_api.derived import DerivedRecord, DerivedService
 from covid_stats_api.documents import DocumentReader
 from covid_stats_api.fastpath import FastPath
 from covid_stats_api.hot import HotCache, HotWatcher
+from covid_stats_api.metrics import RequestMetrics
 from covid_stats_api.queries import QueryService
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime.logs import configure_logging
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await stores.open()
         watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds)
         watcher.start()
+        gauges = asyncio.create_task(metrics.sample_gauges(stores, hot))
         reader = DocumentReader(stores, hot)
         answers = AnswerCache(stores.snapshots, settings.query_cache_ttl_seconds)
         app.state.api = Api(
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            gauges.cancel()
             await watcher.stop()
             await stores.close()
 
@@ -112,6 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["ETag", "X-Data-Source"],
     )
     app.include_router(health.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body = await asyncio.to_thread(metrics.exposition)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
     app.include_router(covid_stats.router)
     app.include_router(v1.router)
 
@@ -134,10 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings | None = None) -> FastPath:
-    """The served application: hot documents from memory, everything else by FastAPI."""
+def create_asgi(settings: Settings | None = None) -> RequestMetrics:
+    """The served application: request metrics around hot documents from memory, and
+    everything else by FastAPI."""
     api = create_app(settings)
-    return FastPath(api, api.state.hot)
+    return RequestMetrics(FastPath(api, api.state.hot))
 
 
 app = create_asgi()
