@@ -278,6 +278,10 @@ def test_docs_work_offline(api: str) -> None:
         assert asset.startswith("/"), asset  # served by the api itself, not a CDN
         assert get(f"{api}{asset}").status_code == 200
     spec = get(f"{api}/openapi.json").json()
+    operations = [op for methods in spec["paths"].values() for op in methods.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids))  # GET and HEAD are distinct operations
+    assert {method for methods in spec["paths"].values() for method in methods} == {"get", "head"}
     assert {"UsRecord", "StateRecord", "StateInfo", "DerivedRecord"} <= set(
         spec["components"]["schemas"]
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
+from fastapi import Depends
 from fastapi import Query as Param
 
 from covid_stats_api.api.errors import ApiError
@@ -186,3 +187,45 @@ def build(
         states=codes,
         single=single,
     )
+
+
+def _series(
+    fields: str | None,
+    sort: str | None,
+    date_from: str | None,
+    to: str | None,
+    lastdays: int | None,
+) -> dict[str, Any]:
+    return {
+        "fields": fields,
+        "sort": sort,
+        "date_from": date_from,
+        "date_to": to,
+        "last_days": lastdays,
+    }
+
+
+def us_series(
+    fields: UsFields = None,
+    sort: CountSort = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+) -> dict[str, Any]:
+    """The query parameters of a US daily series."""
+    return _series(fields, sort, date_from, to, lastdays)
+
+
+def state_series(
+    fields: StateFields = None,
+    sort: CountSort = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+) -> dict[str, Any]:
+    """The query parameters of a state daily series."""
+    return _series(fields, sort, date_from, to, lastdays)
+
+
+UsSeries = Annotated[dict[str, Any], Depends(us_series)]
+StateSeries = Annotated[dict[str, Any], Depends(state_series)]

@@ -7,7 +7,10 @@ weak tags compare by their opaque part); a match answers 304 with no body.
 
 from __future__ import annotations
 
-from fastapi import Request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from covid_stats_api.documents import Served
@@ -38,3 +41,20 @@ def send(request: Request, served: Served, max_age: int) -> Response:
         headers["ETag"] = gzip_etag(served.etag)
         return Response(content=served.gzip, media_type=served.content_type, headers=headers)
     return Response(content=served.body, media_type=served.content_type, headers=headers)
+
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """Register an endpoint for GET and HEAD as two routes, so that each OpenAPI operation has
+    its own ``operationId`` (one route with both methods would give both the same id)."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        for method, name in (("GET", endpoint.__name__), ("HEAD", f"{endpoint.__name__}_head")):
+            router.add_api_route(
+                path, endpoint, methods=[method], name=name, response_class=Response, **options
+            )
+        return endpoint
+
+    return register

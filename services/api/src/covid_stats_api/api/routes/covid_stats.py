@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
+from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.documents import Served
 from covid_stats_api.hot import envelope, envelope_etag
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
@@ -19,10 +20,9 @@ from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
 router = APIRouter(tags=["covid-stats"])
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/covid-stats",
-    methods=["GET", "HEAD"],
-    response_class=Response,
     summary="US current totals in the original example's envelope",
     responses={
         200: {

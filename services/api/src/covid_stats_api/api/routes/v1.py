@@ -18,15 +18,15 @@ from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.params import (
     CountSort,
-    FromParam,
     InfoFields,
     InfoSort,
-    LastDaysParam,
     StateFields,
+    StateSeries,
     StatesParam,
-    ToParam,
     UsFields,
+    UsSeries,
 )
+from covid_stats_api.api.responses import get_and_head
 from covid_stats_contract.documents import (
     CSV_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -43,7 +43,6 @@ from covid_stats_contract.resources import (
 )
 
 router = APIRouter(tags=["v1"])
-GET = ["GET", "HEAD"]
 
 Fmt = Annotated[Literal["json", "csv"], Path(description="`json` or `csv`")]
 StateCode = Annotated[
@@ -102,10 +101,9 @@ async def _list(
     return await api.answer(request, params.build(resource, fmt, **query))
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/us/current.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="US current totals (an array of one record)",
     responses=array_of("UsRecord", "The upstream's `us/current`"),
 )
@@ -113,40 +111,19 @@ async def us_current(request: Request, api: ApiDep, fmt: Fmt, fields: UsFields =
     return await _list(api, request, US_CURRENT, fmt, fields=fields)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/us/daily.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="US daily totals, newest first",
     responses=array_of("UsRecord", "The upstream's `us/daily`"),
 )
-async def us_daily(
-    request: Request,
-    api: ApiDep,
-    fmt: Fmt,
-    fields: UsFields = None,
-    sort: CountSort = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
-) -> Response:
-    return await _list(
-        api,
-        request,
-        US_DAILY,
-        fmt,
-        fields=fields,
-        sort=sort,
-        date_from=date_from,
-        date_to=to,
-        last_days=lastdays,
-    )
+async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: UsSeries) -> Response:
+    return await _list(api, request, US_DAILY, fmt, **query)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/us/derived.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="US derived series: 7-day averages of the daily increases, test positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
@@ -154,10 +131,9 @@ async def us_derived(request: Request, api: ApiDep, fmt: Fmt) -> Response:
     return await api.series(request, US_DAILY.document("json"), fmt)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/us/{date}.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="US totals of one date (an object)",
     responses=object_of("UsRecord", "The `us/daily` record of that date"),
 )
@@ -169,10 +145,9 @@ async def us_date(
     return await api.answer(request, query)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/current.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Current values of every state, states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/current`"),
 )
@@ -187,42 +162,21 @@ async def states_current(
     return await _list(api, request, STATES_CURRENT, fmt, fields=fields, sort=sort, states=states)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/daily.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Daily values of every state, newest first, then states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/daily`"),
 )
 async def states_daily(
-    request: Request,
-    api: ApiDep,
-    fmt: Fmt,
-    fields: StateFields = None,
-    sort: CountSort = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
-    states: StatesParam = None,
+    request: Request, api: ApiDep, fmt: Fmt, query: StateSeries, states: StatesParam = None
 ) -> Response:
-    return await _list(
-        api,
-        request,
-        STATES_DAILY,
-        fmt,
-        fields=fields,
-        sort=sort,
-        date_from=date_from,
-        date_to=to,
-        last_days=lastdays,
-        states=states,
-    )
+    return await _list(api, request, STATES_DAILY, fmt, states=states, **query)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/info.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Where each state publishes its data, states A..Z",
     responses=array_of("StateInfo", "The upstream's `states/info`"),
 )
@@ -253,10 +207,9 @@ async def _state(
     return await api.answer(request, built, state=code)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/{state}/current.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Current values of one state (an object)",
     responses=object_of("StateRecord", "The state's record of `states/current`"),
 )
@@ -266,42 +219,21 @@ async def state_current(
     return await _state(api, request, STATES_CURRENT, state, fmt, fields=fields)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/{state}/daily.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Daily values of one state, newest first",
     responses=array_of("StateRecord", "The state's records of `states/daily`"),
 )
 async def state_daily(
-    request: Request,
-    api: ApiDep,
-    state: StateCode,
-    fmt: Fmt,
-    fields: StateFields = None,
-    sort: CountSort = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: StateSeries
 ) -> Response:
-    return await _state(
-        api,
-        request,
-        STATES_DAILY,
-        state,
-        fmt,
-        fields=fields,
-        sort=sort,
-        date_from=date_from,
-        date_to=to,
-        last_days=lastdays,
-    )
+    return await _state(api, request, STATES_DAILY, state, fmt, **query)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/{state}/info.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="Where one state publishes its data (an object)",
     responses=object_of("StateInfo", "The state's record of `states/info`"),
 )
@@ -311,10 +243,9 @@ async def state_info(
     return await _state(api, request, STATES_INFO, state, fmt, fields=fields)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/{state}/derived.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="One state's derived series: 7-day averages of the daily increases, positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
@@ -323,10 +254,9 @@ async def state_derived(request: Request, api: ApiDep, state: StateCode, fmt: Fm
     return await api.series(request, STATES_DAILY.state_document(code, "json"), fmt, state=code)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/states/{state}/{date}.{fmt}",
-    methods=GET,
-    response_class=Response,
     summary="One state's values of one date (an object)",
     responses=object_of("StateRecord", "The state's `states/daily` record of that date"),
 )
@@ -344,10 +274,9 @@ async def state_date(
     return await api.answer(request, query, state=code)
 
 
-@router.api_route(
+@get_and_head(
+    router,
     "/v1/status.json",
-    methods=GET,
-    response_class=Response,
     summary="When the data was built: `buildTime` (newest fetch), `runNumber` (data version)",
     responses={
         200: {
