@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.procs import free_port, wait_until
 from replay_upstream.dataset import FILE_PATHS, V1_LAYOUT, WEBSITE_LAYOUT, load_dataset
 from replay_upstream.synthetic import (
     CUMULATIVE_FIELDS,
@@ -79,19 +79,12 @@ class Server:
         return response.json()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def run_server(
     args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
     """Start ``python -m replay_upstream ARGS`` and wait (with a deadline) until it answers."""
-    port = _free_port()
+    port = free_port()
     stderr = log_dir / f"replay-upstream-{port}.err"
     command = [sys.executable, "-m", "replay_upstream", "--port", str(port), *args]
     environment = {k: v for k, v in os.environ.items() if k != "REPLAY_DATASET_DIR"}
@@ -100,20 +93,21 @@ def run_server(
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=environment)
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=10.0)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"replay upstream exited early: {stderr.read_text()}")
+        try:
+            client.get("/v1/status.json", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"replay upstream exited early: {stderr.read_text()}")
-            try:
-                client.get("/v1/status.json", timeout=1.0)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"replay upstream not ready in {READY_TIMEOUT}s: {stderr.read_text()}"
-                    )
-                time.sleep(0.05)
+        try:
+            wait_until(answers, READY_TIMEOUT, what="the replay upstream")
+        except TimeoutError:
+            pytest.fail(f"replay upstream not ready in {READY_TIMEOUT}s: {stderr.read_text()}")
         yield Server(url=url, process=process, client=client, stderr=stderr)
     finally:
         client.close()

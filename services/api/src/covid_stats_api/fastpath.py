@@ -15,7 +15,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry, gzip_etag
+from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry, etag_matches
 from covid_stats_api.metrics import CACHE_LOOKUPS
 
 _STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
@@ -44,15 +44,6 @@ def document_name(path: str) -> str | None:
     return None
 
 
-def _matches(if_none_match: bytes, etag: str) -> bool:
-    """Whether the header names either representation's tag (identity or gzip)."""
-    header = if_none_match.decode("latin-1")
-    if header.strip() == "*":
-        return True
-    tags = (etag, gzip_etag(etag))
-    return any(tag.strip().removeprefix("W/") in tags for tag in header.split(","))
-
-
 class FastPath:
     def __init__(self, app: ASGIApp, hot: HotCache) -> None:
         self.app = app
@@ -79,7 +70,7 @@ class FastPath:
     async def _send(scope: Scope, send: Send, entry: HotEntry) -> None:
         gzip_ok = False
         for key, value in scope["headers"]:
-            if key == b"if-none-match" and _matches(value, entry.etag):
+            if key == b"if-none-match" and etag_matches(value.decode("latin-1"), entry.etag):
                 await send(
                     {
                         "type": "http.response.start",

@@ -45,6 +45,15 @@ def gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gzip"'
 
 
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names either representation's tag (identity or
+    gzip); ``*`` and weak tags (``W/``) are understood."""
+    if if_none_match.strip() == "*":
+        return True
+    wanted = (etag, gzip_etag(etag))
+    return any(tag.strip().removeprefix("W/") in wanted for tag in if_none_match.split(","))
+
+
 def envelope_etag(source: str, etag: str) -> str:
     return etag[:-1] + f'-{source}"'  # one tag per body: the source is part of it
 
@@ -119,10 +128,6 @@ class HotCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes
 
     def get(self, name: str) -> HotEntry | None:
         entry = self._entries.get(name)

@@ -14,15 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from covid_stats_api.documents import Served
-from covid_stats_api.hot import gzip_etag
-
-
-def _matches(header: str, etag: str) -> bool:
-    """Whether the header names either representation's tag (identity or gzip)."""
-    if header.strip() == "*":
-        return True
-    wanted = (etag, gzip_etag(etag))
-    return any(tag.strip().removeprefix("W/") in wanted for tag in header.split(","))
+from covid_stats_api.hot import etag_matches, gzip_etag
 
 
 def send(request: Request, served: Served, max_age: int) -> Response:
@@ -34,7 +26,7 @@ def send(request: Request, served: Served, max_age: int) -> Response:
         "Vary": "Accept-Encoding",
     }
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _matches(if_none_match, served.etag):
+    if if_none_match is not None and etag_matches(if_none_match, served.etag):
         return Response(status_code=304, headers=headers)
     if served.gzip and "gzip" in request.headers.get("accept-encoding", ""):
         headers["Content-Encoding"] = "gzip"
