@@ -82,7 +82,7 @@ class UpstreamClient:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retries + 1),
                 wait=wait_exponential_jitter(
-                    initial=self.retry_initial_seconds, max=self.retry_max_seconds
+                    multiplier=self.retry_initial_seconds, max=self.retry_max_seconds
                 ),
                 retry=retry_if_exception_type((httpx.TransportError, _Transient)),
                 reraise=True,

@@ -52,7 +52,7 @@ class Stores:
 
     async def _connect_postgres(self) -> None:
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.5, max=10),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10),
             retry=retry_if_exception_type(DATABASE_ERRORS),
             before_sleep=lambda state: log.warning(
                 "postgres_connect_failed",
