@@ -56,7 +56,8 @@ format: $(STAMP) ## Format the code with ruff
 .PHONY: lock
 lock: $(STAMP) ## Recompile requirements/*.txt from requirements/*.in (needs network)
 	cd requirements && for f in api stats-fetcher dev; do \
-		../$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header --no-annotate $$f.in -o $$f.txt; \
+		../$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header --no-annotate \
+			--prerelease=explicit $$f.in -o $$f.txt; \
 	done
 
 .PHONY: clean
