@@ -230,6 +230,9 @@ def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
         ({"api.image.digest": "latest"}, "/api/image/digest"),
         ({"api.autoscaling.maxReplicas": 0}, "/api/autoscaling/maxReplicas"),
         ({"metrics.serviceMonitor.enabeld": True}, "'enabeld' not allowed"),
+        ({"tracing.sampler": "sometimes"}, "/tracing/sampler"),
+        ({"tracing.otlpEndpoint": "collector:4318"}, "/tracing/otlpEndpoint"),
+        ({"api.accessLogSampleRate": 2}, "/api/accessLogSampleRate"),
         ({"api.podAnnotations": {"a": 1}}, "/api/podAnnotations/a"),
     ],
 )
@@ -544,6 +547,25 @@ def test_every_documented_setting_is_set_by_the_chart(
         env = container_env(rendered, rendered.container("Deployment", deployment, container))
         extra = {"PROMETHEUS_MULTIPROC_DIR"} if service == "api" else set()
         assert set(env) - helpers - extra == table[service], service
+
+
+def test_tracing_is_off_by_default_and_one_endpoint_turns_it_on_for_both_services(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    default, _ = renders["default"]
+    traced = render(
+        values={
+            "tracing.otlpEndpoint": "http://otel-collector.observability:4318",
+            "tracing.samplerArg": 0.25,
+        }
+    )
+    for deployment, container in (MAIN_CONTAINERS["api"], MAIN_CONTAINERS["stats-fetcher"]):
+        off = container_env(default, default.container("Deployment", deployment, container))
+        assert not [name for name in off if name.startswith("OTEL_")], deployment
+        on = container_env(traced, traced.container("Deployment", deployment, container))
+        assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+        assert on["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert on["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
 
 
 def test_replay_upstream_is_what_the_fetcher_reads_when_enabled(

@@ -319,3 +319,15 @@ topologySpreadConstraints:
   emptyDir:
     sizeLimit: {{ . }}
 {{- end -}}
+
+{{/*
+OpenTelemetry settings of the api and the fetcher (covid_stats_runtime.tracing): nothing when
+tracing.otlpEndpoint is empty, which leaves tracing off.
+*/}}
+{{- define "covid-stats.tracing.env" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+OTEL_TRACES_SAMPLER: {{ $.Values.tracing.sampler | quote }}
+OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
+{{- end }}
+{{- end }}

@@ -10,6 +10,7 @@ import tempfile
 from typing import Any
 
 from covid_stats_api.core.config import get_settings
+from covid_stats_runtime.logs import logging_config
 
 _settings = get_settings()
 
@@ -35,11 +36,13 @@ max_requests_jitter = _settings.gunicorn_max_requests_jitter
 # The worker heartbeat file lives in memory, not on a (possibly read-only) disk.
 worker_tmp_dir = "/dev/shm"  # noqa: S108 - tmpfs on Linux, as gunicorn's docs advise
 
-# Access logs are off: at the request rates this service is built for they would drown
-# everything else. Errors go to stderr.
+# gunicorn's access log is off: the api writes its own, sampled (ACCESS_LOG_SAMPLE_RATE), as
+# at the request rates this service is built for a line per request would drown everything
+# else. gunicorn's and uvicorn's own messages are JSON lines on stdout like the api's.
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+logconfig_dict = logging_config(_settings.log_level)
 
 # gunicorn 25+ opens a control socket under $HOME by default: it would collide between
 # instances on one machine and fail on a read-only root filesystem. Not needed here.

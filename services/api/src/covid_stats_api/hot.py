@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.tracing import untraced
 
 log = structlog.get_logger("covid_stats_api.hot")
 
@@ -209,10 +210,11 @@ class HotWatcher:
                 await self._task
 
     async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(RedisError, OSError):
-                await self.check()
-            await asyncio.sleep(self.interval)
+        with untraced():  # a poll every 250 ms per worker is not a trace worth keeping
+            while True:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.check()
+                await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
         current = await self.snapshots.current_id()

@@ -17,8 +17,10 @@ from typing import Any
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from covid_stats_api import __version__, metrics
 from covid_stats_api.answers import AnswerCache
@@ -34,6 +36,7 @@ from covid_stats_api.hot import HotCache, HotWatcher
 from covid_stats_api.metrics import RequestMetrics
 from covid_stats_api.queries import QueryService
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
+from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging
 
 
@@ -144,11 +147,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings | None = None) -> RequestMetrics:
+def create_asgi(
+    settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+) -> ASGIApp:
     """The served application: request metrics around hot documents from memory, and
-    everything else by FastAPI."""
+    everything else by FastAPI; inside a server span per request when tracing is on
+    (``OTEL_*``, see ``covid_stats_runtime.tracing``; ``tracer_provider`` replaces the
+    environment's choice). Tracing off adds nothing to the request path."""
+    settings = settings or get_settings()
     api = create_app(settings)
-    return RequestMetrics(FastPath(api, api.state.hot))
+    if tracer_provider is None:
+        tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
+    served = RequestMetrics(
+        FastPath(api, api.state.hot),
+        access_log_sample_rate=settings.access_log_sample_rate,
+        traced=tracer_provider is not None,
+    )
+    if tracer_provider is None:
+        return served
+    tracing.instrument_clients(tracer_provider, redis=True, asyncpg=True)
+    return tracing.trace_asgi(served, tracer_provider)
 
 
 app = create_asgi()

@@ -7,9 +7,11 @@ import sys
 
 import structlog
 import uvloop
+from opentelemetry import trace
 
+from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging
-from stats_fetcher import service
+from stats_fetcher import __version__, service
 from stats_fetcher.config import get_settings
 
 log = structlog.get_logger("stats_fetcher")
@@ -38,19 +40,27 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    if args.command == "run":
-        uvloop.run(service.FetcherService(settings).run())
+    if args.command == "migrate":
+        applied = uvloop.run(service.migrate(settings, args.wait))
+        log.info("migrated", applied=applied)
         return 0
-    if args.command == "refresh-once":
+    provider = tracing.create_tracer_provider("covid-stats-fetcher", __version__)
+    if provider is not None:
+        trace.set_tracer_provider(provider)
+        tracing.instrument_clients(provider, redis=True, asyncpg=True, httpx=True)
+    try:
+        if args.command == "run":
+            uvloop.run(service.FetcherService(settings, provider).run())
+            return 0
         try:
             served = uvloop.run(service.refresh_once(settings))
         except service.LeaseHeld as exc:
             log.error("refresh_refused", reason=str(exc))
             return 2
         return 0 if served else 1
-    applied = uvloop.run(service.migrate(settings, args.wait))
-    log.info("migrated", applied=applied)
-    return 0
+    finally:
+        if provider is not None:
+            provider.shutdown()  # export what is still queued
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError, ResponseError
 
 from covid_stats_contract import records as store
@@ -29,6 +31,7 @@ from stats_fetcher.upstream import FetchFailed, UpstreamClient
 from stats_fetcher.validation import Rejected, jurisdictions, parse_payload
 
 log = structlog.get_logger("stats_fetcher.refresh")
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,14 @@ class Refresher:
 
     async def publish(self, result: RefreshResult, fence: str = "") -> None:
         """Render every document from PostgreSQL and publish them as one snapshot."""
+        with tracer.start_as_current_span("publish snapshot") as span:
+            await self._publish(result, fence)
+            if result.snapshot_id is not None:
+                span.set_attribute("covid_stats.snapshot_id", result.snapshot_id)
+            if result.publish_error is not None:
+                span.set_status(StatusCode.ERROR, result.publish_error)
+
+    async def _publish(self, result: RefreshResult, fence: str) -> None:
         async with self.pool.acquire() as conn:
             documents = await store.load_documents(conn)
             states = await store.upstream_states(conn)
@@ -124,7 +135,11 @@ class Refresher:
         log.info("snapshot_published", snapshot_id=result.snapshot_id, documents=len(documents))
 
     async def _refresh_resource(self, resource: Resource, last: UpstreamState | None) -> Outcome:
-        outcome = await self._fetch_and_store(resource, last)
+        with tracer.start_as_current_span(f"refresh {resource.key}") as span:
+            outcome = await self._fetch_and_store(resource, last)
+            span.set_attribute("covid_stats.outcome", outcome.outcome)
+            if outcome.reason is not None:
+                span.set_status(StatusCode.ERROR, outcome.reason)
         metrics.FETCHES.labels(resource.key, outcome.outcome).inc()
         if outcome.reason is not None:
             metrics.FETCH_ERRORS.labels(resource.key, outcome.reason).inc()
@@ -148,16 +163,17 @@ class Refresher:
         today = datetime.now(UTC).date()
         validating = time.perf_counter()
         try:
-            records = await asyncio.to_thread(
-                parse_payload,
-                resource,
-                self.upstream.fmt,
-                fetched.body,
-                last,
-                today,
-                max_future_days=self.max_future_days,
-                min_ratio=self.min_ratio,
-            )
+            with tracer.start_as_current_span(f"validate {key}"):
+                records = await asyncio.to_thread(
+                    parse_payload,
+                    resource,
+                    self.upstream.fmt,
+                    fetched.body,
+                    last,
+                    today,
+                    max_future_days=self.max_future_days,
+                    min_ratio=self.min_ratio,
+                )
         except Rejected as exc:
             log.warning("payload_rejected", resource=key, reason=exc.reason, detail=exc.detail)
             return Outcome(key, "rejected", exc.reason)
@@ -171,8 +187,10 @@ class Refresher:
             jurisdictions=jurisdictions(resource, records),
             fetched_at=datetime.now(UTC),
         )
-        async with self.pool.acquire() as conn:
-            synced = await store.sync_resource(conn, resource, records, state)
+        with tracer.start_as_current_span(f"store {key}") as span:
+            span.set_attribute("covid_stats.records", len(records))
+            async with self.pool.acquire() as conn:
+                synced = await store.sync_resource(conn, resource, records, state)
         metrics.RECORDS_WRITTEN.labels(key).inc(synced.written)
         metrics.RECORDS_DELETED.labels(key).inc(synced.deleted)
         return Outcome(

@@ -28,8 +28,13 @@ import asyncpg
 import httpx
 import structlog
 import uvicorn
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -40,6 +45,7 @@ from tenacity import (
 from covid_stats_contract import schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.tracing import trace_asgi, untraced
 from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
@@ -48,6 +54,7 @@ from stats_fetcher.server import create_app
 from stats_fetcher.upstream import UpstreamClient
 
 log = structlog.get_logger("stats_fetcher.service")
+tracer = trace.get_tracer(__name__)
 
 # What a database that is down or restarting raises at connect or query time.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -66,8 +73,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class FetcherService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer_provider: TracerProvider | None = None) -> None:
         self.settings = settings
+        self.tracer_provider = tracer_provider
         self.keys = RedisKeys(settings.redis_key_prefix)
         timeout = settings.upstream_timeout_seconds
         self.http = httpx.AsyncClient(
@@ -153,7 +161,17 @@ class FetcherService:
     async def _guarded(
         self, what: str, work: Callable[[Refresher], Awaitable[RefreshResult | None]]
     ) -> RefreshResult | None:
-        """Run ``work`` with a refresher; a dependency outage is logged, never raised."""
+        """Run ``work`` with a refresher, as the root span ``what`` of its own trace; a
+        dependency outage is logged, never raised."""
+        with tracer.start_as_current_span(what, context=Context()) as span:
+            result = await self._run_guarded(what, work)
+            if result is None:
+                span.set_status(StatusCode.ERROR, f"{what} failed")
+            return result
+
+    async def _run_guarded(
+        self, what: str, work: Callable[[Refresher], Awaitable[RefreshResult | None]]
+    ) -> RefreshResult | None:
         try:
             refresher = Refresher(
                 self.upstream,
@@ -205,6 +223,10 @@ class FetcherService:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _lead(self) -> None:
+        with untraced():  # lease renewals every few seconds: not traces worth keeping
+            await self._keep_lease()
+
+    async def _keep_lease(self) -> None:
         while not self._stopping.is_set():
             was = self.lease.held
             try:
@@ -242,11 +264,22 @@ class FetcherService:
     async def _watch_redis(self) -> None:
         while not self._stopping.is_set():
             await self._sleep(self.settings.redis_check_interval_seconds)
-            if self.lease.held and not self._busy.locked():
+            if not self.lease.held or self._busy.locked():
+                continue
+            with untraced():  # the check is not a trace; a rebuild is one (its own root)
+                try:
+                    empty = await self.snapshots.current_id() is None
+                except RedisError:
+                    continue
+            if empty:
                 await self.rebuild_if_empty()
 
     async def _listen(self) -> None:
         """Relay POST /refresh from any replica to this one if it leads."""
+        with untraced():
+            await self._relay_refresh_requests()
+
+    async def _relay_refresh_requests(self) -> None:
         while not self._stopping.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -270,9 +303,12 @@ class FetcherService:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
+        app: ASGIApp = create_app(self)
+        if self.tracer_provider is not None:
+            app = trace_asgi(app, self.tracer_provider)
         server = _EmbeddedServer(
             uvicorn.Config(
-                create_app(self),
+                app,
                 host=self.settings.fetcher_host,
                 port=self.settings.fetcher_port,
                 log_level="warning",
@@ -361,7 +397,7 @@ async def migrate(settings: Settings, wait_seconds: float) -> list[int]:
     """Apply pending migrations, waiting up to ``wait_seconds`` for PostgreSQL to accept."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(wait_seconds),
-        wait=wait_exponential_jitter(initial=0.2, max=5),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5),
         retry=retry_if_exception_type(DATABASE_ERRORS),
         reraise=True,
     ):

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     gunicorn_max_requests: int = Field(default=1_000_000, ge=0)
     gunicorn_max_requests_jitter: int = Field(default=100_000, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of requests in the access log, 0 = off"
+    )
 
 
 @lru_cache
