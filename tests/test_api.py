@@ -62,7 +62,7 @@ def test_end_to_end_the_api_serves_exactly_what_the_upstream_served(
         assert list(response.json().items()) == list(new_york.items())
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "redis": "ok", "postgres": "ok"}
+    assert ready.json() == {"status": "ready", "redis": "ok", "postgres": "ok", "memory": "ok"}
 
 
 @archive_only
@@ -112,7 +112,13 @@ def test_when_redis_is_down_postgres_serves_and_the_api_stays_ready(
     assert response.json()["source"] == "database"
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "redis": "down", "postgres": "ok"}
+    # Documents rendered from PostgreSQL stay in memory only briefly: not a snapshot.
+    assert ready.json() == {
+        "status": "ready",
+        "redis": "down",
+        "postgres": "ok",
+        "memory": "empty",
+    }
     assert httpx.get(f"{base}/healthz").status_code == 200
 
 
@@ -128,6 +134,7 @@ def test_when_postgres_is_down_redis_serves(
         "status": "ready",
         "redis": "ok",
         "postgres": "down",
+        "memory": "ok",
     }
 
 
@@ -149,7 +156,12 @@ def test_with_no_store_reachable_data_paths_answer_503_and_liveness_stays_up(
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 503
-    assert ready.json() == {"status": "unavailable", "redis": "down", "postgres": "down"}
+    assert ready.json() == {
+        "status": "unavailable",
+        "redis": "down",
+        "postgres": "down",
+        "memory": "empty",
+    }
 
 
 BAD_REQUESTS = [

@@ -189,6 +189,11 @@ class HotCache:
     def documents(self) -> list[str]:
         return [name for name in self._entries if name != COVID_STATS]
 
+    def snapshot_documents(self) -> int:
+        """How many entries come from a Redis snapshot (they never expire, unlike the ones
+        rendered from PostgreSQL)."""
+        return sum(1 for entry in self._entries.values() if entry.version)
+
 
 class HotWatcher:
     """Keeps a worker's ``HotCache`` in step with the current snapshot."""

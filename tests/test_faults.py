@@ -1,0 +1,275 @@
+"""Faults under load: Redis or PostgreSQL dies, the api is stopped, reloaded or loses a
+worker, the fetcher dies mid-refresh. Real servers and processes, and a load generator
+(``load.Load``: concurrent keep-alive clients, every outcome recorded) running through each.
+
+Every scenario has its own Redis and PostgreSQL (``private_redis`` / ``private_postgres``)
+and reports, in the terminal summary, the requests sent, the failed ones (defined per
+scenario, in its docstring and next to the figure) and the time to recover: from the end of
+the fault (the server back, the worker replaced) to the first fully correct answer of the
+kind the fault affected.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from covid_stats_contract.keys import RedisKeys
+from devstack.procs import wait_until
+from devstack.servers import LocalPostgres, LocalRedis
+from load import Load, Outcome, Unique, body_digest, in_flight_at
+from support import (
+    Fetcher,
+    Process,
+    Upstream,
+    clean_env,
+    run_fetcher,
+    summary,
+)
+
+ApiFactory = Callable[[dict[str, str]], str]
+FetcherFactory = Callable[..., Fetcher]
+ApiProcessFactory = Callable[[dict[str, str]], tuple[Process, str]]
+
+TOKEN = "test-refresh-token"
+US = "/v1/us/current.json"
+# Published documents: after one read each worker answers them from memory (the hot tier).
+HOT = [US, "/covid-stats", "/v1/states/current.json", "/v1/states/ny/daily.json"]
+# Questions PostgreSQL answers, then cached in Redis per snapshot.
+QUERIES = [
+    "/v1/states/daily.json?states=ca&lastdays=7",
+    "/v1/us/daily.json?fields=date,positive&lastdays=30",
+]
+# A question no cache holds yet: a new one each time.
+UNCACHED = Unique(
+    "uncached query",
+    lambda n: (
+        f"/v1/us/daily.json?lastdays={n % 10000 + 1}"
+        f"&fields=date,{'positive' if n // 10000 % 2 else 'death'}"
+    ),
+)
+# An uncached question over the whole states/daily table (rendered in a thread): slow
+# enough to be in flight when a signal comes.
+SLOW = Unique("slow query", lambda n: f"/v1/states/daily.json?lastdays={n % 10000 + 1}")
+
+
+@pytest.fixture
+def env(
+    private_redis: LocalRedis, private_postgres: LocalPostgres, upstream: Upstream
+) -> dict[str, str]:
+    """The fetcher's and the api's environment, on this test's own servers."""
+    return clean_env(
+        REDIS_URL=private_redis.url,
+        DATABASE_URL=private_postgres.url,
+        UPSTREAM_BASE_URL=upstream.url,
+        UPSTREAM_RETRIES="1",
+        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+        UPSTREAM_TIMEOUT_SECONDS="2",
+        REFRESH_TOKEN=TOKEN,
+        # The fetcher notices an empty Redis, and takes the lease back, within a second.
+        REDIS_CHECK_INTERVAL_SECONDS="0.2",
+        LEADER_LEASE_SECONDS="1",
+        FETCH_INTERVAL_SECONDS="3600",
+        # The drain on shutdown lasts at most one keep-alive period.
+        GUNICORN_KEEPALIVE_SECONDS="2",
+    )
+
+
+def publish(env: dict[str, str]) -> None:
+    """One refresh (``refresh-once`` does not renew its lease: give it a long one)."""
+    result = run_fetcher("refresh-once", {**env, "LEADER_LEASE_SECONDS": "15"})
+    assert result.returncode == 0, result.stdout.decode()
+
+
+def snapshot_id(redis_url: str) -> str | None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        raw = client.get(RedisKeys().current_snapshot)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return None if raw is None else str(raw)
+
+
+def warm(api: str, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
+    """Request each path often enough, on fresh connections, for both workers to keep it in
+    memory; returns each path's body digest."""
+    digests: dict[str, str] = {}
+    for _ in range(rounds):
+        for path in paths:
+            response = httpx.get(f"{api}{path}")
+            assert response.status_code == 200, (path, response.text)
+            digests[path] = body_digest(response.content)
+    return digests
+
+
+def describe(outcomes: Sequence[Outcome]) -> str:
+    """``{kind: {status or error: count}}``, for assertion messages."""
+    counts: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        key = str(o.status) if o.status is not None else str(o.error)
+        per_kind = counts.setdefault(o.kind, {})
+        per_kind[key] = per_kind.get(key, 0) + 1
+    return json.dumps(counts, sort_keys=True)
+
+
+def between(outcomes: Sequence[Outcome], start: float, end: float) -> list[Outcome]:
+    """The requests started in [start, end)."""
+    return [o for o in outcomes if start <= o.started < end]
+
+
+def changed_us_current(upstream: Upstream) -> tuple[list[dict[str, Any]], str]:
+    """A new US current record served by the upstream from now on, and its body's digest."""
+    records: list[dict[str, Any]] = json.loads(upstream.get(US).content)
+    records[0]["positive"] += 1000
+    upstream.fault(US, "body", body=records)
+    return records, body_digest(upstream.get(US).content)
+
+
+def recent_all(load: Load, kind: str, predicate: Callable[[Outcome], bool], count: int) -> bool:
+    """Whether the ``count`` latest answers of ``kind`` all satisfy ``predicate``."""
+    recent = [o for o in load.outcomes() if o.kind == kind][-count:]
+    return len(recent) == count and all(predicate(o) for o in recent)
+
+
+def stale(load: Load) -> str:
+    return describe(load.outcomes()[-200:])
+
+
+# -- 2. PostgreSQL dies during load --------------------------------------------------------
+
+
+def test_postgres_dies_under_load_then_comes_back(
+    env: dict[str, str],
+    private_postgres: LocalPostgres,
+    private_redis: LocalRedis,
+    upstream: Upstream,
+    fetcher_factory: FetcherFactory,
+    api_factory: ApiFactory,
+) -> None:
+    """Cached reads (hot documents, queries cached in Redis) are unaffected; uncached
+    queries answer 503 with Retry-After; the fetcher keeps the last snapshot published, and
+    publishes the upstream's change once PostgreSQL is back.
+
+    Failed: a cached read without a complete 200, or an uncached query answered with
+    anything but 200 before the kill / 503 with Retry-After during the outage / 200 after
+    recovery; requests in flight at the kill excepted. Recovered: an uncached query answered
+    200 again, and the upstream's change served."""
+    env = {**env, "FETCH_INTERVAL_SECONDS": "0.5", "RETRY_AFTER_SECONDS": "7"}
+    fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(private_redis.url) is not None, 60, what="the first snapshot")
+    api = api_factory(env)
+    before = warm(api, HOT + QUERIES)
+    with Load(api, [*HOT, *QUERIES, UNCACHED], clients=16) as load:
+        load.wait_requests(500, 60)
+        killed = time.monotonic()
+        private_postgres.kill()
+        published = snapshot_id(private_redis.url)
+        _, new_digest = changed_us_current(upstream)  # stored and published once PG is back
+        load.wait_requests(1500, 60, since=killed)
+        wait_until(
+            lambda: '"database_unavailable"' in fetcher.process.output(),
+            30,
+            what="a refresh to fail on PostgreSQL",
+        )
+        assert fetcher.ready()["postgres"] == "down"
+        assert fetcher.process.proc.poll() is None
+        assert snapshot_id(private_redis.url) == published
+        ready = httpx.get(f"{api}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {
+            "status": "ready",
+            "redis": "ok",
+            "postgres": "down",
+            "memory": "ok",
+        }
+        back = time.monotonic()
+        private_postgres.start()
+        answered = load.wait_for(
+            lambda o: o.kind == UNCACHED.kind and o.status == 200,
+            60,
+            since=back,
+            what="an uncached query answered again",
+        )
+        first_new = load.wait_for(
+            lambda o: o.kind == US and o.digest == new_digest,
+            60,
+            since=back,
+            what="the upstream's change to be published",
+        )
+        wait_until(
+            lambda: recent_all(load, UNCACHED.kind, lambda o: o.status == 200, 20),
+            30,
+            what=f"uncached queries to be answered again: {stale(load)}",
+        )
+    outcomes = load.outcomes()
+
+    excused = in_flight_at(outcomes, killed)
+    counted = [o for o in outcomes if o not in excused]
+    cached = [o for o in counted if o.kind != UNCACHED.kind]
+    uncached = [o for o in counted if o.kind == UNCACHED.kind]
+    failed = [o for o in cached if o.status != 200]
+    assert failed == [], describe(failed)
+    during = between(uncached, killed, back)
+    refused = [o for o in during if o.status == 503 and o.retry_after == "7"]
+    # Before the kill and after the first answer again, uncached queries are answered.
+    wrong = [o for o in uncached if o not in during and o.status != 200]
+    wrong = [o for o in wrong if not (back <= o.started < answered.started)]
+    assert set(during) - set(refused) == set(), describe([o for o in during if o not in refused])
+    assert wrong == [], describe(wrong)
+    assert refused, "no uncached query was sent during the outage"
+    cached_during = between(cached, killed, back)
+    assert all(o.source == "cache" for o in cached_during), describe(cached_during)
+    assert all(o.digest == before[o.kind] for o in cached_during)
+    summary(
+        f"postgres outage: {len(outcomes)} requests, {len(failed) + len(wrong)} failed "
+        f"(cached reads without a 200, uncached queries not answered 200 outside the outage, "
+        f"beyond the {len(excused)} in flight at the kill); during the {back - killed:.1f} s "
+        f"outage {len(cached_during)} cached reads answered 200, {len(refused)} uncached "
+        f"queries 503 + Retry-After; PostgreSQL back -> uncached queries answered after "
+        f"{answered.finished - back:.2f} s, the fetcher's new snapshot served after "
+        f"{first_new.finished - back:.2f} s"
+    )
+
+
+# -- 4. Readiness that helps, liveness that never flaps -------------------------------------
+
+
+def test_with_both_stores_down_the_hot_tier_keeps_the_pod_ready(
+    env: dict[str, str],
+    private_redis: LocalRedis,
+    private_postgres: LocalPostgres,
+    api_factory: ApiFactory,
+) -> None:
+    """Redis and PostgreSQL both down: the documents in memory are still served, so the pod
+    stays ready (a worker with nothing in memory would answer 503: see test_api); liveness
+    never looks at the stores."""
+    publish(env)
+    api = api_factory({**env, "RETRY_AFTER_SECONDS": "9"})
+    before = warm(api, HOT)
+    private_redis.kill()
+    private_postgres.kill()
+    for _ in range(10):  # several requests: both workers
+        ready = httpx.get(f"{api}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {
+            "status": "ready",
+            "redis": "down",
+            "postgres": "down",
+            "memory": "ok",
+        }
+        assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
+        for path in HOT:
+            response = httpx.get(f"{api}{path}")
+            assert response.status_code == 200
+            assert body_digest(response.content) == before[path]
+        query = httpx.get(f"{api}{QUERIES[0]}")
+        assert query.status_code == 503
+        assert query.headers["retry-after"] == "9"
