@@ -12,11 +12,14 @@ kind the fault affected.
 from __future__ import annotations
 
 import json
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
 import redis
 
@@ -29,7 +32,9 @@ from support import (
     Process,
     Upstream,
     clean_env,
+    metric_samples,
     run_fetcher,
+    start_api,
     summary,
 )
 
@@ -81,6 +86,21 @@ def env(
     )
 
 
+@pytest.fixture
+def api_process(tmp_path: Path) -> Iterator[ApiProcessFactory]:
+    """Starts the api under gunicorn (2 workers); the test may signal it. Stopped after."""
+    started: list[Process] = []
+
+    def start(env: dict[str, str]) -> tuple[Process, str]:
+        process, base = start_api(env, tmp_path)
+        started.append(process)
+        return process, base
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 def publish(env: dict[str, str]) -> None:
     """One refresh (``refresh-once`` does not renew its lease: give it a long one)."""
     result = run_fetcher("refresh-once", {**env, "LEADER_LEASE_SECONDS": "15"})
@@ -108,6 +128,42 @@ def warm(api: str, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
             assert response.status_code == 200, (path, response.text)
             digests[path] = body_digest(response.content)
     return digests
+
+
+def workers(master: Process) -> set[int]:
+    """The pids of the gunicorn master's live workers."""
+    return {
+        child.pid
+        for child in psutil.Process(master.proc.pid).children()
+        if child.status() != psutil.STATUS_ZOMBIE
+    }
+
+
+def metrics(api: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return metric_samples(httpx.get(f"{api}/metrics").text)
+
+
+def serving_workers(api: str, pool_size: int) -> float:
+    """How many live workers serve, from ``covid_stats_api_redis_pool_connections{state=max}``
+    (a livesum gauge each worker sets once its app has started; a dead worker's is dropped)."""
+    return (
+        sum(
+            value
+            for (sample, labels), value in metrics(api).items()
+            if sample == "covid_stats_api_redis_pool_connections" and dict(labels)["state"] == "max"
+        )
+        / pool_size
+    )
+
+
+def data_requests_counted(api: str) -> float:
+    """``covid_stats_api_requests_total`` over the data routes (not the probes or /metrics)."""
+    return sum(
+        value
+        for (sample, labels), value in metrics(api).items()
+        if sample == "covid_stats_api_requests_total"
+        and dict(labels)["route"] not in ("/metrics", "/healthz", "/readyz")
+    )
 
 
 def describe(outcomes: Sequence[Outcome]) -> str:
@@ -236,6 +292,136 @@ def test_postgres_dies_under_load_then_comes_back(
         f"queries 503 + Retry-After; PostgreSQL back -> uncached queries answered after "
         f"{answered.finished - back:.2f} s, the fetcher's new snapshot served after "
         f"{first_new.finished - back:.2f} s"
+    )
+
+
+# -- 3. Restarts drop nothing --------------------------------------------------------------
+
+
+def test_sigterm_to_the_master_under_load_drops_no_request(
+    env: dict[str, str], api_process: ApiProcessFactory
+) -> None:
+    """gunicorn's master gets SIGTERM while 16 keep-alive clients (and slow uncached
+    queries) keep it busy: every request on a connection established before the signal
+    gets its complete answer; connections opened after it may be refused.
+
+    Failed: a request whose connection was established before the signal and that got no
+    complete 2xx/304 answer."""
+    publish(env)
+    master, api = api_process(env)
+    warm(api, HOT)
+    with Load(api, [*HOT, SLOW], clients=16) as load:
+        load.wait_requests(500, 60)
+        signalled = time.monotonic()
+        master.proc.send_signal(signal.SIGTERM)
+        code = master.proc.wait(timeout=60)
+        stopped = time.monotonic()
+        load.wait_requests(50, 30, since=stopped)
+    outcomes = load.outcomes()
+
+    assert code == 0, master.output()[-2000:]
+    before = [o for o in outcomes if o.connected < signalled]  # nan compares False
+    failed = [o for o in before if not o.ok]
+    assert failed == [], describe(failed)
+    in_flight = in_flight_at(outcomes, signalled)
+    assert any(o.kind == SLOW.kind for o in in_flight), "no slow query was in flight"
+    answered_after = [o for o in before if o.finished > signalled]
+    later = [o for o in outcomes if o not in before]
+    summary(
+        f"SIGTERM to the master: {len(outcomes)} requests, {len(failed)} failed (on a "
+        f"connection established before the signal, no complete 2xx/304); "
+        f"{len(in_flight)} in flight at the signal and {len(answered_after)} answered after "
+        f"it all completed; the master exited 0 after {stopped - signalled:.2f} s; "
+        f"{len(later)} later requests on new connections: {describe(later)}"
+    )
+
+
+def test_a_hup_reload_under_load_drops_no_request(
+    env: dict[str, str], api_process: ApiProcessFactory
+) -> None:
+    """``kill -HUP`` the master: new workers start, the old ones drain and exit.
+
+    Failed: any request without a complete 2xx/304 answer. Recovered: every old worker gone
+    and the new ones answering."""
+    publish(env)
+    master, api = api_process({**env, "REDIS_POOL_SIZE": "8"})
+    warm(api, HOT)
+    old = workers(master)
+    assert len(old) == 2
+    with Load(api, [*HOT, *QUERIES], clients=16) as load:
+        load.wait_requests(500, 60)
+        reloaded = time.monotonic()
+        master.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: not workers(master) & old and len(workers(master)) == 2,
+            60,
+            what="the old workers to be replaced",
+        )
+        gone = time.monotonic()
+        wait_until(lambda: serving_workers(api, 8) == 2, 30, what="the new workers to serve")
+        swapped = time.monotonic()
+        load.wait_requests(500, 60, since=swapped)
+    outcomes = load.outcomes()
+
+    failed = [o for o in outcomes if not o.ok]
+    assert failed == [], describe(failed)
+    assert master.proc.poll() is None
+    during = between(outcomes, reloaded, swapped)
+    slowest = max((o.finished - o.started for o in during), default=0.0)
+    summary(
+        f"HUP reload: {len(outcomes)} requests, {len(failed)} failed (no complete 2xx/304); "
+        f"old workers gone after {gone - reloaded:.2f} s, both new ones serving after "
+        f"{swapped - reloaded:.2f} s; {len(during)} requests meanwhile, the slowest "
+        f"{slowest * 1000:.0f} ms"
+    )
+
+
+def test_a_sigkilled_worker_is_replaced_and_the_metrics_stay_consistent(
+    env: dict[str, str], api_process: ApiProcessFactory
+) -> None:
+    """One worker is SIGKILLed: only the requests it had in hand are lost, the master
+    starts another, and /metrics still adds up: the dead worker's requests stay counted,
+    its gauges are gone.
+
+    Failed: a request without a complete 2xx/304 answer, other than those in flight on the
+    dead worker (started before it was gone, finished after the kill). Recovered: the new
+    worker serving (its gauges in /metrics)."""
+    publish(env)
+    master, api = api_process({**env, "REDIS_POOL_SIZE": "8"})
+    warm(api, HOT)
+    warmed = 20 * len(HOT)
+    victim, survivor = sorted(workers(master))
+    counted_before = data_requests_counted(api)
+    assert counted_before == warmed
+    with Load(api, [*HOT, *QUERIES], clients=16) as load:
+        load.wait_requests(500, 60)
+        killed = time.monotonic()
+        psutil.Process(victim).kill()
+        wait_until(lambda: victim not in workers(master), 10, what="the worker to die")
+        dead = time.monotonic()
+        wait_until(lambda: len(workers(master)) == 2, 30, what="a new worker")
+        # The dead worker's gauges dropped, the new worker's there once it serves.
+        wait_until(lambda: serving_workers(api, 8) == 2, 30, what="the new worker to serve")
+        replaced = time.monotonic()
+        load.wait_requests(500, 60, since=replaced)
+    outcomes = load.outcomes()
+
+    assert survivor in workers(master)
+    lost = [o for o in outcomes if not o.ok]
+    excused = [o for o in lost if o.started <= dead and o.finished >= killed]
+    failed = [o for o in lost if o not in excused]
+    assert failed == [], describe(failed)
+    assert len(excused) <= 16  # at most one request per client
+    # Every answered request is counted once, whichever worker answered it, the dead one
+    # included; only a request the worker had in hand when it died may be off.
+    answered = sum(1 for o in outcomes if o.ok) + warmed
+    counted = data_requests_counted(api)
+    assert answered - 16 <= counted <= answered + 16, (counted, answered)
+    summary(
+        f"SIGKILLed worker: {len(outcomes)} requests, {len(failed)} failed (no complete "
+        f"2xx/304, beyond the {len(excused)} the dead worker had in hand); replacement "
+        f"serving after {replaced - dead:.2f} s; requests counted {counted:.0f} vs answered "
+        f"{answered}"
     )
 
 
