@@ -12,6 +12,7 @@ kind the fault affected.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -195,8 +196,125 @@ def recent_all(load: Load, kind: str, predicate: Callable[[Outcome], bool], coun
     return len(recent) == count and all(predicate(o) for o in recent)
 
 
+def settled(outcomes: Sequence[Outcome], kind: str, good: Callable[[Outcome], bool]) -> float:
+    """When ``kind`` was last answered wrongly (after which every answer was right)."""
+    return max((o.finished for o in outcomes if o.kind == kind and not good(o)), default=-math.inf)
+
+
 def stale(load: Load) -> str:
     return describe(load.outcomes()[-200:])
+
+
+# -- 1. Redis dies during load -------------------------------------------------------------
+
+
+def test_redis_dies_under_load_then_comes_back_empty(
+    env: dict[str, str],
+    private_redis: LocalRedis,
+    upstream: Upstream,
+    fetcher_factory: FetcherFactory,
+    api_factory: ApiFactory,
+) -> None:
+    """Hot documents keep answering 200 from memory, other reads come from PostgreSQL; back
+    and empty, Redis gets a snapshot again from PostgreSQL and the fetcher leads again, with
+    no restart. The upstream changes during the outage: the new data must reach every worker.
+
+    Failed: a request without a complete 2xx answer, other than those in flight at the kill.
+    Recovered: the new snapshot served (the fetcher led again, published it from PostgreSQL,
+    the workers picked it up)."""
+    fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(private_redis.url) is not None, 60, what="the first snapshot")
+    api = api_factory(env)
+    before = warm(api, HOT + QUERIES)
+    with Load(api, HOT + QUERIES, clients=16) as load:
+        load.wait_requests(500, 60)
+        killed = time.monotonic()
+        private_redis.kill()
+        _, new_digest = changed_us_current(upstream)  # published once Redis is back
+        load.wait_requests(1500, 60, since=killed)
+        load.wait_for(
+            lambda o: o.kind in QUERIES and o.ok and o.source == "database",
+            30,
+            since=killed,
+            what="a query answered from PostgreSQL",
+        )
+        ready = httpx.get(f"{api}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {
+            "status": "ready",
+            "redis": "down",
+            "postgres": "ok",
+            "memory": "ok",
+        }
+        assert httpx.get(f"{api}/healthz").status_code == 200
+        assert fetcher.ready()["redis"] == "down"
+        back = time.monotonic()
+        private_redis.start()  # empty
+        first_new = load.wait_for(
+            lambda o: o.kind == US and o.digest == new_digest,
+            60,
+            since=back,
+            what="the new snapshot to be served",
+        )
+        wait_until(
+            lambda: recent_all(load, US, lambda o: o.digest == new_digest, 40),
+            30,
+            what=f"every worker to serve the new snapshot: {stale(load)}",
+        )
+        cached = load.wait_for(
+            lambda o: o.kind in QUERIES and o.ok and o.source == "cache",
+            30,
+            since=back,
+            what="a query answered from Redis again",
+        )
+        wait_until(lambda: fetcher.ready()["redis"] == "ok", 10, what="the fetcher's Redis")
+        assert fetcher.is_leader()
+    outcomes = load.outcomes()
+
+    excused = in_flight_at(outcomes, killed)
+    failed = [o for o in outcomes if not o.ok and o not in excused]
+    assert failed == [], describe(failed)
+    during = [o for o in between(outcomes, killed, back) if o not in excused]
+    hot = [o for o in during if o.kind in HOT]
+    assert hot, "no hot document was requested during the outage"
+    assert all(o.status == 200 and o.source == "cache" for o in hot), describe(hot)
+    assert all(o.digest == before[o.kind] for o in hot)
+    queries = [o for o in during if o.kind in QUERIES]
+    assert queries, "no query was sent during the outage"
+    assert all(o.status == 200 and o.source == "database" for o in queries), describe(queries)
+    assert all(o.digest == before[o.kind] for o in queries)
+    after_back = [o for o in outcomes if o.started >= back]
+    every_worker = settled(after_back, US, lambda o: o.digest == new_digest)
+    summary(
+        f"redis outage: {len(outcomes)} requests, {len(failed)} failed (no complete 2xx, "
+        f"beyond the {len(excused)} in flight at the kill); {len(during)} during the "
+        f"{back - killed:.1f} s outage, hot documents from memory, queries from PostgreSQL; "
+        f"Redis back empty -> new snapshot served after {first_new.finished - back:.2f} s, "
+        f"by every worker after {max(every_worker, first_new.finished) - back:.2f} s, "
+        f"queries cached in Redis again after {cached.finished - back:.2f} s"
+    )
+
+
+def test_a_snapshot_id_used_again_after_redis_lost_its_data_still_reaches_every_worker(
+    env: dict[str, str], private_redis: LocalRedis, upstream: Upstream, api_factory: ApiFactory
+) -> None:
+    """Snapshot ids count up from 1 in an empty Redis: after a restart new data may come
+    under the id the workers already hold. Found by the Redis scenario: the workers kept
+    serving the old documents from memory until the next snapshot."""
+    publish(env)
+    api = api_factory(env)
+    warm(api, HOT)
+    held = snapshot_id(private_redis.url)
+    private_redis.kill()
+    private_redis.start()  # empty
+    records, _ = changed_us_current(upstream)
+    publish(env)
+    assert snapshot_id(private_redis.url) == held  # the same id, other data
+
+    def every_worker_serves_the_new_data() -> bool:
+        return all(httpx.get(f"{api}{US}").json() == records for _ in range(20))
+
+    wait_until(every_worker_serves_the_new_data, 10, what="the new data in every worker")
 
 
 # -- 2. PostgreSQL dies during load --------------------------------------------------------

@@ -4,10 +4,11 @@ An entry holds what a response needs, ready to send: the body, the gzip body the
 compressed, the ETag and the header list. ``fastpath`` serves entries without touching
 FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
 
-Freshness: a watcher task reads the snapshot pointer every ``HOT_CACHE_CHECK_SECONDS``
-(one cheap GET per worker; chosen over pub/sub or keyspace events because it needs no extra
-connection or server configuration and cannot miss a message across a Redis restart). When
-the pointer moves it refetches every cached document of the new snapshot; until each
+Freshness: a watcher task reads the snapshot pointer and that snapshot's publish time every
+``HOT_CACHE_CHECK_SECONDS`` (two cheap reads per worker; chosen over pub/sub or keyspace
+events because it needs no extra connection or server configuration and cannot miss a
+message across a Redis restart). When either changes (ids count from 1 again in a Redis that
+lost its data) it refetches every cached document of the new snapshot; until each
 arrives the old one keeps being served (stale-while-revalidate), so a new snapshot reaches
 every worker within one check interval plus one refill. When Redis is unreachable or empty,
 the entries stay: the last good documents keep being served. Entries rendered from
@@ -202,6 +203,7 @@ class HotWatcher:
         self.hot = hot
         self.snapshots = snapshots
         self.interval = interval
+        self._published: str | None = None  # the publish time of the snapshot held
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -221,13 +223,14 @@ class HotWatcher:
 
     async def check(self) -> None:
         current = await self.snapshots.current_id()
-        if current is None or current == self.hot.version:
+        if current is None:
             return
-        self.hot.version = current
-        published = (await self.snapshots.meta(current)).get("published_at")
-        if published:
-            stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
-            self.hot.published_at = stamp.timestamp()
+        # Ids count up from 1 in an empty Redis: once Redis has lost its data (a restart, a
+        # flush), a new snapshot can come under the id this worker already holds. Its
+        # publish time tells the two apart.
+        published = await self.snapshots.published_at(current)
+        if current == self.hot.version and published == self._published:
+            return
         for name in self.hot.documents():
             lookup = await self.snapshots.read(name)
             doc = lookup.document
@@ -236,4 +239,10 @@ class HotWatcher:
             self.hot.put(
                 name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
             )
+        # Only now: a refill cut short (Redis gone again) is taken up at the next check.
+        self.hot.version = current
+        self._published = published
+        if published:
+            stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
+            self.hot.published_at = stamp.timestamp()
         log.info("hot_cache_refreshed", snapshot_id=current, documents=len(self.hot))
