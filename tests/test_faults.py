@@ -11,6 +11,7 @@ kind the fault affected.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
@@ -541,6 +543,122 @@ def test_a_sigkilled_worker_is_replaced_and_the_metrics_stay_consistent(
         f"serving after {replaced - dead:.2f} s; requests counted {counted:.0f} vs answered "
         f"{answered}"
     )
+
+
+# -- 3. The fetcher stopped mid-refresh ----------------------------------------------------
+
+
+def _postgres_value(url: str, sql: str) -> Any:
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _snapshot_is_whole(redis_url: str, snapshot: str) -> bool:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = RedisKeys()
+        names = client.smembers(keys.snapshot_docs(snapshot))
+        return bool(names) and all(
+            client.exists(keys.document(snapshot, str(name))) for name in names
+        )
+    finally:
+        client.close()
+
+
+def test_the_fetcher_killed_mid_refresh_leaves_the_previous_snapshot_whole(
+    env: dict[str, str],
+    private_redis: LocalRedis,
+    private_postgres: LocalPostgres,
+    upstream: Upstream,
+    fetcher_factory: FetcherFactory,
+    api_factory: ApiFactory,
+) -> None:
+    """SIGKILL the fetcher after one resource's new data is committed in PostgreSQL and
+    while another is still being fetched: the current snapshot stays whole and served; a
+    new fetcher publishes the committed change.
+
+    Failed: any request without a complete 2xx answer. Recovered: the committed change
+    served, after the new fetcher started."""
+    fetcher = fetcher_factory(env)
+    wait_until(lambda: snapshot_id(private_redis.url) is not None, 60, what="the first snapshot")
+    published = snapshot_id(private_redis.url)
+    assert published is not None
+    api = api_factory(env)
+    before = warm(api, HOT)
+    records, new_digest = changed_us_current(upstream)
+    upstream.fault("/v1/states/daily.json", "delay", seconds=30, times=1)  # this refresh's
+    positive = "SELECT (record::jsonb->>'positive')::bigint FROM us_current"
+    with Load(api, [*HOT, *QUERIES], clients=16) as load:
+        load.wait_requests(300, 60)
+        response = httpx.post(
+            f"{fetcher.url}/refresh", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.status_code == 202
+        wait_until(
+            lambda: _postgres_value(private_postgres.url, positive) == records[0]["positive"],
+            30,
+            what="the new US record to be committed",
+        )
+        fetcher.process.proc.send_signal(signal.SIGKILL)
+        fetcher.process.proc.wait(timeout=10)
+        killed = time.monotonic()
+        assert snapshot_id(private_redis.url) == published
+        assert _snapshot_is_whole(private_redis.url, published)
+        load.wait_requests(500, 60, since=killed)
+        restarted = time.monotonic()
+        fetcher_factory(env, name="fetcher-again")
+        first_new = load.wait_for(
+            lambda o: o.kind == US and o.digest == new_digest,
+            60,
+            since=restarted,
+            what="the committed change to be published",
+        )
+    outcomes = load.outcomes()
+
+    failed = [o for o in outcomes if not o.ok]
+    assert failed == [], describe(failed)
+    meanwhile = [o for o in between(outcomes, killed, restarted) if o.kind in HOT]
+    assert all(o.digest == before[o.kind] for o in meanwhile)
+    summary(
+        f"fetcher SIGKILLed mid-refresh: {len(outcomes)} requests, {len(failed)} failed (no "
+        f"complete 2xx); snapshot {published} stayed current and whole; a new fetcher "
+        f"published the committed change, served {first_new.finished - restarted:.2f} s "
+        f"after it started"
+    )
+
+
+def test_a_running_fetcher_republishes_when_redis_is_behind_postgres(
+    env: dict[str, str],
+    private_redis: LocalRedis,
+    private_postgres: LocalPostgres,
+    fetcher_factory: FetcherFactory,
+) -> None:
+    """What a refresh that stored records and then could not publish (Redis refused, the
+    fetcher died) leaves behind: PostgreSQL ahead of Redis's snapshot. The leader's Redis
+    check republishes it, without waiting for the upstream to change again."""
+    fetcher_factory(env)
+    wait_until(lambda: snapshot_id(private_redis.url) is not None, 60, what="the first snapshot")
+    published = snapshot_id(private_redis.url)
+    _postgres_value(
+        private_postgres.url,
+        "WITH changed AS (UPDATE us_current SET record = json_build_object('positive', 7)) "
+        "UPDATE upstream_resources SET fetched_at = now() WHERE resource = 'us/current'",
+    )
+    wait_until(lambda: snapshot_id(private_redis.url) != published, 10, what="a new snapshot")
+    current = snapshot_id(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        body = client.hget(RedisKeys().document(str(current), US.lstrip("/")), "body")
+    finally:
+        client.close()
+    assert body is not None
+    assert json.loads(body) == [{"positive": 7}]
 
 
 # -- 4. Readiness that helps, liveness that never flaps -------------------------------------

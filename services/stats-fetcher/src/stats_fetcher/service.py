@@ -5,7 +5,8 @@
   +/- ``FETCH_JITTER_RATIO`` jitter, and at once when any replica receives ``POST /refresh``
   (relayed over a Redis pub/sub channel).
 - Every ``REDIS_CHECK_INTERVAL_SECONDS`` the leader checks that Redis has a current snapshot
-  and rebuilds it from PostgreSQL if not (Redis restarted or flushed): no upstream needed.
+  of PostgreSQL's data and rebuilds it from PostgreSQL if not (Redis restarted or flushed; a
+  refresh stored records, then died or could not publish): no upstream needed.
 - SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
   finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
   activated and expires); the lease is released so a follower takes over at once.
@@ -37,7 +38,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from covid_stats_contract import schema
+from covid_stats_contract import records, schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
 from stats_fetcher import __version__, metrics
@@ -177,13 +178,16 @@ class FetcherService:
     async def refresh(self) -> RefreshResult | None:
         return await self._guarded("refresh", lambda r: r.refresh(self.lease.value or ""))
 
-    async def rebuild_if_empty(self) -> None:
-        """Republish from PostgreSQL when Redis has no current snapshot."""
+    async def rebuild_if_behind(self) -> None:
+        """Republish from PostgreSQL when Redis has no current snapshot, or one of older
+        data than PostgreSQL's."""
 
         async def rebuild(refresher: Refresher) -> RefreshResult | None:
-            if await self.snapshots.current_id() is not None:
+            async with refresher.pool.acquire() as conn:
+                states = await records.upstream_states(conn)
+            if not await refresher.behind(states):
                 return None
-            log.warning("redis_has_no_snapshot", action="rebuild from PostgreSQL")
+            log.warning("redis_snapshot_behind", action="rebuild from PostgreSQL")
             result = RefreshResult()
             await refresher.publish(result, self.lease.value or "")
             return result
@@ -243,7 +247,7 @@ class FetcherService:
         while not self._stopping.is_set():
             await self._sleep(self.settings.redis_check_interval_seconds)
             if self.lease.held and not self._busy.locked():
-                await self.rebuild_if_empty()
+                await self.rebuild_if_behind()
 
     async def _listen(self) -> None:
         """Relay POST /refresh from any replica to this one if it leads."""
