@@ -105,8 +105,8 @@ def api_process(tmp_path: Path) -> Iterator[ApiProcessFactory]:
 
 
 def publish(env: dict[str, str]) -> None:
-    """One refresh (``refresh-once`` does not renew its lease: give it a long one)."""
-    result = run_fetcher("refresh-once", {**env, "LEADER_LEASE_SECONDS": "15"})
+    """One refresh, by ``stats-fetcher refresh-once``."""
+    result = run_fetcher("refresh-once", env)
     assert result.returncode == 0, result.stdout.decode()
 
 
@@ -659,6 +659,18 @@ def test_a_running_fetcher_republishes_when_redis_is_behind_postgres(
         client.close()
     assert body is not None
     assert json.loads(body) == [{"positive": 7}]
+
+
+def test_a_one_shot_refresh_longer_than_its_lease_still_publishes(
+    env: dict[str, str], private_redis: LocalRedis, upstream: Upstream
+) -> None:
+    """Found by these tests, whose leases are 1 s: ``refresh-once`` did not renew its lease,
+    so a refresh longer than LEADER_LEASE_SECONDS was fenced at publish time."""
+    upstream.fault("/v1/states/daily.json", "delay", seconds=1.5, times=1)
+    started = time.monotonic()
+    publish(env)  # LEADER_LEASE_SECONDS=1
+    assert time.monotonic() - started > 1.5
+    assert snapshot_id(private_redis.url) is not None
 
 
 # -- 4. Readiness that helps, liveness that never flaps -------------------------------------

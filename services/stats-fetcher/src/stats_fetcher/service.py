@@ -346,15 +346,28 @@ class LeaseHeld(RuntimeError):
     pass
 
 
+async def _renew(lease: LeaderLease, interval: float) -> None:
+    """Renew ``lease`` every ``interval`` seconds (a Redis error: try again next time)."""
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(RedisError):
+            await lease.keep()
+
+
 async def refresh_once(settings: Settings) -> bool:
-    """One refresh, holding the leader lease for its duration (refused while a running
-    fetcher holds it). True when it ran and Redis then serves a current snapshot."""
+    """One refresh, holding the leader lease for its duration, renewed as the service renews
+    it (refused while a running fetcher holds it). True when it ran and Redis then serves a
+    current snapshot."""
     async with one_shot(settings) as service:
         if not await service.lease.keep():
             raise LeaseHeld("another stats-fetcher holds the leader lease")
+        renewing = asyncio.create_task(_renew(service.lease, settings.leader_lease_seconds / 3))
         try:
             result = await service.refresh()
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             await service.lease.release()
         if result is None or result.publish_error is not None:
             return False
