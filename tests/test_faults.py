@@ -27,9 +27,9 @@ import pytest
 import redis
 
 from covid_stats_contract.keys import RedisKeys
+from devstack.load import Load, Outcome, Unique, body_digest, in_flight_at
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
-from load import Load, Outcome, Unique, body_digest, in_flight_at
 from support import (
     Fetcher,
     Process,

@@ -1,5 +1,6 @@
-"""A load generator for the fault tests and ``make soak``: concurrent keep-alive clients in a
-background thread, every request's outcome recorded with its timestamps.
+"""A load generator for the fault tests (tests/test_faults.py) and ``make soak``: concurrent
+keep-alive clients in a background thread, every request's outcome recorded with its
+timestamps.
 
 Each client is one ``httpx.AsyncClient`` holding at most one connection, so the connection a
 request went out on is known: its ``connected`` time is when that TCP connection was
@@ -10,10 +11,12 @@ or reused. A client that finds its connection closed by the server while idle op
 Timestamps are ``time.monotonic()`` values, comparable with the test's own clock. With
 ``rate`` the clients share one schedule of evenly spaced request slots (a fixed request
 rate, as long as the server keeps up); without it they send as fast as answers come back.
+With ``keep_outcomes=False`` (long runs) only the counts and the latencies are kept.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import hashlib
 import math
@@ -94,6 +97,7 @@ class Load:
         self._outcomes: list[Outcome] = []
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}  # "ok", "failed", and per status / error
+        self._latencies = array.array("d")  # seconds, of every request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -217,6 +221,7 @@ class Load:
         with self._lock:
             if self.keep_outcomes:
                 self._outcomes.append(outcome)
+            self._latencies.append(outcome.finished - outcome.started)
             self._counts[key] = self._counts.get(key, 0) + 1
             verdict = "ok" if outcome.ok else "failed"
             self._counts[verdict] = self._counts.get(verdict, 0) + 1
@@ -226,6 +231,11 @@ class Load:
     def outcomes(self) -> list[Outcome]:
         with self._lock:
             return list(self._outcomes)
+
+    def latencies(self) -> list[float]:
+        """Every request's duration so far, in seconds, in the order they finished."""
+        with self._lock:
+            return self._latencies.tolist()
 
     def counts(self) -> dict[str, int]:
         """Requests by verdict (``ok``, ``failed``) and by status code or error name."""
