@@ -205,21 +205,27 @@ class HotWatcher:
         self.interval = interval
         self._published: str | None = None  # the publish time of the snapshot held
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        # The flag ends the loop, not only the cancellation: redis-py can turn a cancellation
+        # that lands during a command into one of its errors (around its own timeouts), which
+        # the loop suppresses; the worker then waited for the watcher until gunicorn killed it.
+        while not self._stopping:
             with contextlib.suppress(RedisError, OSError):
                 await self.check()
-            await asyncio.sleep(self.interval)
+            if not self._stopping:
+                await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
         current = await self.snapshots.current_id()
