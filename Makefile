@@ -42,6 +42,10 @@ bench: $(STAMP) ## Benchmark cached reads vs the naive path and a bare ASGI app 
 bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher
 
+.PHONY: soak
+soak: $(STAMP) ## Whole system at a fixed rate for long, watching memory, fds, errors (SOAK_SECONDS=600 SOAK_RATE=500 SOAK_CLIENTS=32)
+	$(BIN)/python -m devstack.soak
+
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint and format check) and mypy --strict
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
 from support import (
     ARCHIVE,
+    SUMMARY_LINES,
     Fetcher,
     Process,
     Upstream,
@@ -41,6 +42,14 @@ def pytest_report_header() -> str:
         f"upstream data: {ARCHIVE} is absent, so the replay upstream serves the synthetic "
         "dataset and the archive-only tests are skipped"
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures the tests measured (support.summary), e.g. the fault scenarios'."""
+    if SUMMARY_LINES:
+        terminalreporter.section("measured")
+        for line in SUMMARY_LINES:
+            terminalreporter.write_line(line)
 
 
 archive_only = pytest.mark.skipif(

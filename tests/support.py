@@ -206,3 +206,13 @@ def start_fetcher(env: Mapping[str, str], log_dir: Path, name: str = "fetcher") 
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz")
     return Fetcher(process, url)
+
+
+# Lines a test wants in the terminal summary (printed by conftest's pytest_terminal_summary,
+# so they appear in CI logs with or without -s).
+SUMMARY_LINES: list[str] = []
+
+
+def summary(line: str) -> None:
+    SUMMARY_LINES.append(line)
+    print(line)

@@ -162,6 +162,11 @@ class SnapshotStore:
         raw = await self.redis.get(self.keys.current_snapshot)
         return None if raw is None else _text(raw)
 
+    async def published_at(self, snapshot_id: str) -> str | None:
+        """When snapshot ``snapshot_id`` was published (ISO 8601), if its meta says."""
+        raw = await self.redis.hget(self.keys.snapshot_meta(snapshot_id), "published_at")
+        return None if raw is None else _text(raw)
+
     async def meta(self, snapshot_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.snapshot_meta(snapshot_id))
         return {_text(k): _text(v) for k, v in raw.items()}

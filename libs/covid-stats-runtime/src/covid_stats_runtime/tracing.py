@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import structlog
+from opentelemetry import context, trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import (
@@ -159,6 +160,18 @@ def trace_asgi(
         # No internal spans per ASGI message: a request is one server span + its clients.
         exclude_spans=["receive", "send"],
     )
+
+
+@contextmanager
+def new_trace(tracer: trace.Tracer, name: str) -> Iterator[trace.Span]:
+    """``name`` as the root span of a new trace, with client spans inside even when called
+    from ``untraced()`` code (a background check that found work worth tracing)."""
+    token = context.attach(context.Context())
+    try:
+        with tracer.start_as_current_span(name) as span:
+            yield span
+    finally:
+        context.detach(token)
 
 
 @contextmanager

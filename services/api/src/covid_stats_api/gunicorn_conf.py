@@ -16,8 +16,9 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
-# uvicorn-worker's class, with uvloop and httptools (installed: "auto" picks them).
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn-worker's class (uvloop and httptools: "auto" picks them), with a drain on shutdown
+# that drops no request on a stop, a reload or a recycle (see covid_stats_api.worker).
+worker_class = "covid_stats_api.worker.DrainingUvicornWorker"
 
 # A worker silent for this long is killed and replaced.
 timeout = _settings.gunicorn_timeout_seconds

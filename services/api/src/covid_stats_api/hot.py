@@ -4,10 +4,11 @@ An entry holds what a response needs, ready to send: the body, the gzip body the
 compressed, the ETag and the header list. ``fastpath`` serves entries without touching
 FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
 
-Freshness: a watcher task reads the snapshot pointer every ``HOT_CACHE_CHECK_SECONDS``
-(one cheap GET per worker; chosen over pub/sub or keyspace events because it needs no extra
-connection or server configuration and cannot miss a message across a Redis restart). When
-the pointer moves it refetches every cached document of the new snapshot; until each
+Freshness: a watcher task reads the snapshot pointer and that snapshot's publish time every
+``HOT_CACHE_CHECK_SECONDS`` (two cheap reads per worker; chosen over pub/sub or keyspace
+events because it needs no extra connection or server configuration and cannot miss a
+message across a Redis restart). When either changes (ids count from 1 again in a Redis that
+lost its data) it refetches every cached document of the new snapshot; until each
 arrives the old one keeps being served (stale-while-revalidate), so a new snapshot reaches
 every worker within one check interval plus one refill. When Redis is unreachable or empty,
 the entries stay: the last good documents keep being served. Entries rendered from
@@ -190,6 +191,11 @@ class HotCache:
     def documents(self) -> list[str]:
         return [name for name in self._entries if name != COVID_STATS]
 
+    def snapshot_documents(self) -> int:
+        """How many entries come from a Redis snapshot (they never expire, unlike the ones
+        rendered from PostgreSQL)."""
+        return sum(1 for entry in self._entries.values() if entry.version)
+
 
 class HotWatcher:
     """Keeps a worker's ``HotCache`` in step with the current snapshot."""
@@ -198,33 +204,41 @@ class HotWatcher:
         self.hot = hot
         self.snapshots = snapshots
         self.interval = interval
+        self._published: str | None = None  # the publish time of the snapshot held
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
+        # The flag ends the loop, not only the cancellation: redis-py can turn a cancellation
+        # that lands during a command into one of its errors (around its own timeouts), which
+        # the loop suppresses; the worker then waited for the watcher until gunicorn killed it.
         with untraced():  # a poll every 250 ms per worker is not a trace worth keeping
-            while True:
+            while not self._stopping:
                 with contextlib.suppress(RedisError, OSError):
                     await self.check()
-                await asyncio.sleep(self.interval)
+                if not self._stopping:
+                    await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
         current = await self.snapshots.current_id()
-        if current is None or current == self.hot.version:
+        if current is None:
             return
-        self.hot.version = current
-        published = (await self.snapshots.meta(current)).get("published_at")
-        if published:
-            stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
-            self.hot.published_at = stamp.timestamp()
+        # Ids count up from 1 in an empty Redis: once Redis has lost its data (a restart, a
+        # flush), a new snapshot can come under the id this worker already holds. Its
+        # publish time tells the two apart.
+        published = await self.snapshots.published_at(current)
+        if current == self.hot.version and published == self._published:
+            return
         for name in self.hot.documents():
             lookup = await self.snapshots.read(name)
             doc = lookup.document
@@ -233,4 +247,10 @@ class HotWatcher:
             self.hot.put(
                 name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
             )
+        # Only now: a refill cut short (Redis gone again) is taken up at the next check.
+        self.hot.version = current
+        self._published = published
+        if published:
+            stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
+            self.hot.published_at = stamp.timestamp()
         log.info("hot_cache_refreshed", snapshot_id=current, documents=len(self.hot))

@@ -3,7 +3,8 @@
 For each resource, concurrently: a conditional GET (304: nothing to do), a content hash
 (the same body as the last stored one: nothing to write), validation (a rejected payload
 leaves the last good records in place), then one transaction that syncs its table. When any
-resource changed, or Redis has no current snapshot (restarted, flushed), every document is
+resource changed, or Redis's snapshot is not PostgreSQL's data (Redis restarted or flushed;
+an earlier refresh stored records and then died or could not publish), every document is
 rendered from PostgreSQL and published as one snapshot, fenced by the leader lease.
 """
 
@@ -85,7 +86,8 @@ class Refresher:
             *(self._refresh_resource(resource, last.get(resource.key)) for resource in RESOURCES)
         )
         result = RefreshResult(outcomes=list(outcomes))
-        if result.changed or await self.snapshots.current_id() is None:
+        # Unchanged resources wrote nothing: ``last`` is still what PostgreSQL holds.
+        if result.changed or await self.behind(last):
             await self.publish(result, fence)
         if result.all_confirmed:
             metrics.data_confirmed()
@@ -97,6 +99,16 @@ class Refresher:
             seconds=round(time.perf_counter() - started, 3),
         )
         return result
+
+    async def behind(self, states: dict[str, UpstreamState]) -> bool:
+        """Whether Redis lacks the data PostgreSQL holds (``states``: its upstream_resources):
+        no current snapshot, or one published from other records. Each snapshot's meta says
+        when each resource it was rendered from was stored (``source()``)."""
+        current = await self.snapshots.current_id()
+        if current is None:
+            return True
+        published = (await self.snapshots.meta(current)).get("resources")
+        return published is None or json.loads(published) != _sources(states)
 
     async def publish(self, result: RefreshResult, fence: str = "") -> None:
         """Render every document from PostgreSQL and publish them as one snapshot."""
@@ -113,10 +125,7 @@ class Refresher:
             states = await store.upstream_states(conn)
         if not documents:
             return
-        meta = {
-            "published_at": _iso_now(),
-            "resources": json.dumps({key: s.source() for key, s in states.items()}),
-        }
+        meta = {"published_at": _iso_now(), "resources": json.dumps(_sources(states))}
         try:
             result.snapshot_id = await self.snapshots.publish(documents, meta, fence)
         except ResponseError as exc:
@@ -203,6 +212,10 @@ class Refresher:
             validate_seconds=validated - validating,
             store_seconds=time.perf_counter() - validated,
         )
+
+
+def _sources(states: dict[str, UpstreamState]) -> dict[str, dict[str, str]]:
+    return {key: state.source() for key, state in states.items()}
 
 
 def _iso_now() -> str:

@@ -5,7 +5,8 @@
   +/- ``FETCH_JITTER_RATIO`` jitter, and at once when any replica receives ``POST /refresh``
   (relayed over a Redis pub/sub channel).
 - Every ``REDIS_CHECK_INTERVAL_SECONDS`` the leader checks that Redis has a current snapshot
-  and rebuilds it from PostgreSQL if not (Redis restarted or flushed): no upstream needed.
+  of PostgreSQL's data and rebuilds it from PostgreSQL if not (Redis restarted or flushed; a
+  refresh stored records, then died or could not publish): no upstream needed.
 - SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
   finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
   activated and expires); the lease is released so a follower takes over at once.
@@ -29,7 +30,6 @@ import httpx
 import structlog
 import uvicorn
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 from redis.asyncio import Redis
@@ -42,10 +42,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from covid_stats_contract import schema
+from covid_stats_contract import records, schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.tracing import trace_asgi, untraced
+from covid_stats_runtime.tracing import new_trace, trace_asgi, untraced
 from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
@@ -159,11 +159,17 @@ class FetcherService:
     # -- work -------------------------------------------------------------------------------
 
     async def _guarded(
-        self, what: str, work: Callable[[Refresher], Awaitable[RefreshResult | None]]
+        self,
+        what: str,
+        work: Callable[[Refresher], Awaitable[RefreshResult | None]],
+        *,
+        traced: bool = True,
     ) -> RefreshResult | None:
-        """Run ``work`` with a refresher, as the root span ``what`` of its own trace; a
-        dependency outage is logged, never raised."""
-        with tracer.start_as_current_span(what, context=Context()) as span:
+        """Run ``work`` with a refresher (when ``traced``, as the root span ``what`` of a
+        trace of its own); a dependency outage is logged, never raised."""
+        if not traced:
+            return await self._run_guarded(what, work)
+        with new_trace(tracer, what) as span:
             result = await self._run_guarded(what, work)
             if result is None:
                 span.set_status(StatusCode.ERROR, f"{what} failed")
@@ -195,18 +201,22 @@ class FetcherService:
     async def refresh(self) -> RefreshResult | None:
         return await self._guarded("refresh", lambda r: r.refresh(self.lease.value or ""))
 
-    async def rebuild_if_empty(self) -> None:
-        """Republish from PostgreSQL when Redis has no current snapshot."""
+    async def rebuild_if_behind(self) -> None:
+        """Republish from PostgreSQL when Redis has no current snapshot, or one of older
+        data than PostgreSQL's."""
 
         async def rebuild(refresher: Refresher) -> RefreshResult | None:
-            if await self.snapshots.current_id() is not None:
+            async with refresher.pool.acquire() as conn:
+                states = await records.upstream_states(conn)
+            if not await refresher.behind(states):
                 return None
-            log.warning("redis_has_no_snapshot", action="rebuild from PostgreSQL")
+            log.warning("redis_snapshot_behind", action="rebuild from PostgreSQL")
             result = RefreshResult()
-            await refresher.publish(result, self.lease.value or "")
+            with new_trace(tracer, "rebuild"):  # the check before it is not traced
+                await refresher.publish(result, self.lease.value or "")
             return result
 
-        await self._guarded("rebuild", rebuild)
+        await self._guarded("rebuild", rebuild, traced=False)
 
     async def request_refresh(self) -> bool:
         """Ask the leader, wherever it runs, to refresh now. False when Redis is down."""
@@ -264,15 +274,9 @@ class FetcherService:
     async def _watch_redis(self) -> None:
         while not self._stopping.is_set():
             await self._sleep(self.settings.redis_check_interval_seconds)
-            if not self.lease.held or self._busy.locked():
-                continue
-            with untraced():  # the check is not a trace; a rebuild is one (its own root)
-                try:
-                    empty = await self.snapshots.current_id() is None
-                except RedisError:
-                    continue
-            if empty:
-                await self.rebuild_if_empty()
+            if self.lease.held and not self._busy.locked():
+                with untraced():  # the check is no trace; a rebuild is one (its own root)
+                    await self.rebuild_if_behind()
 
     async def _listen(self) -> None:
         """Relay POST /refresh from any replica to this one if it leads."""
@@ -378,15 +382,28 @@ class LeaseHeld(RuntimeError):
     pass
 
 
+async def _renew(lease: LeaderLease, interval: float) -> None:
+    """Renew ``lease`` every ``interval`` seconds (a Redis error: try again next time)."""
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(RedisError):
+            await lease.keep()
+
+
 async def refresh_once(settings: Settings) -> bool:
-    """One refresh, holding the leader lease for its duration (refused while a running
-    fetcher holds it). True when it ran and Redis then serves a current snapshot."""
+    """One refresh, holding the leader lease for its duration, renewed as the service renews
+    it (refused while a running fetcher holds it). True when it ran and Redis then serves a
+    current snapshot."""
     async with one_shot(settings) as service:
         if not await service.lease.keep():
             raise LeaseHeld("another stats-fetcher holds the leader lease")
+        renewing = asyncio.create_task(_renew(service.lease, settings.leader_lease_seconds / 3))
         try:
             result = await service.refresh()
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             await service.lease.release()
         if result is None or result.publish_error is not None:
             return False
