@@ -15,8 +15,12 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
-# uvicorn-worker's class, with uvloop and httptools (installed: "auto" picks them).
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.http_limits:
+# uvicorn's httptools protocol with a bounded request head (HTTP_MAX_REQUEST_HEAD_BYTES),
+# a request deadline (HTTP_REQUEST_TIMEOUT_SECONDS) and an idle timer on new connections.
+# gunicorn's own limit_request_line / limit_request_fields / limit_request_field_size bound
+# only gunicorn's sync-style workers' parser: they do nothing for uvicorn workers.
+worker_class = "covid_stats_api.http_limits.UvicornWorker"
 
 # A worker silent for this long is killed and replaced.
 timeout = _settings.gunicorn_timeout_seconds
