@@ -102,6 +102,10 @@ def _parse(raw: bytes) -> Answer:
 
 def exchange(port: int, data: bytes, timeout: float = 10.0) -> Answer:
     """Send ``data`` on a new connection, read until the server closes it."""
+    return _parse(_raw(port, data, timeout))
+
+
+def _raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         # The server may refuse and close before all of it is sent.
         with contextlib.suppress(OSError):
@@ -112,7 +116,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0) -> Answer:
                 chunks.append(chunk)
         except ConnectionResetError:
             pass
-    return _parse(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def _error(answer: Answer, status: int, code: str) -> dict[str, Any]:
@@ -170,6 +174,19 @@ def test_a_head_within_the_limit_is_served_and_garbage_gets_a_json_400(
     tls_hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 64
     _error(exchange(api.port, tls_hello), 400, "bad_request")
     _error(exchange(api.port, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400, "bad_request")
+
+
+def test_pipelined_requests_are_served_and_an_oversized_one_among_them_is_refused(
+    api: Api, same_workers: None
+) -> None:
+    three = _get(DOCUMENT) * 2 + _get(DOCUMENT, b"Connection: close")
+    raw = _raw(api.port, three)
+    assert raw.count(b"HTTP/1.1 200 OK") == 3
+    # A head that begins mid-read, after a request in the same read, is measured too: the
+    # first is answered, the oversized one is not served and the connection closes.
+    raw = _raw(api.port, _get(DOCUMENT) + _get(DOCUMENT, b"X-Mid: " + b"m" * 20_000))
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert raw.count(b"HTTP/1.1 200 OK") == 1
 
 
 # -- slow clients ----------------------------------------------------------------------------

@@ -62,18 +62,25 @@ class _Rejected(Exception):
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bounded request head, a request deadline and an
-    idle timer on new connections. Use :func:`protocol_class` to set the bounds."""
+    idle timer on new connections. Use :func:`protocol_class` to set the bounds.
+
+    Cheap on the common path: a request that arrives whole in one socket read costs a few
+    attribute reads and no timer; the deadline is armed only while a request is incomplete.
+    Where a request stands is read from uvicorn's own state: ``self.scope`` is the request
+    being parsed (a new one per request head begun), ``self.cycle`` the last one whose head
+    was complete, and ``cycle.more_body`` whether its body is still to come.
+    """
 
     max_head_bytes: ClassVar[int] = 16384
     request_timeout_seconds: ClassVar[float] = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Bytes of the socket reads received while a request head was incomplete: bounds
-        # what httptools buffers (it keeps a header whole before calling on_header).
+        # Bytes of the socket reads that began outside a request body since the last
+        # complete head: bounds what httptools buffers of a head (it keeps a header whole
+        # before calling back), exactly unless a head begins in the middle of a read
+        # (pipelining), when that one read (at most 256 KiB) may go uncounted.
         self._read_while_head = 0
-        self._awaiting_head = True
-        self._head_size = 0  # request line and headers parsed so far
         self._deadline: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._rejection: tuple[int, str, str] | None = None
@@ -99,50 +106,48 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: drop what the client still sends
-        if self._deadline is None:
-            self._deadline = self.loop.call_later(
-                self.request_timeout_seconds, self._request_timed_out
-            )
-        if self._awaiting_head:
+        scope, cycle = self.scope, self.cycle
+        in_body = cycle is not None and cycle.scope is scope and cycle.more_body
+        if not in_body:
             self._read_while_head += len(data)
         super().data_received(data)
-        if (
-            self._awaiting_head
-            and not self._refused
-            and self._read_while_head > self.max_head_bytes
-            and not self.transport.is_closing()
-        ):
-            self._reject(*self._too_large())
+        if self._refused or self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            pending = self.cycle.more_body  # the body is still to come
+        elif self.scope is not None:  # a head begun and not complete
+            if self._read_while_head > self.max_head_bytes:
+                self._reject(*self._too_large())
+                return
+            pending = True
+        else:
+            pending = False
+        progressed = self.scope is not scope or self.cycle is not cycle
+        if not (pending or progressed or in_body):
+            pending = True  # bytes outside any request (blank lines): they count too
+        if pending:
+            if progressed or self._deadline is None:  # from this request's first read
+                self._cancel_deadline()
+                self._deadline = self.loop.call_later(
+                    self.request_timeout_seconds, self._request_timed_out
+                )
+        elif self._deadline is not None:
+            self._cancel_deadline()
 
     # -- parser callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._head_size += len(url)
-        if self._head_size > self.max_head_bytes:
-            self._rejection = self._too_large()
-            raise _Rejected
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if self._head_size > self.max_head_bytes:
-            self._rejection = self._too_large()
-            raise _Rejected
-
     def on_headers_complete(self) -> None:
-        self._awaiting_head = False
-        self._read_while_head = 0
+        read, self._read_while_head = self._read_while_head, 0
+        # The reads counted are an upper bound of the head's size, except for a head that
+        # began in the middle of a read (read == 0, or the first of several reads): then,
+        # and when the bound is exceeded, measure the head itself.
+        if (read == 0 or read > self.max_head_bytes) and self._head_size() > self.max_head_bytes:
+            self._rejection = self._too_large()
+            raise _Rejected
         super().on_headers_complete()
 
-    def on_message_complete(self) -> None:
-        self._awaiting_head = True
-        self._cancel_deadline()
-        super().on_message_complete()
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     # -- answers -------------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _too_large(self) -> tuple[int, str, str]:
         limit = f"{self.max_head_bytes} bytes"
-        if not self.headers:  # still in the request line
+        if not self.headers or len(self.url) > self.max_head_bytes:  # the request line
             return 414, "uri_too_long", f"The request line is longer than {limit}."
         return 431, "headers_too_large", f"The request's headers are longer than {limit}."
 
@@ -161,12 +166,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing() or self._refused:
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self.flow is not None and self.flow.read_paused:
+            # uvicorn stopped reading (pipelined requests wait for a response): the server
+            # is the slow one, not the client.
+            self._deadline = self.loop.call_later(
+                self.request_timeout_seconds, self._request_timed_out
+            )
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
             # A response is on its way while its request's body still trickles in: the
             # connection closes once it is sent.
-            self.cycle.keep_alive = False
-            return
-        if self._awaiting_head:
+            cycle.keep_alive = False
+        elif cycle is None or cycle.scope is not self.scope:  # a head never completed
             self._reject(
                 408,
                 "request_timeout",
