@@ -30,6 +30,9 @@ graceful_timeout = _settings.gunicorn_graceful_timeout_seconds
 # Idle keep-alive connections are held this long: longer than a load balancer's own idle
 # timeout is what avoids resets on reused connections.
 keepalive = _settings.gunicorn_keepalive_seconds
+# Peers trusted to name the client in X-Forwarded-For (uvicorn's proxy headers middleware
+# then sets the client address the rate limit counts by). Only the ingress or load balancer.
+forwarded_allow_ips = _settings.forwarded_allow_ips
 # Workers are recycled after this many requests (+ a random jitter so they do not all
 # restart at once): bounds the damage of a slow leak. 0 turns it off. Recycling closes the
 # worker's keep-alive connections, so it must be rare at this service's rates: 1,000,000 is

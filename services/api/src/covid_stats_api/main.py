@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from covid_stats_api import __version__, metrics
 from covid_stats_api.answers import AnswerCache
@@ -33,6 +34,7 @@ from covid_stats_api.fastpath import FastPath
 from covid_stats_api.hot import HotCache, HotWatcher
 from covid_stats_api.metrics import RequestMetrics
 from covid_stats_api.queries import QueryService
+from covid_stats_api.ratelimit import RateLimit
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime.logs import configure_logging
 
@@ -145,10 +147,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_asgi(settings: Settings | None = None) -> RequestMetrics:
-    """The served application: request metrics around hot documents from memory, and
-    everything else by FastAPI."""
+    """The served application: request metrics around the rate limit (when one is set)
+    around hot documents from memory, and everything else by FastAPI."""
+    settings = settings or get_settings()
     api = create_app(settings)
-    return RequestMetrics(FastPath(api, api.state.hot))
+    app: ASGIApp = FastPath(api, api.state.hot)
+    if settings.rate_limit_per_minute:
+        app = RateLimit(
+            app,
+            lambda: api.state.api.stores.redis,
+            settings.redis_key_prefix,
+            settings.rate_limit_per_minute,
+        )
+    return RequestMetrics(app)
 
 
 app = create_asgi()

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # Bounds of every connection (see covid_stats_api.http_limits).
     http_max_request_head_bytes: int = Field(default=16384, ge=1024)
     http_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Peers whose X-Forwarded-For names the client (the rate limit's key); gunicorn's own
+    # FORWARDED_ALLOW_IPS, with its default. "*" trusts every peer.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Requests per minute per client address, across workers and pods (0: no limit).
+    rate_limit_per_minute: int = Field(default=0, ge=0, le=60000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
