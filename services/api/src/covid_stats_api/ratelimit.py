@@ -56,8 +56,9 @@ RATE_LIMIT = Counter(
     ["result"],
 )
 
-# KEYS[1]: the client's key. ARGV[1]: the emission interval T in ms (60000 / limit),
-# ARGV[2]: the period in ms (60000: bursts of up to `limit` requests).
+# KEYS[1]: the client's key. ARGV[1]: the emission interval T in ms (60000 / limit, rounded
+# up: the sustained rate never exceeds the limit), ARGV[2]: the burst tolerance in ms
+# (T x limit: bursts of up to `limit` requests).
 # Returns 0 when allowed, else the ms until the request would be allowed.
 # Times are whole milliseconds: Lua numbers become strings with 14 significant digits.
 GCRA_SCRIPT = """
@@ -95,7 +96,8 @@ class RateLimit:
         self.redis = redis  # the worker's client, known once the app's lifespan has run
         self.key_prefix = f"{key_prefix}:ratelimit:"
         self.per_minute = per_minute
-        self.interval_ms = max(1, _PERIOD_MS // per_minute)
+        self.interval_ms = -(-_PERIOD_MS // per_minute)  # ceil: whole milliseconds
+        self.period_ms = self.interval_ms * per_minute
         self._paused_until = 0.0
         self._script: AsyncScript | None = None
         # Clients refused until a time (monotonic): answered 429 without asking Redis.
@@ -129,7 +131,7 @@ class RateLimit:
         try:
             if self._script is None:  # EVALSHA, loading the script when Redis lacks it
                 self._script = self.redis().register_script(GCRA_SCRIPT)
-            wait = await self._script(keys=[key], args=[self.interval_ms, _PERIOD_MS])
+            wait = await self._script(keys=[key], args=[self.interval_ms, self.period_ms])
         except (RedisError, OSError, TimeoutError) as exc:
             self._paused_until = now + _PAUSE_AFTER_ERROR_SECONDS
             RATE_LIMIT.labels("unavailable").inc()
