@@ -117,7 +117,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             pending = self.cycle.more_body  # the body is still to come
         elif self.scope is not None:  # a head begun and not complete
             if self._read_while_head > self.max_head_bytes:
-                self._reject(*self._too_large())
+                self._reject(*self._too_large(self._read_while_head))
                 return
             pending = True
         else:
@@ -141,8 +141,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The reads counted are an upper bound of the head's size, except for a head that
         # began in the middle of a read (read == 0, or the first of several reads): then,
         # and when the bound is exceeded, measure the head itself.
-        if (read == 0 or read > self.max_head_bytes) and self._head_size() > self.max_head_bytes:
-            self._rejection = self._too_large()
+        if (read == 0 or read > self.max_head_bytes) and (
+            size := self._head_size()
+        ) > self.max_head_bytes:
+            self._rejection = self._too_large(size)
             raise _Rejected
         super().on_headers_complete()
 
@@ -156,11 +158,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         rejection = self._rejection or (400, "bad_request", "The request is not valid HTTP/1.1.")
         self._reject(*rejection)
 
-    def _too_large(self) -> tuple[int, str, str]:
-        limit = f"{self.max_head_bytes} bytes"
-        if not self.headers or len(self.url) > self.max_head_bytes:  # the request line
-            return 414, "uri_too_long", f"The request line is longer than {limit}."
-        return 431, "headers_too_large", f"The request's headers are longer than {limit}."
+    def _too_large(self, size: int) -> tuple[int, str, str]:
+        """414 when the request line makes most of the ``size`` bytes of head, else 431."""
+        limit = f"the limit of {self.max_head_bytes} bytes"
+        if not self.headers or 2 * len(self.url) >= size:
+            return 414, "uri_too_long", f"The request line is over {limit}."
+        return 431, "headers_too_large", f"The request's headers are over {limit}."
 
     def _request_timed_out(self) -> None:
         self._deadline = None
