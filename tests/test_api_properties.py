@@ -672,7 +672,7 @@ GARBAGE = st.one_of(
     st.builds(
         lambda chunk, n: chunk * n,
         st.text(st.characters(codec="utf-8"), min_size=1, max_size=4),
-        st.integers(100, 1000),  # up to ~48 kB encoded: under the 64 kB request line
+        st.integers(100, 300),  # up to ~14 kB encoded: under the 16 KiB head limit
     ),
 )
 QUERY_PARAMETERS = {

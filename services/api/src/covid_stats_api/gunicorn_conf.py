@@ -16,8 +16,13 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
-# uvicorn-worker's class (uvloop and httptools: "auto" picks them), with a drain on shutdown
-# that drops no request on a stop, a reload or a recycle (see covid_stats_api.worker).
+# uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.http_limits
+# (uvicorn's httptools protocol with a bounded request head, HTTP_MAX_REQUEST_HEAD_BYTES, a
+# request deadline, HTTP_REQUEST_TIMEOUT_SECONDS, and an idle timer on new connections), with
+# a drain on shutdown that drops no request on a stop, a reload or a recycle (see
+# covid_stats_api.worker). gunicorn's own limit_request_line / limit_request_fields /
+# limit_request_field_size bound only gunicorn's sync-style workers' parser: they do nothing
+# for uvicorn workers.
 worker_class = "covid_stats_api.worker.DrainingUvicornWorker"
 
 # A worker silent for this long is killed and replaced.
@@ -28,6 +33,9 @@ graceful_timeout = _settings.gunicorn_graceful_timeout_seconds
 # Idle keep-alive connections are held this long: longer than a load balancer's own idle
 # timeout is what avoids resets on reused connections.
 keepalive = _settings.gunicorn_keepalive_seconds
+# Peers trusted to name the client in X-Forwarded-For (uvicorn's proxy headers middleware
+# then sets the client address the rate limit counts by). Only the ingress or load balancer.
+forwarded_allow_ips = _settings.forwarded_allow_ips
 # Workers are recycled after this many requests (+ a random jitter so they do not all
 # restart at once): bounds the damage of a slow leak. 0 turns it off. Recycling closes the
 # worker's keep-alive connections, so it must be rare at this service's rates: 1,000,000 is

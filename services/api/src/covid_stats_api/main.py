@@ -35,6 +35,7 @@ from covid_stats_api.fastpath import FastPath
 from covid_stats_api.hot import HotCache, HotWatcher
 from covid_stats_api.metrics import RequestMetrics
 from covid_stats_api.queries import QueryService
+from covid_stats_api.ratelimit import RateLimit
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging
@@ -150,16 +151,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def create_asgi(
     settings: Settings | None = None, tracer_provider: TracerProvider | None = None
 ) -> ASGIApp:
-    """The served application: request metrics around hot documents from memory, and
-    everything else by FastAPI; inside a server span per request when tracing is on
-    (``OTEL_*``, see ``covid_stats_runtime.tracing``; ``tracer_provider`` replaces the
-    environment's choice). Tracing off adds nothing to the request path."""
+    """The served application: request metrics around the rate limit (when one is set)
+    around hot documents from memory, and everything else by FastAPI; inside a server span
+    per request when tracing is on (``OTEL_*``, see ``covid_stats_runtime.tracing``;
+    ``tracer_provider`` replaces the environment's choice). Tracing off adds nothing to the
+    request path."""
     settings = settings or get_settings()
     api = create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
+    app: ASGIApp = FastPath(api, api.state.hot)
+    if settings.rate_limit_per_minute:
+        app = RateLimit(
+            app,
+            lambda: api.state.api.stores.redis,
+            settings.redis_key_prefix,
+            settings.rate_limit_per_minute,
+        )
     served = RequestMetrics(
-        FastPath(api, api.state.hot),
+        app,
         access_log_sample_rate=settings.access_log_sample_rate,
         traced=tracer_provider is not None,
     )

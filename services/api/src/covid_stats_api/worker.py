@@ -30,7 +30,8 @@ from gunicorn.arbiter import Arbiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import Server
-from uvicorn_worker import UvicornWorker
+
+from covid_stats_api.http_limits import UvicornWorker
 
 _CLOSE = (b"connection", b"close")
 
@@ -79,7 +80,9 @@ class DrainingServer(Server):
         await super().shutdown(sockets)
 
 
-class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
+class DrainingUvicornWorker(UvicornWorker):
+    """The request-limited uvicorn worker (``http_limits``), draining before it stops."""
+
     async def _serve(self) -> None:
         drain = Drain(self.wsgi)
         self.config.app = drain

@@ -23,13 +23,16 @@ class Settings(BaseSettings):
     min_jurisdictions_ratio: float = Field(default=0.9, gt=0, le=1)
     max_future_days: int = Field(default=1, ge=0)
 
-    redis_url: str = "redis://localhost:6379/0"
+    # repr=False: a URL may carry a password; it stays out of any printed Settings.
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     redis_key_prefix: str = "covid-stats"
     snapshot_grace_seconds: int = Field(default=300, ge=1)
     redis_check_interval_seconds: float = Field(default=5.0, gt=0)
     leader_lease_seconds: float = Field(default=15.0, ge=1)
 
-    database_url: str = "postgresql://covid_stats@localhost:5432/covid_stats"
+    database_url: str = Field(
+        default="postgresql://covid_stats@localhost:5432/covid_stats", repr=False
+    )
     db_pool_max_size: int = Field(default=4, ge=1)
 
     fetcher_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces

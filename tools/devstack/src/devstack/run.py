@@ -2,10 +2,14 @@
 
 Starts, in order: throwaway Redis and PostgreSQL (unless ``REDIS_URL`` / ``DATABASE_URL``
 are set), the migrations, the replay upstream (unless ``UPSTREAM_BASE_URL`` is set), the
-stats-fetcher and the api under gunicorn. Prints the URLs once the api is ready. On Ctrl-C
-(SIGINT) or SIGTERM, or when any of them exits, stops everything in reverse order. Every
-child dies with this process even if it is SIGKILLed (``PR_SET_PDEATHSIG``), so a later run
-starts cleanly. Each child's output is printed with its name in front.
+stats-fetcher and the api under gunicorn. The throwaway servers get random passwords, new at
+each run; the services get them in their URLs, and ``<state dir>/stores.env`` (readable by
+the user only) holds those URLs for a developer's own tools. Neither they nor the refresh
+token is ever printed: URLs are shown with ``***`` for the password. Prints the URLs once
+the api is ready. On Ctrl-C (SIGINT) or SIGTERM, or when any of them exits, stops everything
+in reverse order. Every child dies with this process even if it is SIGKILLed
+(``PR_SET_PDEATHSIG``), so a later run starts cleanly. Each child's output is printed with
+its name in front.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from types import FrameType
 from typing import IO
 
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
-from devstack.servers import LocalPostgres, LocalRedis
+from devstack.servers import LocalPostgres, LocalRedis, redact_url
 
 # Defaults of `make run` that differ from the services' own (container) defaults.
 LOCAL_DEFAULTS = {"API_HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}
@@ -110,22 +114,35 @@ def _local_url(host: str, port: str) -> str:
     return f"http://{host}:{port}"
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only the user may read, created so from the start (no window)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def start(stack: Stack, state_dir: Path) -> str:
     """Start everything; returns the api's base URL."""
     env = stack.env
     python = sys.executable
+    stores_env = state_dir / "stores.env"
+    stores_env.unlink(missing_ok=True)
+    local: dict[str, str] = {}
     if "REDIS_URL" not in env:
-        redis = LocalRedis(state_dir)
+        redis = LocalRedis(state_dir, password=secrets.token_urlsafe(24))
         stack.servers.append(redis)
         redis.start()
-        env["REDIS_URL"] = redis.url
-        print(f"devstack | local Redis      {redis.url}", flush=True)
+        env["REDIS_URL"] = local["REDIS_URL"] = redis.url
+        print(f"devstack | local Redis      {redis.display_url}", flush=True)
     if "DATABASE_URL" not in env:
-        postgres = LocalPostgres(state_dir)
+        postgres = LocalPostgres(state_dir, password=secrets.token_urlsafe(24))
         stack.servers.append(postgres)
         postgres.start()
-        env["DATABASE_URL"] = postgres.url
-        print(f"devstack | local PostgreSQL {postgres.url}", flush=True)
+        env["DATABASE_URL"] = local["DATABASE_URL"] = postgres.url
+        print(f"devstack | local PostgreSQL {postgres.display_url}", flush=True)
+    if local:
+        _write_private(stores_env, "".join(f"{k}={v}\n" for k, v in local.items()))
 
     migrate = subprocess.run(
         [python, "-m", "stats_fetcher", "migrate"], env=env, check=False, capture_output=True
@@ -153,8 +170,7 @@ def start(stack: Stack, state_dir: Path) -> str:
     if "REFRESH_TOKEN" not in env:
         # A throwaway token for this run, kept in a file only the user can read (never printed).
         token_file = state_dir / "refresh-token"
-        token_file.write_text(secrets.token_urlsafe(32))
-        token_file.chmod(0o600)
+        _write_private(token_file, secrets.token_urlsafe(32))
         env["REFRESH_TOKEN"] = token_file.read_text()
     fetcher = stack.spawn("fetcher", [python, "-m", "stats_fetcher", "run"])
     wait_until(
@@ -211,13 +227,20 @@ def main(argv: list[str] | None = None) -> int:
         fetcher_url = _local_url(stack.env["FETCHER_HOST"], stack.env["FETCHER_PORT"])
         token_file = state_dir / "refresh-token"
         token_hint = f", the token is in {token_file}" if token_file.exists() else ""
+        stores_env = state_dir / "stores.env"
+        stores_hint = (
+            f"  stores:   REDIS_URL and DATABASE_URL, with their passwords, are in {stores_env}\n"
+            if stores_env.exists()
+            else ""
+        )
         print(
             f"\ncovid-stats is running:\n"
             f"  {base}/covid-stats\n  {base}/v1/us/current.json\n"
             f"  {base}/v1/states/current.json\n  {base}/docs\n"
-            f"  upstream: {stack.env['UPSTREAM_BASE_URL']}\n"
+            f"  upstream: {redact_url(stack.env['UPSTREAM_BASE_URL'])}\n"
             f"  fetcher:  {fetcher_url}/metrics  (POST {fetcher_url}/refresh with "
             f"'Authorization: Bearer <token>'{token_hint})\n"
+            f"{stores_hint}"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -17,6 +17,14 @@ FOR LOCAL DEVELOPMENT AND TESTS ONLY: PostgreSQL is initialised with ``--auth=tr
 who can reach 127.0.0.1:<port> may log in as ``postgres`` without a password) and runs with
 ``fsync=off``; Redis has no password. Never expose these ports or reuse the data.
 
+With ``password=`` both require it instead (``make run`` gives them random ones): Redis through
+``requirepass`` in a config file only its owner may read (never on its command line), and
+PostgreSQL through SCRAM-SHA-256 for every connection (an ``hba_file`` of our own). The
+``postgres`` role's password is set at each start, before the server accepts connections, in
+single-user mode and as a SCRAM verifier, so the server never sees the password itself (nor
+its log, whatever statement logging is on). Their :attr:`url` carries the password (URL
+encoded); print :attr:`display_url`, which hides it. Passwords are ASCII.
+
 PostgreSQL refuses to run as root. When running as root, ``initdb`` and ``postgres`` run as the
 unprivileged system user ``covidstats-pg`` (created with ``useradd`` when missing); the data
 directory is given to that user and ``o+x`` is added to every parent directory of the data
@@ -28,6 +36,9 @@ Instances are not thread-safe, and should be started from a long-lived thread (s
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib.util
 import logging
 import os
@@ -59,7 +70,9 @@ __all__ = [
     "LocalRedis",
     "ServerStartError",
     "pg_bin_dir",
+    "redact_url",
     "redis_server_binary",
+    "scram_sha_256_verifier",
 ]
 
 log = logging.getLogger("devstack")
@@ -83,6 +96,39 @@ class ServerStartError(RuntimeError):
             f"{server} failed to start: {reason}\n"
             f"--- last lines of {log_path} ---\n{log_tail or '(log is empty)'}"
         )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for printing)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def scram_sha_256_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802, 7677), what
+    ``ALTER ROLE ... PASSWORD`` accepts in place of the password itself (ASCII passwords:
+    PostgreSQL's SASLprep leaves them unchanged)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _check_password(password: str | None) -> None:
+    if password is not None and not (password.isascii() and password.isprintable()):
+        raise ValueError("passwords must be printable ASCII")
+    if password is not None and ('"' in password or "\\" in password or not password):
+        raise ValueError('passwords must be non-empty and hold no " or \\')
 
 
 def _package_dir(name: str) -> Path:
@@ -125,6 +171,11 @@ class _Server:
         self.log_path = self.state_dir / "logs" / f"{self._name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` with the password hidden."""
+        return redact_url(self.url)
 
     @property
     def pid(self) -> int:
@@ -250,11 +301,19 @@ class LocalRedis(_Server):
     _stop_signal = signal.SIGTERM
 
     def __init__(
-        self, state_dir: Path, port: int | None = None, *, maxclients: int = 10000
+        self,
+        state_dir: Path,
+        port: int | None = None,
+        *,
+        maxclients: int = 10000,
+        password: str | None = None,
     ) -> None:
         super().__init__(state_dir, port)
+        _check_password(password)
         self.dir = self.state_dir / "redis"
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.maxclients = _cap_maxclients(maxclients)
 
     def start(self, timeout: float = 20.0) -> None:
@@ -264,8 +323,15 @@ class LocalRedis(_Server):
         t0, deadline = begun
         self.dir.mkdir(parents=True, exist_ok=True)
         _stop_strays(self.dir, "redis-server", signal.SIGTERM, max(1.0, deadline - t0))
+        # The config file holds the password (if any): only its owner may read it.
+        config = self.dir / "redis.conf"
+        config.unlink(missing_ok=True)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{self.password}"\n' if self.password else "")
         argv = [
             str(redis_server_binary()),
+            str(config),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -289,6 +355,7 @@ class LocalRedis(_Server):
             socket_timeout=0.5,
             retry=Retry(NoBackoff(), 0),
             driver_info=None,
+            password=self.password,
         )
         try:
             client.ping()
@@ -339,16 +406,23 @@ class LocalPostgres(_Server):
         database: str = "covid_stats",
         max_connections: int = 200,
         settings: dict[str, str] | None = None,
+        *,
+        password: str | None = None,
     ) -> None:
-        """``settings``: more server settings (``-c name=value``), e.g. statement logging."""
+        """``settings``: more server settings (``-c name=value``), e.g. statement logging.
+        ``password``: the ``postgres`` role's, then required for every connection."""
         super().__init__(state_dir, port)
+        _check_password(password)
         self.database = database
         self.max_connections = max_connections
         self.settings = dict(settings or {})
+        self.password = password
         self.root = self.state_dir / "postgres"
         self.data_dir = self.root / "data"
+        self.hba_file = self.root / "pg_hba.password.conf"
         quoted_db = urllib.parse.quote(database, safe="")
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{quoted_db}"
+        auth = f":{urllib.parse.quote(password, safe='')}" if password else ""
+        self.url = f"postgresql://postgres{auth}@127.0.0.1:{self.port}/{quoted_db}"
         sock = self.data_dir / f".s.PGSQL.{self.port}"
         self.socket_dir: Path | None = (
             self.data_dir if len(os.fsencode(sock)) <= _MAX_SOCKET_PATH else None
@@ -374,6 +448,10 @@ class LocalPostgres(_Server):
         self._stop_leftovers(max(1.0, deadline - time.monotonic()))
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir, run_as, deadline)
+        auth: list[str] = []
+        if self.password is not None:
+            self._set_password(bin_dir, run_as, deadline)
+            auth = ["-c", f"hba_file={self.hba_file}"]
         t_init = time.monotonic()
 
         argv = [
@@ -386,6 +464,7 @@ class LocalPostgres(_Server):
             "-c", "synchronous_commit=off",
             "-c", "full_page_writes=off",
             "-c", f"max_connections={self.max_connections}",
+            *auth,
             *(arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")),
         ]  # fmt: skip
         self._spawn(argv, signal.SIGINT, cwd=self.root, env=_pg_env(), **_user_kwargs(run_as))
@@ -473,6 +552,40 @@ class LocalPostgres(_Server):
             raise self._error(f"initdb exited with code {result.returncode}")
         scratch.rename(self.data_dir)
 
+    def _set_password(self, bin_dir: Path, run_as: _RunAs | None, deadline: float) -> None:
+        """Give the ``postgres`` role the password (as a SCRAM verifier) in single-user mode,
+        before the server listens, and write the hba file that requires it everywhere."""
+        assert self.password is not None
+        self.hba_file.write_text(
+            "# devstack: every connection authenticates with the password (SCRAM-SHA-256)\n"
+            "local all all scram-sha-256\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
+        self.hba_file.chmod(0o644)  # no secret in it; the server's user must read it
+        verifier = scram_sha_256_verifier(self.password)
+        argv = [str(bin_dir / "postgres"), "--single", "-D", str(self.data_dir), "postgres"]
+        with self._open_log() as logf:
+            logf.write(b"\n=== devstack: setting the postgres role's password (single-user)\n")
+            logf.flush()
+            try:
+                result = subprocess.run(
+                    argv,
+                    input=f"ALTER ROLE postgres PASSWORD '{verifier}'\n".encode(),
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.root,
+                    env=_pg_env(),
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    check=False,
+                    preexec_fn=procs.pdeathsig_preexec(signal.SIGTERM),
+                    **_user_kwargs(run_as),
+                )
+            except subprocess.TimeoutExpired:
+                raise self._error("setting the password timed out") from None
+        if result.returncode != 0:
+            raise self._error(f"setting the password failed (exit code {result.returncode})")
+
     def _postmaster_ready(self) -> bool:
         # postgres rewrites postmaster.pid on start; line 8 becomes "ready" once it accepts
         # connections. Check the pid too, so a stale file from a killed run is not trusted.
@@ -498,11 +611,14 @@ class LocalPostgres(_Server):
             "-d", "postgres",
         ]  # fmt: skip
         try:
+            env = _pg_env()
+            if self.password is not None:
+                env["PGPASSWORD"] = self.password  # libpq's variable: not on the command line
             result = subprocess.run(
                 argv,
                 input=script.encode(),
                 capture_output=True,
-                env=_pg_env(),
+                env=env,
                 timeout=max(1.0, deadline - time.monotonic()),
                 check=False,
             )

@@ -69,6 +69,13 @@ def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Not found"},
     422: {"model": ErrorBody, "description": "A parameter is malformed; `parameter` names it"},
+    # Answered by the server before any route (covid_stats_api.http_limits, ratelimit).
+    414: {"model": ErrorBody, "description": "The request line is over the head size limit"},
+    429: {
+        "model": ErrorBody,
+        "description": "Over RATE_LIMIT_PER_MINUTE (when set); retry after `Retry-After` seconds",
+    },
+    431: {"model": ErrorBody, "description": "The headers are over the head size limit"},
     503: {
         "model": ErrorBody,
         "description": "No data yet; retry after the `Retry-After` header's seconds",

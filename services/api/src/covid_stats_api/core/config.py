@@ -16,13 +16,16 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     web_concurrency: int = Field(default=2, ge=1, description="gunicorn worker processes")
 
-    redis_url: str = "redis://localhost:6379/0"
+    # repr=False: a URL may carry a password; it stays out of any printed Settings.
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     redis_key_prefix: str = "covid-stats"
     redis_pool_size: int = Field(default=32, ge=1, description="connections per worker")
     redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_socket_timeout_seconds: float = Field(default=1.0, gt=0)
 
-    database_url: str = "postgresql://covid_stats@localhost:5432/covid_stats"
+    database_url: str = Field(
+        default="postgresql://covid_stats@localhost:5432/covid_stats", repr=False
+    )
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1, description="connections per worker")
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -39,6 +42,15 @@ class Settings(BaseSettings):
     gunicorn_keepalive_seconds: int = Field(default=5, ge=1)
     gunicorn_max_requests: int = Field(default=1_000_000, ge=0)
     gunicorn_max_requests_jitter: int = Field(default=100_000, ge=0)
+    # Bounds of every connection (see covid_stats_api.http_limits).
+    http_max_request_head_bytes: int = Field(default=16384, ge=1024)
+    http_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Peers whose X-Forwarded-For names the client (the rate limit's key); gunicorn's own
+    # FORWARDED_ALLOW_IPS, with its default. "*" trusts every peer.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Requests per minute per client address, across workers and pods (0: no limit).
+    rate_limit_per_minute: int = Field(default=0, ge=0, le=60000)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of requests in the access log, 0 = off"
