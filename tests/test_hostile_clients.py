@@ -193,13 +193,21 @@ def test_pipelined_requests_are_served_and_an_oversized_one_among_them_is_refuse
 
 
 async def _trickle(
-    port: int, prefix: bytes, data: bytes, interval: float, give_up: float
+    port: int,
+    prefix: bytes,
+    data: bytes,
+    interval: float,
+    give_up: float,
+    sending: asyncio.Semaphore | None = None,
 ) -> tuple[float, Answer]:
     """Send ``prefix``, then ``data`` one byte every ``interval`` s, until the server closes
-    the connection; returns the seconds that took and the answer."""
+    the connection; returns the seconds that took and the answer. ``sending`` is released
+    once the connection is open and its first bytes are written."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.monotonic()
     writer.write(prefix)
+    if sending is not None:
+        sending.release()
     received = bytearray()
 
     async def read() -> None:
@@ -247,12 +255,16 @@ def test_slowloris_clients_are_cut_off_and_others_are_still_served(
     give_up = 30.0
 
     async def attack() -> tuple[list[tuple[float, Answer]], list[float]]:
-        slow = [_trickle(api.port, b"", slow_head, 0.2, give_up) for _ in range(60)]
+        connected = asyncio.Semaphore(0)
+        slow = [_trickle(api.port, b"", slow_head, 0.2, give_up, connected) for _ in range(60)]
         slow += [
-            _trickle(api.port, body_head.encode(), b"b" * 100_000, 0.2, give_up) for _ in range(10)
+            _trickle(api.port, body_head.encode(), b"b" * 100_000, 0.2, give_up, connected)
+            for _ in range(10)
         ]
         tasks = [asyncio.ensure_future(t) for t in slow]
-        await asyncio.sleep(0.5)  # pacing: the slow clients are connected and trickling
+        async with asyncio.timeout(10):  # every slow client connected and sending
+            for _ in tasks:
+                await connected.acquire()
         latencies = await _normal_requests(api.base, 40)
         return await asyncio.gather(*tasks), latencies
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from devstack.procs import wait_until
+
 
 @dataclass(frozen=True, slots=True)
 class Unique:
@@ -252,30 +254,33 @@ class Load:
     ) -> Outcome:
         """The first outcome started at or after ``since`` that satisfies ``predicate``,
         waiting up to ``timeout`` seconds for it to be recorded."""
-        deadline = time.monotonic() + timeout
         seen = 0
-        while True:
+        found: list[Outcome] = []
+
+        def recorded() -> bool:
+            nonlocal seen
+            self._raise_if_failed()
             with self._lock:
                 fresh = self._outcomes[seen:]
                 seen = len(self._outcomes)
-            for outcome in fresh:
-                if outcome.started >= since and predicate(outcome):
-                    return outcome
-            if self._error is not None:
-                raise RuntimeError("the load generator failed") from self._error
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-            time.sleep(0.02)
+            found.extend(o for o in fresh if o.started >= since and predicate(o))
+            return bool(found)
+
+        wait_until(recorded, timeout, interval=0.02, what=what)
+        return found[0]
 
     def wait_requests(self, count: int, timeout: float, *, since: float = -math.inf) -> None:
         """Wait until ``count`` requests started after ``since`` have finished."""
-        deadline = time.monotonic() + timeout
-        while sum(1 for o in self.outcomes() if o.started >= since) < count:
-            if self._error is not None:
-                raise RuntimeError("the load generator failed") from self._error
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:g}s waiting for {count} requests")
-            time.sleep(0.02)
+
+        def finished() -> bool:
+            self._raise_if_failed()
+            return sum(1 for o in self.outcomes() if o.started >= since) >= count
+
+        wait_until(finished, timeout, interval=0.02, what=f"{count} requests")
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("the load generator failed") from self._error
 
 
 def in_flight_at(outcomes: Iterable[Outcome], moment: float) -> list[Outcome]:
