@@ -268,3 +268,48 @@ def readme_settings() -> dict[str, set[str]]:
         if match := row.match(line):
             table.setdefault(match[2], set()).add(match[1])
     return table
+
+
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
+def selected_service(rendered: Rendered, monitor: dict[str, Any]) -> dict[str, Any]:
+    """The one (non-headless) Service of the render a ServiceMonitor selects."""
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = [
+        s
+        for s in rendered.of_kind("Service")
+        if selector.items() <= s["metadata"].get("labels", {}).items()
+        and s["spec"].get("clusterIP") != "None"
+    ]
+    assert len(services) == 1, f"{monitor['metadata']['name']} selects {len(services)} Services"
+    return services[0]
+
+
+def operator_job(rendered: Rendered, monitor: dict[str, Any], endpoint: dict[str, Any]) -> str:
+    """The `job` label prometheus-operator gives the targets of one ServiceMonitor endpoint:
+    the Service's name, or the value of the Service label named by spec.jobLabel; then the
+    endpoint's own relabelings, which the operator appends after its own (only `replace` of a
+    fixed value into `job` is modelled: anything else that touches `job` fails here)."""
+    service = selected_service(rendered, monitor)
+    job = str(service["metadata"]["name"])
+    if monitor["spec"].get("jobLabel"):
+        job = str(service["metadata"]["labels"].get(monitor["spec"]["jobLabel"], job))
+    for relabel in endpoint.get("relabelings", []):
+        if relabel.get("targetLabel") != "job":
+            continue
+        assert relabel.get("action", "replace") == "replace", relabel
+        assert not relabel.get("sourceLabels"), f"job from source labels: {relabel}"
+        job = str(relabel["replacement"])
+    return job
+
+
+def operator_jobs(rendered: Rendered) -> dict[str, str]:
+    """{component: job} for every ServiceMonitor of the render (one job per component)."""
+    jobs: dict[str, str] = {}
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        component = selected_service(rendered, monitor)["metadata"]["labels"][COMPONENT_LABEL]
+        found = {operator_job(rendered, monitor, ep) for ep in monitor["spec"]["endpoints"]}
+        assert len(found) == 1, f"{component}: endpoints with different jobs {found}"
+        jobs[component] = found.pop()
+    return jobs

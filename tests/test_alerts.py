@@ -1,9 +1,11 @@
-"""The Prometheus alerts and the Grafana dashboard in deploy/helm/covid-stats/files/.
+"""The Prometheus alerts and the Grafana dashboard in deploy/helm/covid-stats/files/, as the
+chart renders them (PrometheusRule, dashboard ConfigMap), job names included.
 
-Runs the real promtool (`.ci/install-tools` installs it): `promtool check rules` on the rules,
-`promtool test rules` on their unit tests, and `promtool check rules` on every dashboard query
-(wrapped as recording rules) so each one parses as PromQL. Every metric name the files use must
-be one the api or the stats-fetcher exports.
+Runs the real promtool (`.ci/install-tools` installs it): `promtool check rules` on the rendered
+rules, `promtool test rules` on their unit tests, and `promtool check rules` on every dashboard
+query (wrapped as recording rules) so each one parses as PromQL. Every metric name the files use
+must be one the api or the stats-fetcher exports, and every job they select must be one the
+chart's ServiceMonitors give the targets (derived from the render, as prometheus-operator does).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+
+from deploy_support import RELEASE, Rendered, operator_jobs, render
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = REPO / "deploy" / "helm" / "covid-stats" / "files"
@@ -25,6 +30,18 @@ ALERTS = FILES / "alerts.yaml"
 ALERT_TESTS = FILES / "alerts.test.yaml"
 DASHBOARD = FILES / "dashboard.json"
 INSTALL_TOOLS = REPO / ".ci" / "install-tools"
+# The job placeholders of the files, by the component whose job they stand for.
+PLACEHOLDERS = {"@API_JOB@": "api", "@FETCHER_JOB@": "stats-fetcher"}
+MONITORING = {
+    "metrics.serviceMonitor.enabled": True,
+    "metrics.prometheusRule.enabled": True,
+    "metrics.grafanaDashboard.enabled": True,
+}
+# The chart's default job names, and names of a user's choosing.
+JOB_VALUES = {
+    "default": {},
+    "renamed": {"metrics.jobs.api": "shop_api", "metrics.jobs.statsFetcher": "shop:fetcher-1"},
+}
 
 # What the services export (stats_fetcher/metrics.py and the api's metrics).
 FETCHER_METRICS = {
@@ -97,17 +114,49 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    groups = load_yaml(ALERTS)["groups"]
-    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+@dataclass
+class Monitoring:
+    """What the chart renders for Prometheus and Grafana under one set of values: the jobs its
+    ServiceMonitors give the targets, the PrometheusRule's groups written as a rule file
+    (alerts.yaml) beside the unit tests with their placeholders set to those jobs
+    (alerts.test.yaml), and the dashboard."""
+
+    jobs: dict[str, str]
+    folder: Path
+    groups: list[dict[str, Any]]
+    dashboard: dict[str, Any]
+
+    @property
+    def rules(self) -> list[dict[str, Any]]:
+        return [rule for group in self.groups for rule in group["rules"] if "alert" in rule]
+
+    @property
+    def panels(self) -> list[dict[str, Any]]:
+        panels: list[dict[str, Any]] = []
+        for panel in self.dashboard["panels"]:
+            panels.append(panel)
+            panels.extend(panel.get("panels", []))  # a collapsed row holds its panels
+        return panels
 
 
-def dashboard_panels() -> list[dict[str, Any]]:
-    panels: list[dict[str, Any]] = []
-    for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))  # a collapsed row holds its panels
-    return panels
+def monitoring_of(rendered: Rendered, folder: Path) -> Monitoring:
+    jobs = operator_jobs(rendered)
+    assert set(jobs) == set(PLACEHOLDERS.values()), jobs
+    (rule,) = rendered.of_kind("PrometheusRule")
+    groups = rule["spec"]["groups"]
+    (folder / ALERTS.name).write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    tests = ALERT_TESTS.read_text()
+    for placeholder, component in PLACEHOLDERS.items():
+        tests = tests.replace(placeholder, jobs[component])
+    (folder / ALERT_TESTS.name).write_text(tests)
+    config = rendered.get("ConfigMap", f"{RELEASE}-dashboard")
+    return Monitoring(jobs, folder, groups, json.loads(config["data"]["covid-stats.json"]))
+
+
+@pytest.fixture(scope="module", params=list(JOB_VALUES))
+def monitoring(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rendered = render(values={**MONITORING, **JOB_VALUES[request.param]})
+    return monitoring_of(rendered, tmp_path_factory.mktemp(request.param))
 
 
 def unknown_metric_names(text: str) -> set[str]:
@@ -134,20 +183,20 @@ def test_install_tools_is_an_executable_idempotent_script(promtool: str) -> None
 # --- alerts.yaml ------------------------------------------------------------------------------
 
 
-def test_promtool_check_rules(promtool: str) -> None:
-    result = run(promtool, "check", "rules", ALERTS.name)
+def test_promtool_check_rules(promtool: str, monitoring: Monitoring) -> None:
+    result = run(promtool, "check", "rules", ALERTS.name, cwd=monitoring.folder)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-def test_promtool_test_rules(promtool: str) -> None:
-    result = run(promtool, "test", "rules", ALERT_TESTS.name)
+def test_promtool_test_rules(promtool: str, monitoring: Monitoring) -> None:
+    result = run(promtool, "test", "rules", ALERT_TESTS.name, cwd=monitoring.folder)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-def test_the_alerts_asked_for_are_there() -> None:
-    exprs = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+def test_the_alerts_asked_for_are_there(monitoring: Monitoring) -> None:
+    exprs = {rule["alert"]: rule["expr"] for rule in monitoring.rules}
     wanted = {
         "CovidStatsDataStale": "covid_stats_fetcher_data_age_seconds",
         "CovidStatsApiDataStale": "covid_stats_api_data_age_seconds",
@@ -162,12 +211,41 @@ def test_the_alerts_asked_for_are_there() -> None:
     assert "3 * 300" in exprs["CovidStatsDataStale"]  # 3 refresh intervals of 300 s
     assert 'status=~"5.."' in exprs["CovidStatsApiHighErrorRatio"]
     assert "histogram_quantile(0.99" in exprs["CovidStatsApiHighLatencyP99"]
-    assert "covid-stats-api" in exprs["CovidStatsTargetDown"]
-    assert "covid-stats-fetcher" in exprs["CovidStatsTargetDown"]
 
 
-def test_every_alert_has_for_severity_summary_description_and_runbook() -> None:
-    rules = alert_rules()
+def _selected_jobs(expr: str) -> set[str]:
+    """The jobs a PromQL expression's `job=` and `job=~` matchers name."""
+    jobs: set[str] = set()
+    for value in re.findall(r'\bjob=~?"([^"]*)"', expr):
+        jobs.update(value.split("|"))
+    return jobs
+
+
+def test_the_rules_and_the_dashboard_select_the_jobs_the_servicemonitors_give(
+    monitoring: Monitoring,
+) -> None:
+    """Each target rule selects exactly the jobs prometheus-operator gives the chart's targets
+    (the alert stays silent, or fires forever, the day they differ); no placeholder is left."""
+    jobs = set(monitoring.jobs.values())
+    for rule in monitoring.rules:
+        assert "@" not in rule["expr"], rule["alert"]
+        if "up{" in rule["expr"]:
+            assert _selected_jobs(rule["expr"]) == jobs, rule["alert"]
+    dashboard = json.dumps(monitoring.dashboard)
+    assert "@" not in dashboard
+    queries = [t["expr"] for p in monitoring.panels for t in p.get("targets", [])]
+    queries += [v["query"] for v in monitoring.dashboard["templating"]["list"] if v.get("query")]
+    up_queries = [q if isinstance(q, str) else q["query"] for q in queries]
+    up_queries = [q for q in up_queries if "up{" in q]
+    assert up_queries
+    for query in up_queries:
+        assert _selected_jobs(query) == jobs, query
+
+
+def test_every_alert_has_for_severity_summary_description_and_runbook(
+    monitoring: Monitoring,
+) -> None:
+    rules = monitoring.rules
     assert rules
     names = [rule["alert"] for rule in rules]
     assert len(names) == len(set(names)), "alert names must be unique"
@@ -179,15 +257,15 @@ def test_every_alert_has_for_severity_summary_description_and_runbook() -> None:
             assert rule["annotations"].get(key, "").strip(), f"{name}: no {key} annotation"
 
 
-def test_every_alert_is_tested_firing_and_not_firing() -> None:
-    suite = load_yaml(ALERT_TESTS)
+def test_every_alert_is_tested_firing_and_not_firing(monitoring: Monitoring) -> None:
+    suite = load_yaml(monitoring.folder / ALERT_TESTS.name)
     assert suite["rule_files"] == [ALERTS.name]
     firing: set[str] = set()
     silent: set[str] = set()
     for case in suite["tests"]:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else silent).add(check["alertname"])
-    alerts = {rule["alert"] for rule in alert_rules()}
+    alerts = {rule["alert"] for rule in monitoring.rules}
     assert alerts - firing == set(), "alerts without a case where they fire"
     assert alerts - silent == set(), "alerts without a case where they do not fire"
     assert (firing | silent) - alerts == set(), "tests of alerts that do not exist"
@@ -203,8 +281,10 @@ def test_the_rules_and_their_tests_use_only_exported_metric_names(path: Path) ->
 # --- dashboard.json ---------------------------------------------------------------------------
 
 
-def test_dashboard_loads_with_a_datasource_variable_and_the_panels() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
+def test_dashboard_loads_with_a_datasource_variable_and_the_panels(
+    monitoring: Monitoring,
+) -> None:
+    dashboard = monitoring.dashboard
     assert dashboard["schemaVersion"] >= 36
     assert dashboard["uid"]
     assert dashboard["title"]
@@ -212,7 +292,7 @@ def test_dashboard_loads_with_a_datasource_variable_and_the_panels() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
 
-    panels = dashboard_panels()
+    panels = monitoring.panels
     titles = {panel["title"] for panel in panels}
     assert DASHBOARD_PANELS - titles == set(), "panels missing from the dashboard"
     assert any(panel["type"] == "row" for panel in panels)
@@ -232,9 +312,9 @@ def test_dashboard_loads_with_a_datasource_variable_and_the_panels() -> None:
             assert target["expr"].strip(), panel["title"]
 
 
-def test_dashboard_panels_do_not_overlap() -> None:
+def test_dashboard_panels_do_not_overlap(monitoring: Monitoring) -> None:
     taken: dict[tuple[int, int], str] = {}
-    for panel in dashboard_panels():
+    for panel in monitoring.panels:
         pos = panel["gridPos"]
         for x in range(pos["x"], pos["x"] + pos["w"]):
             for y in range(pos["y"], pos["y"] + pos["h"]):
@@ -242,26 +322,38 @@ def test_dashboard_panels_do_not_overlap() -> None:
                 taken[(x, y)] = panel["title"]
 
 
-def test_dashboard_uses_only_exported_metric_names() -> None:
-    exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
+def test_dashboard_uses_only_exported_metric_names(monitoring: Monitoring) -> None:
+    exprs = [t["expr"] for p in monitoring.panels for t in p.get("targets", [])]
     for expr in exprs:
         assert METRIC_NAME.search(expr) or "up{" in expr, expr
         assert unknown_metric_names(expr) == set(), expr
     assert unknown_metric_names(DASHBOARD.read_text()) == set()
 
 
-def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
-    grafana_variables = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
-    rules = []
-    for panel in dashboard_panels():
+# Grafana's variables in the dashboard's queries, as a Prometheus-only client sets them.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
+
+
+def dashboard_queries(dashboard_panels: list[dict[str, Any]]) -> dict[str, str]:
+    """{"<panel id>_<refId>": the PromQL query with Grafana's variables set} of every panel."""
+    queries = {}
+    for panel in dashboard_panels:
         for target in panel.get("targets", []):
             expr = target["expr"]
-            for variable, value in grafana_variables.items():
+            for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
             assert "$" not in expr, f"unknown Grafana variable in {target['expr']}"
-            rules.append(
-                {"record": f"dashboard_panel_{panel['id']}_{target['refId']}", "expr": expr}
-            )
+            queries[f"{panel['id']}_{target['refId']}"] = expr
+    return queries
+
+
+def test_dashboard_queries_are_valid_promql(
+    promtool: str, monitoring: Monitoring, tmp_path: Path
+) -> None:
+    rules = [
+        {"record": f"dashboard_panel_{key}", "expr": expr}
+        for key, expr in dashboard_queries(monitoring.panels).items()
+    ]
     (tmp_path / "dashboard-queries.yaml").write_text(
         json.dumps({"groups": [{"name": "dashboard", "rules": rules}]})
     )

@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy_support import (
     CHART,
+    COMPONENT_LABEL,
     CRD_KINDS,
     K8S_DIR,
     KUBERNETES_VERSIONS,
@@ -52,11 +53,13 @@ from deploy_support import (
     dockerfile_stages,
     helm_template,
     last_instruction,
+    operator_jobs,
     optional_module,
     probes,
     readme_settings,
     render,
     run,
+    selected_service,
     stage_chain,
     tool,
     values_file,
@@ -155,30 +158,58 @@ def test_renders_and_plain_manifests_validate_strictly(
 def test_crd_resources_are_consistent(renders: dict[str, tuple[Rendered, Path]]) -> None:
     """What kubernetes-validate cannot check (no CRD schemas): the ServiceMonitors select a
     Service of ours by its labels and name its port; the PrometheusRule and the dashboard
-    carry files/alerts.yaml and files/dashboard.json as they are."""
+    carry files/alerts.yaml and files/dashboard.json with the job names those ServiceMonitors
+    give the targets in place of the files' placeholders, and nothing else changed."""
     rendered, _ = renders["ha"]
     monitors = rendered.of_kind("ServiceMonitor")
     assert monitors
     for monitor in monitors:
-        selector = monitor["spec"]["selector"]["matchLabels"]
-        services = [
-            s
-            for s in rendered.of_kind("Service")
-            if selector.items() <= s["metadata"]["labels"].items()
-            and s["spec"].get("clusterIP") != "None"
-        ]
-        assert len(services) == 1, monitor["metadata"]["name"]
-        port_names = {p["name"] for p in services[0]["spec"]["ports"]}
+        service = selected_service(rendered, monitor)
+        port_names = {p["name"] for p in service["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in port_names
             assert endpoint["path"].startswith("/")
-    rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    jobs = operator_jobs(rendered)
+
+    def filled(path: Path) -> str:
+        text = path.read_text()
+        for placeholder, component in (("@API_JOB@", "api"), ("@FETCHER_JOB@", "stats-fetcher")):
+            assert placeholder in text, path.name
+            text = text.replace(placeholder, jobs[component])
+        return text
+
+    rules = yaml.safe_load(filled(CHART / "files" / "alerts.yaml"))
     (rule,) = rendered.of_kind("PrometheusRule")
     assert rule["spec"]["groups"] == rules["groups"]
     dashboard = rendered.get("ConfigMap", f"{RELEASE}-dashboard")
     assert json.loads(dashboard["data"]["covid-stats.json"]) == json.loads(
-        (CHART / "files" / "dashboard.json").read_text()
+        filled(CHART / "files" / "dashboard.json")
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"metrics.jobs.api": "a", "metrics.jobs.statsFetcher": "f"}],
+    ids=["default-jobs", "renamed-jobs"],
+)
+def test_every_scrape_path_gives_the_same_job_names(values: dict[str, object]) -> None:
+    """metrics.jobs decides the job label on both scrape paths: prometheus-operator's (the
+    ServiceMonitors, derived as the operator does) and the pods' prometheus.io/job annotation
+    (the chart README's scrape config), and it is never the release-prefixed Service name."""
+    rendered = render(values={"metrics.serviceMonitor.enabled": True, **values})
+    jobs = operator_jobs(rendered)
+    assert set(jobs) == {"api", "stats-fetcher"}
+    for component, job in jobs.items():
+        (deployment,) = [
+            d
+            for d in rendered.of_kind("Deployment")
+            if rendered.pod_labels(d).get(COMPONENT_LABEL) == component
+        ]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/job"] == job, component
+    if values:
+        assert jobs == {"api": values["metrics.jobs.api"], "stats-fetcher": "f"}
 
 
 def test_plain_manifests_match_the_chart(tmp_path: Path) -> None:

@@ -331,3 +331,21 @@ OTEL_TRACES_SAMPLER: {{ $.Values.tracing.sampler | quote }}
 OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- end }}
 {{- end }}
+
+{{/* Prometheus job names: metrics.jobs decides them; every place that names a job takes it from
+     here. include "covid-stats.metricsJob" (list $ "api") / (list $ "stats-fetcher") */}}
+{{- define "covid-stats.metricsJob" -}}
+{{- $ctx := index . 0 -}}
+{{- $jobs := $ctx.Values.metrics.jobs -}}
+{{- get (dict "api" $jobs.api "stats-fetcher" $jobs.statsFetcher) (index . 1) -}}
+{{- end -}}
+
+{{/* A monitoring file (files/alerts.yaml, files/dashboard.json) with its job placeholders,
+     @API_JOB@ and @FETCHER_JOB@, replaced by the job names of metrics.jobs.
+     include "covid-stats.monitoringFile" (list $ "files/alerts.yaml") */}}
+{{- define "covid-stats.monitoringFile" -}}
+{{- $ctx := index . 0 -}}
+{{- $ctx.Files.Get (index . 1)
+    | replace "@API_JOB@" (include "covid-stats.metricsJob" (list $ctx "api"))
+    | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher")) -}}
+{{- end -}}
