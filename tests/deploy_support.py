@@ -218,7 +218,8 @@ def probes(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def dockerfile_stages(path: Path) -> list[dict[str, Any]]:
-    """A Dockerfile's stages: base, name, and instructions (continuations joined)."""
+    """A Dockerfile's stages: base (with the default of a global ARG it names), name, and
+    instructions (continuations joined)."""
     lines: list[str] = []
     pending = ""
     for raw in path.read_text().splitlines():
@@ -231,10 +232,16 @@ def dockerfile_stages(path: Path) -> list[dict[str, Any]]:
         lines.append(pending + stripped)
         pending = ""
     stages: list[dict[str, Any]] = []
+    global_args: dict[str, str] = {}  # ARGs before the first FROM: what FROM lines may use
     for line in lines:
         instruction, _, rest = line.partition(" ")
         instruction = instruction.upper()
-        if instruction == "FROM":
+        if instruction == "ARG" and not stages:
+            arg, _, default = rest.strip().partition("=")
+            global_args[arg] = default
+        elif instruction == "FROM":
+            for arg, default in global_args.items():
+                rest = rest.replace(f"${{{arg}}}", default).replace(f"${arg}", default)
             words = rest.split()
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
             stages.append({"base": words[0], "name": name, "instructions": []})
@@ -313,3 +320,29 @@ def operator_jobs(rendered: Rendered) -> dict[str, str]:
         assert len(found) == 1, f"{component}: endpoints with different jobs {found}"
         jobs[component] = found.pop()
     return jobs
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Grafana dashboard's panels, those of collapsed rows included."""
+    panels: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # a collapsed row holds its panels
+    return panels
+
+
+# Grafana's variables in the dashboard's queries, as a Prometheus-only client sets them.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
+
+
+def dashboard_queries(panels: list[dict[str, Any]]) -> dict[str, str]:
+    """{"<panel id>_<refId>": the PromQL query with Grafana's variables set} of every panel."""
+    queries = {}
+    for panel in panels:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"unknown Grafana variable in {target['expr']}"
+            queries[f"{panel['id']}_{target['refId']}"] = expr
+    return queries
