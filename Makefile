@@ -98,6 +98,14 @@ deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Lint, render, validate and scan the ch
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
 	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
 
+.PHONY: images
+images: ## Build the api, fetcher and replay-upstream images as the chart names them (podman, else docker)
+	$(PYTHON) deploy/tools/build_images.py
+
+.PHONY: test-containers
+test-containers: $(STAMP) $(DEPLOY_STAMP) images ## Build the images, start the chart's pods with podman, load, scrape and stop them
+	$(BIN)/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
+
 # `make test` runs the deploy checks too: it needs their tools.
 test: $(DEPLOY_STAMP)
 

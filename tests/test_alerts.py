@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from deploy_support import RELEASE, Rendered, operator_jobs, render
+from deploy_support import (
+    RELEASE,
+    Rendered,
+    dashboard_panels,
+    dashboard_queries,
+    operator_jobs,
+    render,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = REPO / "deploy" / "helm" / "covid-stats" / "files"
@@ -132,11 +139,7 @@ class Monitoring:
 
     @property
     def panels(self) -> list[dict[str, Any]]:
-        panels: list[dict[str, Any]] = []
-        for panel in self.dashboard["panels"]:
-            panels.append(panel)
-            panels.extend(panel.get("panels", []))  # a collapsed row holds its panels
-        return panels
+        return dashboard_panels(self.dashboard)
 
 
 def monitoring_of(rendered: Rendered, folder: Path) -> Monitoring:
@@ -328,23 +331,6 @@ def test_dashboard_uses_only_exported_metric_names(monitoring: Monitoring) -> No
         assert METRIC_NAME.search(expr) or "up{" in expr, expr
         assert unknown_metric_names(expr) == set(), expr
     assert unknown_metric_names(DASHBOARD.read_text()) == set()
-
-
-# Grafana's variables in the dashboard's queries, as a Prometheus-only client sets them.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
-
-
-def dashboard_queries(dashboard_panels: list[dict[str, Any]]) -> dict[str, str]:
-    """{"<panel id>_<refId>": the PromQL query with Grafana's variables set} of every panel."""
-    queries = {}
-    for panel in dashboard_panels:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            assert "$" not in expr, f"unknown Grafana variable in {target['expr']}"
-            queries[f"{panel['id']}_{target['refId']}"] = expr
-    return queries
 
 
 def test_dashboard_queries_are_valid_promql(
