@@ -14,8 +14,9 @@
   pointed at the test servers), and answer on their probe paths and probe ports.
 - Cluster smoke tests, when a kubeconfig names a cluster (else skipped, saying so).
 
-No container engine runs here: the images are not built; their Dockerfiles are linted and
-their commands run from the venv (where the same packages are installed).
+The images are built and the chart's pods run from them in the containers suite
+(tests/containers/, `make test-containers`); here their Dockerfiles are linted and their
+commands run from the venv (where the same packages are installed).
 """
 
 from __future__ import annotations
