@@ -16,17 +16,20 @@
       "totalTestResultsIncreaseAvg7d", "testPositivity", "testPositivity7d"],
   };
   const CHARTS = [
-    { id: "cases", title: "New cases", noun: "new cases",
+    { id: "cases", title: "New cases", short: "Cases a day", noun: "new cases",
       bars: ["daily", "positiveIncrease"], line: ["derived", "positiveIncreaseAvg7d"] },
-    { id: "deaths", title: "New deaths", noun: "deaths",
+    { id: "deaths", title: "New deaths", short: "Deaths a day", noun: "deaths",
       bars: ["daily", "deathIncrease"], line: ["derived", "deathIncreaseAvg7d"] },
-    { id: "tests", title: "New test results", noun: "test results",
+    { id: "tests", title: "New test results", short: "Tests a day", noun: "test results",
       bars: ["daily", "totalTestResultsIncrease"],
       line: ["derived", "totalTestResultsIncreaseAvg7d"] },
-    { id: "hospitalized", title: "Currently hospitalized", noun: "people in hospital",
+    { id: "hospitalized", title: "Currently hospitalized", short: "In hospital",
+      noun: "people in hospital",
       line: ["daily", "hospitalizedCurrently"], area: true },
-    { id: "positivity", title: "Test positivity", noun: "of tests positive",
-      bars: ["derived", "testPositivity"], line: ["derived", "testPositivity7d"], percent: true },
+    { id: "positivity", title: "Test positivity", short: "Tests positive",
+      noun: "of tests positive",
+      bars: ["derived", "testPositivity"], line: ["derived", "testPositivity7d"], percent: true,
+      scaleBy: ["derived", "totalTestResultsIncreaseAvg7d"] },
   ];
   const TABLE = [
     ["New cases", "daily", "positiveIncrease"],
@@ -282,8 +285,12 @@
     card.setAttribute("aria-labelledby", "summary-title");
     const h2 = document.createElement("h2");
     h2.id = "summary-title";
+    const note = document.createElement("p");
+    note.className = "note";
+    note.textContent = "7-day averages (people in hospital: on that day), "
+      + "and how they changed in a week.";
     const list = document.createElement("dl");
-    card.append(h2, list);
+    card.append(h2, note, list);
     if (!rows.length) {
       h2.textContent = "No data for these dates";
       return card;
@@ -297,7 +304,7 @@
       const item = document.createElement("div");
       item.className = `figure chart-${spec.id}`;
       const dt = document.createElement("dt");
-      dt.textContent = spec.bars ? `${spec.title}, 7-day average` : spec.title;
+      dt.textContent = spec.short;
       const dd = document.createElement("dd");
       const number = document.createElement("span");
       number.className = "number";
@@ -307,8 +314,8 @@
         const change = (now - then) / Math.abs(then);
         const trend = document.createElement("span");
         trend.className = "trend";
-        trend.textContent = Math.abs(change) < 0.005 ? "same as a week before"
-          : `${change > 0 ? "▲ up" : "▼ down"} ${percent.format(Math.abs(change))} in a week`;
+        trend.textContent = Math.abs(change) < 0.005 ? "unchanged"
+          : `${change > 0 ? "▲ up" : "▼ down"} ${percent.format(Math.abs(change))}`;
         dd.append(trend);
       }
       item.append(dt, dd);
@@ -394,7 +401,16 @@
       return;
     }
     let lo = Math.min(0, ...values), hi = Math.max(...values);
-    if (spec.percent) { lo = 0; hi = Math.min(Math.max(hi, 0.01), 1); }
+    if (spec.scaleBy) {
+      // A ratio of a few tests swings to 100%: the scale follows the average of the days
+      // with at least a tenth of the range's most tests, and a higher value reaches the top
+      // (the readout and the table say how high).
+      const weights = rows.map((r) => value(r, spec.scaleBy) || 0);
+      const most = Math.max(...weights);
+      const telling = line.filter((v, i) => v !== null && weights[i] >= most / 10);
+      lo = 0;
+      hi = Math.min(1, Math.max(0.01, 1.3 * Math.max(0, ...telling)));
+    }
     if (hi <= lo) hi = lo + 1;
     const step = niceStep(hi - lo, 4);
     lo = Math.floor(lo / step) * step;
