@@ -239,6 +239,7 @@
     const heading = `COVID-19 in ${name}`;
     $("title").textContent = heading;
     document.title = `${heading}: covid-stats`;
+    $("table-caption").textContent = `Daily values for ${name}, newest first`;
     if (rows.length) {
       const first = shortDate.format(rows[0].day * DAY);
       const last = shortDate.format(rows[rows.length - 1].day * DAY);
@@ -264,7 +265,7 @@
     const box = $("charts");
     box.replaceChildren(summary(rows), ...CHARTS.map(figure));
     drawAll();
-    table(view, rows);
+    table(rows);
     if (!view.from && !view.to && !view.days && rows.length) {
       const first = isoDate(rows[0].day), last = isoDate(rows[rows.length - 1].day);
       for (const id of ["from", "to"]) {
@@ -525,11 +526,9 @@
     };
   }
 
-  function table(view, rows) {
+  function table(rows) {
     const tableEl = $("table");
-    const caption = document.createElement("caption");
-    caption.id = "table-caption";
-    caption.textContent = `Daily values for ${placeName(view.state)}, newest first`;
+    const caption = $("table-caption"); // its text: title()
     const head = document.createElement("thead");
     const headRow = document.createElement("tr");
     for (const text of ["Date", ...TABLE.map((c) => c[0])]) {
