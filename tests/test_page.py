@@ -441,12 +441,15 @@ def _screenshot(page: Page, name: str) -> Path:
     return path
 
 
+def _iso(day: int) -> str:
+    return f"{day // 10000}-{day // 100 % 100:02}-{day % 100:02}"
+
+
 def _view_dates(stack: Stack, state: str) -> tuple[str, str]:
     """A range of the state's data (about three months, ending a few days before its
     newest date), as YYYY-MM-DD."""
     dates = [r["date"] for r in stack.json(f"/v1/states/{state}/daily.json?fields=date")]
-    first, last = dates[min(95, len(dates) - 1)], dates[min(3, len(dates) - 1)]
-    return tuple(f"{d // 10000}-{d // 100 % 100:02}-{d % 100:02}" for d in (first, last))  # type: ignore[return-value]
+    return _iso(dates[min(95, len(dates) - 1)]), _iso(dates[min(3, len(dates) - 1)])
 
 
 def test_the_page_draws_what_the_api_serves_and_a_state_change_redraws_it(
