@@ -91,6 +91,16 @@ def loaded_api(
     """The api under gunicorn (2 workers) over the upstream's data, loaded by one
     ``refresh-once``; yields its base URL. It has a PostgreSQL database and a Redis key prefix
     of its own (dropped and deleted after), so the other tests' truncations never meet it."""
+    with loaded_stack(redis_server_url, postgres_server_url, upstream, log_dir) as (base, _):
+        yield base
+
+
+@contextmanager
+def loaded_stack(
+    redis_server_url: str, postgres_server_url: str, upstream: Upstream, log_dir: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """``loaded_api``, yielding the environment of its services too (to run the fetcher or
+    another api over the same stores)."""
     name = f"t_{os.getpid()}_{free_port()}"
     prefix = f"covid-stats-{uuid.uuid4().hex[:12]}"
     _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
@@ -119,7 +129,7 @@ def loaded_api(
                 return False
 
         wait_until(ready, 30, interval=0.1, what="the api ready")
-        yield base
+        yield base, env
     finally:
         if process is not None:
             process.stop()

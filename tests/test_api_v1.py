@@ -120,6 +120,7 @@ SAME_ANSWER_PATHS = [
     "v1/states/ca/info.csv",
     "v1/states/ny/derived.json",
     "v1/us/derived.csv",
+    "v1/states/ny/derived.json?from=2020-06-01&fields=date,testPositivity7d",
     "v1/status.json",
     "v1/states/tx/20200401.json",
     "v1/us/20200401.csv",
@@ -233,6 +234,68 @@ def test_derived_series_are_rolling_averages_and_positivity(api: str, upstream: 
         assert derived[-1]["positiveIncreaseAvg7d"] is None  # no full week before the first day
         again = get(f"{api}/{path}")
         assert again.headers["x-data-source"] == "cache"
+
+
+def test_derived_series_narrowed_and_projected(api: str) -> None:
+    whole = records(get(f"{api}/v1/states/ca/derived.json"))
+    dates = [r["date"] for r in whole]
+    first, last = dates[40], dates[10]
+    fields = "testPositivity7d,date,positiveIncreaseAvg7d"  # any order in, the records' out
+    narrowed = records(
+        get(f"{api}/v1/states/CA/derived.json?from={first}&to={last}&fields={fields}")
+    )
+    expected = [
+        {k: r[k] for k in ("date", "positiveIncreaseAvg7d", "testPositivity7d")}
+        for r in whole
+        if first <= r["date"] <= last
+    ]
+    # The averages are the whole series' own: the range's first week averages the days
+    # before the range too.
+    assert narrowed == expected
+    assert all(list(r) == ["date", "positiveIncreaseAvg7d", "testPositivity7d"] for r in narrowed)
+    assert len(narrowed) == 31
+
+    recent = records(get(f"{api}/v1/us/derived.json?lastdays=5"))
+    assert recent == records(get(f"{api}/v1/us/derived.json"))[:5]
+    both = records(get(f"{api}/v1/us/derived.json?lastdays=5&from={recent[2]['date']}"))
+    assert both == recent[:3]
+    as_csv = csv_records(get(f"{api}/v1/us/derived.csv?lastdays=2&fields=date,testPositivity"))
+    assert as_csv == [
+        {"date": str(r["date"]), "testPositivity": str(r["testPositivity"])} for r in recent[:2]
+    ]
+    assert records(get(f"{api}/v1/us/derived.json?from=20300101")) == []
+    for query, parameter in [
+        ("fields=date,positive", "fields"),  # a daily field, not a derived one
+        ("from=2020-02-30", "from"),
+        ("from=20200601&to=20200501", "from"),
+        ("lastdays=0", "lastdays"),
+    ]:
+        response = get(f"{api}/v1/us/derived.json?{query}")
+        assert response.status_code == 422, query
+        assert response.json()["error"]["parameter"] == parameter, query
+    unknown = get(f"{api}/v1/states/zz/derived.json?lastdays=3")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_state"
+
+
+def test_answers_carry_a_gzip_body_compressed_once(api: str) -> None:
+    """Queries and derived series are sent compressed to clients that accept gzip, from
+    the first answer (computed) to the next ones (Redis), with the gzip body's own ETag."""
+    for path in ("v1/states/daily.json?states=ca,ny", "v1/us/derived.json?from=20200401"):
+        plain = get(f"{api}/{path}")
+        for _ in range(2):  # the answer computed for the first GET, from Redis
+            zipped = httpx.get(f"{api}/{path}", headers={"Accept-Encoding": "gzip"})
+            assert zipped.headers["x-data-source"] == "cache"
+            assert zipped.headers["content-encoding"] == "gzip", path
+            assert int(zipped.headers["content-length"]) < len(plain.content) / 4, path
+            assert zipped.content == plain.content  # httpx decompressed it
+            assert zipped.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+            for tag in (plain.headers["etag"], zipped.headers["etag"]):
+                again = get(f"{api}/{path}", **{"If-None-Match": tag, "Accept-Encoding": "gzip"})
+                assert again.status_code == 304
+    fresh = httpx.get(f"{api}/v1/us/daily.json?lastdays=100", headers={"Accept-Encoding": "gzip"})
+    assert fresh.headers["x-data-source"] == "database"  # computed now, compressed at once
+    assert fresh.headers["content-encoding"] == "gzip"
 
 
 # -- HTTP ----------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class CachedAnswer:
     body: bytes
     etag: str
     content_type: str
+    gzip: bytes = b""  # the body compressed once (empty: too small to gain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,10 @@ class SnapshotStore:
             return QueryLookup(_text(raw_id), None)
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         answer = CachedAnswer(
-            fields[b"body"], fields[b"etag"].decode(), fields[b"content_type"].decode()
+            fields[b"body"],
+            fields[b"etag"].decode(),
+            fields[b"content_type"].decode(),
+            fields.get(b"gzip", b""),
         )
         return QueryLookup(_text(raw_id), answer)
 
@@ -222,6 +226,8 @@ class SnapshotStore:
             key,
             mapping={"body": answer.body, "etag": answer.etag, "content_type": answer.content_type},
         )
+        if answer.gzip:
+            pipe.hset(key, "gzip", answer.gzip)
         pipe.expire(key, ttl_seconds)
         await pipe.execute()
 

@@ -8,6 +8,9 @@ answer. Concurrent requests for the same key in one worker share one lookup and 
 computes it while the others wait for it to appear: a burst of identical uncached questions
 costs one PostgreSQL query. When Redis is down the answer is computed and served without
 the cache.
+
+Every answer is compressed once, when it is computed (in a thread when large), and its gzip
+body is cached with it: clients that accept gzip get it, as for documents.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import structlog
 from redis.exceptions import RedisError
 
 from covid_stats_api.documents import Served
 from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_contract.documents import compress
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
 
 log = structlog.get_logger("covid_stats_api.answers")
@@ -30,6 +35,18 @@ log = structlog.get_logger("covid_stats_api.answers")
 # computing it themselves (a filler that died or is stuck does not block them for long).
 _FILL_LOCK_MS = 10_000
 _FILL_WAIT_SECONDS = 10.0
+# Answers larger than this are compressed in a thread, off the event loop.
+_COMPRESS_INLINE_MAX = 64 * 1024
+
+
+async def _compressed(compute: Callable[[], Awaitable[Served]]) -> Served:
+    """``compute``'s answer with its gzip body."""
+    served = await compute()
+    if served.gzip:
+        return served
+    if len(served.body) > _COMPRESS_INLINE_MAX:
+        return replace(served, gzip=await asyncio.to_thread(compress, served.body))
+    return replace(served, gzip=compress(served.body))
 
 
 class AnswerCache:
@@ -68,9 +85,9 @@ class AnswerCache:
             snapshot_id = lookup.snapshot_id
             CACHE_LOOKUPS.labels("redis", "miss" if lookup.answer is None else "hit").inc()
             if (found := lookup.answer) is not None:
-                return Served(found.body, found.etag, "cache", found.content_type)
+                return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
         if snapshot_id is None:
-            return await compute()
+            return await _compressed(compute)
         locked = True
         with contextlib.suppress(RedisError):
             locked = await self.snapshots.lock_fill(snapshot_id, digest, _FILL_LOCK_MS)
@@ -80,8 +97,8 @@ class AnswerCache:
             if waited is not None:
                 return waited
         try:
-            served = await compute()
-            answer = CachedAnswer(served.body, served.etag, served.content_type)
+            served = await _compressed(compute)
+            answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
             with contextlib.suppress(RedisError):
                 await self.snapshots.store_query(snapshot_id, digest, answer, self.ttl_seconds)
             return served
@@ -103,5 +120,5 @@ class AnswerCache:
             if lookup.snapshot_id != snapshot_id:
                 return None
             if (found := lookup.answer) is not None:
-                return Served(found.body, found.etag, "cache", found.content_type)
+                return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
         return None

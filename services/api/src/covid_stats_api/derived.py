@@ -8,6 +8,11 @@ For each date, newest first: the ``<increase>Avg7d`` fields average the increase
 calendar days ending that date (null unless all 7 days have a value); ``testPositivity`` is
 ``positiveIncrease / totalTestResultsIncrease`` of the day and ``testPositivity7d`` the same
 ratio over the 7 days (null when the tests are not positive numbers).
+
+A question may narrow the series (``from``, ``to``, ``lastdays``, as for the daily series)
+and project it (``fields``): the averages are always those of the whole series (the first
+dates of a range average the 7 days before them too), then the dates and fields asked for
+are kept.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from covid_stats_api.answers import AnswerCache
+from covid_stats_api.api.params import Query
 from covid_stats_api.documents import DocumentReader, Served
-from covid_stats_api.queries import StoreUnavailable
+from covid_stats_api.queries import StoreUnavailable, UnknownField
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
     encode_record,
@@ -30,7 +36,6 @@ from covid_stats_contract.documents import (
     render_array,
     render_csv,
 )
-from covid_stats_contract.resources import Format
 
 INCREASES = (
     "positiveIncrease",
@@ -93,9 +98,30 @@ def derive(daily: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render(daily_body: bytes, fmt: Format) -> bytes:
-    series = derive(json.loads(daily_body))
-    if fmt == "csv":
+FIELDS = tuple(DerivedRecord.model_fields)
+
+
+def select(series: list[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    """The dates (``from``, ``to``, the ``lastdays`` most recent of the series) and the
+    fields ``query`` asks for, of a derived series (newest first)."""
+    first, last = query.date_from, query.date_to
+    if query.last_days is not None and series:
+        recent = series[: query.last_days][-1]["date"]
+        first = recent if first is None else max(first, recent)
+    kept = [
+        r
+        for r in series
+        if (first is None or r["date"] >= first) and (last is None or r["date"] <= last)
+    ]
+    if query.fields:
+        wanted = set(query.fields)
+        kept = [{k: v for k, v in r.items() if k in wanted} for r in kept]
+    return kept
+
+
+def render(daily_body: bytes, query: Query) -> bytes:
+    series = select(derive(json.loads(daily_body)), query)
+    if query.fmt == "csv":
         return render_csv(series)
     return render_array(encode_record(r) for r in series)
 
@@ -105,15 +131,21 @@ class DerivedService:
         self.reader = reader
         self.answers = answers
 
-    async def series(self, daily_document: str, fmt: Format) -> Served:
-        """The derived series of ``daily_document``; raises StoreUnavailable without data."""
-        return await self.answers.get(
-            f"derived|{daily_document}|{fmt}", lambda: self._compute(daily_document, fmt)
-        )
+    async def series(self, daily_document: str, query: Query) -> Served:
+        """The derived series of ``daily_document``, narrowed and projected as ``query``
+        asks; raises UnknownField for a field a derived record lacks, StoreUnavailable
+        without data."""
+        for name in query.fields:
+            if name not in FIELDS:
+                raise UnknownField("fields", name)
+        key = f"derived|{daily_document}|{query.fmt}"
+        if query != Query(query.resource, query.fmt):  # narrowed or projected
+            key += f"|{query.key}"
+        return await self.answers.get(key, lambda: self._compute(daily_document, query))
 
-    async def _compute(self, daily_document: str, fmt: Format) -> Served:
+    async def _compute(self, daily_document: str, query: Query) -> Served:
         daily = await self.reader.read(daily_document)
         if daily is None:
             raise StoreUnavailable
-        body = await asyncio.to_thread(render, daily.body, fmt)
-        return Served(body, etag_for(body), daily.source, CONTENT_TYPES[fmt])
+        body = await asyncio.to_thread(render, daily.body, query)
+        return Served(body, etag_for(body), daily.source, CONTENT_TYPES[query.fmt])

@@ -6,12 +6,14 @@ routing, validation or dependency injection and without Redis: the prebuilt head
 the bytes are sent as they are (the gzip body when the client accepts gzip; 304 when
 ``If-None-Match`` matches). Anything else, including every error, goes to FastAPI, so the
 OpenAPI document and the error model stay whole: both paths answer the same request with the
-same status, headers and bytes.
+same status, headers and bytes. The page and its assets (``page``), fixed bytes held in
+memory from start-up, are answered here too, whatever their query string.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,11 +47,22 @@ def document_name(path: str) -> str | None:
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, hot: HotCache) -> None:
+    def __init__(
+        self, app: ASGIApp, hot: HotCache, static: Mapping[str, HotEntry] | None = None
+    ) -> None:
         self.app = app
         self.hot = hot
+        self.static = static or {}  # fixed answers by path (the page): any query string
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in ("GET", "HEAD")
+            and (fixed := self.static.get(scope["path"])) is not None
+        ):
+            scope["route_template"] = scope["path"]
+            await send_entry(scope, send, fixed)
+            return
         if (
             scope["type"] == "http"
             and not scope["query_string"]
@@ -61,32 +74,32 @@ class FastPath:
                 stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
                 CACHE_LOOKUPS.labels("memory", "stale" if stale else "hit").inc()
                 scope["route_template"] = route_template(name)
-                await self._send(scope, send, entry)
+                await send_entry(scope, send, entry)
                 return
             CACHE_LOOKUPS.labels("memory", "miss").inc()
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _send(scope: Scope, send: Send, entry: HotEntry) -> None:
-        gzip_ok = False
-        for key, value in scope["headers"]:
-            if key == b"if-none-match" and etag_matches(value.decode("latin-1"), entry.etag):
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 304,
-                        "headers": entry.not_modified_headers,
-                    }
-                )
-                await send({"type": "http.response.body", "body": b""})
-                return
-            if key == b"accept-encoding" and b"gzip" in value:
-                gzip_ok = True
-        if gzip_ok and entry.gzip:
-            headers, body = entry.gzip_headers, entry.gzip
-        else:
-            headers, body = entry.headers, entry.body
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
+
+async def send_entry(scope: Scope, send: Send, entry: HotEntry) -> None:
+    """Answer a GET or HEAD with an entry: 304 when ``If-None-Match`` names its tag, the gzip
+    body when the client accepts it, else the body."""
+    gzip_ok = False
+    for key, value in scope["headers"]:
+        if key == b"if-none-match" and etag_matches(value.decode("latin-1"), entry.etag):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 304,
+                    "headers": entry.not_modified_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if key == b"accept-encoding" and b"gzip" in value:
+            gzip_ok = True
+    if gzip_ok and entry.gzip:
+        headers, body = entry.gzip_headers, entry.gzip
+    else:
+        headers, body = entry.headers, entry.body
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

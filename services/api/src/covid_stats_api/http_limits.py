@@ -33,6 +33,7 @@ import uvicorn_worker
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from covid_stats_api.core.config import Settings, get_settings
+from covid_stats_api.headers import SERVER_HEADERS
 
 # How long a rejected client's further bytes are read and dropped before the socket closes.
 _LINGER_SECONDS = 1.0
@@ -225,8 +226,14 @@ def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
 
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]  # untyped package
-    """gunicorn's uvicorn worker (uvloop, httptools) serving through the limited protocol."""
+    """gunicorn's uvicorn worker (uvloop, httptools) serving through the limited protocol,
+    every answer with ``headers.SERVER_HEADERS`` and without uvicorn's ``server`` banner."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.CONFIG_KWARGS = {"loop": "auto", "http": protocol_class(get_settings())}
+        self.CONFIG_KWARGS = {
+            "loop": "auto",
+            "http": protocol_class(get_settings()),
+            "headers": list(SERVER_HEADERS),
+            "server_header": False,
+        }
         super().__init__(*args, **kwargs)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
-from covid_stats_api import __version__, metrics
+from covid_stats_api import __version__, metrics, page
 from covid_stats_api.answers import AnswerCache
 from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
@@ -129,6 +129,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(covid_stats.router)
     app.include_router(v1.router)
 
+    # The page at / and its assets, in memory from now on (served by the fast path).
+    app.state.page = page.load(app.url_path_for, app.docs_url or "/docs")
+    for path, entry in app.state.page.items():
+        app.add_api_route(
+            path,
+            page.endpoint(entry),
+            methods=["GET", "HEAD"],
+            include_in_schema=False,
+            name="page" if path == page.PAGE_PATH else f"asset {path}",
+        )
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
@@ -160,7 +171,7 @@ def create_asgi(
     api = create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
-    app: ASGIApp = FastPath(api, api.state.hot)
+    app: ASGIApp = FastPath(api, api.state.hot, api.state.page)
     if settings.rate_limit_per_minute:
         app = RateLimit(
             app,

@@ -17,7 +17,7 @@ from covid_stats_api.derived import DerivedService
 from covid_stats_api.documents import DocumentReader, Served
 from covid_stats_api.queries import NoRecords, QueryService, StoreUnavailable, UnknownField
 from covid_stats_contract.documents import check_state_code
-from covid_stats_contract.resources import STATES_CURRENT, Format
+from covid_stats_contract.resources import STATES_CURRENT
 
 
 class Api:
@@ -70,10 +70,13 @@ class Api:
         return self.send(request, served)
 
     async def series(
-        self, request: Request, daily_document: str, fmt: Format, state: str | None = None
+        self, request: Request, daily_document: str, query: Query, state: str | None = None
     ) -> Response:
+        """The derived series of a daily document, the dates and fields ``query`` asks."""
         try:
-            served = await self.derived.series(daily_document, fmt)
+            served = await self.derived.series(daily_document, query)
+        except UnknownField as exc:
+            raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
         except StoreUnavailable:
             if state is not None:
                 await self.require_state(state)

@@ -227,5 +227,19 @@ def state_series(
     return _series(fields, sort, date_from, to, lastdays)
 
 
+DerivedFields = Annotated[str | None, fields_param("date,positiveIncreaseAvg7d")]
+
+
+def derived_series(
+    fields: DerivedFields = None,
+    date_from: FromParam = None,
+    to: ToParam = None,
+    lastdays: LastDaysParam = None,
+) -> dict[str, Any]:
+    """The query parameters of a derived series (no ``sort``: it is by date, newest first)."""
+    return {"fields": fields, "date_from": date_from, "date_to": to, "last_days": lastdays}
+
+
 UsSeries = Annotated[dict[str, Any], Depends(us_series)]
 StateSeries = Annotated[dict[str, Any], Depends(state_series)]
+DerivedSeries = Annotated[dict[str, Any], Depends(derived_series)]

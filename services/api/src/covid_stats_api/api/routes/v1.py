@@ -18,8 +18,10 @@ from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.params import (
     CountSort,
+    DerivedSeries,
     InfoFields,
     InfoSort,
+    Query,
     StateFields,
     StateSeries,
     StatesParam,
@@ -93,6 +95,11 @@ def _bare(*values: object) -> bool:
     return all(value is None for value in values)
 
 
+def _derived(resource: Resource, fmt: Literal["json", "csv"], query: dict[str, Any]) -> Query:
+    """A derived series' question: its format, and the dates and fields asked for."""
+    return params.build(resource, fmt, **query)
+
+
 async def _list(
     api: ApiDep, request: Request, resource: Resource, fmt: Literal["json", "csv"], **query: Any
 ) -> Response:
@@ -127,8 +134,8 @@ async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: UsSeries) -> 
     summary="US derived series: 7-day averages of the daily increases, test positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
-async def us_derived(request: Request, api: ApiDep, fmt: Fmt) -> Response:
-    return await api.series(request, US_DAILY.document("json"), fmt)
+async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: DerivedSeries) -> Response:
+    return await api.series(request, US_DAILY.document("json"), _derived(US_DAILY, fmt, query))
 
 
 @get_and_head(
@@ -249,9 +256,12 @@ async def state_info(
     summary="One state's derived series: 7-day averages of the daily increases, positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
-async def state_derived(request: Request, api: ApiDep, state: StateCode, fmt: Fmt) -> Response:
+async def state_derived(
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: DerivedSeries
+) -> Response:
     code = check_state_code(state)
-    return await api.series(request, STATES_DAILY.state_document(code, "json"), fmt, state=code)
+    daily = STATES_DAILY.state_document(code, "json")
+    return await api.series(request, daily, _derived(STATES_DAILY, fmt, query), state=code)
 
 
 @get_and_head(
