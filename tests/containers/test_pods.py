@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -406,11 +407,23 @@ def test_the_api_pod_serves_every_document_as_make_run_does(system: System, tmp_
                 assert pod.content == ours.content, name
                 for header in ("content-type", "etag", "content-encoding"):
                     assert pod.headers.get(header) == ours.headers.get(header), (name, header)
+            # The page and its assets (package data of the image's api).
+            page = client.get(f"{system.url('api')}/")
+            assert page.status_code == 200
+            assert page.content == client.get(f"{local}/").content
+            assets = re.findall(r'(?:src|href)="(/assets/[^"]+)"', page.text)
+            assert assets
+            for asset in assets:
+                ours = client.get(f"{local}{asset}")
+                assert client.get(f"{system.url('api')}{asset}").content == ours.content
             us = client.get(f"{system.url('api')}/v1/us/current.json").content
             assert us == system.upstream.get("/v1/us/current.json").content
     finally:
         process.stop()
-    summary(f"containers: the api pod served {len(names)} documents as `make run` does")
+    summary(
+        f"containers: the api pod served {len(names)} documents, the page and "
+        f"{len(assets)} assets as `make run` does"
+    )
 
 
 def test_the_helm_test_pod_passes_against_the_api_pod(system: System) -> None:
