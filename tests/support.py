@@ -23,6 +23,8 @@ ARCHIVE = REPO.parent / "shared" / "covidtracking" / "ctp_v1_api_snapshot_202009
 _PROJECT_VARS = (
     "REDIS_URL",
     "DATABASE_URL",
+    "REDIS_PASSWORD",
+    "DATABASE_PASSWORD",
     "UPSTREAM_BASE_URL",
     "API_HOST",
     "API_PORT",

@@ -568,17 +568,16 @@ def test_every_documented_setting_is_set_by_the_chart(
 ) -> None:
     """The README's configuration table is the services' contract: each of their settings
     has a value in the chart (so a setting another change adds fails here until the chart
-    learns it). Only the chart's helpers are extra."""
+    learns it)."""
     table = readme_settings()
     rendered, _ = renders["default"]
-    helpers = {"DATABASE_PASSWORD", "REDIS_PASSWORD"}
     for service, (deployment, container) in (
         ("api", MAIN_CONTAINERS["api"]),
         ("stats-fetcher", MAIN_CONTAINERS["stats-fetcher"]),
     ):
         env = container_env(rendered, rendered.container("Deployment", deployment, container))
         extra = {"PROMETHEUS_MULTIPROC_DIR"} if service == "api" else set()
-        assert set(env) - helpers - extra == table[service], service
+        assert set(env) - extra == table[service], service
 
 
 def test_tracing_is_off_by_default_and_one_endpoint_turns_it_on_for_both_services(
@@ -1169,3 +1168,81 @@ def test_render_is_reproducible_with_your_own_secrets() -> None:
     first = helm_template(values=values).stdout
     assert first == helm_template(values=values).stdout
     assert "kind: Secret" not in first
+
+
+# -- TLS to external stores, passwords of any characters ------------------------------------
+
+TLS_VALUES: dict[str, object] = {
+    "externalDatabase.caSecret": "pg-ca",
+    "externalDatabase.clientCertSecret": "pg-client",
+    "externalRedis.caSecret": "redis-ca",
+    "externalRedis.clientCertSecret": "redis-client",
+}
+# The URL query parameters that name a file, by URL scheme.
+TLS_FILE_PARAMS = {
+    "postgresql": ("sslrootcert", "sslcert", "sslkey"),
+    "rediss": ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"),
+}
+
+
+def test_store_tls_files_are_mounted_where_the_urls_name_them() -> None:
+    """With caSecret and clientCertSecret set for both stores, every container whose URL
+    names a TLS file has it mounted read-only from the named Secret, at that path; the CA is
+    verified (verify-full, ssl_cert_reqs=required); passwords are not in the URLs."""
+    rendered = render(values_file("external"), values=TLS_VALUES)
+    secrets_used: set[str] = set()
+    checked = 0
+    for doc in rendered.workloads():
+        spec = rendered.pod_spec(doc)
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            env = container_env(
+                rendered, container, secrets=dict.fromkeys(_refs(container), "x")
+            )
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            for name in ("DATABASE_URL", "REDIS_URL"):
+                if name not in env:
+                    continue
+                url = urllib.parse.urlsplit(env[name])
+                assert url.password is None, f"{container['name']}: a password in {name}"
+                query = dict(urllib.parse.parse_qsl(url.query))
+                files = [query[p] for p in TLS_FILE_PARAMS[url.scheme] if p in query]
+                assert len(files) == 3, (container["name"], name, query)
+                assert query.get("sslmode", "verify-full") == "verify-full"
+                assert query.get("ssl_cert_reqs", "required") == "required"
+                for path in files:
+                    folder, _, filename = path.rpartition("/")
+                    mount = mounts[folder]
+                    assert mount.get("readOnly") is True, path
+                    secret = volumes[mount["name"]]["secret"]
+                    assert filename in {item["path"] for item in secret["items"]}, path
+                    secrets_used.add(secret["secretName"])
+                    checked += 1
+    assert secrets_used == {v for v in TLS_VALUES.values() if isinstance(v, str)}
+    assert checked >= 3 * 5  # api (2 URLs), fetcher (2 URLs + init), migration
+
+
+def _refs(container: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"externalDatabase.sslmode": "require"}, "needs externalDatabase.sslmode verify-ca"),
+        ({"externalRedis.tls": False}, "need externalRedis.tls: true"),
+        (
+            {"postgresql.enabled": True, "externalDatabase.host": ""},
+            "are for your own PostgreSQL",
+        ),
+    ],
+    ids=["weak-sslmode", "redis-without-tls", "in-chart-postgresql"],
+)
+def test_store_tls_misconfigurations_are_refused(values: dict[str, object], message: str) -> None:
+    result = helm_template(values_file("external"), values={**TLS_VALUES, **values}, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr

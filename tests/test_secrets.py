@@ -88,15 +88,17 @@ class SecureStores:
     ca_file: Path
     state_dir: Path
 
-    def redis_url(self, password: str = REDIS_PASSWORD) -> str:
+    def redis_url(self, password: str | None = REDIS_PASSWORD) -> str:
+        auth = f":{_q(password)}@" if password is not None else ""
         return (
-            f"rediss://:{_q(password)}@localhost:{self.redis_tls.port}/0"
+            f"rediss://{auth}localhost:{self.redis_tls.port}/0"
             f"?ssl_ca_certs={self.ca_file}&ssl_cert_reqs=required"
         )
 
-    def database_url(self, password: str = POSTGRES_PASSWORD, ca: Path | None = None) -> str:
+    def database_url(self, password: str | None = POSTGRES_PASSWORD, ca: Path | None = None) -> str:
+        auth = f":{_q(password)}" if password is not None else ""
         return (
-            f"postgresql://postgres:{_q(password)}@localhost:{self.postgres_tls.port}/"
+            f"postgresql://postgres{auth}@localhost:{self.postgres_tls.port}/"
             f"covid_stats?sslmode=verify-full&sslrootcert={ca or self.ca_file}"
         )
 
@@ -148,13 +150,25 @@ async def _connect_fails(url: str) -> BaseException:
     raise AssertionError("connected")
 
 
+@pytest.mark.parametrize("passwords", ["in-the-urls", "apart"])
 def test_passwords_and_tls_work_end_to_end(
+    passwords: str,
     secure: SecureStores,
     upstream: Upstream,
     fetcher_factory: Callable[..., Fetcher],
     api_factory: Callable[[dict[str, str]], str],
 ) -> None:
+    """Both services through TLS (verify-full, a private CA) to stores with passwords of
+    reserved characters, written percent-encoded into the URLs, or given apart as
+    REDIS_PASSWORD / DATABASE_PASSWORD (as the chart passes them) for the services to encode."""
     env = _env(secure, upstream)
+    if passwords == "apart":
+        env.update(
+            REDIS_URL=secure.redis_url(None),
+            REDIS_PASSWORD=REDIS_PASSWORD,
+            DATABASE_URL=secure.database_url(None),
+            DATABASE_PASSWORD=POSTGRES_PASSWORD,
+        )
     migrated = run_fetcher("migrate", env)
     assert migrated.returncode == 0, migrated.stderr
     fetcher = fetcher_factory(env)

@@ -215,12 +215,10 @@ topologySpreadConstraints:
 {{- if .Values.externalRedis.tls }}{{ $scheme = "rediss" }}{{ end -}}
 {{- end -}}
 {{- $auth := "" -}}
-{{- if $secret -}}
-{{- $auth = printf "%s:$(REDIS_PASSWORD)@" $user -}}
-{{- else if $user -}}
-{{- $auth = printf "%s@" $user -}}
-{{- end }}
+{{- with $user }}{{ $auth = printf "%s@" . }}{{ end -}}
+{{- $query := include "covid-stats.storeTls.query" (list . "redis") -}}
 {{- if $secret }}
+# The password apart: the services put it into REDIS_URL percent-encoded (any characters).
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -228,7 +226,7 @@ topologySpreadConstraints:
       key: {{ include "covid-stats.redis.secretKey" . }}
 {{- end }}
 - name: REDIS_URL
-  value: {{ printf "%s://%s%s:%d/%d" $scheme $auth (include "covid-stats.redis.host" .) (int $port) (int $db) | quote }}
+  value: {{ printf "%s://%s%s:%d/%d%s" $scheme $auth (include "covid-stats.redis.host" .) (int $port) (int $db) $query | quote }}
 {{- end -}}
 
 {{/* PostgreSQL connection -------------------------------------------------------------- */}}
@@ -259,25 +257,109 @@ topologySpreadConstraints:
 {{- end -}}
 {{- end -}}
 
-{{/* DATABASE_PASSWORD (from the Secret) then DATABASE_URL, which Kubernetes expands from it. */}}
+{{/* DATABASE_PASSWORD (from the Secret; the services put it into DATABASE_URL percent-encoded,
+     so it may hold any characters) and DATABASE_URL, with the TLS files of
+     externalDatabase.caSecret / clientCertSecret. */}}
 {{- define "covid-stats.database.env" -}}
 {{- $db := .Values.postgresql.auth.database -}}
 {{- $user := .Values.postgresql.auth.username -}}
 {{- $port := .Values.postgresql.port -}}
-{{- $query := "" -}}
+{{- $params := list -}}
 {{- if not .Values.postgresql.enabled -}}
 {{- $db = .Values.externalDatabase.database -}}
 {{- $user = .Values.externalDatabase.username -}}
 {{- $port = .Values.externalDatabase.port -}}
-{{- with .Values.externalDatabase.sslmode }}{{ $query = printf "?sslmode=%s" . }}{{ end -}}
-{{- end }}
+{{- with .Values.externalDatabase.sslmode }}{{ $params = append $params (printf "sslmode=%s" .) }}{{ end -}}
+{{- end -}}
+{{- $query := include "covid-stats.storeTls.query" (list . "database") -}}
+{{- if and $query $params -}}{{ $query = printf "&%s" (trimPrefix "?" $query) }}{{ end -}}
 - name: DATABASE_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "covid-stats.database.secretName" . }}
       key: {{ include "covid-stats.database.secretKey" . }}
 - name: DATABASE_URL
-  value: {{ printf "postgresql://%s:$(DATABASE_PASSWORD)@%s:%d/%s%s" $user (include "covid-stats.database.host" .) (int $port) $db $query | quote }}
+  value: {{ printf "postgresql://%s@%s:%d/%s%s%s" $user (include "covid-stats.database.host" .) (int $port) $db (ternary (printf "?%s" (join "&" $params)) "" (gt (len $params) 0)) $query | quote }}
+{{- end -}}
+
+{{/* TLS files of an external store ------------------------------------------------------
+     externalDatabase / externalRedis .caSecret (ca.crt) and .clientCertSecret (tls.crt,
+     tls.key): Secrets of the user's, mounted read-only at /etc/covid-stats/tls/<store>/ into
+     every pod that talks to the store, and named in its URL. "database" or "redis". */}}
+{{- define "covid-stats.storeTls.values" -}}
+{{- $ctx := index . 0 -}}
+{{- $store := index . 1 -}}
+{{- if eq $store "database" -}}
+{{- if not $ctx.Values.postgresql.enabled }}{{ toJson $ctx.Values.externalDatabase }}{{ else }}{}{{ end -}}
+{{- else -}}
+{{- if not $ctx.Values.redis.enabled }}{{ toJson $ctx.Values.externalRedis }}{{ else }}{}{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.storeTls.dir" -}}
+{{- printf "/etc/covid-stats/tls/%s" (index . 1) -}}
+{{- end -}}
+
+{{/* The URL's query naming the files: "" without them. */}}
+{{- define "covid-stats.storeTls.query" -}}
+{{- $v := include "covid-stats.storeTls.values" . | fromJson -}}
+{{- $dir := include "covid-stats.storeTls.dir" . -}}
+{{- $params := list -}}
+{{- if eq (index . 1) "database" -}}
+{{- with $v.caSecret }}{{ $params = append $params (printf "sslrootcert=%s/ca/ca.crt" $dir) }}{{ end -}}
+{{- with $v.clientCertSecret }}{{ $params = concat $params (list (printf "sslcert=%s/client/tls.crt" $dir) (printf "sslkey=%s/client/tls.key" $dir)) }}{{ end -}}
+{{- else -}}
+{{- with $v.caSecret }}{{ $params = concat $params (list (printf "ssl_ca_certs=%s/ca/ca.crt" $dir) "ssl_cert_reqs=required") }}{{ end -}}
+{{- with $v.clientCertSecret }}{{ $params = concat $params (list (printf "ssl_certfile=%s/client/tls.crt" $dir) (printf "ssl_keyfile=%s/client/tls.key" $dir)) }}{{ end -}}
+{{- end -}}
+{{- if $params }}?{{ join "&" $params }}{{ end -}}
+{{- end -}}
+
+{{/* volumeMounts / volumes for the stores a container talks to:
+     include "covid-stats.storeTls.mounts" (list $ "database" "redis") */}}
+{{- define "covid-stats.storeTls.mounts" -}}
+{{- $ctx := index . 0 -}}
+{{- range $store := rest . }}
+{{- $v := include "covid-stats.storeTls.values" (list $ctx $store) | fromJson -}}
+{{- $dir := include "covid-stats.storeTls.dir" (list $ctx $store) -}}
+{{- if $v.caSecret }}
+- name: {{ $store }}-tls-ca
+  mountPath: {{ $dir }}/ca
+  readOnly: true
+{{- end }}
+{{- if $v.clientCertSecret }}
+- name: {{ $store }}-tls-client
+  mountPath: {{ $dir }}/client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "covid-stats.storeTls.volumes" -}}
+{{- $ctx := index . 0 -}}
+{{- range $store := rest . }}
+{{- $v := include "covid-stats.storeTls.values" (list $ctx $store) | fromJson -}}
+{{- with $v.caSecret }}
+- name: {{ $store }}-tls-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- with $v.clientCertSecret }}
+- name: {{ $store }}-tls-client
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The upstream the fetcher reads: the in-cluster replay upstream when it is enabled. */}}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from covid_stats_runtime.urls import apply_passwords
 
 
 class Settings(BaseSettings):
@@ -25,6 +27,8 @@ class Settings(BaseSettings):
 
     # repr=False: a URL may carry a password; it stays out of any printed Settings.
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
+    # Put into REDIS_URL / DATABASE_URL percent-encoded: a password of any characters.
+    redis_password: SecretStr | None = None
     redis_key_prefix: str = "covid-stats"
     snapshot_grace_seconds: int = Field(default=300, ge=1)
     redis_check_interval_seconds: float = Field(default=5.0, gt=0)
@@ -33,6 +37,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="postgresql://covid_stats@localhost:5432/covid_stats", repr=False
     )
+    database_password: SecretStr | None = None
     db_pool_max_size: int = Field(default=4, ge=1)
 
     fetcher_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces
@@ -41,6 +46,14 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _passwords_into_urls(cls, data: Any) -> Any:
+        defaults = {
+            name: str(cls.model_fields[name].default) for name in ("redis_url", "database_url")
+        }
+        return apply_passwords(data, defaults)
 
 
 @lru_cache

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from covid_stats_runtime.urls import apply_passwords
 
 
 class Settings(BaseSettings):
@@ -18,6 +20,8 @@ class Settings(BaseSettings):
 
     # repr=False: a URL may carry a password; it stays out of any printed Settings.
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
+    # Put into REDIS_URL / DATABASE_URL percent-encoded: a password of any characters.
+    redis_password: SecretStr | None = None
     redis_key_prefix: str = "covid-stats"
     redis_pool_size: int = Field(default=32, ge=1, description="connections per worker")
     redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -26,6 +30,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="postgresql://covid_stats@localhost:5432/covid_stats", repr=False
     )
+    database_password: SecretStr | None = None
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1, description="connections per worker")
     db_command_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -55,6 +60,14 @@ class Settings(BaseSettings):
     access_log_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of requests in the access log, 0 = off"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _passwords_into_urls(cls, data: Any) -> Any:
+        defaults = {
+            name: str(cls.model_fields[name].default) for name in ("redis_url", "database_url")
+        }
+        return apply_passwords(data, defaults)
 
 
 @lru_cache
