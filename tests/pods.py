@@ -15,6 +15,9 @@ secrets. What podman 4.3 does not do, or does otherwise, is done here, each on i
   out of the played copy, and everything that needs a port reads it from the render;
 - it passes `$(VAR)` in env values, command and args on as it is: they are expanded as the
   kubelet expands them;
+- it panics on a `secret` volume (a nil pointer in VolumeFromSecret): the Secret's files are
+  written to a folder of the test's (:data:`SECRET_FILES`) and mounted from there, read-only
+  as rendered, at the rendered path;
 - it makes a named volume of each emptyDir, by the volume's name, which two pods with a
   `tmp` volume would share: each is named after its pod;
 - it refuses annotation values longer than 63 characters (a label value's limit, wrongly
@@ -170,7 +173,19 @@ class Pod:
         return result.stdout + result.stderr
 
 
-def for_podman(rendered: Rendered, doc: dict[str, Any]) -> list[dict[str, Any]]:
+def write_secret_files(folder: Path, name: str, data: Mapping[str, bytes]) -> None:
+    """A Secret of the user's (not rendered: e.g. a CA), as the files its volume would show:
+    ``folder/<name>/<key>``, readable by the containers' user."""
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    (folder / name).chmod(0o755)
+    for key, value in data.items():
+        (folder / name / key).write_bytes(value)
+        (folder / name / key).chmod(0o644)
+
+
+def for_podman(
+    rendered: Rendered, doc: dict[str, Any], secret_files: Path | None = None
+) -> list[dict[str, Any]]:
     """The pods to play for a rendered Deployment, Job or Pod, as podman 4.3 can play them on
     the host's network: its init containers' pods (in order), then its own. See the module's
     docstring for why each change is made; nothing else is changed."""
@@ -179,6 +194,7 @@ def for_podman(rendered: Rendered, doc: dict[str, Any]) -> list[dict[str, Any]]:
     else:  # a Job or a Deployment: the pod its controller would create from the template
         name = doc["metadata"]["name"]
         meta, spec = doc["spec"]["template"].get("metadata", {}), doc["spec"]["template"]["spec"]
+    spec = {**spec, "volumes": [_volume(v, secret_files) for v in spec.get("volumes", [])]}
     pods = [
         _pod(
             rendered, f"{name}-init-{init['name']}", meta, {**spec, "restartPolicy": "Never"}, init
@@ -187,6 +203,18 @@ def for_podman(rendered: Rendered, doc: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     (container,) = spec["containers"]
     return [*pods, _pod(rendered, name, meta, spec, container)]
+
+
+def _volume(volume: dict[str, Any], secret_files: Path | None) -> dict[str, Any]:
+    if "secret" not in volume:
+        return volume
+    secret = volume["secret"]
+    assert secret_files is not None, f"no files for the Secret {secret['secretName']}"
+    folder = secret_files / secret["secretName"]
+    for item in secret.get("items", []):
+        assert item["path"] == item["key"], item  # the files are written by key
+        assert (folder / item["key"]).is_file(), f"{folder}/{item['key']}"
+    return {"name": volume["name"], "hostPath": {"path": str(folder), "type": "Directory"}}
 
 
 def _pod(

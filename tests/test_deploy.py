@@ -518,11 +518,13 @@ def test_generated_credentials_and_connection_urls(
     assert password.isalnum()
     api = rendered.container("Deployment", f"{RELEASE}-api", "api")
     env = container_env(rendered, api)
-    assert env["DATABASE_URL"] == (
+    assert password not in env["DATABASE_URL"], "the password is apart from the URL"
+    urls = _service_urls(env)
+    assert urls["database_url"] == (
         f"postgresql://covid_stats:{password}@{RELEASE}-postgresql:5432/covid_stats"
     )
     redis_password = rendered.secret_value(f"{RELEASE}-redis", "redis-password")
-    assert env["REDIS_URL"] == f"redis://:{redis_password}@{RELEASE}-redis:6379/0"
+    assert urls["redis_url"] == f"redis://:{redis_password}@{RELEASE}-redis:6379/0"
     postgres = rendered.container("StatefulSet", f"{RELEASE}-postgresql", "postgresql")
     assert container_env(rendered, postgres)["POSTGRES_PASSWORD"] == password
 
@@ -533,13 +535,23 @@ def test_generated_credentials_and_connection_urls(
         rendered.container("Deployment", f"{RELEASE}-api", "api"),
         secrets=_fake_secrets(rendered),
     )
-    assert env["DATABASE_URL"] == (
+    urls = _service_urls(env)
+    assert urls["database_url"] == (
         "postgresql://covid_stats_app:db-secret@covid-stats.postgres.example.internal:5432/"
         "covid_stats?sslmode=verify-full"
     )
-    assert env["REDIS_URL"] == (
+    assert urls["redis_url"] == (
         "rediss://covid-stats:redis-secret@covid-stats.redis.example.internal:6380/0"
     )
+
+
+def _service_urls(env: dict[str, str]) -> dict[str, str]:
+    """The store URLs the api builds from a container's env (its settings class)."""
+    from covid_stats_api.core.config import Settings
+
+    fields = Settings.model_fields
+    settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in fields})
+    return {"database_url": settings.database_url, "redis_url": settings.redis_url}
 
 
 def test_migration_job_is_a_hook_running_migrate(
@@ -1196,9 +1208,7 @@ def test_store_tls_files_are_mounted_where_the_urls_name_them() -> None:
         spec = rendered.pod_spec(doc)
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for container in spec.get("initContainers", []) + spec["containers"]:
-            env = container_env(
-                rendered, container, secrets=dict.fromkeys(_refs(container), "x")
-            )
+            env = container_env(rendered, container, secrets=dict.fromkeys(_refs(container), "x"))
             mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
             for name in ("DATABASE_URL", "REDIS_URL"):
                 if name not in env:

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import trustme
 import yaml  # type: ignore[import-untyped]
 
 from covid_stats_contract.keys import RedisKeys
@@ -52,6 +54,7 @@ from deploy_support import (
 from devstack.load import Load, Outcome
 from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
+from devstack.tlsproxy import TlsProxy
 from pods import (
     Pod,
     Podman,
@@ -61,6 +64,7 @@ from pods import (
     memory_bytes,
     probers,
     service_target,
+    write_secret_files,
 )
 from support import (
     ARCHIVE,
@@ -77,6 +81,7 @@ from support import (
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
 VALUES = CHART / "ci" / "containers-values.yaml"
+CA_SECRET = "covid-stats-store-ca"  # the user's Secret with the stores' CA (not rendered)
 NAMESPACE = "covid-stats"  # the namespace the render (and so Prometheus' labels) names
 LOAD_REQUESTS = 20_000
 
@@ -104,6 +109,7 @@ class System:
     redis: LocalRedis
     postgres: LocalPostgres
     upstream: Upstream
+    tls: tuple[TlsProxy, TlsProxy]  # Redis's, PostgreSQL's
     pods: dict[str, Pod] = field(default_factory=dict)  # by component
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rendered, by component
     probers: dict[tuple[str, str], Prober] = field(default_factory=dict)
@@ -170,7 +176,7 @@ def _play_workload(system: System, component: str) -> float:
     doc = system.workload(component)
     spec = system.rendered.pod_spec(doc)
     config_maps = config_maps_of(system.rendered, spec)
-    *inits, main = for_podman(system.rendered, doc)
+    *inits, main = for_podman(system.rendered, doc, system.folder / "secrets")
     started = time.monotonic()
     for init in inits:
         (pod,) = system.podman.play(
@@ -215,14 +221,23 @@ def _wait_ready(system: System, component: str, started: float) -> None:
 
 @pytest.fixture(scope="module")
 def system(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The stores are reached as managed ones would be: through TLS endpoints whose
+    certificates a private CA signed, verified (verify-full, ssl_cert_reqs=required) with that
+    CA from the chart's caSecret, with passwords of reserved characters."""
     folder = tmp_path_factory.mktemp("containers")
     source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
     upstream_port = free_port()
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    write_secret_files(folder / "secrets", CA_SECRET, {"ca.crt": ca.cert_pem.bytes()})
     with (
         scratch_dir("containers-pg") as pg_dir,
         scratch_dir("containers-redis") as redis_dir,
-        LocalRedis(Path(redis_dir), password=secrets.token_hex(16)) as redis_server,
-        LocalPostgres(Path(pg_dir), password=secrets.token_hex(16)) as pg_server,
+        LocalRedis(Path(redis_dir), password=_password()) as redis_server,
+        LocalPostgres(Path(pg_dir), password=_password()) as pg_server,
+        TlsProxy(redis_server.port, context, "redis") as redis_tls,
+        TlsProxy(pg_server.port, context, "postgres") as pg_tls,
     ):
         upstream_process = spawn(
             "upstream",
@@ -239,11 +254,15 @@ def system(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             folder,
             **{
                 "externalRedis.host": "127.0.0.1",
-                "externalRedis.port": redis_server.port,
+                "externalRedis.port": redis_tls.port,
                 "externalRedis.password": redis_server.password,
+                "externalRedis.tls": True,
+                "externalRedis.caSecret": CA_SECRET,
                 "externalDatabase.host": "127.0.0.1",
-                "externalDatabase.port": pg_server.port,
+                "externalDatabase.port": pg_tls.port,
                 "externalDatabase.password": pg_server.password,
+                "externalDatabase.sslmode": "verify-full",
+                "externalDatabase.caSecret": CA_SECRET,
                 "statsFetcher.upstream.baseUrl": upstream.url + "/",
                 "api.port": free_port(),
                 "statsFetcher.port": free_port(),
@@ -255,7 +274,9 @@ def system(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         missing = [image for image in images if not podman.image_exists(image)]
         assert not missing, f"images missing: {missing}; build them with `make images`"
         secret_names = podman.secrets_from(rendered)
-        system = System(podman, rendered, folder, redis_server, pg_server, upstream)
+        system = System(
+            podman, rendered, folder, redis_server, pg_server, upstream, (redis_tls, pg_tls)
+        )
         try:
             # The migration (a post-install hook: the stores exist), then the fetcher (its
             # init container migrates again, idempotently), then the api.
@@ -273,6 +294,12 @@ def system(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             for name in secret_names:
                 podman.run("secret", "rm", name, check=False)
             upstream_process.stop()
+
+
+def _password() -> str:
+    """A random password with the characters a URL reserves (the devstack servers take
+    printable ASCII but `"` and `\\`)."""
+    return secrets.token_hex(12) + "@:/%?# "
 
 
 def _all_containers(rendered: Rendered, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -392,10 +419,10 @@ def test_the_api_pod_serves_every_document_as_make_run_does(system: System, tmp_
     assert snapshot is not None
     names = system.documents(snapshot)
     assert len(names) > 50, names
+    pod_env = _on_this_machine(system, "api")
+    stores = ("REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL", "DATABASE_PASSWORD")
     env = clean_env(
-        REDIS_URL=system.env("api")["REDIS_URL"],
-        DATABASE_URL=system.env("api")["DATABASE_URL"],
-        REDIS_KEY_PREFIX=system.env("api")["REDIS_KEY_PREFIX"],
+        **{key: pod_env[key] for key in stores}, REDIS_KEY_PREFIX=pod_env["REDIS_KEY_PREFIX"]
     )
     process, local = start_api(env, tmp_path)
     try:
@@ -426,6 +453,20 @@ def test_the_api_pod_serves_every_document_as_make_run_does(system: System, tmp_
     )
 
 
+def _on_this_machine(system: System, component: str) -> dict[str, str]:
+    """The component's rendered env, the paths of its Secret volumes (the stores' CA) in its
+    values replaced by where those files are on this machine."""
+    env = system.env(component)
+    spec = system.rendered.pod_spec(system.workload(component))
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in system.containers[component].get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            here = str(system.folder / "secrets" / secret["secretName"])
+            env = {k: v.replace(mount["mountPath"], here) for k, v in env.items()}
+    return env
+
+
 def test_the_helm_test_pod_passes_against_the_api_pod(system: System) -> None:
     """The rendered `helm test` pod, played as it is but for the Service URL it is given
     (no Service here: the api pod's own address on this machine)."""
@@ -450,7 +491,8 @@ def test_the_helm_test_pod_passes_against_the_api_pod(system: System) -> None:
         },
     }
     (pod,) = system.podman.play(
-        for_podman(system.rendered, played), system.folder / "helm-test.yaml"
+        for_podman(system.rendered, played, system.folder / "secrets"),
+        system.folder / "helm-test.yaml",
     )
     name = pod.container(container["name"])
     code = int(system.podman.run("wait", name, timeout=300).stdout.strip().splitlines()[-1])
@@ -903,6 +945,45 @@ def test_stopping_the_api_pod_under_load_fails_no_request_on_an_open_connection(
         f"{stopped - signalled:.2f} s, exit code 0; {', '.join(alerts)} returned "
         f"{prometheus.jobs['api']}"
     )
+
+
+def test_the_stores_were_reached_through_tls_only(system: System) -> None:
+    redis_tls, pg_tls = system.tls
+    assert redis_tls.sessions >= 3  # the fetcher, two api workers
+    assert pg_tls.sessions >= 4  # the migration, the fetcher's init and main, the api
+    assert pg_tls.refused == 0
+
+
+def test_a_wrong_ca_is_refused_with_a_clear_log_line_and_readiness_false(system: System) -> None:
+    """The api pod played again (after its stop) with another CA in the stores' CA Secret:
+    it starts (liveness asks nothing of the stores) but never becomes ready, and its log says
+    the stores' certificates failed verification."""
+    assert "api" in system.stopped
+    wrong = system.folder / "secrets-wrong-ca"
+    write_secret_files(wrong, CA_SECRET, {"ca.crt": trustme.CA().cert_pem.bytes()})
+    doc = system.workload("api")
+    spec = system.rendered.pod_spec(doc)
+    (main,) = for_podman(system.rendered, doc, wrong)
+    path = system.folder / "api-wrong-ca.yaml"
+    (pod,) = system.podman.play([*config_maps_of(system.rendered, spec), main], path)
+    container = system.containers["api"]
+    found = probers(container)
+    for prober in found.values():
+        prober.start()
+    try:
+        readiness = found["readiness"]
+        budget = found["startup"].budget() + readiness.period * (readiness.failure_threshold + 2)
+        wait_until(lambda: readiness.failed_at() is not None, budget, what="readiness to fail")
+        assert found["startup"].passed_at() is not None
+        assert readiness.passed_at() is None
+        logs = pod.logs(container["name"])
+    finally:
+        for prober in found.values():
+            prober.stop()
+        system.podman.down(path)
+    assert "certificate verify failed" in logs, logs[-3000:]
+    first = next(text for text in logs.splitlines() if "certificate verify failed" in text)
+    summary(f"containers: a wrong CA: readiness false, first log line saying so: {first[:300]}")
 
 
 def test_no_liveness_probe_failed_while_the_pods_ran(system: System) -> None:
