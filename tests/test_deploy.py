@@ -550,7 +550,9 @@ def _service_urls(env: dict[str, str]) -> dict[str, str]:
     from covid_stats_api.core.config import Settings
 
     fields = Settings.model_fields
-    settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in fields})
+    settings = Settings.model_validate(
+        {k.lower(): v for k, v in env.items() if k.lower() in fields}
+    )
     return {"database_url": settings.database_url, "redis_url": settings.redis_url}
 
 

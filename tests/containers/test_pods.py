@@ -357,10 +357,19 @@ def test_containers_run_with_what_the_render_asks(system: System) -> None:
             volumes = {v["name"]: v for v in pod_spec["volumes"]}
             for mount in container["volumeMounts"]:
                 assert mount["mountPath"] in mounts, mount
-                assert "emptyDir" in volumes[mount["name"]], mount
+                volume = volumes[mount["name"]]
                 probe = f"{mount['mountPath']}/.containers-suite-write"
                 wrote = system.podman.run("exec", name, "touch", probe, check=False)
-                assert wrote.returncode == 0, f"{name} cannot write {mount['mountPath']}"
+                if "emptyDir" in volume:  # where the app writes
+                    assert wrote.returncode == 0, f"{name} cannot write {mount['mountPath']}"
+                    continue
+                # A Secret's files (the stores' CA): readable, read-only.
+                assert mount.get("readOnly") is True, mount
+                assert mounts[mount["mountPath"]]["RW"] is False, mount
+                assert wrote.returncode != 0, f"{name} can write {mount['mountPath']}"
+                for item in volume["secret"]["items"]:
+                    path = f"{mount['mountPath']}/{item['path']}"
+                    system.podman.run("exec", name, "cat", path)
             env = dict(e.split("=", 1) for e in info["Config"]["Env"])
             wanted = system.env(component) if component != "migrate" else {}
             for key, value in wanted.items():
