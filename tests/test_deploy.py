@@ -266,6 +266,10 @@ def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
         ({"tracing.otlpEndpoint": "collector:4318"}, "/tracing/otlpEndpoint"),
         ({"api.accessLogSampleRate": 2}, "/api/accessLogSampleRate"),
         ({"api.podAnnotations": {"a": 1}}, "/api/podAnnotations/a"),
+        ({"imagePullSecrets": [{"nam": "regcred"}]}, "/imagePullSecrets/0"),
+        ({"imagePullSecrets": [""]}, "/imagePullSecrets/0"),
+        ({"global.imageRegistry": "https://registry.example/"}, "/global/imageRegistry"),
+        ({"redis.image.registry": "registry.example/"}, "/redis/image/registry"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
@@ -718,6 +722,155 @@ def test_skaffold_builds_our_images_and_injects_them_into_the_chart() -> None:
     assert {"dev", "runtime"} <= stages
 
 
+# -- registries and pull secrets ----------------------------------------------------------------
+
+# The value blocks holding an image, and the workloads running it (kind, name, container).
+IMAGE_BLOCKS = ("api", "statsFetcher", "replayUpstream", "redis", "postgresql")
+ALL_WORKLOADS_ON = {
+    "replayUpstream.enabled": True,
+    "migration.enabled": True,
+    "tests.enabled": True,
+}
+
+
+def _image_of(rendered: Rendered, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(container name, image) of every container of a workload, init containers included."""
+    spec = rendered.pod_spec(doc)
+    return [(c["name"], c["image"]) for c in spec.get("initContainers", []) + spec["containers"]]
+
+
+def _block_of_container(doc: dict[str, Any], container: str) -> str:
+    """The value block whose image a container runs: the component label says which, the
+    migration, test and init containers run the fetcher's or the api's."""
+    component = doc["metadata"]["labels"][COMPONENT_LABEL]
+    return {
+        "api": "api",
+        "test": "api",
+        "stats-fetcher": "statsFetcher",
+        "migrate": "statsFetcher",
+        "replay-upstream": "replayUpstream",
+        "redis": "redis",
+        "postgresql": "postgresql",
+    }[component]
+
+
+def _expected_image(values: dict[str, Any], block: str, app_version: str) -> str:
+    image = values[block]["image"]
+    registry = image.get("registry") or values.get("global", {}).get("imageRegistry", "")
+    ref = f"{image['repository']}:{image['tag'] or app_version}"
+    if registry:
+        ref = f"{registry}/{ref}"
+    if image["digest"]:
+        ref = f"{ref}@{image['digest']}"
+    return ref
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"global.imageRegistry": "registry.example:5000/team"},
+        {
+            "global.imageRegistry": "registry.example/team",
+            "api.image.registry": "ghcr.io/us",
+            "redis.image.registry": "mirror.example",
+            "postgresql.image.digest": "sha256:" + "1" * 64,
+        },
+        {"statsFetcher.image.registry": "ghcr.io/us"},
+    ],
+    ids=["defaults", "global", "per-image-wins", "per-image-alone"],
+)
+def test_images_come_from_the_registry_the_values_name(overrides: dict[str, object]) -> None:
+    """Every container's image is [<registry>/]<repository>:<tag>[@<digest>], the registry
+    being the image's own, else global.imageRegistry, else none: with the defaults the
+    references are the local names the containers suite runs (covid-stats-api:<appVersion>)."""
+    rendered = render(values={**ALL_WORKLOADS_ON, **overrides})
+    values = _nest({**ALL_WORKLOADS_ON, **overrides})
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for block in IMAGE_BLOCKS:
+        defaults[block]["image"].update(values.get(block, {}).get("image", {}))
+    defaults["global"].update(values.get("global", {}))
+    app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    seen = set()
+    for doc in rendered.workloads():
+        for container, image in _image_of(rendered, doc):
+            block = _block_of_container(doc, container)
+            seen.add(block)
+            assert image == _expected_image(defaults, block, app_version), (
+                doc["metadata"]["name"],
+                container,
+            )
+    assert seen == set(IMAGE_BLOCKS)
+    if not overrides:
+        assert rendered.container("Deployment", f"{RELEASE}-api", "api")["image"] == (
+            f"covid-stats-api:{app_version}"
+        )
+
+
+def test_pull_secrets_take_names_or_objects_and_reach_every_pod() -> None:
+    rendered = render(
+        values={**ALL_WORKLOADS_ON, "imagePullSecrets": ["regcred", {"name": "mirror-cred"}]}
+    )
+    expected = [{"name": "regcred"}, {"name": "mirror-cred"}]
+    workloads = rendered.workloads()
+    assert {d["kind"] for d in workloads} == {"Deployment", "StatefulSet", "Job", "Pod"}
+    for doc in workloads:
+        assert rendered.pod_spec(doc)["imagePullSecrets"] == expected, doc["metadata"]["name"]
+    bare = render()
+    for doc in bare.workloads():
+        assert "imagePullSecrets" not in bare.pod_spec(doc), doc["metadata"]["name"]
+
+
+def test_helm_test_pod_is_scheduled_like_the_api() -> None:
+    """The `helm test` pod runs the api's image: it gets the api's pull secrets, node
+    selector, tolerations and affinity (private registries, tainted or dedicated nodes)."""
+    scheduling = {
+        "api.nodeSelector": {"pool": "web"},
+        "api.tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web"}],
+        "api.affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["x"]}]}
+                    ]
+                }
+            }
+        },
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    rendered = render(values=scheduling)
+    api = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-api"))
+    (test_pod,) = rendered.of_kind("Pod")
+    spec = rendered.pod_spec(test_pod)
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
+        assert spec[key] == api[key], key
+    bare = render().of_kind("Pod")[0]["spec"]
+    assert not {"imagePullSecrets", "nodeSelector", "tolerations", "affinity"} & set(bare)
+
+
+def test_a_tag_with_a_digest_renders_alone_and_is_refused_with_a_digest_too() -> None:
+    """skaffold sets `<tag>@<digest>` as the tag: fine alone, refused with `digest` as well
+    (the reference would carry two digests)."""
+    pinned = "0.1.0@sha256:" + "a" * 64
+    digest = "sha256:" + "b" * 64
+    for block in IMAGE_BLOCKS:
+        result = helm_template(
+            values={
+                "replayUpstream.enabled": True,
+                f"{block}.image.tag": pinned,
+                f"{block}.image.digest": digest,
+            },
+            check=False,
+        )
+        assert result.returncode != 0, block
+        assert (
+            f"{block}.image.tag ({pinned}) already pins a digest and {block}.image.digest "
+            f"({digest}) is set too" in result.stderr
+        ), result.stderr
+    rendered = render(values={"api.image.tag": pinned})
+    assert rendered.container("Deployment", f"{RELEASE}-api", "api")["image"].endswith(pinned)
+
+
 # -- the images ---------------------------------------------------------------------------------
 
 
@@ -1069,7 +1222,8 @@ def test_cluster_smoke(tmp_path: Path) -> None:
     namespace enforcing the restricted Pod Security Standard, wait for the rollouts, call the
     api and the /metrics the chart declares through the API server proxy, run `helm test`,
     then remove everything. The images must be pullable by the cluster: set
-    COVID_STATS_IMAGE_REGISTRY (e.g. registry.example/team) and COVID_STATS_IMAGE_TAG, or load
+    COVID_STATS_IMAGE_REGISTRY (e.g. registry.example/team: global.imageRegistry) and
+    COVID_STATS_IMAGE_TAG, or load
     covid-stats-{api,fetcher,replay-upstream}:<appVersion> into it (kind load, skaffold)."""
     kubernetes = optional_module("kubernetes")
     assert KUBE_CONTEXT is not None
@@ -1083,15 +1237,15 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         "redis.persistence.enabled": False,
         "postgresql.persistence.enabled": False,
     }
+    # Our images from COVID_STATS_IMAGE_REGISTRY (the chart's global.imageRegistry), Redis and
+    # PostgreSQL from Docker Hub (their own registry, set to it explicitly).
     registry = os.environ.get("COVID_STATS_IMAGE_REGISTRY", "").rstrip("/")
     tag = os.environ.get("COVID_STATS_IMAGE_TAG", "")
-    for key, image in (
-        ("api", "covid-stats-api"),
-        ("statsFetcher", "covid-stats-fetcher"),
-        ("replayUpstream", "covid-stats-replay-upstream"),
-    ):
-        if registry:
-            values[f"{key}.image.repository"] = f"{registry}/{image}"
+    if registry:
+        values["global.imageRegistry"] = registry
+        values["redis.image.registry"] = "docker.io/library"
+        values["postgresql.image.registry"] = "docker.io/library"
+    for key in ("api", "statsFetcher", "replayUpstream"):
         if tag:
             values[f"{key}.image.tag"] = tag
     values_path = tmp_path / "smoke-values.json"
