@@ -105,6 +105,44 @@ def kustomized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Rendered, Path
     return Rendered(text), path
 
 
+# The kustomize components of deploy/k8s, each built in an overlay of the plain manifests as a
+# user's kustomization would use them (`components:`); the last ones all three, in both orders.
+COMPONENTS = ("image-registry", "external-stores", "without-networkpolicies")
+COMPONENT_OVERLAYS = {
+    **{name: (name,) for name in COMPONENTS},
+    "all": COMPONENTS,
+    "all-reversed": tuple(reversed(COMPONENTS)),
+}
+
+
+def kustomize_overlay(folder: Path, components: tuple[str, ...]) -> str:
+    """`kubectl kustomize` of an overlay in ``folder``: deploy/k8s plus the components."""
+    folder.mkdir(parents=True)
+    base = Path(os.path.relpath(K8S_DIR, folder))
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(base)],
+        "components": [str(base / "components" / name) for name in components],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    return str(run([tool("kubectl"), "kustomize", folder]).stdout)
+
+
+@pytest.fixture(scope="session")
+def kustomized_components(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Rendered, Path]]:
+    folder = tmp_path_factory.mktemp("components")
+    result = {}
+    for name, components in COMPONENT_OVERLAYS.items():
+        text = kustomize_overlay(folder / name, components)
+        path = folder / f"{name}.yaml"
+        path.write_text(text)
+        result[name] = (Rendered(text), path)
+    return result
+
+
 # -- helm lint, kubernetes-validate, kustomize, drift ------------------------------------------
 
 
@@ -152,10 +190,17 @@ def test_renders_and_plain_manifests_validate_strictly(
     version: str,
     renders: dict[str, tuple[Rendered, Path]],
     kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
 ) -> None:
-    """Every value set's render and `kubectl kustomize deploy/k8s`, against the Kubernetes
-    OpenAPI schemas of this version, unknown fields rejected (--strict)."""
-    _kubernetes_validate(version, [path for _, path in renders.values()] + [kustomized[1]])
+    """Every value set's render, `kubectl kustomize deploy/k8s` and the overlays of its
+    components, against the Kubernetes OpenAPI schemas of this version, unknown fields
+    rejected (--strict)."""
+    _kubernetes_validate(
+        version,
+        [path for _, path in renders.values()]
+        + [kustomized[1]]
+        + [path for _, path in kustomized_components.values()],
+    )
 
 
 def test_crd_resources_are_consistent(renders: dict[str, tuple[Rendered, Path]]) -> None:
@@ -246,6 +291,106 @@ def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
     fetcher = rendered.get("Deployment", f"{RELEASE}-stats-fetcher")
     (init,) = rendered.pod_spec(fetcher)["initContainers"]
     assert init["args"][0] == "migrate", "the init container migrates where no hook Job does"
+
+
+def _by_id(rendered: Rendered) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in rendered.docs}
+
+
+def test_image_registry_component_retargets_every_image_and_keeps_the_tags(
+    kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    component = yaml.safe_load(
+        (K8S_DIR / "components" / "image-registry" / "kustomization.yaml").read_text()
+    )
+    new_names = {i["name"]: i["newName"] for i in component["images"]}
+    base, _ = kustomized
+    retargeted, _ = kustomized_components["image-registry"]
+    base_images = {image for d in base.workloads() for _, image in _image_of(base, d)}
+    assert {i.rpartition(":")[0] for i in base_images} <= set(new_names), (
+        "an image of deploy/k8s the component does not retarget"
+    )
+    for doc in base.workloads():
+        moved = _by_id(retargeted)[(doc["kind"], doc["metadata"]["name"])]
+        for (name, image), (moved_name, moved_image) in zip(
+            _image_of(base, doc), _image_of(retargeted, moved), strict=True
+        ):
+            repository, _, tag = image.rpartition(":")
+            assert (moved_name, moved_image) == (name, f"{new_names[repository]}:{tag}")
+    registries = {n.rsplit("/", 1)[0] for n in new_names.values()}
+    assert len(registries) == 1, "one registry for every image"
+    rest = _by_id(retargeted)
+    for key, doc in _by_id(base).items():
+        if doc["kind"] not in {"Deployment", "StatefulSet"}:
+            assert rest[key] == doc, key
+
+
+EXTERNAL_STORES = {
+    "redis.enabled": False,
+    "postgresql.enabled": False,
+    "externalRedis.host": "redis.example.internal",
+    "externalRedis.tls": True,
+    "externalRedis.existingSecret": "covid-stats-redis",
+    "externalDatabase.host": "postgresql.example.internal",
+    "externalDatabase.sslmode": "require",
+    "externalDatabase.existingSecret": "covid-stats-postgresql",
+    # The plain manifests' most connections (see the component): 152.
+    "externalDatabase.maxConnections": 152,
+}
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document without what the plain manifests change or the stores' checksums differ
+    in: the managed-by label and the checksum annotations."""
+    doc = json.loads(json.dumps(doc))
+    for meta in (doc["metadata"], doc.get("spec", {}).get("template", {}).get("metadata", {})):
+        meta.get("labels", {}).pop("app.kubernetes.io/managed-by", None)
+        annotations = meta.get("annotations", {})
+        for key in [k for k in annotations if k.startswith("checksum/")]:
+            del annotations[key]
+    return doc
+
+
+def test_external_stores_component_is_the_chart_with_external_stores(
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """deploy/k8s + components/external-stores == the chart rendered for the plain manifests
+    with externalRedis/externalDatabase at the component's placeholder hosts: the same
+    resources (no StatefulSets, store Services, ServiceAccounts or policies) and the same
+    DATABASE_URL and REDIS_URL in every container."""
+    result = helm_template(K8S_DIR / "values.yaml", values=EXTERNAL_STORES, extra=["--no-hooks"])
+    chart = {k: _comparable(d) for k, d in _by_id(Rendered(result.stdout)).items()}
+    component, _ = kustomized_components["external-stores"]
+    built = {k: _comparable(d) for k, d in _by_id(component).items()}
+    assert sorted(built) == sorted(chart)
+    for key, doc in chart.items():
+        assert built[key] == doc, key
+    assert not component.of_kind("StatefulSet")
+
+
+def test_without_networkpolicies_component_removes_them_and_nothing_else(
+    kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    base = _by_id(kustomized[0])
+    assert any(kind == "NetworkPolicy" for kind, _ in base)
+    built = _by_id(kustomized_components["without-networkpolicies"][0])
+    assert built == {k: d for k, d in base.items() if k[0] != "NetworkPolicy"}
+
+
+def test_components_compose_in_any_order(
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    together = _by_id(kustomized_components["all"][0])
+    assert together == _by_id(kustomized_components["all-reversed"][0])
+    assert not [k for k in together if k[0] in {"NetworkPolicy", "StatefulSet"}]
+    images = {
+        i
+        for d in kustomized_components["all"][0].workloads()
+        for _, i in _image_of(kustomized_components["all"][0], d)
+    }
+    assert all(i.startswith("registry.example/team/") for i in images), images
 
 
 # -- the values schema and the install-time checks ---------------------------------------------
