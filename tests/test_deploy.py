@@ -22,6 +22,7 @@ commands run from the venv (where the same packages are installed).
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
 import re
@@ -952,6 +953,28 @@ def test_images_come_from_the_registry_the_values_name(overrides: dict[str, obje
         assert rendered.container("Deployment", f"{RELEASE}-api", "api")["image"] == (
             f"covid-stats-api:{app_version}"
         )
+
+
+def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
+    """`make images` (deploy/tools/build_images.py reads values.yaml without a YAML parser)
+    builds exactly the references the default render runs: the containers suite needs them."""
+    spec = importlib.util.spec_from_file_location(
+        "build_images", REPO / "deploy" / "tools" / "build_images.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    build_images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_images)
+    rendered = render(values={"replayUpstream.enabled": True})
+    expected = {
+        block: rendered.container("Deployment", f"{RELEASE}-{name}", name)["image"]
+        for block, name in (
+            ("api", "api"),
+            ("statsFetcher", "stats-fetcher"),
+            ("replayUpstream", "replay-upstream"),
+        )
+    }
+    assert build_images.image_refs() == expected
 
 
 def test_pull_secrets_take_names_or_objects_and_reach_every_pod() -> None:
