@@ -98,6 +98,14 @@ deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Lint, render, validate and scan the ch
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
 	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
 
+.PHONY: chart-readme
+chart-readme: $(STAMP) ## Regenerate the chart README's parameter table from values.yaml's comments
+	$(BIN)/python deploy/tools/chart_readme.py
+
+.PHONY: chart-package
+chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; helm push it)
+	$(HELM) package deploy/helm/covid-stats --destination dist
+
 .PHONY: images
 images: ## Build the api, fetcher and replay-upstream images as the chart names them (podman, else docker)
 	$(PYTHON) deploy/tools/build_images.py

@@ -81,9 +81,13 @@ def set_args(values: Mapping[str, object]) -> list[str]:
 
 
 def helm_template(
-    *values_files: Path, values: Mapping[str, object] | None = None, check: bool = True
+    *values_files: Path,
+    values: Mapping[str, object] | None = None,
+    check: bool = True,
+    extra: Iterable[str] = (),
 ) -> Any:
-    argv: list[str | Path] = [tool("helm"), "template", RELEASE, CHART]
+    """`helm template` of the chart; ``extra``: more helm arguments (--no-hooks)."""
+    argv: list[str | Path] = [tool("helm"), "template", RELEASE, CHART, *extra]
     for path in values_files:
         argv += ["--values", path]
     argv += set_args(values or {})

@@ -22,10 +22,12 @@ commands run from the venv (where the same packages are installed).
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
 import re
 import shutil
+import tarfile
 import time
 import urllib.parse
 import uuid
@@ -61,6 +63,7 @@ from deploy_support import (
     render,
     run,
     selected_service,
+    set_args,
     stage_chain,
     tool,
     values_file,
@@ -101,6 +104,44 @@ def kustomized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Rendered, Path
     path = tmp_path_factory.mktemp("kustomize") / "k8s.yaml"
     path.write_text(text)
     return Rendered(text), path
+
+
+# The kustomize components of deploy/k8s, each built in an overlay of the plain manifests as a
+# user's kustomization would use them (`components:`); the last ones all three, in both orders.
+COMPONENTS = ("image-registry", "external-stores", "without-networkpolicies")
+COMPONENT_OVERLAYS = {
+    **{name: (name,) for name in COMPONENTS},
+    "all": COMPONENTS,
+    "all-reversed": tuple(reversed(COMPONENTS)),
+}
+
+
+def kustomize_overlay(folder: Path, components: tuple[str, ...]) -> str:
+    """`kubectl kustomize` of an overlay in ``folder``: deploy/k8s plus the components."""
+    folder.mkdir(parents=True)
+    base = Path(os.path.relpath(K8S_DIR, folder))
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(base)],
+        "components": [str(base / "components" / name) for name in components],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    return str(run([tool("kubectl"), "kustomize", folder]).stdout)
+
+
+@pytest.fixture(scope="session")
+def kustomized_components(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Rendered, Path]]:
+    folder = tmp_path_factory.mktemp("components")
+    result = {}
+    for name, components in COMPONENT_OVERLAYS.items():
+        text = kustomize_overlay(folder / name, components)
+        path = folder / f"{name}.yaml"
+        path.write_text(text)
+        result[name] = (Rendered(text), path)
+    return result
 
 
 # -- helm lint, kubernetes-validate, kustomize, drift ------------------------------------------
@@ -150,10 +191,17 @@ def test_renders_and_plain_manifests_validate_strictly(
     version: str,
     renders: dict[str, tuple[Rendered, Path]],
     kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
 ) -> None:
-    """Every value set's render and `kubectl kustomize deploy/k8s`, against the Kubernetes
-    OpenAPI schemas of this version, unknown fields rejected (--strict)."""
-    _kubernetes_validate(version, [path for _, path in renders.values()] + [kustomized[1]])
+    """Every value set's render, `kubectl kustomize deploy/k8s` and the overlays of its
+    components, against the Kubernetes OpenAPI schemas of this version, unknown fields
+    rejected (--strict)."""
+    _kubernetes_validate(
+        version,
+        [path for _, path in renders.values()]
+        + [kustomized[1]]
+        + [path for _, path in kustomized_components.values()],
+    )
 
 
 def test_crd_resources_are_consistent(renders: dict[str, tuple[Rendered, Path]]) -> None:
@@ -246,6 +294,106 @@ def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
     assert init["args"][0] == "migrate", "the init container migrates where no hook Job does"
 
 
+def _by_id(rendered: Rendered) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in rendered.docs}
+
+
+def test_image_registry_component_retargets_every_image_and_keeps_the_tags(
+    kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    component = yaml.safe_load(
+        (K8S_DIR / "components" / "image-registry" / "kustomization.yaml").read_text()
+    )
+    new_names = {i["name"]: i["newName"] for i in component["images"]}
+    base, _ = kustomized
+    retargeted, _ = kustomized_components["image-registry"]
+    base_images = {image for d in base.workloads() for _, image in _image_of(base, d)}
+    assert {i.rpartition(":")[0] for i in base_images} <= set(new_names), (
+        "an image of deploy/k8s the component does not retarget"
+    )
+    for doc in base.workloads():
+        moved = _by_id(retargeted)[(doc["kind"], doc["metadata"]["name"])]
+        for (name, image), (moved_name, moved_image) in zip(
+            _image_of(base, doc), _image_of(retargeted, moved), strict=True
+        ):
+            repository, _, tag = image.rpartition(":")
+            assert (moved_name, moved_image) == (name, f"{new_names[repository]}:{tag}")
+    registries = {n.rsplit("/", 1)[0] for n in new_names.values()}
+    assert len(registries) == 1, "one registry for every image"
+    rest = _by_id(retargeted)
+    for key, doc in _by_id(base).items():
+        if doc["kind"] not in {"Deployment", "StatefulSet"}:
+            assert rest[key] == doc, key
+
+
+EXTERNAL_STORES = {
+    "redis.enabled": False,
+    "postgresql.enabled": False,
+    "externalRedis.host": "redis.example.internal",
+    "externalRedis.tls": True,
+    "externalRedis.existingSecret": "covid-stats-redis",
+    "externalDatabase.host": "postgresql.example.internal",
+    "externalDatabase.sslmode": "require",
+    "externalDatabase.existingSecret": "covid-stats-postgresql",
+    # The plain manifests' most connections (see the component): 152.
+    "externalDatabase.maxConnections": 152,
+}
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document without what the plain manifests change or the stores' checksums differ
+    in: the managed-by label and the checksum annotations."""
+    doc = json.loads(json.dumps(doc))
+    for meta in (doc["metadata"], doc.get("spec", {}).get("template", {}).get("metadata", {})):
+        meta.get("labels", {}).pop("app.kubernetes.io/managed-by", None)
+        annotations = meta.get("annotations", {})
+        for key in [k for k in annotations if k.startswith("checksum/")]:
+            del annotations[key]
+    return doc
+
+
+def test_external_stores_component_is_the_chart_with_external_stores(
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """deploy/k8s + components/external-stores == the chart rendered for the plain manifests
+    with externalRedis/externalDatabase at the component's placeholder hosts: the same
+    resources (no StatefulSets, store Services, ServiceAccounts or policies) and the same
+    DATABASE_URL and REDIS_URL in every container."""
+    result = helm_template(K8S_DIR / "values.yaml", values=EXTERNAL_STORES, extra=["--no-hooks"])
+    chart = {k: _comparable(d) for k, d in _by_id(Rendered(result.stdout)).items()}
+    component, _ = kustomized_components["external-stores"]
+    built = {k: _comparable(d) for k, d in _by_id(component).items()}
+    assert sorted(built) == sorted(chart)
+    for key, doc in chart.items():
+        assert built[key] == doc, key
+    assert not component.of_kind("StatefulSet")
+
+
+def test_without_networkpolicies_component_removes_them_and_nothing_else(
+    kustomized: tuple[Rendered, Path],
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    base = _by_id(kustomized[0])
+    assert any(kind == "NetworkPolicy" for kind, _ in base)
+    built = _by_id(kustomized_components["without-networkpolicies"][0])
+    assert built == {k: d for k, d in base.items() if k[0] != "NetworkPolicy"}
+
+
+def test_components_compose_in_any_order(
+    kustomized_components: dict[str, tuple[Rendered, Path]],
+) -> None:
+    together = _by_id(kustomized_components["all"][0])
+    assert together == _by_id(kustomized_components["all-reversed"][0])
+    assert not [k for k in together if k[0] in {"NetworkPolicy", "StatefulSet"}]
+    images = {
+        i
+        for d in kustomized_components["all"][0].workloads()
+        for _, i in _image_of(kustomized_components["all"][0], d)
+    }
+    assert all(i.startswith("registry.example/team/") for i in images), images
+
+
 # -- the values schema and the install-time checks ---------------------------------------------
 
 
@@ -266,6 +414,10 @@ def test_plain_manifests_have_no_hooks_and_no_generated_secrets(
         ({"tracing.otlpEndpoint": "collector:4318"}, "/tracing/otlpEndpoint"),
         ({"api.accessLogSampleRate": 2}, "/api/accessLogSampleRate"),
         ({"api.podAnnotations": {"a": 1}}, "/api/podAnnotations/a"),
+        ({"imagePullSecrets": [{"nam": "regcred"}]}, "/imagePullSecrets/0"),
+        ({"imagePullSecrets": [""]}, "/imagePullSecrets/0"),
+        ({"global.imageRegistry": "https://registry.example/"}, "/global/imageRegistry"),
+        ({"redis.image.registry": "registry.example/"}, "/redis/image/registry"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
@@ -731,6 +883,279 @@ def test_skaffold_builds_our_images_and_injects_them_into_the_chart() -> None:
     assert {"dev", "runtime"} <= stages
 
 
+# -- registries and pull secrets ----------------------------------------------------------------
+
+# The value blocks holding an image, and the workloads running it (kind, name, container).
+IMAGE_BLOCKS = ("api", "statsFetcher", "replayUpstream", "redis", "postgresql")
+ALL_WORKLOADS_ON = {
+    "replayUpstream.enabled": True,
+    "migration.enabled": True,
+    "tests.enabled": True,
+}
+
+
+def _image_of(rendered: Rendered, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(container name, image) of every container of a workload, init containers included."""
+    spec = rendered.pod_spec(doc)
+    return [(c["name"], c["image"]) for c in spec.get("initContainers", []) + spec["containers"]]
+
+
+def _block_of_container(doc: dict[str, Any], container: str) -> str:
+    """The value block whose image a container runs: the component label says which, the
+    migration, test and init containers run the fetcher's or the api's."""
+    component = doc["metadata"]["labels"][COMPONENT_LABEL]
+    return {
+        "api": "api",
+        "test": "api",
+        "stats-fetcher": "statsFetcher",
+        "migrate": "statsFetcher",
+        "replay-upstream": "replayUpstream",
+        "redis": "redis",
+        "postgresql": "postgresql",
+    }[component]
+
+
+def _expected_image(values: dict[str, Any], block: str, app_version: str) -> str:
+    image = values[block]["image"]
+    registry = image.get("registry") or values.get("global", {}).get("imageRegistry", "")
+    ref = f"{image['repository']}:{image['tag'] or app_version}"
+    if registry:
+        ref = f"{registry}/{ref}"
+    if image["digest"]:
+        ref = f"{ref}@{image['digest']}"
+    return ref
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"global.imageRegistry": "registry.example:5000/team"},
+        {
+            "global.imageRegistry": "registry.example/team",
+            "api.image.registry": "ghcr.io/us",
+            "redis.image.registry": "mirror.example",
+            "postgresql.image.digest": "sha256:" + "1" * 64,
+        },
+        {"statsFetcher.image.registry": "ghcr.io/us"},
+    ],
+    ids=["defaults", "global", "per-image-wins", "per-image-alone"],
+)
+def test_images_come_from_the_registry_the_values_name(overrides: dict[str, object]) -> None:
+    """Every container's image is [<registry>/]<repository>:<tag>[@<digest>], the registry
+    being the image's own, else global.imageRegistry, else none: with the defaults the
+    references are the local names the containers suite runs (covid-stats-api:<appVersion>)."""
+    rendered = render(values={**ALL_WORKLOADS_ON, **overrides})
+    values = _nest({**ALL_WORKLOADS_ON, **overrides})
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for block in IMAGE_BLOCKS:
+        defaults[block]["image"].update(values.get(block, {}).get("image", {}))
+    defaults["global"].update(values.get("global", {}))
+    app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    seen = set()
+    for doc in rendered.workloads():
+        for container, image in _image_of(rendered, doc):
+            block = _block_of_container(doc, container)
+            seen.add(block)
+            assert image == _expected_image(defaults, block, app_version), (
+                doc["metadata"]["name"],
+                container,
+            )
+    assert seen == set(IMAGE_BLOCKS)
+    if not overrides:
+        assert rendered.container("Deployment", f"{RELEASE}-api", "api")["image"] == (
+            f"covid-stats-api:{app_version}"
+        )
+
+
+def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
+    """`make images` (deploy/tools/build_images.py reads values.yaml without a YAML parser)
+    builds exactly the references the default render runs: the containers suite needs them."""
+    spec = importlib.util.spec_from_file_location(
+        "build_images", REPO / "deploy" / "tools" / "build_images.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    build_images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_images)
+    rendered = render(values={"replayUpstream.enabled": True})
+    expected = {
+        block: rendered.container("Deployment", f"{RELEASE}-{name}", name)["image"]
+        for block, name in (
+            ("api", "api"),
+            ("statsFetcher", "stats-fetcher"),
+            ("replayUpstream", "replay-upstream"),
+        )
+    }
+    assert build_images.image_refs() == expected
+
+
+def test_pull_secrets_take_names_or_objects_and_reach_every_pod() -> None:
+    rendered = render(
+        values={**ALL_WORKLOADS_ON, "imagePullSecrets": ["regcred", {"name": "mirror-cred"}]}
+    )
+    expected = [{"name": "regcred"}, {"name": "mirror-cred"}]
+    workloads = rendered.workloads()
+    assert {d["kind"] for d in workloads} == {"Deployment", "StatefulSet", "Job", "Pod"}
+    for doc in workloads:
+        assert rendered.pod_spec(doc)["imagePullSecrets"] == expected, doc["metadata"]["name"]
+    bare = render()
+    for doc in bare.workloads():
+        assert "imagePullSecrets" not in bare.pod_spec(doc), doc["metadata"]["name"]
+
+
+def test_helm_test_pod_is_scheduled_like_the_api() -> None:
+    """The `helm test` pod runs the api's image: it gets the api's pull secrets, node
+    selector, tolerations and affinity (private registries, tainted or dedicated nodes)."""
+    scheduling = {
+        "api.nodeSelector": {"pool": "web"},
+        "api.tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web"}],
+        "api.affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["x"]}]}
+                    ]
+                }
+            }
+        },
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    rendered = render(values=scheduling)
+    api = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-api"))
+    (test_pod,) = rendered.of_kind("Pod")
+    spec = rendered.pod_spec(test_pod)
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
+        assert spec[key] == api[key], key
+    bare = render().of_kind("Pod")[0]["spec"]
+    assert not {"imagePullSecrets", "nodeSelector", "tolerations", "affinity"} & set(bare)
+
+
+def test_a_tag_with_a_digest_renders_alone_and_is_refused_with_a_digest_too() -> None:
+    """skaffold sets `<tag>@<digest>` as the tag: fine alone, refused with `digest` as well
+    (the reference would carry two digests)."""
+    pinned = "0.1.0@sha256:" + "a" * 64
+    digest = "sha256:" + "b" * 64
+    for block in IMAGE_BLOCKS:
+        result = helm_template(
+            values={
+                "replayUpstream.enabled": True,
+                f"{block}.image.tag": pinned,
+                f"{block}.image.digest": digest,
+            },
+            check=False,
+        )
+        assert result.returncode != 0, block
+        assert (
+            f"{block}.image.tag ({pinned}) already pins a digest and {block}.image.digest "
+            f"({digest}) is set too" in result.stderr
+        ), result.stderr
+    rendered = render(values={"api.image.tag": pinned})
+    assert rendered.container("Deployment", f"{RELEASE}-api", "api")["image"].endswith(pinned)
+
+
+# -- publishing: Chart.yaml, the README's parameter table, the package -------------------------
+
+
+def _chart_readme(*args: str) -> Any:
+    return run(
+        [VENV_BIN / "python", REPO / "deploy" / "tools" / "chart_readme.py", *args], check=False
+    )
+
+
+def test_chart_readme_parameter_table_is_generated_from_values() -> None:
+    """The README's table is what `make chart-readme` writes from values.yaml now (drift)."""
+    result = _chart_readme("--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def test_chart_readme_parameter_table_lists_every_value_with_its_default() -> None:
+    """Every value of values.yaml has a row (or a documented map above it has one) showing
+    its default, and every `# --` comment's first words are in the table."""
+    text = (CHART / "values.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    table = readme.split("<!-- parameters:start -->")[1].split("<!-- parameters:end -->")[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:
+        key, default, description = (c.strip() for c in line.strip("|").split(" | "))
+        rows[key.strip("`")] = (default, description)
+    for path, value in _leaves(yaml.safe_load(text)):
+        parents = [".".join(path.split(".")[:n]) for n in range(len(path.split(".")), 0, -1)]
+        row = next((p for p in parents if p in rows), None)
+        assert row is not None, f"{path} has no row"
+        if row == path:
+            assert rows[row][0] == f"`{json.dumps(value)}`", path
+    for match in re.finditer(r"(?m)^ *# -- (.{1,30})", text):
+        first = match[1].replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        assert any(first in description for _, description in rows.values()), match[1]
+
+
+def test_chart_yaml_carries_artifact_hub_metadata() -> None:
+    """Artifact Hub's annotations parse, and artifacthub.io/images lists exactly the images
+    the default values run (replay upstream on, so that every image is rendered)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    annotations = chart["annotations"]
+    images = yaml.safe_load(annotations["artifacthub.io/images"])
+    rendered = render(values={"replayUpstream.enabled": True})
+    expected = {image for doc in rendered.workloads() for _, image in _image_of(rendered, doc)}
+    assert {i["image"] for i in images} == expected
+    assert len({i["name"] for i in images}) == len(images)
+    for change in yaml.safe_load(annotations["artifacthub.io/changes"]):
+        assert change["kind"] in {"added", "changed", "deprecated", "removed", "fixed", "security"}
+        assert change["description"]
+    for link in yaml.safe_load(annotations["artifacthub.io/links"]):
+        assert set(link) == {"name", "url"}, link
+        assert link["url"].startswith("https://"), link
+    assert annotations["artifacthub.io/prerelease"] in {"true", "false"}
+    assert "icon" not in chart or chart["icon"].startswith("https://"), "icon: an https URL"
+    assert all(isinstance(v, str) for v in annotations.values()), "annotations are strings"
+
+
+def test_helm_package_holds_the_chart_and_leaves_out_ci_and_test_files(tmp_path: Path) -> None:
+    """`helm package` (what `make chart-package` runs and `helm push` uploads): the templates,
+    values, schema, README and the monitoring files, not ci/ nor files/*.test.yaml
+    (.helmignore)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    run([tool("helm"), "package", CHART, "--destination", tmp_path])
+    package = tmp_path / f"{chart['name']}-{chart['version']}.tgz"
+    with tarfile.open(package) as archive:
+        names = {n.partition("/")[2] for n in archive.getnames()}
+    sources = {str(p.relative_to(CHART)) for p in CHART.rglob("*") if p.is_file()}
+    templates = {n for n in sources if n.startswith("templates/")}
+    expected = templates | {
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "README.md",
+        "files/alerts.yaml",
+        "files/dashboard.json",
+        ".helmignore",
+    }
+    assert expected <= names, sorted(expected - names)
+    assert not {n for n in names if n.startswith("ci/") or n.endswith(".test.yaml")}, names
+    assert names <= sources, sorted(names - sources)
+    # The package installs as the directory does.
+    assert helm_template_of(package) == helm_template_of(CHART)
+
+
+def helm_template_of(chart: Path) -> str:
+    """The render of a chart directory or package, with Secrets of yours (nothing random)."""
+    own_secrets = {
+        "postgresql.auth.existingSecret": "pg",
+        "redis.auth.existingSecret": "r",
+        "statsFetcher.refreshToken.existingSecret": "t",
+    }
+    return str(run([tool("helm"), "template", RELEASE, chart, *set_args(own_secrets)]).stdout)
+
+
 # -- the images ---------------------------------------------------------------------------------
 
 
@@ -1082,7 +1507,8 @@ def test_cluster_smoke(tmp_path: Path) -> None:
     namespace enforcing the restricted Pod Security Standard, wait for the rollouts, call the
     api and the /metrics the chart declares through the API server proxy, run `helm test`,
     then remove everything. The images must be pullable by the cluster: set
-    COVID_STATS_IMAGE_REGISTRY (e.g. registry.example/team) and COVID_STATS_IMAGE_TAG, or load
+    COVID_STATS_IMAGE_REGISTRY (e.g. registry.example/team: global.imageRegistry) and
+    COVID_STATS_IMAGE_TAG, or load
     covid-stats-{api,fetcher,replay-upstream}:<appVersion> into it (kind load, skaffold)."""
     kubernetes = optional_module("kubernetes")
     assert KUBE_CONTEXT is not None
@@ -1096,15 +1522,15 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         "redis.persistence.enabled": False,
         "postgresql.persistence.enabled": False,
     }
+    # Our images from COVID_STATS_IMAGE_REGISTRY (the chart's global.imageRegistry), Redis and
+    # PostgreSQL from Docker Hub (their own registry, set to it explicitly).
     registry = os.environ.get("COVID_STATS_IMAGE_REGISTRY", "").rstrip("/")
     tag = os.environ.get("COVID_STATS_IMAGE_TAG", "")
-    for key, image in (
-        ("api", "covid-stats-api"),
-        ("statsFetcher", "covid-stats-fetcher"),
-        ("replayUpstream", "covid-stats-replay-upstream"),
-    ):
-        if registry:
-            values[f"{key}.image.repository"] = f"{registry}/{image}"
+    if registry:
+        values["global.imageRegistry"] = registry
+        values["redis.image.registry"] = "docker.io/library"
+        values["postgresql.image.registry"] = "docker.io/library"
+    for key in ("api", "statsFetcher", "replayUpstream"):
         if tag:
             values[f"{key}.image.tag"] = tag
     values_path = tmp_path / "smoke-values.json"

@@ -66,7 +66,11 @@ def image_refs() -> dict[str, str]:
     refs = {}
     for block in IMAGES:
         section = re.search(
-            rf"^{block}:\n(?:[ #].*\n|\n)*?  image:\n    repository: (\S+)", values, re.M
+            # the block, its image, then any keys and comments before repository
+            rf"^{block}:\n(?:[ #].*\n|\n)*?  image:\n"
+            rf"(?:    (?!repository:).*\n)*?    repository: (\S+)",
+            values,
+            re.M,
         )
         if not section:
             raise SystemExit(f"images: {block}.image.repository not found in values.yaml")

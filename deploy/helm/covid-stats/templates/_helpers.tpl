@@ -48,15 +48,32 @@ helm.sh/chart: {{ include "covid-stats.chart" $ctx }}
 {{- end }}
 {{- end -}}
 
-{{/* Images: include "covid-stats.image" (list $ .Values.api.image) --------------------- */}}
+{{/* Images: include "covid-stats.image" (list $ .Values.api.image) ---------------------
+     [<registry>/]<repository>:<tag>[@<digest>]: the image's own registry, else
+     global.imageRegistry, else none (the reference is then exactly as before registries). */}}
 {{- define "covid-stats.image" -}}
 {{- $ctx := index . 0 -}}
 {{- $image := index . 1 -}}
+{{- $registry := default (dig "imageRegistry" "" ($ctx.Values.global | default dict)) $image.registry -}}
 {{- $ref := printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) -}}
+{{- with $registry -}}
+{{- $ref = printf "%s/%s" . $ref -}}
+{{- end -}}
 {{- if $image.digest -}}
 {{- $ref = printf "%s@%s" $ref $image.digest -}}
 {{- end -}}
 {{- $ref -}}
+{{- end -}}
+
+{{/* imagePullSecrets of every pod: each entry of .Values.imagePullSecrets, a name or a
+     {name: ...} object, as a LocalObjectReference. include "covid-stats.imagePullSecrets" $ */}}
+{{- define "covid-stats.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ if kindIs "string" . }}{{ . | quote }}{{ else }}{{ .name | quote }}{{ end }}
+  {{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Service account name: include "covid-stats.serviceAccountName" (list $ "api" .Values.api) */}}
@@ -100,12 +117,7 @@ automountServiceAccountToken: {{ $values.serviceAccount.automountToken }}
 {{- with $values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with $ctx.Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- range . }}
-  - name: {{ . }}
-  {{- end }}
-{{- end }}
+{{- include "covid-stats.imagePullSecrets" $ctx }}
 {{- with $values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
