@@ -72,6 +72,18 @@ def values_file(value_set: str) -> Path:
     return CHART / "ci" / f"{value_set}-values.yaml"
 
 
+def nested_values(flat: Mapping[str, object]) -> dict[str, Any]:
+    """{"a.b": 1} as a values file holds it: {"a": {"b": 1}}."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
 def set_args(values: Mapping[str, object]) -> list[str]:
     args = []
     for key, value in values.items():

@@ -56,6 +56,7 @@ from deploy_support import (
     dockerfile_stages,
     helm_template,
     last_instruction,
+    nested_values,
     operator_jobs,
     optional_module,
     probes,
@@ -946,7 +947,7 @@ def test_images_come_from_the_registry_the_values_name(overrides: dict[str, obje
     being the image's own, else global.imageRegistry, else none: with the defaults the
     references are the local names the containers suite runs (covid-stats-api:<appVersion>)."""
     rendered = render(values={**ALL_WORKLOADS_ON, **overrides})
-    values = _nest({**ALL_WORKLOADS_ON, **overrides})
+    values = nested_values({**ALL_WORKLOADS_ON, **overrides})
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     for block in IMAGE_BLOCKS:
         defaults[block]["image"].update(values.get(block, {}).get("image", {}))
@@ -1534,7 +1535,7 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         if tag:
             values[f"{key}.image.tag"] = tag
     values_path = tmp_path / "smoke-values.json"
-    values_path.write_text(json.dumps(_nest(values)))
+    values_path.write_text(json.dumps(nested_values(values)))
     core.create_namespace(
         kubernetes.client.V1Namespace(
             metadata=kubernetes.client.V1ObjectMeta(
@@ -1584,17 +1585,6 @@ def test_cluster_smoke(tmp_path: Path) -> None:
     finally:
         run([*helm, "uninstall", RELEASE, "--wait", "--timeout", "5m"], check=False, timeout=600)
         core.delete_namespace(namespace)
-
-
-def _nest(flat: dict[str, object]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
 
 
 def test_render_is_reproducible_with_your_own_secrets() -> None:

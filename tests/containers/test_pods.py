@@ -48,6 +48,7 @@ from deploy_support import (
     dashboard_panels,
     dashboard_queries,
     helm_template,
+    nested_values,
     operator_job,
     selected_service,
 )
@@ -154,19 +155,8 @@ class System:
 
 def _render(folder: Path, **values: object) -> Rendered:
     path = folder / "values.json"
-    path.write_text(json.dumps(_nest(values)))
+    path.write_text(json.dumps(nested_values(values)))
     return Rendered(helm_template(VALUES, path).stdout)
-
-
-def _nest(flat: dict[str, object]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
 
 
 def _play_workload(system: System, component: str) -> float:
