@@ -93,6 +93,21 @@ def _entry(
         (b"access-control-allow-origin", b"*"),
         (b"vary", b"Accept-Encoding"),
     ]
+    return entry(body, gzip, etag, content_type, common, source, version, expires)
+
+
+def entry(
+    body: bytes,
+    gzip: bytes,
+    etag: str,
+    content_type: str,
+    common: list[tuple[bytes, bytes]],
+    source: str,
+    version: str,
+    expires: float,
+) -> HotEntry:
+    """A hot answer with its three header lists built once: identity, gzip and 304, each
+    with ``common`` (cache-control and the like) after its own."""
     kind = (b"content-type", content_type.encode())
     return HotEntry(
         body=body,

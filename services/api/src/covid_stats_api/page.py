@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from covid_stats_api.fastpath import send_entry
-from covid_stats_api.hot import HotEntry, gzip_etag
+from covid_stats_api.hot import HotEntry, entry
 from covid_stats_contract.documents import compress, etag_for
 
 PAGE_PATH = "/"
@@ -68,29 +68,7 @@ def static_entry(body: bytes, content_type: str, cache_control: str) -> HotEntry
         (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
         (b"vary", b"Accept-Encoding"),
     ]
-    kind = (b"content-type", content_type.encode())
-    return HotEntry(
-        body=body,
-        gzip=gzip,
-        etag=etag,
-        source="page",
-        version="",
-        expires=float("inf"),
-        headers=[
-            kind,
-            (b"content-length", str(len(body)).encode()),
-            (b"etag", etag.encode()),
-            *common,
-        ],
-        gzip_headers=[
-            kind,
-            (b"content-length", str(len(gzip)).encode()),
-            (b"content-encoding", b"gzip"),
-            (b"etag", gzip_etag(etag).encode()),
-            *common,
-        ],
-        not_modified_headers=[(b"etag", etag.encode()), *common],
-    )
+    return entry(body, gzip, etag, content_type, common, "page", "", float("inf"))
 
 
 def asset_url(name: str, body: bytes) -> str:
