@@ -30,8 +30,9 @@ RELEASE = "covid-stats"
 # Every minor version the chart supports (Chart.yaml kubeVersion >= 1.29) up to the newest
 # kubectl/helm here speak; kubernetes-validate knows their schemas offline.
 KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 36))
-# Kinds of the Prometheus Operator: kubernetes-validate has no schema for CRDs.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Kinds of CRDs (the Prometheus Operator's, the Gateway API's): kubernetes-validate has no
+# schema for them.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 
 VENV_BIN = Path(sys.executable).parent
 DEPLOY_BIN = Path(sys.prefix) / "deploy" / "bin"

@@ -1674,3 +1674,79 @@ def test_store_tls_misconfigurations_are_refused(values: dict[str, object], mess
     result = helm_template(values_file("external"), values={**TLS_VALUES, **values}, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+# -- exposure: Ingress and Gateway API HTTPRoute ----------------------------------------------
+
+
+def _api_service(rendered: Rendered) -> dict[str, Any]:
+    (service,) = [
+        s
+        for s in rendered.of_kind("Service")
+        if s["spec"].get("selector", {}).get(COMPONENT_LABEL) == "api"
+        and s["spec"].get("clusterIP") != "None"
+    ]
+    return service
+
+
+def test_exposure_is_off_by_default() -> None:
+    rendered = render()
+    assert not rendered.of_kind("Ingress", "HTTPRoute")
+
+
+def test_the_ingress_sends_every_host_and_path_to_the_api_only(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    rendered, _ = renders["ha"]
+    values = yaml.safe_load(values_file("ha").read_text())["ingress"]
+    (ingress,) = rendered.of_kind("Ingress")
+    service = _api_service(rendered)
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == values["className"]
+    assert spec["tls"] == values["tls"]
+    assert ingress["metadata"]["annotations"] == values["annotations"]
+    wanted = [(h["host"], p["path"], p["pathType"]) for h in values["hosts"] for p in h["paths"]]
+    found = []
+    for rule in spec["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]  # the api, never the fetcher
+            assert backend["port"]["name"] in port_names
+            found.append((rule.get("host"), path["path"], path["pathType"]))
+    assert found == wanted
+
+
+def test_the_httproute_attaches_to_the_gateways_and_sends_to_the_api(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    rendered, _ = renders["external"]
+    values = yaml.safe_load(values_file("external").read_text())["httpRoute"]
+    (route,) = rendered.of_kind("HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    service = _api_service(rendered)
+    spec = route["spec"]
+    assert spec["parentRefs"] == values["parentRefs"]
+    assert spec["hostnames"] == values["hostnames"]
+    (rule,) = spec["rules"]
+    assert rule["backendRefs"] == [
+        {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
+    ]
+    chart_paths = yaml.safe_load((CHART / "values.yaml").read_text())["httpRoute"]["paths"]
+    assert [m["path"] for m in rule["matches"]] == [
+        {"type": p["type"], "value": p["path"]} for p in chart_paths
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"httpRoute.enabled": True}, "httpRoute.parentRefs is required"),
+        ({"ingress.enabled": True, "ingress.hosts": []}, "ingress.hosts is required"),
+    ],
+    ids=["route-without-gateway", "ingress-without-hosts"],
+)
+def test_exposure_misconfigurations_are_refused(values: dict[str, object], message: str) -> None:
+    result = helm_template(values=values, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
