@@ -314,6 +314,20 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
         ),
         ({"redis.enabled": False}, "externalRedis.host is required"),
         ({"api.resources.requests.cpu": None}, "needs api.resources.requests.cpu"),
+        (
+            {"gitops.enabled": True},
+            "set postgresql.auth.existingSecret, redis.auth.existingSecret, "
+            "statsFetcher.refreshToken.existingSecret",
+        ),
+        (
+            {
+                "gitops.enabled": True,
+                "postgresql.auth.existingSecret": "pg",
+                "statsFetcher.refreshToken.enabled": False,
+            },
+            "cannot keep: a new one every render. Create the Secrets yourself (or with a "
+            "secrets operator) and set redis.auth.existingSecret.",
+        ),
     ],
 )
 def test_install_refuses_bad_configurations(values: dict[str, object], message: str) -> None:
@@ -561,6 +575,76 @@ def test_migration_job_is_a_hook_running_migrate(
         assert rendered.pod_spec(job)["serviceAccountName"] == f"{RELEASE}-migrate"
     test_pod = renders["default"][0].get("Pod", f"{RELEASE}-test-api")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+ARGOCD = "argocd.argoproj.io/"
+
+
+def _wave(doc: dict[str, Any]) -> int:
+    return int(doc["metadata"].get("annotations", {}).get(f"{ARGOCD}sync-wave", "0"))
+
+
+def _without_argocd(rendered: Rendered) -> list[dict[str, Any]]:
+    """The documents with Argo CD's annotations taken out (and annotations left empty)."""
+    docs = []
+    for doc in rendered.docs:
+        meta = dict(doc["metadata"])
+        kept = {k: v for k, v in meta.get("annotations", {}).items() if not k.startswith(ARGOCD)}
+        meta.pop("annotations", None)
+        if kept:
+            meta["annotations"] = kept
+        docs.append({**doc, "metadata": meta})
+    return docs
+
+
+def test_gitops_renders_are_identical_and_sync_in_waves(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """ci/gitops-values.yaml: two renders are the same bytes (nothing random, nothing left
+    to lookup), and Argo CD syncs the stores, then the migration (a Sync hook: Helm's
+    pre-upgrade/post-install would map to PreSync/PostSync), then the workloads that need
+    the schema. Plain Helm renders carry no Argo CD annotation."""
+    rendered, _ = renders["gitops"]
+    assert helm_template(values_file("gitops")).stdout == rendered.text
+    assert not rendered.of_kind("Secret"), "a GitOps render generates no credential"
+    stores = [
+        d
+        for d in rendered.of_kind("StatefulSet", "Service")
+        if d["metadata"]["labels"][COMPONENT_LABEL] in {"redis", "postgresql"}
+    ]
+    assert {d["kind"] for d in stores} == {"StatefulSet", "Service"}
+    job = rendered.get("Job", f"{RELEASE}-migrate")
+    account = rendered.get("ServiceAccount", f"{RELEASE}-migrate")
+    for hook in (job, account):
+        annotations = hook["metadata"]["annotations"]
+        assert annotations[f"{ARGOCD}hook"] == "Sync", annotations
+        assert "helm.sh/hook" in annotations, "Helm's own hooks stay for helm install/upgrade"
+    assert _wave(account) <= _wave(job)
+    workloads = [
+        rendered.get("Deployment", f"{RELEASE}-api"),
+        rendered.get("Deployment", f"{RELEASE}-stats-fetcher"),
+    ]
+    assert max(_wave(d) for d in stores) < _wave(job) < min(_wave(d) for d in workloads)
+    fetcher = rendered.pod_spec(workloads[1])
+    assert fetcher["initContainers"][0]["args"][0] == "migrate"
+
+    for value_set in ("default", "external", "ha", "dev"):
+        assert ARGOCD not in renders[value_set][0].text, value_set
+    # Apart from Argo CD's annotations, gitops.enabled changes nothing.
+    plain = render(values_file("gitops"), values={"gitops.enabled": False})
+    assert _without_argocd(rendered) == plain.docs
+    # External stores: the Secret the chart makes of a password comes before the migration.
+    external = render(
+        values_file("gitops"),
+        values={
+            "postgresql.enabled": False,
+            "externalDatabase.host": "db",
+            "externalDatabase.password": "p",
+            "externalDatabase.maxConnections": 200,
+        },
+    )
+    secret = external.get("Secret", f"{RELEASE}-external-database")
+    assert _wave(secret) < _wave(external.get("Job", f"{RELEASE}-migrate"))
 
 
 def test_every_documented_setting_is_set_by_the_chart(

@@ -349,3 +349,13 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
     | replace "@API_JOB@" (include "covid-stats.metricsJob" (list $ctx "api"))
     | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher")) -}}
 {{- end -}}
+
+{{/* GitOps (gitops.enabled): the Argo CD sync wave of a resource, as annotation lines, or
+     nothing. include "covid-stats.gitops.wave" (list $ "-1")
+     Waves: -2 the Secrets the chart creates, -1 the stores (StatefulSets and Services),
+     0 the migration (a Sync hook, see migration/_hooks.tpl), 1 the api and the fetcher. */}}
+{{- define "covid-stats.gitops.wave" -}}
+{{- if (index . 0).Values.gitops.enabled -}}
+argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
+{{- end -}}
+{{- end -}}
