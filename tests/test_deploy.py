@@ -486,35 +486,57 @@ def _annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
     return annotations
 
 
+def _rolled(before: Rendered, after: Rendered) -> set[str]:
+    """The Deployments and StatefulSets whose pod template changed (their pods roll)."""
+    return {
+        d["metadata"]["name"]
+        for d in after.of_kind("Deployment", "StatefulSet")
+        if d["spec"]["template"] != before.get(d["kind"], d["metadata"]["name"])["spec"]["template"]
+    }
+
+
+def _reading(rendered: Rendered, secret: str) -> set[str]:
+    """The Deployments and StatefulSets with a container that reads ``secret``."""
+    return {
+        d["metadata"]["name"]
+        for d in rendered.of_kind("Deployment", "StatefulSet")
+        for c in rendered.pod_spec(d).get("initContainers", []) + rendered.pod_spec(d)["containers"]
+        for item in c.get("env", [])
+        if item.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret
+    }
+
+
 def test_checksums_roll_pods_when_their_config_or_secrets_change() -> None:
+    """A change to a ConfigMap or to one Secret rolls the pods that read it, and only them."""
     api, fetcher = f"{RELEASE}-api", f"{RELEASE}-stats-fetcher"
-    secrets = {"postgresql.auth.existingSecret": "pg", "redis.auth.existingSecret": "r"}
+    secrets = {
+        "postgresql.auth.existingSecret": "pg",
+        "redis.auth.existingSecret": "r",
+        "statsFetcher.refreshToken.existingSecret": "t",
+    }
     base = render(values=secrets)
-    api_config = render(values={**secrets, "api.logLevel": "DEBUG"})
-    fetcher_config = render(values={**secrets, "statsFetcher.fetchIntervalSeconds": 60})
-    other_secret = render(values={**secrets, "postgresql.auth.existingSecret": "pg2"})
-
-    def checksum(rendered: Rendered, deployment: str, kind: str) -> str:
-        return _annotations(rendered, deployment)[f"checksum/{kind}"]
-
-    assert checksum(api_config, api, "config") != checksum(base, api, "config")
-    assert checksum(api_config, fetcher, "config") == checksum(base, fetcher, "config")
-    assert checksum(fetcher_config, fetcher, "config") != checksum(base, fetcher, "config")
-    assert checksum(fetcher_config, api, "config") == checksum(base, api, "config")
-    for deployment in (api, fetcher):
-        assert checksum(other_secret, deployment, "secrets") != checksum(
-            base, deployment, "secrets"
-        )
-    # Generated passwords: one value per render, the same in the Secret and every checksum.
-    first, second = render(), render()
-    for rendered in (first, second):
-        sums = {
-            d["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
-            for d in rendered.of_kind("Deployment", "StatefulSet")
-            if d["metadata"]["name"] != f"{RELEASE}-replay-upstream"
-        }
-        assert len(sums) == 1, sums
-    assert checksum(first, api, "secrets") != checksum(second, api, "secrets")
+    assert _rolled(base, render(values={**secrets, "api.logLevel": "DEBUG"})) == {api}
+    assert _rolled(base, render(values={**secrets, "statsFetcher.fetchIntervalSeconds": 60})) == {
+        fetcher
+    }
+    for key in secrets:
+        changed = render(values={**secrets, key: "other"})
+        assert _rolled(base, changed) == _reading(changed, "other"), key
+        assert _reading(changed, "other"), key
+    # Generated passwords (a new one every helm template): one value per render, the same in
+    # the Secret and every checksum; a new password rolls only what reads it.
+    for store, key, readers in (
+        ("redis", "redis-password", {api, fetcher, f"{RELEASE}-redis"}),
+        ("postgresql", "password", {api, fetcher, f"{RELEASE}-postgresql"}),
+    ):
+        generated = {k: v for k, v in secrets.items() if not k.startswith(f"{store}.")}
+        first, second = render(values=generated), render(values=generated)
+        secret = f"{RELEASE}-{store}"
+        assert first.secret_value(secret, key) != second.secret_value(secret, key)
+        assert _rolled(first, second) == _reading(second, secret) == readers, store
+        annotation = "checksum/redis-secret" if store == "redis" else "checksum/database-secret"
+        for rendered in (first, second):
+            assert len({_annotations(rendered, d)[annotation] for d in (api, fetcher)}) == 1
 
 
 def test_generated_credentials_and_connection_urls(

@@ -289,9 +289,12 @@ topologySpreadConstraints:
 {{- end -}}
 {{- end -}}
 
-{{/* Checksums that roll a component's pods when its config or secrets change. */}}
-{{- define "covid-stats.secretsChecksum" -}}
-{{- $parts := list -}}
+{{/* Checksums of the Secrets a pod uses, one per Secret, so that a change to one rolls only
+     the pods that read it: the Secret's name, and the password when the chart writes it
+     (generated, or externalDatabase/externalRedis.password). A Secret of yours
+     (existingSecret) counts by its name only: rotate it, then restart the pods. */}}
+{{- define "covid-stats.database.secretChecksum" -}}
+{{- $parts := list (include "covid-stats.database.secretName" .) -}}
 {{- if .Values.postgresql.enabled -}}
 {{- if not .Values.postgresql.auth.existingSecret -}}
 {{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.database.secretName" .) "key" (include "covid-stats.database.secretKey" .))) -}}
@@ -299,13 +302,16 @@ topologySpreadConstraints:
 {{- else if not .Values.externalDatabase.existingSecret -}}
 {{- $parts = append $parts .Values.externalDatabase.password -}}
 {{- end -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end -}}
+
+{{- define "covid-stats.redis.secretChecksum" -}}
+{{- $parts := list (include "covid-stats.redis.secretName" .) -}}
 {{- if and .Values.redis.enabled .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) -}}
 {{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.redis.secretName" .) "key" (include "covid-stats.redis.secretKey" .))) -}}
 {{- else if and (not .Values.redis.enabled) (not .Values.externalRedis.existingSecret) -}}
 {{- $parts = append $parts .Values.externalRedis.password -}}
 {{- end -}}
-{{- $parts = append $parts (include "covid-stats.database.secretName" .) -}}
-{{- $parts = append $parts (include "covid-stats.redis.secretName" .) -}}
 {{- join "\n" $parts | sha256sum -}}
 {{- end -}}
 
