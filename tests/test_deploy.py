@@ -315,6 +315,16 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
         ({"redis.enabled": False}, "externalRedis.host is required"),
         ({"api.resources.requests.cpu": None}, "needs api.resources.requests.cpu"),
         (
+            {"redis.maxmemory": "192mb"},
+            "redis.maxmemory (192mb) must be set and at most 70% of "
+            "redis.resources.limits.memory (256Mi, so at most 179mb)",
+        ),
+        (
+            {"redis.resources.limits.memory": "1Gi", "redis.maxmemory": "1gb"},
+            "redis.maxmemory (1gb) must be set and at most 70% of redis.resources.limits.memory "
+            "(1Gi, so at most 716mb)",
+        ),
+        (
             {"gitops.enabled": True},
             "set postgresql.auth.existingSecret, redis.auth.existingSecret, "
             "statsFetcher.refreshToken.existingSecret",
@@ -667,6 +677,58 @@ def test_gitops_renders_are_identical_and_sync_in_waves(
     )
     secret = external.get("Secret", f"{RELEASE}-external-database")
     assert _wave(secret) < _wave(external.get("Job", f"{RELEASE}-migrate"))
+
+
+_REDIS_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_QUANTITY_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "M": 10**6, "G": 10**9}
+
+
+def _fake_redis_cli(folder: Path, reply: str) -> dict[str, str]:
+    """A PATH where redis-cli prints ``reply`` (as redis-cli prints PONG or an error)."""
+    folder.mkdir(exist_ok=True)
+    cli = folder / "redis-cli"
+    cli.write_text(f"#!/bin/sh\nprintf '%s\\n' {reply!r}\n")
+    cli.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_redis_keeps_room_to_fork_and_lives_through_loading(
+    renders: dict[str, tuple[Rendered, Path]], tmp_path: Path
+) -> None:
+    """maxmemory leaves 30% of the memory limit for the snapshot fork (every value set), and
+    the liveness probe accepts -LOADING (Redis loading its snapshot) where readiness waits
+    for PONG: the probe commands run here against a stand-in redis-cli."""
+    for value_set, (rendered, _) in renders.items():
+        if not (statefulset := rendered.maybe("StatefulSet", f"{RELEASE}-redis")):
+            continue
+        (redis,) = rendered.pod_spec(statefulset)["containers"]
+        maxmemory = redis["args"][redis["args"].index("--maxmemory") + 1]
+        number, unit = re.fullmatch(r"([0-9]+)([a-z]*)", maxmemory).groups()  # type: ignore[union-attr]
+        limit = re.fullmatch(r"([0-9]+)([A-Za-z]*)", redis["resources"]["limits"]["memory"])
+        assert limit, redis["resources"]
+        limit_bytes = int(limit[1]) * _QUANTITY_UNITS[limit[2]]
+        assert 0 < int(number) * _REDIS_UNITS[unit] <= 0.7 * limit_bytes, value_set
+    rendered, _ = renders["default"]
+    redis = rendered.container("StatefulSet", f"{RELEASE}-redis", "redis")
+    outcomes = {}
+    for name, reply in {
+        "pong": "PONG",
+        "loading": "LOADING Redis is loading the dataset in memory",
+        "down": "Could not connect to Redis at 127.0.0.1:6379: Connection refused",
+        "auth": "NOAUTH Authentication required.",
+    }.items():
+        env = _fake_redis_cli(tmp_path / name, reply)
+        outcomes[name] = {
+            kind: run(probe["exec"]["command"], check=False, env=env).returncode == 0
+            for kind, probe in probes(redis).items()
+            if "exec" in probe
+        }
+    assert outcomes == {
+        "pong": {"liveness": True, "readiness": True},
+        "loading": {"liveness": True, "readiness": False},
+        "down": {"liveness": False, "readiness": False},
+        "auth": {"liveness": False, "readiness": False},
+    }
 
 
 def test_every_documented_setting_is_set_by_the_chart(

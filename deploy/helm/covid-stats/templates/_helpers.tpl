@@ -365,3 +365,18 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- end -}}
 {{- end -}}
+
+{{/* Bytes of a Kubernetes quantity ("256Mi", "1G", "0.5Gi", 1073741824), as an integer. */}}
+{{- define "covid-stats.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $units := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- mulf (float64 $number) (get $units (trimPrefix $number $q)) | int64 -}}
+{{- end -}}
+
+{{/* Bytes of a Redis memory size ("192mb", "1gb", "1048576"; 1024-based like Redis). */}}
+{{- define "covid-stats.redisBytes" -}}
+{{- $number := regexFind "^[0-9]+" . -}}
+{{- $units := dict "" 1 "b" 1 "kb" 1024 "mb" 1048576 "gb" 1073741824 -}}
+{{- mul (int64 $number) (get $units (trimPrefix $number .)) -}}
+{{- end -}}
