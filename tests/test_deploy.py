@@ -731,6 +731,22 @@ def test_redis_keeps_room_to_fork_and_lives_through_loading(
     }
 
 
+def test_postgresql_has_a_memory_backed_dev_shm_of_the_size_asked(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["postgresql"]
+    for size, rendered in (
+        (values["shmSizeLimit"], renders["default"][0]),
+        ("1Gi", render(values={"postgresql.shmSizeLimit": "1Gi"})),
+    ):
+        statefulset = rendered.get("StatefulSet", f"{RELEASE}-postgresql")
+        (container,) = rendered.pod_spec(statefulset)["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        volumes = {v["name"]: v for v in rendered.pod_spec(statefulset)["volumes"]}
+        assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
+    assert values["shmSizeLimit"] != "64Mi", "no bigger than the runtime's own /dev/shm"
+
+
 def test_every_documented_setting_is_set_by_the_chart(
     renders: dict[str, tuple[Rendered, Path]],
 ) -> None:
