@@ -325,6 +325,11 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
             "(1Gi, so at most 716mb)",
         ),
         (
+            {"api.autoscaling.targetMemoryUtilizationPercentage": 80},
+            "api.autoscaling.targetMemoryUtilizationPercentage (80) must be null: the api's "
+            "memory does not fall when its load does",
+        ),
+        (
             {"gitops.enabled": True},
             "set postgresql.auth.existingSecret, redis.auth.existingSecret, "
             "statsFetcher.refreshToken.existingSecret",
@@ -458,6 +463,11 @@ def test_rolling_updates_drop_no_requests(renders: dict[str, tuple[Rendered, Pat
         "name": f"{RELEASE}-api",
     }
     assert "replicas" not in rendered.get("Deployment", f"{RELEASE}-api")["spec"]
+    # Scaled on CPU only: memory never falls, a memory target would never scale down.
+    for value_set, (rendered, _) in renders.items():
+        for hpa in rendered.of_kind("HorizontalPodAutoscaler"):
+            metrics = {m["resource"]["name"] for m in hpa["spec"]["metrics"]}
+            assert metrics == {"cpu"}, value_set
 
 
 def test_network_policies_fence_redis_and_postgresql(
