@@ -281,9 +281,12 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
     ("values", "message"),
     [
         (
-            {"api.autoscaling.maxReplicas": 10},
-            "PostgreSQL connection budget exceeded: the api may open (10 pods + 1 surge) x 2 "
-            "workers (api.workers) x 10 (api.dbPool.maxSize) = 220 connections",
+            {"api.autoscaling.maxReplicas": 9},
+            "PostgreSQL connection budget exceeded: the api may open (9 pods + 1 surge + 1 "
+            "terminating) x 2 workers (api.workers) x 10 (api.dbPool.maxSize) = 220 "
+            "connections, the fetcher (2 pods + 1 surge + 1 terminating) x 4 "
+            "(statsFetcher.dbPoolMaxSize) = 16, the migration 1: 237 in all, but PostgreSQL "
+            "allows 197",
         ),
         (
             {
@@ -755,6 +758,38 @@ def test_postgresql_has_a_memory_backed_dev_shm_of_the_size_asked(
         volumes = {v["name"]: v for v in rendered.pod_spec(statefulset)["volumes"]}
         assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
     assert values["shmSizeLimit"] != "64Mi", "no bigger than the runtime's own /dev/shm"
+
+
+def _connections_at_most(rendered: Rendered) -> tuple[int, int]:
+    """(the PostgreSQL connections the rendered services may hold at once during a rolling
+    update: running pods, the surge starting and as many pods terminating, their pools still
+    open; the connections the rendered PostgreSQL allows them)."""
+    total = 1  # the migration
+    for name, pods in (
+        (f"{RELEASE}-api", rendered.get("HorizontalPodAutoscaler", f"{RELEASE}-api")),
+        (f"{RELEASE}-stats-fetcher", None),
+    ):
+        deployment = rendered.get("Deployment", name)
+        running = pods["spec"]["maxReplicas"] if pods else deployment["spec"]["replicas"]
+        surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        (container,) = rendered.pod_spec(deployment)["containers"]
+        env = container_env(rendered, container)
+        per_pod = int(env.get("WEB_CONCURRENCY", "1")) * int(env["DB_POOL_MAX_SIZE"])
+        total += (running + 2 * surge) * per_pod
+    postgres = rendered.container("StatefulSet", f"{RELEASE}-postgresql", "postgresql")
+    args = dict(a.split("=", 1) for a in postgres["args"] if "=" in a)
+    allowed = int(args["max_connections"]) - int(args["superuser_reserved_connections"])
+    return total, allowed
+
+
+def test_connection_budget_counts_pods_terminating_during_a_rollout() -> None:
+    """The largest api the default PostgreSQL takes, terminating pods counted, is accepted;
+    one pod more is refused."""
+    fits = render(values={"api.autoscaling.maxReplicas": 7})
+    total, allowed = _connections_at_most(fits)
+    assert total == allowed, (total, allowed)
+    result = helm_template(values={"api.autoscaling.maxReplicas": 8}, check=False)
+    assert "PostgreSQL connection budget exceeded" in result.stderr, result.stderr
 
 
 def test_every_documented_setting_is_set_by_the_chart(
