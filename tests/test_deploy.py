@@ -449,6 +449,11 @@ def test_rolling_updates_drop_no_requests(renders: dict[str, tuple[Rendered, Pat
         )
         assert sleep > 0
         assert spec["terminationGracePeriodSeconds"] > sleep + graceful, value_set
+        # Idle connections outlast a load balancer's (60 s: ALB, ingress-nginx), silent new
+        # ones stay bounded (a stopping worker drains for at most half of `graceful`).
+        env = container_env(rendered, api, _fake_secrets(rendered))
+        assert int(env["GUNICORN_KEEPALIVE_SECONDS"]) > 60, value_set
+        assert 0 < float(env["HTTP_NEW_CONNECTION_TIMEOUT_SECONDS"]) <= 10, value_set
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         fetcher_spec = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-stats-fetcher"))
         fetcher_env = container_env(
