@@ -24,7 +24,7 @@ import yaml  # type: ignore[import-untyped]
 from support import REPO
 
 CHART = REPO / "deploy" / "helm" / "covid-stats"
-VALUE_SETS = ("default", "external", "ha", "dev")
+VALUE_SETS = ("default", "external", "ha", "dev", "gitops")
 K8S_DIR = REPO / "deploy" / "k8s"
 RELEASE = "covid-stats"
 # Every minor version the chart supports (Chart.yaml kubeVersion >= 1.29) up to the newest

@@ -434,9 +434,12 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
     ("values", "message"),
     [
         (
-            {"api.autoscaling.maxReplicas": 10},
-            "PostgreSQL connection budget exceeded: the api may open (10 pods + 1 surge) x 2 "
-            "workers (api.workers) x 10 (api.dbPool.maxSize) = 220 connections",
+            {"api.autoscaling.maxReplicas": 9},
+            "PostgreSQL connection budget exceeded: the api may open (9 pods + 1 surge + 1 "
+            "terminating) x 2 workers (api.workers) x 10 (api.dbPool.maxSize) = 220 "
+            "connections, the fetcher (2 pods + 1 surge + 1 terminating) x 4 "
+            "(statsFetcher.dbPoolMaxSize) = 16, the migration 1: 237 in all, but PostgreSQL "
+            "allows 197",
         ),
         (
             {
@@ -467,6 +470,35 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
         ),
         ({"redis.enabled": False}, "externalRedis.host is required"),
         ({"api.resources.requests.cpu": None}, "needs api.resources.requests.cpu"),
+        (
+            {"redis.maxmemory": "192mb"},
+            "redis.maxmemory (192mb) must be set and at most 70% of "
+            "redis.resources.limits.memory (256Mi, so at most 179mb)",
+        ),
+        (
+            {"redis.resources.limits.memory": "1Gi", "redis.maxmemory": "1gb"},
+            "redis.maxmemory (1gb) must be set and at most 70% of redis.resources.limits.memory "
+            "(1Gi, so at most 716mb)",
+        ),
+        (
+            {"api.autoscaling.targetMemoryUtilizationPercentage": 80},
+            "api.autoscaling.targetMemoryUtilizationPercentage (80) must be null: the api's "
+            "memory does not fall when its load does",
+        ),
+        (
+            {"gitops.enabled": True},
+            "set postgresql.auth.existingSecret, redis.auth.existingSecret, "
+            "statsFetcher.refreshToken.existingSecret",
+        ),
+        (
+            {
+                "gitops.enabled": True,
+                "postgresql.auth.existingSecret": "pg",
+                "statsFetcher.refreshToken.enabled": False,
+            },
+            "cannot keep: a new one every render. Create the Secrets yourself (or with a "
+            "secrets operator) and set redis.auth.existingSecret.",
+        ),
     ],
 )
 def test_install_refuses_bad_configurations(values: dict[str, object], message: str) -> None:
@@ -570,6 +602,11 @@ def test_rolling_updates_drop_no_requests(renders: dict[str, tuple[Rendered, Pat
         )
         assert sleep > 0
         assert spec["terminationGracePeriodSeconds"] > sleep + graceful, value_set
+        # Idle connections outlast a load balancer's (60 s: ALB, ingress-nginx), silent new
+        # ones stay bounded (a stopping worker drains for at most half of `graceful`).
+        env = container_env(rendered, api, _fake_secrets(rendered))
+        assert int(env["GUNICORN_KEEPALIVE_SECONDS"]) > 60, value_set
+        assert 0 < float(env["HTTP_NEW_CONNECTION_TIMEOUT_SECONDS"]) <= 10, value_set
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         fetcher_spec = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-stats-fetcher"))
         fetcher_env = container_env(
@@ -587,6 +624,11 @@ def test_rolling_updates_drop_no_requests(renders: dict[str, tuple[Rendered, Pat
         "name": f"{RELEASE}-api",
     }
     assert "replicas" not in rendered.get("Deployment", f"{RELEASE}-api")["spec"]
+    # Scaled on CPU only: memory never falls, a memory target would never scale down.
+    for value_set, (rendered, _) in renders.items():
+        for hpa in rendered.of_kind("HorizontalPodAutoscaler"):
+            metrics = {m["resource"]["name"] for m in hpa["spec"]["metrics"]}
+            assert metrics == {"cpu"}, value_set
 
 
 def test_network_policies_fence_redis_and_postgresql(
@@ -625,35 +667,57 @@ def _annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
     return annotations
 
 
+def _rolled(before: Rendered, after: Rendered) -> set[str]:
+    """The Deployments and StatefulSets whose pod template changed (their pods roll)."""
+    return {
+        d["metadata"]["name"]
+        for d in after.of_kind("Deployment", "StatefulSet")
+        if d["spec"]["template"] != before.get(d["kind"], d["metadata"]["name"])["spec"]["template"]
+    }
+
+
+def _reading(rendered: Rendered, secret: str) -> set[str]:
+    """The Deployments and StatefulSets with a container that reads ``secret``."""
+    return {
+        d["metadata"]["name"]
+        for d in rendered.of_kind("Deployment", "StatefulSet")
+        for c in rendered.pod_spec(d).get("initContainers", []) + rendered.pod_spec(d)["containers"]
+        for item in c.get("env", [])
+        if item.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret
+    }
+
+
 def test_checksums_roll_pods_when_their_config_or_secrets_change() -> None:
+    """A change to a ConfigMap or to one Secret rolls the pods that read it, and only them."""
     api, fetcher = f"{RELEASE}-api", f"{RELEASE}-stats-fetcher"
-    secrets = {"postgresql.auth.existingSecret": "pg", "redis.auth.existingSecret": "r"}
+    secrets = {
+        "postgresql.auth.existingSecret": "pg",
+        "redis.auth.existingSecret": "r",
+        "statsFetcher.refreshToken.existingSecret": "t",
+    }
     base = render(values=secrets)
-    api_config = render(values={**secrets, "api.logLevel": "DEBUG"})
-    fetcher_config = render(values={**secrets, "statsFetcher.fetchIntervalSeconds": 60})
-    other_secret = render(values={**secrets, "postgresql.auth.existingSecret": "pg2"})
-
-    def checksum(rendered: Rendered, deployment: str, kind: str) -> str:
-        return _annotations(rendered, deployment)[f"checksum/{kind}"]
-
-    assert checksum(api_config, api, "config") != checksum(base, api, "config")
-    assert checksum(api_config, fetcher, "config") == checksum(base, fetcher, "config")
-    assert checksum(fetcher_config, fetcher, "config") != checksum(base, fetcher, "config")
-    assert checksum(fetcher_config, api, "config") == checksum(base, api, "config")
-    for deployment in (api, fetcher):
-        assert checksum(other_secret, deployment, "secrets") != checksum(
-            base, deployment, "secrets"
-        )
-    # Generated passwords: one value per render, the same in the Secret and every checksum.
-    first, second = render(), render()
-    for rendered in (first, second):
-        sums = {
-            d["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
-            for d in rendered.of_kind("Deployment", "StatefulSet")
-            if d["metadata"]["name"] != f"{RELEASE}-replay-upstream"
-        }
-        assert len(sums) == 1, sums
-    assert checksum(first, api, "secrets") != checksum(second, api, "secrets")
+    assert _rolled(base, render(values={**secrets, "api.logLevel": "DEBUG"})) == {api}
+    assert _rolled(base, render(values={**secrets, "statsFetcher.fetchIntervalSeconds": 60})) == {
+        fetcher
+    }
+    for key in secrets:
+        changed = render(values={**secrets, key: "other"})
+        assert _rolled(base, changed) == _reading(changed, "other"), key
+        assert _reading(changed, "other"), key
+    # Generated passwords (a new one every helm template): one value per render, the same in
+    # the Secret and every checksum; a new password rolls only what reads it.
+    for store, key, readers in (
+        ("redis", "redis-password", {api, fetcher, f"{RELEASE}-redis"}),
+        ("postgresql", "password", {api, fetcher, f"{RELEASE}-postgresql"}),
+    ):
+        generated = {k: v for k, v in secrets.items() if not k.startswith(f"{store}.")}
+        first, second = render(values=generated), render(values=generated)
+        secret = f"{RELEASE}-{store}"
+        assert first.secret_value(secret, key) != second.secret_value(secret, key)
+        assert _rolled(first, second) == _reading(second, secret) == readers, store
+        annotation = "checksum/redis-secret" if store == "redis" else "checksum/database-secret"
+        for rendered in (first, second):
+            assert len({_annotations(rendered, d)[annotation] for d in (api, fetcher)}) == 1
 
 
 def test_generated_credentials_and_connection_urls(
@@ -728,6 +792,176 @@ def test_migration_job_is_a_hook_running_migrate(
         assert rendered.pod_spec(job)["serviceAccountName"] == f"{RELEASE}-migrate"
     test_pod = renders["default"][0].get("Pod", f"{RELEASE}-test-api")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+ARGOCD = "argocd.argoproj.io/"
+
+
+def _wave(doc: dict[str, Any]) -> int:
+    return int(doc["metadata"].get("annotations", {}).get(f"{ARGOCD}sync-wave", "0"))
+
+
+def _without_argocd(rendered: Rendered) -> list[dict[str, Any]]:
+    """The documents with Argo CD's annotations taken out (and annotations left empty)."""
+    docs = []
+    for doc in rendered.docs:
+        meta = dict(doc["metadata"])
+        kept = {k: v for k, v in meta.get("annotations", {}).items() if not k.startswith(ARGOCD)}
+        meta.pop("annotations", None)
+        if kept:
+            meta["annotations"] = kept
+        docs.append({**doc, "metadata": meta})
+    return docs
+
+
+def test_gitops_renders_are_identical_and_sync_in_waves(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """ci/gitops-values.yaml: two renders are the same bytes (nothing random, nothing left
+    to lookup), and Argo CD syncs the stores, then the migration (a Sync hook: Helm's
+    pre-upgrade/post-install would map to PreSync/PostSync), then the workloads that need
+    the schema. Plain Helm renders carry no Argo CD annotation."""
+    rendered, _ = renders["gitops"]
+    assert helm_template(values_file("gitops")).stdout == rendered.text
+    assert not rendered.of_kind("Secret"), "a GitOps render generates no credential"
+    stores = [
+        d
+        for d in rendered.of_kind("StatefulSet", "Service")
+        if d["metadata"]["labels"][COMPONENT_LABEL] in {"redis", "postgresql"}
+    ]
+    assert {d["kind"] for d in stores} == {"StatefulSet", "Service"}
+    job = rendered.get("Job", f"{RELEASE}-migrate")
+    account = rendered.get("ServiceAccount", f"{RELEASE}-migrate")
+    for hook in (job, account):
+        annotations = hook["metadata"]["annotations"]
+        assert annotations[f"{ARGOCD}hook"] == "Sync", annotations
+        assert "helm.sh/hook" in annotations, "Helm's own hooks stay for helm install/upgrade"
+    assert _wave(account) <= _wave(job)
+    workloads = [
+        rendered.get("Deployment", f"{RELEASE}-api"),
+        rendered.get("Deployment", f"{RELEASE}-stats-fetcher"),
+    ]
+    assert max(_wave(d) for d in stores) < _wave(job) < min(_wave(d) for d in workloads)
+    fetcher = rendered.pod_spec(workloads[1])
+    assert fetcher["initContainers"][0]["args"][0] == "migrate"
+
+    for value_set in ("default", "external", "ha", "dev"):
+        assert ARGOCD not in renders[value_set][0].text, value_set
+    # Apart from Argo CD's annotations, gitops.enabled changes nothing.
+    plain = render(values_file("gitops"), values={"gitops.enabled": False})
+    assert _without_argocd(rendered) == plain.docs
+    # External stores: the Secret the chart makes of a password comes before the migration.
+    external = render(
+        values_file("gitops"),
+        values={
+            "postgresql.enabled": False,
+            "externalDatabase.host": "db",
+            "externalDatabase.password": "p",
+            "externalDatabase.maxConnections": 200,
+        },
+    )
+    secret = external.get("Secret", f"{RELEASE}-external-database")
+    assert _wave(secret) < _wave(external.get("Job", f"{RELEASE}-migrate"))
+
+
+_REDIS_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_QUANTITY_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "M": 10**6, "G": 10**9}
+
+
+def _fake_redis_cli(folder: Path, reply: str) -> dict[str, str]:
+    """A PATH where redis-cli prints ``reply`` (as redis-cli prints PONG or an error)."""
+    folder.mkdir(exist_ok=True)
+    cli = folder / "redis-cli"
+    cli.write_text(f"#!/bin/sh\nprintf '%s\\n' {reply!r}\n")
+    cli.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_redis_keeps_room_to_fork_and_lives_through_loading(
+    renders: dict[str, tuple[Rendered, Path]], tmp_path: Path
+) -> None:
+    """maxmemory leaves 30% of the memory limit for the snapshot fork (every value set), and
+    the liveness probe accepts -LOADING (Redis loading its snapshot) where readiness waits
+    for PONG: the probe commands run here against a stand-in redis-cli."""
+    for value_set, (rendered, _) in renders.items():
+        if not (statefulset := rendered.maybe("StatefulSet", f"{RELEASE}-redis")):
+            continue
+        (redis,) = rendered.pod_spec(statefulset)["containers"]
+        maxmemory = redis["args"][redis["args"].index("--maxmemory") + 1]
+        number, unit = re.fullmatch(r"([0-9]+)([a-z]*)", maxmemory).groups()  # type: ignore[union-attr]
+        limit = re.fullmatch(r"([0-9]+)([A-Za-z]*)", redis["resources"]["limits"]["memory"])
+        assert limit, redis["resources"]
+        limit_bytes = int(limit[1]) * _QUANTITY_UNITS[limit[2]]
+        assert 0 < int(number) * _REDIS_UNITS[unit] <= 0.7 * limit_bytes, value_set
+    rendered, _ = renders["default"]
+    redis = rendered.container("StatefulSet", f"{RELEASE}-redis", "redis")
+    outcomes = {}
+    for name, reply in {
+        "pong": "PONG",
+        "loading": "LOADING Redis is loading the dataset in memory",
+        "down": "Could not connect to Redis at 127.0.0.1:6379: Connection refused",
+        "auth": "NOAUTH Authentication required.",
+    }.items():
+        env = _fake_redis_cli(tmp_path / name, reply)
+        outcomes[name] = {
+            kind: run(probe["exec"]["command"], check=False, env=env).returncode == 0
+            for kind, probe in probes(redis).items()
+            if "exec" in probe
+        }
+    assert outcomes == {
+        "pong": {"liveness": True, "readiness": True},
+        "loading": {"liveness": True, "readiness": False},
+        "down": {"liveness": False, "readiness": False},
+        "auth": {"liveness": False, "readiness": False},
+    }
+
+
+def test_postgresql_has_a_memory_backed_dev_shm_of_the_size_asked(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["postgresql"]
+    for size, rendered in (
+        (values["shmSizeLimit"], renders["default"][0]),
+        ("1Gi", render(values={"postgresql.shmSizeLimit": "1Gi"})),
+    ):
+        statefulset = rendered.get("StatefulSet", f"{RELEASE}-postgresql")
+        (container,) = rendered.pod_spec(statefulset)["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        volumes = {v["name"]: v for v in rendered.pod_spec(statefulset)["volumes"]}
+        assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
+    assert values["shmSizeLimit"] != "64Mi", "no bigger than the runtime's own /dev/shm"
+
+
+def _connections_at_most(rendered: Rendered) -> tuple[int, int]:
+    """(the PostgreSQL connections the rendered services may hold at once during a rolling
+    update: running pods, the surge starting and as many pods terminating, their pools still
+    open; the connections the rendered PostgreSQL allows them)."""
+    total = 1  # the migration
+    for name, pods in (
+        (f"{RELEASE}-api", rendered.get("HorizontalPodAutoscaler", f"{RELEASE}-api")),
+        (f"{RELEASE}-stats-fetcher", None),
+    ):
+        deployment = rendered.get("Deployment", name)
+        running = pods["spec"]["maxReplicas"] if pods else deployment["spec"]["replicas"]
+        surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        (container,) = rendered.pod_spec(deployment)["containers"]
+        env = container_env(rendered, container)
+        per_pod = int(env.get("WEB_CONCURRENCY", "1")) * int(env["DB_POOL_MAX_SIZE"])
+        total += (running + 2 * surge) * per_pod
+    postgres = rendered.container("StatefulSet", f"{RELEASE}-postgresql", "postgresql")
+    args = dict(a.split("=", 1) for a in postgres["args"] if "=" in a)
+    allowed = int(args["max_connections"]) - int(args["superuser_reserved_connections"])
+    return total, allowed
+
+
+def test_connection_budget_counts_pods_terminating_during_a_rollout() -> None:
+    """The largest api the default PostgreSQL takes, terminating pods counted, is accepted;
+    one pod more is refused."""
+    fits = render(values={"api.autoscaling.maxReplicas": 7})
+    total, allowed = _connections_at_most(fits)
+    assert total == allowed, (total, allowed)
+    result = helm_template(values={"api.autoscaling.maxReplicas": 8}, check=False)
+    assert "PostgreSQL connection budget exceeded" in result.stderr, result.stderr
 
 
 def test_every_documented_setting_is_set_by_the_chart(

@@ -12,9 +12,11 @@ kind the fault affected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -711,3 +713,41 @@ def test_with_both_stores_down_the_hot_tier_keeps_the_pod_ready(
         query = httpx.get(f"{api}{QUERIES[0]}")
         assert query.status_code == 503
         assert query.headers["retry-after"] == "9"
+
+
+def test_a_long_keep_alive_drains_within_half_the_graceful_timeout(
+    env: dict[str, str], api_process: ApiProcessFactory
+) -> None:
+    """GUNICORN_KEEPALIVE_SECONDS outlasts a load balancer's idle timeout (65 s by default):
+    a stopping worker with an idle keep-alive connection drains for half the graceful timeout
+    only, then closes it and exits by itself, not killed at the graceful timeout (which would
+    lose the requests in flight)."""
+    publish(env)
+    graceful = 6
+    master, api = api_process(
+        {
+            **env,
+            "GUNICORN_KEEPALIVE_SECONDS": "60",
+            "GUNICORN_GRACEFUL_TIMEOUT_SECONDS": str(graceful),
+        }
+    )
+    port = int(api.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        signalled = time.monotonic()
+        master.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):
+                pass
+        closed = time.monotonic() - signalled
+    code = master.proc.wait(timeout=30)
+    stopped = time.monotonic() - signalled
+    assert code == 0, master.output()[-2000:]
+    assert graceful / 2 - 0.5 < closed < graceful - 1, closed
+    assert stopped < graceful - 0.5, stopped
+    assert "SIGKILL" not in master.output(), master.output()[-2000:]
+    summary(
+        f"keep-alive 60 s, graceful timeout {graceful} s: the idle connection closed "
+        f"{closed:.2f} s after SIGTERM, the master exited 0 after {stopped:.2f} s"
+    )

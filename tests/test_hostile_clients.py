@@ -26,7 +26,8 @@ from devstack.procs import wait_until
 from support import Process, Upstream, clean_env, run_fetcher, start_api
 
 REQUEST_TIMEOUT = 2.0  # HTTP_REQUEST_TIMEOUT_SECONDS of the api under test
-KEEPALIVE = 2  # GUNICORN_KEEPALIVE_SECONDS
+KEEPALIVE = 30  # GUNICORN_KEEPALIVE_SECONDS: long, as behind a load balancer
+NEW_CONNECTION = 2  # HTTP_NEW_CONNECTION_TIMEOUT_SECONDS: what bounds silent connections
 HEAD_LIMIT = 16384  # HTTP_MAX_REQUEST_HEAD_BYTES (the default)
 DOCUMENT = "/v1/us/current.json"
 
@@ -59,6 +60,7 @@ def api(
         UPSTREAM_BASE_URL=upstream_server.url,
         HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
         GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
+        HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
     )
     assert run_fetcher("refresh-once", env).returncode == 0
     process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
@@ -303,8 +305,11 @@ def test_many_idle_connections_do_not_stop_a_normal_client_and_are_closed(
         print(
             f"\n500 idle connections: 40 normal requests meanwhile, slowest "
             f"{max(latencies) * 1000:.1f} ms; all closed by the server within "
-            f"{max(closed_after):.2f} s (GUNICORN_KEEPALIVE_SECONDS={KEEPALIVE})"
+            f"{max(closed_after):.2f} s (HTTP_NEW_CONNECTION_TIMEOUT_SECONDS={NEW_CONNECTION}, "
+            f"GUNICORN_KEEPALIVE_SECONDS={KEEPALIVE})"
         )
+        # By the new-connection bound, not the (long) keep-alive one.
+        assert max(closed_after) < KEEPALIVE / 2, closed_after
     finally:
         for sock in idle:
             sock.close()
@@ -321,3 +326,27 @@ def test_many_idle_connections_do_not_stop_a_normal_client_and_are_closed(
         30,
         what="the workers to hold no connection",
     )
+
+
+def test_a_connection_idle_after_an_answer_is_kept_for_the_keep_alive_period(
+    api: Api, same_workers: None
+) -> None:
+    """A load balancer reuses its idle connections for up to its own idle timeout (60 s for ALB
+    and ingress-nginx): the api keeps one open that long after an answer (GUNICORN_KEEPALIVE_
+    SECONDS), longer than a new connection may stay silent (HTTP_NEW_CONNECTION_TIMEOUT_SECONDS)."""
+    request = f"GET {DOCUMENT} HTTP/1.1\r\nHost: api\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, "closed while idle after an answer"
+                head += chunk
+            answer = _parse(head)
+            assert answer.status == 200, answer
+            length = int(answer.headers["content-length"])
+            body = answer.body
+            while len(body) < length:
+                body += sock.recv(65536)
+            time.sleep(NEW_CONNECTION + 1.5)  # past the new-connection bound

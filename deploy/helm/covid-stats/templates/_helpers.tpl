@@ -383,9 +383,12 @@ topologySpreadConstraints:
 {{- end -}}
 {{- end -}}
 
-{{/* Checksums that roll a component's pods when its config or secrets change. */}}
-{{- define "covid-stats.secretsChecksum" -}}
-{{- $parts := list -}}
+{{/* Checksums of the Secrets a pod uses, one per Secret, so that a change to one rolls only
+     the pods that read it: the Secret's name, and the password when the chart writes it
+     (generated, or externalDatabase/externalRedis.password). A Secret of yours
+     (existingSecret) counts by its name only: rotate it, then restart the pods. */}}
+{{- define "covid-stats.database.secretChecksum" -}}
+{{- $parts := list (include "covid-stats.database.secretName" .) -}}
 {{- if .Values.postgresql.enabled -}}
 {{- if not .Values.postgresql.auth.existingSecret -}}
 {{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.database.secretName" .) "key" (include "covid-stats.database.secretKey" .))) -}}
@@ -393,13 +396,16 @@ topologySpreadConstraints:
 {{- else if not .Values.externalDatabase.existingSecret -}}
 {{- $parts = append $parts .Values.externalDatabase.password -}}
 {{- end -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end -}}
+
+{{- define "covid-stats.redis.secretChecksum" -}}
+{{- $parts := list (include "covid-stats.redis.secretName" .) -}}
 {{- if and .Values.redis.enabled .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) -}}
 {{- $parts = append $parts (include "covid-stats.generated" (dict "ctx" . "secret" (include "covid-stats.redis.secretName" .) "key" (include "covid-stats.redis.secretKey" .))) -}}
 {{- else if and (not .Values.redis.enabled) (not .Values.externalRedis.existingSecret) -}}
 {{- $parts = append $parts .Values.externalRedis.password -}}
 {{- end -}}
-{{- $parts = append $parts (include "covid-stats.database.secretName" .) -}}
-{{- $parts = append $parts (include "covid-stats.redis.secretName" .) -}}
 {{- join "\n" $parts | sha256sum -}}
 {{- end -}}
 
@@ -442,4 +448,29 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- $ctx.Files.Get (index . 1)
     | replace "@API_JOB@" (include "covid-stats.metricsJob" (list $ctx "api"))
     | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher")) -}}
+{{- end -}}
+
+{{/* GitOps (gitops.enabled): the Argo CD sync wave of a resource, as annotation lines, or
+     nothing. include "covid-stats.gitops.wave" (list $ "-1")
+     Waves: -2 the Secrets the chart creates, -1 the stores (StatefulSets and Services),
+     0 the migration (a Sync hook, see migration/_hooks.tpl), 1 the api and the fetcher. */}}
+{{- define "covid-stats.gitops.wave" -}}
+{{- if (index . 0).Values.gitops.enabled -}}
+argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Bytes of a Kubernetes quantity ("256Mi", "1G", "0.5Gi", 1073741824), as an integer. */}}
+{{- define "covid-stats.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $units := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- mulf (float64 $number) (get $units (trimPrefix $number $q)) | int64 -}}
+{{- end -}}
+
+{{/* Bytes of a Redis memory size ("192mb", "1gb", "1048576"; 1024-based like Redis). */}}
+{{- define "covid-stats.redisBytes" -}}
+{{- $number := regexFind "^[0-9]+" . -}}
+{{- $units := dict "" 1 "b" 1 "kb" 1024 "mb" 1048576 "gb" 1073741824 -}}
+{{- mul (int64 $number) (get $units (trimPrefix $number .)) -}}
 {{- end -}}

@@ -30,8 +30,9 @@ timeout = _settings.gunicorn_timeout_seconds
 # On SIGTERM or a reload, workers get this long to finish in-flight requests; the pod's
 # termination grace period must be longer (see the Helm chart).
 graceful_timeout = _settings.gunicorn_graceful_timeout_seconds
-# Idle keep-alive connections are held this long: longer than a load balancer's own idle
-# timeout is what avoids resets on reused connections.
+# Idle keep-alive connections are held this long (65 s): longer than a load balancer's own
+# idle timeout (60 s for ALB and ingress-nginx) is what avoids resets on reused connections.
+# A new connection that sends nothing gets HTTP_NEW_CONNECTION_TIMEOUT_SECONDS (http_limits).
 keepalive = _settings.gunicorn_keepalive_seconds
 # Peers trusted to name the client in X-Forwarded-For (uvicorn's proxy headers middleware
 # then sets the client address the rate limit counts by). Only the ingress or load balancer.

@@ -14,8 +14,9 @@ httptools one with three bounds added, closes those holes:
   arrived: a worker never holds more than this plus one socket read of a head.
 * ``HTTP_REQUEST_TIMEOUT_SECONDS``: a request must arrive whole (head and body) within this
   time of its first byte, else it is answered 408.
-* ``GUNICORN_KEEPALIVE_SECONDS``: a new connection that sends nothing is closed after this
-  long, like an idle keep-alive connection.
+* ``HTTP_NEW_CONNECTION_TIMEOUT_SECONDS``: a new connection that sends nothing is closed
+  after this long (``GUNICORN_KEEPALIVE_SECONDS``, longer to outlast a load balancer's own
+  idle timeout, bounds only a connection idle after an answer).
 
 These answers, and the 400 for bytes that are not HTTP/1.1, have the api's error shape (JSON,
 ``Access-Control-Allow-Origin: *``) and close the connection "lingering": the answer is sent
@@ -74,6 +75,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     max_head_bytes: ClassVar[int] = 16384
     request_timeout_seconds: ClassVar[float] = 10.0
+    new_connection_timeout_seconds: ClassVar[float] = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,9 +94,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # uvicorn arms its keep-alive timer only after a response: a connection that never
-        # sends a byte would otherwise live as long as the worker.
+        # sends a byte would otherwise live as long as the worker. Its first byte cancels it.
         self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
+            self.new_connection_timeout_seconds, self.timeout_keep_alive_handler
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -221,6 +223,7 @@ def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
         {
             "max_head_bytes": settings.http_max_request_head_bytes,
             "request_timeout_seconds": settings.http_request_timeout_seconds,
+            "new_connection_timeout_seconds": settings.http_new_connection_timeout_seconds,
         },
     )
 

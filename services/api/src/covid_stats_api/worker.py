@@ -6,7 +6,9 @@ client that sent its next request on such a connection just then gets no answer:
 keep-alive race, measured at 5 to 10 failed requests per SIGTERM with 16 busy clients.
 
 Here a worker told to stop first drains, until no connection is left open or for at most one
-keep-alive period (``GUNICORN_KEEPALIVE_SECONDS``):
+keep-alive period (``GUNICORN_KEEPALIVE_SECONDS``) or half the graceful timeout
+(``GUNICORN_GRACEFUL_TIMEOUT_SECONDS``), whichever is shorter: gunicorn's master kills the
+worker once the graceful timeout is over, and the other half is for requests still in flight:
 
 - it goes on accepting connections and answering requests, so a connection that arrived
   before the signal (even one still in the listen queue) is served;
@@ -14,7 +16,9 @@ keep-alive period (``GUNICORN_KEEPALIVE_SECONDS``):
   that answer and reconnects (to another worker, or to another pod once this one has left
   the endpoints);
 - a connection that stays idle is closed by its own keep-alive timer, as at any other time:
-  after one keep-alive period no connection from before the signal is left open.
+  after one keep-alive period no connection from before the signal is left open (when the
+  drain ends first, uvicorn's shutdown closes the idle ones; behind a Service the pod has
+  left the endpoints by then, so nothing new is sent on them).
 
 Then uvicorn's shutdown runs as usual: it stops accepting, and requests in flight finish
 within gunicorn's ``graceful_timeout``.
@@ -86,7 +90,8 @@ class DrainingUvicornWorker(UvicornWorker):
     async def _serve(self) -> None:
         drain = Drain(self.wsgi)
         self.config.app = drain
-        server = DrainingServer(self.config, drain, float(self.cfg.keepalive))
+        seconds = min(float(self.cfg.keepalive), self.cfg.graceful_timeout / 2)
+        server = DrainingServer(self.config, drain, seconds)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

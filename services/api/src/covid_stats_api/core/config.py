@@ -44,12 +44,16 @@ class Settings(BaseSettings):
 
     gunicorn_timeout_seconds: int = Field(default=30, ge=1)
     gunicorn_graceful_timeout_seconds: int = Field(default=20, ge=1)
-    gunicorn_keepalive_seconds: int = Field(default=5, ge=1)
+    # Longer than the idle timeout of the load balancers in front (60 s for ALB and
+    # ingress-nginx's upstream keep-alive): else one closes a connection the other reuses (502).
+    gunicorn_keepalive_seconds: int = Field(default=65, ge=1)
     gunicorn_max_requests: int = Field(default=1_000_000, ge=0)
     gunicorn_max_requests_jitter: int = Field(default=100_000, ge=0)
     # Bounds of every connection (see covid_stats_api.http_limits).
     http_max_request_head_bytes: int = Field(default=16384, ge=1024)
     http_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A new connection that sends nothing is closed after this (keep-alive is for reuse).
+    http_new_connection_timeout_seconds: float = Field(default=5.0, gt=0)
     # Peers whose X-Forwarded-For names the client (the rate limit's key); gunicorn's own
     # FORWARDED_ALLOW_IPS, with its default. "*" trusts every peer.
     forwarded_allow_ips: str = "127.0.0.1,::1"
