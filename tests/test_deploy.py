@@ -337,8 +337,8 @@ EXTERNAL_STORES = {
     "externalDatabase.host": "postgresql.example.internal",
     "externalDatabase.sslmode": "require",
     "externalDatabase.existingSecret": "covid-stats-postgresql",
-    # The plain manifests' most connections (see the component): 152.
-    "externalDatabase.maxConnections": 152,
+    # The plain manifests' most connections (see the component): 176.
+    "externalDatabase.maxConnections": 176,
 }
 
 
