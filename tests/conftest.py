@@ -23,6 +23,7 @@ from devstack.servers import LocalPostgres, LocalRedis
 from support import (
     ARCHIVE,
     SUMMARY_LINES,
+    ApiUrl,
     Fetcher,
     Process,
     Upstream,
@@ -221,11 +222,11 @@ def fetcher_factory(tmp_path: Path) -> Iterator[Callable[..., Fetcher]]:
 
 
 @pytest.fixture
-def api_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], str]]:
+def api_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ApiUrl]]:
     """Starts the api under gunicorn (2 workers) with a given environment; stops it after."""
     started: list[Process] = []
 
-    def start(env: dict[str, str]) -> str:
+    def start(env: dict[str, str]) -> ApiUrl:
         process, base = start_api(env, tmp_path)
         started.append(process)
         return base

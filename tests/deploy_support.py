@@ -298,13 +298,17 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 
 
 def selected_service(rendered: Rendered, monitor: dict[str, Any]) -> dict[str, Any]:
-    """The one (non-headless) Service of the render a ServiceMonitor selects."""
+    """The one (non-headless) Service of the render a ServiceMonitor scrapes: selected by its
+    labels and having a port its endpoints name (prometheus-operator finds no target in a
+    selected Service without that port: the api's own Service, beside its metrics one)."""
     selector = monitor["spec"]["selector"]["matchLabels"]
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
     services = [
         s
         for s in rendered.of_kind("Service")
         if selector.items() <= s["metadata"].get("labels", {}).items()
         and s["spec"].get("clusterIP") != "None"
+        and ports & {port.get("name") for port in s["spec"]["ports"]}
     ]
     assert len(services) == 1, f"{monitor['metadata']['name']} selects {len(services)} Services"
     return services[0]

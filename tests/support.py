@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from covid_stats_api.metrics_server import METRICS_PATH
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,10 +113,26 @@ def run_fetcher(command: str, env: Mapping[str, str], timeout: float = 120) -> A
     )
 
 
-def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, str]:
-    """The api under real gunicorn with ``workers`` uvicorn workers on a free port."""
-    port = free_port()
-    api_env = {**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+class ApiUrl(str):
+    """The api's base URL (its traffic port), and ``metrics``: the URL of its ``/metrics``,
+    served on its own port (``API_METRICS_PORT``) by the gunicorn master."""
+
+    metrics: str
+
+
+def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, ApiUrl]:
+    """The api under real gunicorn with ``workers`` uvicorn workers on free ports."""
+    port = metrics_port = free_port()
+    while metrics_port == port:
+        metrics_port = free_port()
+    if env.get("API_METRICS_PORT") == "0":  # the listener turned off
+        metrics_port = 0
+    api_env = {
+        **env,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_METRICS_PORT": str(metrics_port),
+    }
     api_env["WEB_CONCURRENCY"] = str(workers)
     process = spawn(
         f"api-{port}",
@@ -125,8 +142,11 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
         api_env,
         log_dir,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = ApiUrl(f"http://127.0.0.1:{port}")
+    base.metrics = f"http://127.0.0.1:{metrics_port}{METRICS_PATH}"
     process.wait_http(f"{base}/healthz")
+    if metrics_port:
+        process.wait_http(base.metrics)
     return process, base
 
 

@@ -40,6 +40,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
+from covid_stats_api.metrics_server import METRICS_PATH
 from deploy_support import (
     CHART,
     COMPONENT_LABEL,
@@ -484,6 +485,10 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
             {"api.autoscaling.targetMemoryUtilizationPercentage": 80},
             "api.autoscaling.targetMemoryUtilizationPercentage (80) must be null: the api's "
             "memory does not fall when its load does",
+        ),
+        (
+            {"api.metrics.port": 8000},
+            "api.metrics.port and api.port are both 8000: /metrics has a port of its own",
         ),
         (
             {"gitops.enabled": True},
@@ -1702,6 +1707,9 @@ def test_rendered_containers_run_here_and_answer_on_their_probes(
         assert list(text_string_to_metric_families(metrics.text)), name
         scraped.append(name)
     assert fetcher_name in scraped
+    if api_name in scraped:  # ... and not on the port the api's Service (an Ingress) exposes
+        path = _annotations(rendered, api_name)["prometheus.io/path"]
+        assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).status_code == 404
 
     # SIGTERM: both stop cleanly within their termination grace periods.
     for process, name in ((api, api_name), (fetcher, fetcher_name)):
@@ -1800,9 +1808,9 @@ def test_cluster_smoke(tmp_path: Path) -> None:
             statefulset = apps.read_namespaced_stateful_set_status(name, namespace)
             assert statefulset.status.ready_replicas == 1, name
 
-        def proxy(service: str, path: str) -> str:
+        def proxy(service: str, path: str, port: str = "http") -> str:
             response = core.connect_get_namespaced_service_proxy_with_path(
-                f"{service}:http", namespace, path, _preload_content=False
+                f"{service}:{port}", namespace, path, _preload_content=False
             )
             assert response.status == 200, (service, path, response.status)
             return str(response.data.decode())
@@ -1810,11 +1818,12 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         assert json.loads(proxy(f"{RELEASE}-api", "readyz"))["status"] == "ready"
         assert json.loads(proxy(f"{RELEASE}-api", "v1/us/current.json"))
         chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
-        scraped = [f"{RELEASE}-stats-fetcher"]
+        scraped = [(f"{RELEASE}-stats-fetcher", "http")]
         if chart_values["api"]["metrics"]["enabled"]:
-            scraped.append(f"{RELEASE}-api")
-        for service in scraped:
-            assert list(text_string_to_metric_families(proxy(service, "metrics"))), service
+            scraped.append((f"{RELEASE}-api-metrics", "metrics"))
+        for service, port_name in scraped:
+            text = proxy(service, "metrics", port_name)
+            assert list(text_string_to_metric_families(text)), service
         run([*helm, "test", RELEASE, "--timeout", "10m"], timeout=900)
     finally:
         run([*helm, "uninstall", RELEASE, "--wait", "--timeout", "5m"], check=False, timeout=600)
@@ -1913,14 +1922,79 @@ def test_store_tls_misconfigurations_are_refused(values: dict[str, object], mess
 # -- exposure: Ingress and Gateway API HTTPRoute ----------------------------------------------
 
 
-def _api_service(rendered: Rendered) -> dict[str, Any]:
-    (service,) = [
+def _api_services(rendered: Rendered) -> list[dict[str, Any]]:
+    return [
         s
         for s in rendered.of_kind("Service")
         if s["spec"].get("selector", {}).get(COMPONENT_LABEL) == "api"
         and s["spec"].get("clusterIP") != "None"
     ]
+
+
+def _api_metrics_port(rendered: Rendered) -> dict[str, Any] | None:
+    """The api container's port that API_METRICS_PORT names, if the api serves metrics."""
+    number = int(rendered.get("ConfigMap", f"{RELEASE}-api")["data"]["API_METRICS_PORT"])
+    pod = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-api"))
+    (container,) = [c for c in pod["containers"] if c["name"] == "api"]
+    ports = [p for p in container["ports"] if p["containerPort"] == number]
+    assert len(ports) == (1 if number else 0), container["ports"]
+    return ports[0] if ports else None
+
+
+def _api_service(rendered: Rendered) -> dict[str, Any]:
+    """The api's Service for traffic (what an Ingress or HTTPRoute sends to): the one that
+    does not target the metrics port."""
+    metrics = _api_metrics_port(rendered)
+    (service,) = [
+        s
+        for s in _api_services(rendered)
+        if metrics is None
+        or all(
+            p["targetPort"] not in (metrics["name"], metrics["containerPort"])
+            for p in s["spec"]["ports"]
+        )
+    ]
     return service
+
+
+def test_metrics_are_served_on_their_own_port_and_service_only(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """api.metrics.port reaches gunicorn (API_METRICS_PORT), the pod's named port, the scrape
+    annotations, a ClusterIP Service of its own, the ServiceMonitor and the NetworkPolicy;
+    never the api's traffic Service (a LoadBalancer or an Ingress would publish it)."""
+    rendered, _ = renders["ha"]
+    metrics = _api_metrics_port(rendered)
+    assert metrics is not None
+    config = rendered.get("ConfigMap", f"{RELEASE}-api")["data"]
+    assert metrics["containerPort"] != int(config["API_PORT"])
+    annotations = _annotations(rendered, f"{RELEASE}-api")
+    assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+    assert annotations["prometheus.io/path"] == METRICS_PATH
+
+    traffic = _api_service(rendered)
+    (metrics_service,) = [s for s in _api_services(rendered) if s is not traffic]
+    assert metrics_service["spec"]["type"] == "ClusterIP"
+    (service_port,) = metrics_service["spec"]["ports"]
+    assert service_port["targetPort"] == metrics["name"]
+
+    monitor = rendered.get("ServiceMonitor", f"{RELEASE}-api")
+    assert selected_service(rendered, monitor) is metrics_service
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (service_port["name"], METRICS_PATH)
+
+    policy = rendered.get("NetworkPolicy", f"{RELEASE}-api")["spec"]
+    allowed = {port["port"] for rule in policy["ingress"] for port in rule.get("ports", [])}
+    assert metrics["name"] in allowed
+
+    off = render(values={"api.metrics.enabled": False, "metrics.serviceMonitor.enabled": True})
+    assert off.get("ConfigMap", f"{RELEASE}-api")["data"]["API_METRICS_PORT"] == "0"
+    assert _api_metrics_port(off) is None
+    assert len(_api_services(off)) == 1
+    assert "prometheus.io/scrape" not in _annotations(off, f"{RELEASE}-api")
+    assert [m["metadata"]["name"] for m in off.of_kind("ServiceMonitor")] == [
+        f"{RELEASE}-stats-fetcher"
+    ]
 
 
 def test_exposure_is_off_by_default() -> None:

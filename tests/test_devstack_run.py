@@ -28,7 +28,7 @@ def _start(state_dir: Path, log_dir: Path, **env: str) -> tuple[Process, str]:
     process = spawn(
         "devstack",
         python_module("devstack", "run", "--state-dir", str(state_dir)),
-        clean_env(API_PORT=str(port), **env),
+        clean_env(API_PORT=str(port), API_METRICS_PORT=str(free_port()), **env),
         log_dir,
     )
     base = f"http://127.0.0.1:{port}"
@@ -65,6 +65,9 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     )
     assert httpx.get(f"{base}/covid-stats").json() == {"source": "cache", "data": json.loads(us)}
     assert f"{base}/covid-stats" in output  # the URLs are printed
+    metrics = re.search(r"metrics: +(http://\S+)", output)
+    assert metrics, output
+    assert "covid_stats_api_requests_total" in httpx.get(metrics[1]).text
 
     # WEB_CONCURRENCY reaches gunicorn: a master with 3 workers.
     masters = [

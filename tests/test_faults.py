@@ -33,6 +33,7 @@ from devstack.load import Load, Outcome, Unique, body_digest, in_flight_at
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from support import (
+    ApiUrl,
     Fetcher,
     Process,
     Upstream,
@@ -43,9 +44,9 @@ from support import (
     summary,
 )
 
-ApiFactory = Callable[[dict[str, str]], str]
+ApiFactory = Callable[[dict[str, str]], ApiUrl]
 FetcherFactory = Callable[..., Fetcher]
-ApiProcessFactory = Callable[[dict[str, str]], tuple[Process, str]]
+ApiProcessFactory = Callable[[dict[str, str]], tuple[Process, ApiUrl]]
 
 TOKEN = "test-refresh-token"
 US = "/v1/us/current.json"
@@ -96,7 +97,7 @@ def api_process(tmp_path: Path) -> Iterator[ApiProcessFactory]:
     """Starts the api under gunicorn (2 workers); the test may signal it. Stopped after."""
     started: list[Process] = []
 
-    def start(env: dict[str, str]) -> tuple[Process, str]:
+    def start(env: dict[str, str]) -> tuple[Process, ApiUrl]:
         process, base = start_api(env, tmp_path)
         started.append(process)
         return process, base
@@ -141,11 +142,11 @@ def workers(master: Process) -> set[int]:
     return {child.pid for child in psutil.Process(master.proc.pid).children()}
 
 
-def metrics(api: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return metric_samples(httpx.get(f"{api}/metrics").text)
+def metrics(api: ApiUrl) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return metric_samples(httpx.get(api.metrics).text)
 
 
-def serving_workers(api: str, pool_size: int) -> float:
+def serving_workers(api: ApiUrl, pool_size: int) -> float:
     """How many live workers serve, from ``covid_stats_api_redis_pool_connections{state=max}``
     (a livesum gauge each worker sets once its app has started; a dead worker's is dropped)."""
     return (
@@ -158,13 +159,13 @@ def serving_workers(api: str, pool_size: int) -> float:
     )
 
 
-def data_requests_counted(api: str) -> float:
-    """``covid_stats_api_requests_total`` over the data routes (not the probes or /metrics)."""
+def data_requests_counted(api: ApiUrl) -> float:
+    """``covid_stats_api_requests_total`` over the data routes (not the probes)."""
     return sum(
         value
         for (sample, labels), value in metrics(api).items()
         if sample == "covid_stats_api_requests_total"
-        and dict(labels)["route"] not in ("/metrics", "/healthz", "/readyz")
+        and dict(labels)["route"] not in ("/healthz", "/readyz")
     )
 
 

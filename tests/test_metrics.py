@@ -10,14 +10,18 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
+from pydantic import ValidationError
 
+from covid_stats_api.core.config import Settings
 from devstack.procs import free_port, wait_until
-from support import Fetcher, metric_samples, run_fetcher, spawn
+from support import ApiUrl, Fetcher, metric_samples, run_fetcher, spawn, start_api
 
-ApiFactory = Callable[[dict[str, str]], str]
+ApiFactory = Callable[[dict[str, str]], ApiUrl]
 
 
 def _need(tool: str) -> str:
@@ -41,7 +45,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def loaded(service_env: dict[str, str], api_factory: ApiFactory) -> str:
+def loaded(service_env: dict[str, str], api_factory: ApiFactory) -> ApiUrl:
     assert run_fetcher("refresh-once", service_env).returncode == 0
     return api_factory(service_env)
 
@@ -66,10 +70,10 @@ EXPECTED = [
 ]
 
 
-def test_the_request_counter_is_exact_whatever_worker_answers(loaded: str) -> None:
+def test_the_request_counter_is_exact_whatever_worker_answers(loaded: ApiUrl) -> None:
     _send(loaded, COUNTS)
-    for _ in range(6):  # scrapes land on either worker: each must add up all of them
-        text = httpx.get(f"{loaded}/metrics").text
+    for _ in range(6):  # the master's listener adds up every worker's samples, every time
+        text = httpx.get(loaded.metrics).text
         for route, status, count in EXPECTED:
             got = _sample(text, "covid_stats_api_requests_total", route=route, status=status)
             assert got == count, (route, status)
@@ -80,18 +84,88 @@ def test_the_request_counter_is_exact_whatever_worker_answers(loaded: str) -> No
         assert _sample(text, "covid_stats_api_cache_lookups_total", tier="memory", result="hit") > 0
         assert _sample(text, "covid_stats_api_build_info") == 1
     wait_until(
-        lambda: _sample(httpx.get(f"{loaded}/metrics").text, "covid_stats_api_snapshot_id") >= 1,
+        lambda: _sample(httpx.get(loaded.metrics).text, "covid_stats_api_snapshot_id") >= 1,
         10,
         what="the snapshot gauge",
     )
 
 
+def test_metrics_are_served_on_their_own_port_only(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """/metrics is the master's, on API_METRICS_PORT: the traffic port (what an Ingress
+    publishes) answers it 404 in the error shape, the metrics port serves nothing else, a
+    scrape is not a request, and no worker holds the metrics port open."""
+    assert run_fetcher("refresh-once", service_env).returncode == 0
+    master, api = start_api(service_env, tmp_path)
+    try:
+        _send(api, {"/v1/us/current.json": 3})
+        metrics_path = urlsplit(api.metrics).path
+        on_traffic_port = httpx.get(f"{api}{metrics_path}")
+        assert on_traffic_port.status_code == 404
+        assert on_traffic_port.json()["error"]["code"] == "not_found"
+
+        metrics_base = api.metrics.removesuffix(metrics_path)
+        for path in ("/", "/v1/us/current.json", f"{metrics_path}/x"):
+            elsewhere = httpx.get(f"{metrics_base}{path}")
+            assert elsewhere.status_code == 404, path
+            assert elsewhere.json()["error"]["code"] == "not_found"
+
+        scraped = httpx.get(api.metrics)
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        text = httpx.get(api.metrics).text
+        routes = {
+            dict(labels)["route"]
+            for (sample, labels), _ in metric_samples(text).items()
+            if sample == "covid_stats_api_requests_total"
+        }
+        assert metrics_path not in routes  # a scrape costs the workers nothing, counts nothing
+        assert _sample(text, "covid_stats_api_requests_total", route="unmatched") == 1
+
+        port = urlsplit(api.metrics).port
+        assert _listens_on(master.proc.pid, port)
+        workers = psutil.Process(master.proc.pid).children()
+        assert len(workers) == 2
+        assert not any(_listens_on(worker.pid, port) for worker in workers)
+    finally:
+        master.stop()
+
+
+def _listens_on(pid: int, port: int | None) -> bool:
+    """Whether the process has a socket bound to ``port`` (listening or not: a worker that
+    inherited the master's listening socket would show it too)."""
+    return any(c.laddr and c.laddr.port == port for c in psutil.Process(pid).net_connections())
+
+
+def test_the_metrics_port_is_checked_and_can_be_off(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The two ports must differ (a clear error at start, not a bind race); 0 turns the
+    metrics listener off while the api serves as usual."""
+    with pytest.raises(ValidationError, match="API_METRICS_PORT must differ from API_PORT"):
+        Settings(api_port=8123, api_metrics_port=8123)
+    assert Settings().api_metrics_port != Settings().api_port
+
+    master, api = start_api({**service_env, "API_METRICS_PORT": "0"}, tmp_path, workers=1)
+    try:
+        assert httpx.get(f"{api}/healthz").status_code == 200
+        listening = {
+            c.laddr.port
+            for c in psutil.Process(master.proc.pid).net_connections()
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {urlsplit(api).port}
+    finally:
+        master.stop()
+
+
 def test_both_services_metrics_pass_promtool(
-    loaded: str, service_env: dict[str, str], fetcher_factory: Any
+    loaded: ApiUrl, service_env: dict[str, str], fetcher_factory: Any
 ) -> None:
     promtool = _need("promtool")
     fetcher: Fetcher = fetcher_factory(service_env)
-    for url in (f"{loaded}/metrics", f"{fetcher.url}/metrics"):
+    for url in (loaded.metrics, f"{fetcher.url}/metrics"):
         text = httpx.get(url).text
         assert text
         checked = subprocess.run(
@@ -148,14 +222,14 @@ def _query(prometheus: str, expr: str) -> float | None:
 
 
 def test_a_real_prometheus_scrapes_the_exact_count(
-    loaded: str,
+    loaded: ApiUrl,
     service_env: dict[str, str],
     fetcher_factory: Any,
     prometheus: Callable[[list[str], list[str]], str],
 ) -> None:
     fetcher: Fetcher = fetcher_factory(service_env)
     _send(loaded, {"/v1/us/current.json": 37})
-    server = prometheus([loaded.removeprefix("http://")], [fetcher.url.removeprefix("http://")])
+    server = prometheus([urlsplit(loaded.metrics).netloc], [urlsplit(fetcher.url).netloc])
     query = 'sum(covid_stats_api_requests_total{route="/v1/us/current.{fmt}",status="200"})'
     # Prometheus takes a few seconds before its first scrape: wait on the answer.
     wait_until(lambda: _query(server, query) == 37, 60, what="Prometheus to see 37 requests")

@@ -3,9 +3,10 @@
 The limit is counted in Redis, so it holds across workers: requests alternate between two
 keep-alive connections known (from the workers' socket tables) to be held by different
 workers, and exactly the limit passes. Hot documents (the fast path) and FastAPI's routes
-are limited alike; probes and /metrics never are; a 429 has the error shape, Retry-After and
-CORS headers; X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS; Redis down lets
-requests through; and with no limit set nothing is counted at all.
+are limited alike; probes never are (nor /metrics, on its own port); a 429 has the error
+shape, Retry-After and CORS headers; X-Forwarded-For is believed only from
+FORWARDED_ALLOW_IPS; Redis down lets requests through; and with no limit set nothing is
+counted at all.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from covid_stats_api.core.config import Settings
 from covid_stats_api.fastpath import FastPath
 from covid_stats_api.main import create_asgi
 from covid_stats_api.metrics import RequestMetrics
-from covid_stats_api.ratelimit import RateLimit
+from covid_stats_api.ratelimit import EXEMPT_PATHS, RateLimit
 from devstack.procs import wait_until
 from devstack.servers import LocalRedis
-from support import Process, clean_env, metric_samples, run_fetcher, start_api
+from support import ApiUrl, Process, clean_env, metric_samples, run_fetcher, start_api
 
 DOCUMENT = "/v1/us/current.json"  # a hot document: answered by the fast path
 QUERY = "/v1/states/ca/daily.json?lastdays=2"  # answered by FastAPI (PostgreSQL, cache)
@@ -85,18 +86,16 @@ def one_connection_per_worker(process: Process, port: int) -> list[Connection]:
     return list(held.values())
 
 
-def _metric(base: str, name: str, **labels: str) -> float:
+def _metric(base: ApiUrl, name: str, **labels: str) -> float:
     wanted = set(labels.items())
     return sum(
         value
-        for (sample, sample_labels), value in metric_samples(
-            httpx.get(f"{base}/metrics").text
-        ).items()
+        for (sample, sample_labels), value in metric_samples(httpx.get(base.metrics).text).items()
         if sample == name and wanted <= sample_labels
     )
 
 
-def _start(env: dict[str, str], tmp_path: Path, started: list[Process]) -> tuple[Process, str]:
+def _start(env: dict[str, str], tmp_path: Path, started: list[Process]) -> tuple[Process, ApiUrl]:
     process, base = start_api(env, tmp_path)
     started.append(process)
     return process, base
@@ -110,7 +109,7 @@ def apis(tmp_path: Path) -> Any:
         process.stop()
 
 
-ApiStarter = Callable[[dict[str, str]], tuple[Process, str]]
+ApiStarter = Callable[[dict[str, str]], tuple[Process, ApiUrl]]
 
 
 def test_the_limit_holds_across_workers_and_answers_429_with_retry_after_and_cors(
@@ -150,8 +149,9 @@ def test_the_limit_holds_across_workers_and_answers_429_with_retry_after_and_cor
     assert limited == 6 + 1 + 3  # counted over both workers
     assert _metric(base, "covid_stats_api_requests_total", status="429") == limited
 
-    # Probes and metrics never are; another client is not limited by this one.
-    for path in ("/healthz", "/readyz", "/metrics"):
+    # Probes never are (the scraper's /metrics is on another port); another client is not
+    # limited by this one.
+    for path in EXEMPT_PATHS:
         assert a.get(path, client)[0] == 200
         assert b.get(path, client)[0] == 200
     assert [a.get(DOCUMENT, "203.0.113.8")[0] for _ in range(10)] == [200] * 10
@@ -235,5 +235,5 @@ def test_off_by_default_nothing_is_limited_or_counted(
     with httpx.Client() as client:
         statuses = {client.get(f"{base}/nope").status_code for _ in range(300)}
     assert statuses == {404}
-    assert "covid_stats_api_rate_limit" not in httpx.get(f"{base}/metrics").text
+    assert "covid_stats_api_rate_limit" not in httpx.get(base.metrics).text
     assert redis.Redis.from_url(service_env["REDIS_URL"]).keys("*:ratelimit:*") == []

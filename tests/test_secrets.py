@@ -34,6 +34,7 @@ from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from devstack.tlsproxy import TlsProxy
 from support import (
+    ApiUrl,
     Fetcher,
     Process,
     Upstream,
@@ -156,7 +157,7 @@ def test_passwords_and_tls_work_end_to_end(
     secure: SecureStores,
     upstream: Upstream,
     fetcher_factory: Callable[..., Fetcher],
-    api_factory: Callable[[dict[str, str]], str],
+    api_factory: Callable[[dict[str, str]], ApiUrl],
 ) -> None:
     """Both services through TLS (verify-full, a private CA) to stores with passwords of
     reserved characters, written percent-encoded into the URLs, or given apart as
@@ -232,7 +233,7 @@ def test_no_secret_reaches_logs_metrics_or_error_bodies(
     secure: SecureStores,
     upstream: Upstream,
     fetcher_factory: Callable[..., Fetcher],
-    api_factory: Callable[[dict[str, str]], str],
+    api_factory: Callable[[dict[str, str]], ApiUrl],
     tmp_path: Path,
 ) -> None:
     """Passwords and tokens, right and wrong, are given to the fetcher and the api at DEBUG;
@@ -287,8 +288,13 @@ def test_no_secret_reaches_logs_metrics_or_error_bodies(
     wait_until(
         lambda: "lease_unavailable" in fetcher.process.output(), 30, what="the fetcher to log"
     )
-    for base in (locked_out.url, fetcher.url, locked_api, api):
-        _collect(httpx.get(f"{base}/metrics"), answers)
+    for metrics in (
+        f"{locked_out.url}/metrics",
+        f"{fetcher.url}/metrics",
+        locked_api.metrics,
+        api.metrics,
+    ):
+        _collect(httpx.get(metrics), answers)
 
     logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
     assert len(logs) == 4  # two fetchers, two apis (gunicorn and its workers)

@@ -466,6 +466,35 @@ def _on_this_machine(system: System, component: str) -> dict[str, str]:
     return env
 
 
+def test_the_api_pod_serves_metrics_on_its_metrics_port_only(system: System) -> None:
+    """Item 4 of the chart issue on a running pod: the api Service's port (what an Ingress or
+    HTTPRoute sends to) answers the scrape path 404; the port the pod's annotations name
+    serves every worker's samples, from the gunicorn master."""
+    annotations = system.workload("api")["spec"]["template"]["metadata"]["annotations"]
+    path, port = annotations["prometheus.io/path"], annotations["prometheus.io/port"]
+    traffic = service_target(  # the api's Service, as the Ingress's backend names it
+        system.rendered, f"http://{RELEASE}-api:{_api_service_port(system)}", system.containers
+    )
+    on_traffic = httpx.get(f"{traffic}{path}", timeout=10)
+    assert on_traffic.status_code == 404
+    assert on_traffic.json()["error"]["code"] == "not_found"
+    scraped = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    assert scraped.status_code == 200
+    samples = metric_samples(scraped.text)
+    workers = int(system.env("api")["WEB_CONCURRENCY"])
+    pool = sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "covid_stats_api_redis_pool_connections" and ("state", "max") in labels
+    )
+    assert pool == workers * int(system.env("api")["REDIS_POOL_SIZE"])  # every worker's
+
+
+def _api_service_port(system: System) -> int:
+    (port,) = system.rendered.get("Service", f"{RELEASE}-api")["spec"]["ports"]
+    return int(port["port"])
+
+
 def test_the_helm_test_pod_passes_against_the_api_pod(system: System) -> None:
     """The rendered `helm test` pod, played as it is but for the Service URL it is given
     (no Service here: the api pod's own address on this machine)."""

@@ -76,6 +76,32 @@ def on_starting(server: Any) -> None:
             os.unlink(entry.path)
 
 
+# /metrics on its own port, served by the master from every worker's files (see
+# covid_stats_api.metrics_server); API_METRICS_PORT=0 turns it off.
+_metrics_listener: list[Any] = []
+
+
+def when_ready(server: Any) -> None:
+    if not _settings.api_metrics_port:
+        return
+    from covid_stats_api.metrics_server import METRICS_PATH, serve
+
+    host, port = _settings.api_host, _settings.api_metrics_port
+    try:
+        listener = serve(host, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    except OSError as exc:  # the port is taken: no api without its metrics
+        server.log.error("metrics listener cannot listen on %s:%s: %s", host, port, exc)
+        raise
+    _metrics_listener.append(listener)
+    server.log.info("metrics listener on %s:%s%s", host, port, METRICS_PATH)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # A worker inherits the master's listening socket: it must not hold the port open.
+    for listener in _metrics_listener:
+        listener.socket.close()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 

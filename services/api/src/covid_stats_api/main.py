@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from opentelemetry.sdk.trace import TracerProvider
@@ -120,11 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["ETag", "X-Data-Source"],
     )
     app.include_router(health.router)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        body = await asyncio.to_thread(metrics.exposition)
-        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     app.include_router(covid_stats.router)
     app.include_router(v1.router)

@@ -2,9 +2,9 @@
 
 prometheus_client's multiprocess mode: every worker writes its samples to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (one directory per pod, emptied by ``gunicorn_conf`` when the
-master starts; a dead worker's gauges are dropped by its ``child_exit`` hook) and ``/metrics``
-adds them all up, so after K requests the request counter reads K whichever worker answered
-the scrape. Without that variable (one process) the default registry is used.
+master starts; a dead worker's gauges are dropped by its ``child_exit`` hook) and the
+master's ``/metrics`` listener on its own port (``covid_stats_api.metrics_server``) adds them
+all up, so after K requests the request counter reads K whichever worker answered them.
 
 Route labels are route templates (``/v1/states/{state}/daily.{fmt}``), never raw paths, so
 their number is bounded; paths that match no route are ``unmatched``.
@@ -13,7 +13,6 @@ their number is bounded; paths that match no route are ``unmatched``.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from typing import TYPE_CHECKING
@@ -21,15 +20,10 @@ from typing import TYPE_CHECKING
 import structlog
 from opentelemetry import trace
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covid_stats_api import __version__
@@ -85,19 +79,6 @@ BUILD = Gauge(
     multiprocess_mode="max",
 )
 BUILD.labels(__version__).set(1)
-
-
-def exposition() -> bytes:
-    """All workers' samples (multiprocess mode), or this process's."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
-
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class RequestMetrics:

@@ -3,7 +3,7 @@
 Off by default (``RATE_LIMIT_PER_MINUTE=0``): then this layer is not installed at all and
 costs nothing. On, it is the outermost layer after the request metrics, in front of the fast
 path, so hot documents are limited like everything else; the probes (``/healthz``,
-``/readyz``) and ``/metrics`` never are.
+``/readyz``) never are (``/metrics`` is not on this port: see ``metrics_server``).
 
 The algorithm is GCRA (the generic cell rate algorithm, "leaky bucket as a meter"): per
 client one Redis key holds a theoretical arrival time, and one Lua script run reads the
@@ -44,8 +44,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = structlog.get_logger("covid_stats_api.ratelimit")
 
-# Never limited: the orchestrator's probes and the metrics scraper.
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Never limited: the orchestrator's probes.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
 _PAUSE_AFTER_ERROR_SECONDS = 1.0
 _MAX_DENIED = 100_000  # refused clients a worker remembers (about 10 MB at most)

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from covid_stats_api.core.config import Settings
+from covid_stats_api.metrics_server import METRICS_PATH
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis, redact_url
 
@@ -112,6 +114,12 @@ def _local_url(host: str, port: str) -> str:
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere; call it locally
         host = "127.0.0.1"
     return f"http://{host}:{port}"
+
+
+def api_metrics_url(env: dict[str, str]) -> str:
+    """The api's /metrics: on its own port (API_METRICS_PORT, else the api's default)."""
+    port = env.get("API_METRICS_PORT") or str(Settings.model_fields["api_metrics_port"].default)
+    return _local_url(env["API_HOST"], port) + METRICS_PATH
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncovid-stats is running:\n"
             f"  {base}/covid-stats\n  {base}/v1/us/current.json\n"
             f"  {base}/v1/states/current.json\n  {base}/docs\n"
+            f"  metrics:  {api_metrics_url(stack.env)}  (the api's, on their own port)\n"
             f"  upstream: {redact_url(stack.env['UPSTREAM_BASE_URL'])}\n"
             f"  fetcher:  {fetcher_url}/metrics  (POST {fetcher_url}/refresh with "
             f"'Authorization: Bearer <token>'{token_hint})\n"

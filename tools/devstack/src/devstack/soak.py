@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.load import Load, Unique
 from devstack.procs import free_port
-from devstack.run import Stack, StartupError, start
+from devstack.run import Stack, StartupError, api_metrics_url, start
 
 PATHS: list[str | Unique] = [
     "/v1/us/current.json",
@@ -74,8 +74,8 @@ def _workers(master: int) -> tuple[Worker, ...]:
     return tuple(sorted(found, key=lambda w: w.pid))
 
 
-def _server_errors(api: str) -> float:
-    text = httpx.get(f"{api}/metrics", timeout=10).text
+def _server_errors(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -85,13 +85,13 @@ def _server_errors(api: str) -> float:
     )
 
 
-def _sample(load: Load, api: str, master: int, began: float) -> Sample:
+def _sample(load: Load, metrics_url: str, master: int, began: float) -> Sample:
     counts = load.counts()
     return Sample(
         time.monotonic() - began,
         counts.get("ok", 0) + counts.get("failed", 0),
         counts.get("failed", 0),
-        _server_errors(api),
+        _server_errors(metrics_url),
         _workers(master),
     )
 
@@ -151,6 +151,7 @@ def soak(seconds: float, rate: float, clients: int, every: float, state_dir: Pat
     log_path = state_dir / "soak.log"
     env = dict(os.environ)
     env.setdefault("API_PORT", str(free_port()))
+    env.setdefault("API_METRICS_PORT", str(free_port()))
     stack = Stack(env=env)
     print(f"soak | starting the system (its output goes to {log_path})", flush=True)
     with log_path.open("a") as log:
@@ -158,6 +159,7 @@ def soak(seconds: float, rate: float, clients: int, every: float, state_dir: Pat
             with contextlib.redirect_stdout(log):
                 api = start(stack, state_dir)
             master = next(c for c in stack.children if c.name == "api").proc.pid
+            metrics = api_metrics_url(stack.env)
             print(
                 f"soak | {api}: {seconds:g} s at {rate:g} req/s from {clients} clients",
                 flush=True,
@@ -166,13 +168,13 @@ def soak(seconds: float, rate: float, clients: int, every: float, state_dir: Pat
                 api, PATHS, clients=clients, rate=rate, keep_outcomes=False, timeout=30
             ) as load:
                 began = time.monotonic()
-                first = _sample(load, api, master, began)
+                first = _sample(load, metrics, master, began)
                 print(_line(first), flush=True)
                 samples = [first]
                 deadline = began + seconds
                 while (now := time.monotonic()) < deadline:
                     time.sleep(min(every, deadline - now))
-                    samples.append(_sample(load, api, master, began))
+                    samples.append(_sample(load, metrics, master, began))
                     print(_line(samples[-1]), flush=True)
             print("\n" + report(samples, load, seconds, rate), flush=True)
             return 1 if samples[-1].failed else 0

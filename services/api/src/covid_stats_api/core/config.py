@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     api_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # /metrics is served here (by the gunicorn master), never on API_PORT; 0 turns it off.
+    api_metrics_port: int = Field(default=9000, ge=0, le=65535)
     web_concurrency: int = Field(default=2, ge=1, description="gunicorn worker processes")
 
     # repr=False: a URL may carry a password; it stays out of any printed Settings.
@@ -64,6 +66,15 @@ class Settings(BaseSettings):
     access_log_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of requests in the access log, 0 = off"
     )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.api_metrics_port == self.api_port:
+            raise ValueError(
+                f"API_METRICS_PORT must differ from API_PORT ({self.api_port}): /metrics is "
+                "served on its own port"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
