@@ -3,7 +3,8 @@
 - helm lint --strict and helm template of every value set (deploy/helm/covid-stats/ci/),
   validated by kubernetes-validate --strict for every supported Kubernetes version; the
   values schema rejects misspelt keys and wrong types; the install-time checks refuse bad
-  configurations (connection budget, grace periods, conflicting stores).
+  configurations (connection budget, grace periods, conflicting stores). The HTTPRoute
+  against the Gateway API's schemas (deploy/tools/validate_httproute.mjs).
 - deploy/k8s: kubectl kustomize validates the same way and matches the chart (drift).
 - skaffold.yaml validates against ../shared/schemas/skaffold-v4beta14.json.
 - checkov (kubernetes, helm, dockerfile) and hadolint pass (skips: deploy/checkov.yaml).
@@ -22,6 +23,7 @@ commands run from the venv (where the same packages are installed).
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import importlib.util
 import json
 import os
@@ -67,6 +69,7 @@ from deploy_support import (
     set_args,
     stage_chain,
     tool,
+    validate_httproutes,
     values_file,
 )
 from devstack.procs import free_port, wait_until
@@ -2199,6 +2202,61 @@ def test_the_httproute_attaches_to_the_gateways_and_sends_to_the_api(
     assert [m["path"] for m in rule["matches"]] == [
         {"type": p["type"], "value": p["path"]} for p in chart_paths
     ]
+
+
+def test_httproutes_validate_against_the_gateway_api_schema(
+    renders: dict[str, tuple[Rendered, Path]], tmp_path: Path
+) -> None:
+    """kubernetes-validate has no CRD schemas: every rendered HTTPRoute is checked against the
+    Gateway API's own (enums, patterns, bounds, required fields of gateway.networking.k8s.io/v1)."""
+    routes = {
+        value_set: rendered.of_kind("HTTPRoute") for value_set, (rendered, _) in renders.items()
+    }
+    assert routes["external"], "a value set must enable the HTTPRoute"
+    for value_set, found in routes.items():
+        if found:
+            result = validate_httproutes(found, tmp_path / value_set)
+            assert result.returncode == 0, value_set + result.stdout + result.stderr
+
+
+def _set_path_type(route: dict[str, Any]) -> None:
+    route["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"  # the Ingress's word
+
+
+def _name_the_port(route: dict[str, Any]) -> None:
+    route["spec"]["rules"][0]["backendRefs"][0]["port"] = "http"  # a Service port by name
+
+
+def _bad_hostname(route: dict[str, Any]) -> None:
+    route["spec"]["hostnames"] = ["Covid_Stats.example.com"]
+
+
+def _nameless_parent(route: dict[str, Any]) -> None:
+    del route["spec"]["parentRefs"][0]["name"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set_path_type, "/spec/rules/0/matches/0/path/type must be equal to one of the allowed"),
+        (_name_the_port, "/spec/rules/0/backendRefs/0/port must be integer"),
+        (_bad_hostname, "/spec/hostnames/0 must match pattern"),
+        (_nameless_parent, "/spec/parentRefs/0 must have required property"),
+    ],
+    ids=["ingress-path-type", "port-by-name", "hostname", "parent-without-name"],
+)
+def test_an_invalid_httproute_fails_the_gateway_api_schema(
+    renders: dict[str, tuple[Rendered, Path]],
+    tmp_path: Path,
+    mutate: Any,
+    message: str,
+) -> None:
+    """The check can fail: the rendered route with one mistake is refused, saying where."""
+    (route,) = copy.deepcopy(renders["external"][0].of_kind("HTTPRoute"))
+    mutate(route)
+    result = validate_httproutes([route], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(
