@@ -105,7 +105,7 @@ k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifes
 	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
 
 .PHONY: chart-readme
-chart-readme: $(STAMP) ## Regenerate the chart README's parameter table from values.yaml's comments
+chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)
 	$(BIN)/python deploy/tools/chart_readme.py
 
 .PHONY: chart-package

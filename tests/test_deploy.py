@@ -22,6 +22,7 @@ commands run from the venv (where the same packages are installed).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import copy
 import importlib.util
@@ -1582,8 +1583,23 @@ def test_chart_yaml_carries_artifact_hub_metadata() -> None:
         assert set(link) == {"name", "url"}, link
         assert link["url"].startswith("https://"), link
     assert annotations["artifacthub.io/prerelease"] in {"true", "false"}
-    assert "icon" not in chart or chart["icon"].startswith("https://"), "icon: an https URL"
     assert all(isinstance(v, str) for v in annotations.values()), "annotations are strings"
+
+
+def test_chart_icon_is_the_api_favicon(tmp_path: Path) -> None:
+    """Chart.yaml's icon is a data: URL of the page's favicon, byte for byte (what `make
+    chart-readme` writes), and --check fails when the favicon changes and the icon does not."""
+    icon = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["icon"])
+    media_type, _, data = icon.removeprefix("data:").partition(";base64,")
+    assert icon.startswith("data:"), icon[:40]
+    assert media_type == "image/svg+xml", icon[:40]
+    favicon = REPO / "services" / "api" / "src" / "covid_stats_api" / "static" / "favicon.svg"
+    assert base64.b64decode(data, validate=True) == favicon.read_bytes()
+    other = tmp_path / "favicon.svg"
+    other.write_bytes(favicon.read_bytes().replace(b"#1d4ed8", b"#b91c1c"))
+    result = _chart_readme("--check", "--favicon", str(other))
+    assert result.returncode == 1
+    assert "Chart.yaml: the icon is not favicon.svg" in result.stdout
 
 
 def test_helm_package_holds_the_chart_and_leaves_out_ci_and_test_files(tmp_path: Path) -> None:
