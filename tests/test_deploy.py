@@ -423,6 +423,13 @@ def test_components_compose_in_any_order(
         ({"imagePullSecrets": [""]}, "/imagePullSecrets/0"),
         ({"global.imageRegistry": "https://registry.example/"}, "/global/imageRegistry"),
         ({"redis.image.registry": "registry.example/"}, "/redis/image/registry"),
+        ({"networkPolicy.api.from": [{"namespace": "ingress"}]}, "/networkPolicy/api/from/0"),
+        (
+            {"networkPolicy.api.from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+            "/networkPolicy/api/from/0",
+        ),
+        ({"networkPolicy.egress.dns.ports": [{"port": 53, "protocol": "ICMP"}]}, "/protocol"),
+        ({"networkPolicy.egress.upstream.cidr": "0.0.0.0/0"}, "'cidr' not allowed"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
