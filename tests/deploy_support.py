@@ -11,6 +11,7 @@ import base64
 import importlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -31,11 +32,14 @@ RELEASE = "covid-stats"
 # kubectl/helm here speak; kubernetes-validate knows their schemas offline.
 KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 36))
 # Kinds of CRDs (the Prometheus Operator's, the Gateway API's): kubernetes-validate has no
-# schema for them.
+# schema for them (HTTPRoute: validate_httproutes).
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 
 VENV_BIN = Path(sys.executable).parent
 DEPLOY_BIN = Path(sys.prefix) / "deploy" / "bin"
+# The Gateway API's schemas (@kubernetes-models/gateway-api, deploy/tools/gateway-api's
+# lockfile), installed by `make deploy-tools`; deploy/tools/validate_httproute.mjs uses them.
+GATEWAY_API_MODULES = Path(sys.prefix) / "deploy" / "gateway-api" / "node_modules"
 
 
 def tool(name: str) -> Path:
@@ -45,6 +49,24 @@ def tool(name: str) -> Path:
         if path.is_file():
             return path
     pytest.fail(f"{name} is not installed: run `make deploy-tools` (make test does)")
+
+
+def validate_httproutes(routes: list[dict[str, Any]], folder: Path) -> Any:
+    """deploy/tools/validate_httproute.mjs on each route (written to ``folder`` as JSON): the
+    CompletedProcess; exit 1 and a line per invalid route when any is invalid."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (the HTTPRoute validation runs under node)")
+    if not (GATEWAY_API_MODULES / "@kubernetes-models" / "gateway-api").is_dir():
+        pytest.fail("the Gateway API schemas are not installed: run `make deploy-tools`")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, route in enumerate(routes):
+        path = folder / f"httproute-{index}.json"
+        path.write_text(json.dumps(route))
+        files.append(path)
+    script = REPO / "deploy" / "tools" / "validate_httproute.mjs"
+    return run([node, script, GATEWAY_API_MODULES, *files], check=False)
 
 
 def optional_module(name: str) -> Any:

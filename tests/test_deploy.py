@@ -3,7 +3,8 @@
 - helm lint --strict and helm template of every value set (deploy/helm/covid-stats/ci/),
   validated by kubernetes-validate --strict for every supported Kubernetes version; the
   values schema rejects misspelt keys and wrong types; the install-time checks refuse bad
-  configurations (connection budget, grace periods, conflicting stores).
+  configurations (connection budget, grace periods, conflicting stores). The HTTPRoute
+  against the Gateway API's schemas (deploy/tools/validate_httproute.mjs).
 - deploy/k8s: kubectl kustomize validates the same way and matches the chart (drift).
 - skaffold.yaml validates against ../shared/schemas/skaffold-v4beta14.json.
 - checkov (kubernetes, helm, dockerfile) and hadolint pass (skips: deploy/checkov.yaml).
@@ -21,7 +22,9 @@ commands run from the venv (where the same packages are installed).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import copy
 import importlib.util
 import json
 import os
@@ -68,6 +71,7 @@ from deploy_support import (
     set_args,
     stage_chain,
     tool,
+    validate_httproutes,
     values_file,
 )
 from devstack.procs import free_port, wait_until
@@ -420,6 +424,13 @@ def test_components_compose_in_any_order(
         ({"imagePullSecrets": [""]}, "/imagePullSecrets/0"),
         ({"global.imageRegistry": "https://registry.example/"}, "/global/imageRegistry"),
         ({"redis.image.registry": "registry.example/"}, "/redis/image/registry"),
+        ({"networkPolicy.api.from": [{"namespace": "ingress"}]}, "/networkPolicy/api/from/0"),
+        (
+            {"networkPolicy.api.from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+            "/networkPolicy/api/from/0",
+        ),
+        ({"networkPolicy.egress.dns.ports": [{"port": 53, "protocol": "ICMP"}]}, "/protocol"),
+        ({"networkPolicy.egress.upstream.cidr": "0.0.0.0/0"}, "'cidr' not allowed"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
@@ -664,6 +675,245 @@ def test_network_policies_fence_redis_and_postgresql(
     assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
         "stats-fetcher"
     )
+
+
+def _chart_values(value_set: str) -> dict[str, Any]:
+    """The values a value set renders with: the chart's defaults, the set's file over them."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            merged[key] = merge(base[key], value) if both else value
+        return merged
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(defaults, yaml.safe_load(values_file(value_set).read_text()) or {})
+
+
+def _api_ingress_rule(rendered: Rendered) -> dict[str, Any]:
+    """The api NetworkPolicy's rule of the api's traffic port (the container port `http`)."""
+    policy = rendered.get("NetworkPolicy", f"{RELEASE}-api")
+    api = rendered.get("Deployment", f"{RELEASE}-api")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= rendered.pod_labels(api).items()
+    (rule,) = [
+        r for r in policy["spec"]["ingress"] if {"port": "http", "protocol": "TCP"} in r["ports"]
+    ]
+    found: dict[str, Any] = rule
+    return found
+
+
+def test_the_api_port_is_open_by_default_and_fenced_by_networkpolicy_api_from(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """Empty `networkPolicy.api.from`: the api's port from anywhere. Set (the HA values: the
+    ingress controller, Prometheus): from those peers and the release's helm test pod only;
+    the fetcher's port stays open as before."""
+    rendered, _ = renders["default"]
+    assert "from" not in _api_ingress_rule(rendered)
+    rendered, _ = renders["ha"]
+    sources = _chart_values("ha")["networkPolicy"]["api"]["from"]
+    assert sources
+    peers = _api_ingress_rule(rendered)["from"]
+    assert peers[: len(sources)] == sources
+    (test_peer,) = peers[len(sources) :]
+    assert set(test_peer) == {"podSelector"}  # the release's namespace
+    (test_pod,) = [
+        p for p in rendered.of_kind("Pod") if "helm.sh/hook" in p["metadata"]["annotations"]
+    ]
+    labels = rendered.pod_labels(test_pod)
+    assert test_peer["podSelector"]["matchLabels"].items() <= labels.items()
+    # ... and only it: no other pod of the release carries those labels.
+    for doc in rendered.workloads():
+        if doc is not test_pod:
+            assert (
+                not test_peer["podSelector"]["matchLabels"].items()
+                <= rendered.pod_labels(doc).items()
+            )
+    # The metrics port has its own sources: Prometheus's, not the traffic port's.
+    metrics = _api_metrics_port(rendered)
+    assert metrics is not None
+    policy = rendered.get("NetworkPolicy", f"{RELEASE}-api")["spec"]
+    (metrics_rule,) = [
+        r for r in policy["ingress"] if any(p["port"] == metrics["name"] for p in r["ports"])
+    ]
+    assert metrics_rule["from"] == _chart_values("ha")["networkPolicy"]["api"]["metricsFrom"]
+    default_policy = renders["default"][0].get("NetworkPolicy", f"{RELEASE}-api")["spec"]
+    assert all("from" not in r for r in default_policy["ingress"])
+    for value_set in ("default", "ha"):
+        (rule,) = renders[value_set][0].get("NetworkPolicy", f"{RELEASE}-stats-fetcher")["spec"][
+            "ingress"
+        ]
+        assert "from" not in rule, value_set
+
+
+def _egress_rules(rendered: Rendered, labels: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The egress rules that apply to a pod of these labels; None: no egress policy selects
+    it (its egress is open)."""
+    policies = [
+        p["spec"]
+        for p in rendered.of_kind("NetworkPolicy")
+        if "Egress" in p["spec"]["policyTypes"]
+        and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    if not policies:
+        return None
+    for policy in policies:
+        assert "matchExpressions" not in policy["podSelector"]
+    return [rule for policy in policies for rule in policy.get("egress", [])]
+
+
+def _egress_allows(
+    rules: list[dict[str, Any]],
+    port: int,
+    *,
+    protocol: str = "TCP",
+    pod: dict[str, str] | None = None,
+    peers: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Whether the rules let a connection out to ``port``: to a pod of the release's namespace
+    with labels ``pod``, or to a host outside it which the rules must name by exactly
+    ``peers`` (None: allowed to any address)."""
+    for rule in rules:
+        if "ports" in rule and not any(
+            p.get("port") == port and p.get("protocol", "TCP") == protocol for p in rule["ports"]
+        ):
+            continue
+        to = rule.get("to")
+        if pod is not None:
+            if to is None or any(
+                set(peer) == {"podSelector"}
+                and "matchExpressions" not in peer["podSelector"]
+                and peer["podSelector"]["matchLabels"].items() <= pod.items()
+                for peer in to
+            ):
+                return True
+        elif to == (peers or None):
+            return True
+    return False
+
+
+# Where a container's configuration says it connects: env name -> the values that name the
+# peers of that host when it is outside the release (networkPolicy.egress.<...>).
+_CONNECTIONS = {
+    "REDIS_URL": ("externalRedis",),
+    "DATABASE_URL": ("externalDatabase",),
+    "UPSTREAM_BASE_URL": ("upstream", "to"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("tracing", "to"),
+}
+
+
+def _destination(rendered: Rendered, url: str) -> tuple[dict[str, str] | None, int]:
+    """Where a URL leads: (the labels of the release's pods behind it, their container port),
+    or (None, the URL's port) for a host outside the release."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or {"https": 443, "http": 80}[parsed.scheme]
+    service = rendered.maybe("Service", str(parsed.hostname))
+    if service is None:
+        return None, port
+    (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == port]
+    selector = service["spec"]["selector"]
+    (target,) = [
+        d
+        for d in rendered.of_kind("Deployment", "StatefulSet")
+        if selector.items() <= rendered.pod_labels(d).items()
+    ]
+    container = rendered.pod_spec(target)["containers"][0]
+    return rendered.pod_labels(target), container_port(
+        container, service_port.get("targetPort", port)
+    )
+
+
+def _egress_value_sets() -> list[tuple[str, dict[str, object]]]:
+    return [
+        ("ha", {}),
+        ("external", {}),
+        ("default", {"networkPolicy.egress.enabled": True, "replayUpstream.enabled": True}),
+        (
+            "default",
+            {
+                "networkPolicy.egress.enabled": True,
+                "statsFetcher.upstream.baseUrl": "http://mirror.example.internal/ctp/",
+                "networkPolicy.egress.upstream.to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}],
+            },
+        ),
+    ]
+
+
+def test_egress_is_open_unless_enabled(renders: dict[str, tuple[Rendered, Path]]) -> None:
+    for value_set in ("default", "dev", "gitops"):
+        rendered, _ = renders[value_set]
+        for doc in rendered.workloads():
+            assert _egress_rules(rendered, rendered.pod_labels(doc)) is None, value_set
+
+
+@pytest.mark.parametrize(
+    ("value_set", "values"), _egress_value_sets(), ids=["ha", "external", "replay", "mirror"]
+)
+def test_egress_lets_out_exactly_what_each_pod_is_configured_to_reach(
+    value_set: str, values: dict[str, object]
+) -> None:
+    """With networkPolicy.egress.enabled, every pod of the release is fenced; each connection
+    its rendered configuration names (REDIS_URL, DATABASE_URL, UPSTREAM_BASE_URL, the OTLP
+    endpoint, the helm test pod's api URL) is allowed, to the release's pods behind the
+    Service it names on their container port, or to a host outside on the URL's port and to
+    exactly the peers the values give; DNS goes to the values' peers and ports; and nothing
+    else: no pod reaches a connection of another's, and none reaches an address outside
+    the release that it was not configured for."""
+    rendered = render(values_file(value_set), values=values)
+    chart_values = _chart_values(value_set)
+    egress_values = chart_values["networkPolicy"]["egress"]
+    for key, value in nested_values(values).get("networkPolicy", {}).get("egress", {}).items():
+        egress_values[key] = {**egress_values[key], **value} if isinstance(value, dict) else value
+    dns = egress_values["dns"]
+    secrets = _fake_secrets(rendered)
+    reaches: dict[str, list[tuple[dict[str, str] | None, int, list[dict[str, Any]] | None]]] = {}
+    for doc in rendered.workloads():
+        labels = rendered.pod_labels(doc)
+        rules = _egress_rules(rendered, labels)
+        assert rules is not None, doc["metadata"]["name"]
+        for port in dns["ports"]:
+            assert _egress_allows(rules, port["port"], protocol=port["protocol"], peers=dns["to"])
+        wanted = []
+        spec = rendered.pod_spec(doc)
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            env = container_env(rendered, container, secrets)
+            urls = {name: env[name] for name in _CONNECTIONS if env.get(name)}
+            urls.update(
+                {
+                    f"arg{i}": a
+                    for i, a in enumerate(container.get("args", []))
+                    if a.startswith("http")
+                }
+            )
+            for name, url in urls.items():
+                pod, port = _destination(rendered, url)
+                peers = None
+                if pod is None:
+                    node: Any = egress_values
+                    for key in _CONNECTIONS[name]:
+                        node = node[key]
+                    peers = node
+                wanted.append((pod, port, peers))
+                assert _egress_allows(rules, port, pod=pod, peers=peers), (
+                    doc["metadata"]["name"],
+                    url,
+                )
+        reaches[doc["metadata"]["name"]] = wanted
+    assert any(reaches.values())
+    # Nothing more: what one pod reaches, a pod not configured for it does not.
+    for doc in rendered.workloads():
+        rules = _egress_rules(rendered, rendered.pod_labels(doc))
+        assert rules is not None
+        mine = reaches[doc["metadata"]["name"]]
+        for other in reaches.values():
+            for pod, port, _ in other:
+                if any(p == pod and q == port for p, q, _ in mine):
+                    continue
+                if pod is None:
+                    assert not _egress_allows(rules, port), (doc["metadata"]["name"], port)
+                else:
+                    assert not _egress_allows(rules, port, pod=pod), (doc["metadata"]["name"], port)
 
 
 def _annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
@@ -1355,8 +1605,23 @@ def test_chart_yaml_carries_artifact_hub_metadata() -> None:
         assert set(link) == {"name", "url"}, link
         assert link["url"].startswith("https://"), link
     assert annotations["artifacthub.io/prerelease"] in {"true", "false"}
-    assert "icon" not in chart or chart["icon"].startswith("https://"), "icon: an https URL"
     assert all(isinstance(v, str) for v in annotations.values()), "annotations are strings"
+
+
+def test_chart_icon_is_the_api_favicon(tmp_path: Path) -> None:
+    """Chart.yaml's icon is a data: URL of the page's favicon, byte for byte (what `make
+    chart-readme` writes), and --check fails when the favicon changes and the icon does not."""
+    icon = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["icon"])
+    media_type, _, data = icon.removeprefix("data:").partition(";base64,")
+    assert icon.startswith("data:"), icon[:40]
+    assert media_type == "image/svg+xml", icon[:40]
+    favicon = REPO / "services" / "api" / "src" / "covid_stats_api" / "static" / "favicon.svg"
+    assert base64.b64decode(data, validate=True) == favicon.read_bytes()
+    other = tmp_path / "favicon.svg"
+    other.write_bytes(favicon.read_bytes().replace(b"#1d4ed8", b"#b91c1c"))
+    result = _chart_readme("--check", "--favicon", str(other))
+    assert result.returncode == 1
+    assert "Chart.yaml: the icon is not favicon.svg" in result.stdout
 
 
 def test_helm_package_holds_the_chart_and_leaves_out_ci_and_test_files(tmp_path: Path) -> None:
@@ -2044,6 +2309,61 @@ def test_the_httproute_attaches_to_the_gateways_and_sends_to_the_api(
     assert [m["path"] for m in rule["matches"]] == [
         {"type": p["type"], "value": p["path"]} for p in chart_paths
     ]
+
+
+def test_httproutes_validate_against_the_gateway_api_schema(
+    renders: dict[str, tuple[Rendered, Path]], tmp_path: Path
+) -> None:
+    """kubernetes-validate has no CRD schemas: every rendered HTTPRoute is checked against the
+    Gateway API's own (enums, patterns, bounds, required fields of gateway.networking.k8s.io/v1)."""
+    routes = {
+        value_set: rendered.of_kind("HTTPRoute") for value_set, (rendered, _) in renders.items()
+    }
+    assert routes["external"], "a value set must enable the HTTPRoute"
+    for value_set, found in routes.items():
+        if found:
+            result = validate_httproutes(found, tmp_path / value_set)
+            assert result.returncode == 0, value_set + result.stdout + result.stderr
+
+
+def _set_path_type(route: dict[str, Any]) -> None:
+    route["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"  # the Ingress's word
+
+
+def _name_the_port(route: dict[str, Any]) -> None:
+    route["spec"]["rules"][0]["backendRefs"][0]["port"] = "http"  # a Service port by name
+
+
+def _bad_hostname(route: dict[str, Any]) -> None:
+    route["spec"]["hostnames"] = ["Covid_Stats.example.com"]
+
+
+def _nameless_parent(route: dict[str, Any]) -> None:
+    del route["spec"]["parentRefs"][0]["name"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set_path_type, "/spec/rules/0/matches/0/path/type must be equal to one of the allowed"),
+        (_name_the_port, "/spec/rules/0/backendRefs/0/port must be integer"),
+        (_bad_hostname, "/spec/hostnames/0 must match pattern"),
+        (_nameless_parent, "/spec/parentRefs/0 must have required property"),
+    ],
+    ids=["ingress-path-type", "port-by-name", "hostname", "parent-without-name"],
+)
+def test_an_invalid_httproute_fails_the_gateway_api_schema(
+    renders: dict[str, tuple[Rendered, Path]],
+    tmp_path: Path,
+    mutate: Any,
+    message: str,
+) -> None:
+    """The check can fail: the rendered route with one mistake is refused, saying where."""
+    (route,) = copy.deepcopy(renders["external"][0].of_kind("HTTPRoute"))
+    mutate(route)
+    result = validate_httproutes([route], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(

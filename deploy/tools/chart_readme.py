@@ -1,7 +1,8 @@
-"""The chart README's parameter table, generated from values.yaml (``make chart-readme``).
+"""The chart README's parameter table, generated from values.yaml, and Chart.yaml's icon,
+from the api's favicon (``make chart-readme``).
 
-    python deploy/tools/chart_readme.py            # rewrite the table in the chart README
-    python deploy/tools/chart_readme.py --check    # exit 1 when the README's table is stale
+    python deploy/tools/chart_readme.py            # rewrite the table and the icon
+    python deploy/tools/chart_readme.py --check    # exit 1 when either is stale
 
 Every value of deploy/helm/covid-stats/values.yaml is a row: its key, its default (JSON) and
 its description, the ``# --`` comment written above it (helm-docs' convention: a comment that
@@ -10,11 +11,18 @@ documented key inside it is one row (``metrics.jobs``); other maps are listed ke
 The table sits between the README's ``<!-- parameters:start -->`` and ``<!-- parameters:end
 -->`` lines; tests/test_deploy.py fails when it differs from a fresh one (drift).
 PyYAML (for the defaults) and the standard library only.
+
+The icon is services/api/src/covid_stats_api/static/favicon.svg (the page's icon) as a
+``data:image/svg+xml;base64,...`` URL on Chart.yaml's ``icon:`` line: the project publishes no
+logo at a public URL, and Artifact Hub takes a data URL as it takes an http(s) one (it
+decodes it instead of downloading, and keeps an SVG as it is); ``helm lint --strict``
+accepts it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import sys
@@ -23,7 +31,10 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "covid-stats"
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "covid-stats"
+FAVICON = REPO / "services" / "api" / "src" / "covid_stats_api" / "static" / "favicon.svg"
+_ICON = re.compile(r"(?m)^icon: .*$")
 START = "<!-- parameters:start -->"
 END = "<!-- parameters:end -->"
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_]+):(?:\s|$)")
@@ -101,21 +112,42 @@ def updated_readme(readme: str, values_text: str) -> str:
     return f"{head}{START}\n{table(values_text)}\n{END}{tail}"
 
 
+def icon_url(svg: bytes) -> str:
+    return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
+
+
+def updated_chart_yaml(chart_yaml: str, svg: bytes) -> str:
+    """Chart.yaml with its ``icon:`` line set to the SVG's data URL (the rest as it is)."""
+    line = f"icon: {icon_url(svg)}"
+    if not _ICON.search(chart_yaml):
+        raise SystemExit("Chart.yaml has no `icon:` line to update")
+    return _ICON.sub(lambda _: line, chart_yaml, count=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--chart", type=Path, default=CHART)
-    parser.add_argument("--check", action="store_true", help="fail when the README is stale")
+    parser.add_argument("--check", action="store_true", help="fail when either is stale")
+    parser.add_argument("--favicon", type=Path, default=FAVICON)
     args = parser.parse_args(argv)
     readme_path = args.chart / "README.md"
     readme = readme_path.read_text()
     fresh = updated_readme(readme, (args.chart / "values.yaml").read_text())
+    chart_path = args.chart / "Chart.yaml"
+    chart_yaml = chart_path.read_text()
+    fresh_chart = updated_chart_yaml(chart_yaml, args.favicon.read_bytes())
     if args.check:
+        stale = []
         if fresh != readme:
-            print(f"{readme_path}: the parameter table is stale: run `make chart-readme`")
-            return 1
-        return 0
+            stale.append(f"{readme_path}: the parameter table is stale")
+        if fresh_chart != chart_yaml:
+            stale.append(f"{chart_path}: the icon is not {args.favicon.name}")
+        for line in stale:
+            print(f"{line}: run `make chart-readme`")
+        return 1 if stale else 0
     readme_path.write_text(fresh)
-    print(f"wrote {readme_path}")
+    chart_path.write_text(fresh_chart)
+    print(f"wrote {readme_path} and {chart_path}'s icon")
     return 0
 
 

@@ -474,3 +474,82 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- $units := dict "" 1 "b" 1 "kb" 1024 "mb" 1048576 "gb" 1073741824 -}}
 {{- mul (int64 $number) (get $units (trimPrefix $number .)) -}}
 {{- end -}}
+
+{{/* The port a URL names, else its scheme's (https 443, http 80). include "covid-stats.urlPort" "https://host/" */}}
+{{- define "covid-stats.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- if not $port -}}
+{{- $port = get (dict "https" "443" "http" "80") $url.scheme -}}
+{{- end -}}
+{{- required (printf "networkPolicy.egress: cannot tell the port of %q, name it in the URL" .) $port -}}
+{{- end -}}
+
+{{/* Egress rules (networkPolicy.egress), one NetworkPolicyEgressRule each:
+     include "covid-stats.egress.redis" $ (also database, upstream, tracing, api). A store or
+     pod of the release is selected by its labels, on its container port; a host of yours by
+     the peers given (none: any address), on the port its URL or values name. */}}
+{{- define "covid-stats.egress.inRelease" -}}
+{{- $ctx := index . 0 -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "covid-stats.selectorLabels" (list $ctx (index . 1)) | nindent 10 }}
+  ports:
+    - port: {{ index . 2 }}
+      protocol: TCP
+{{- end -}}
+
+{{- define "covid-stats.egress.external" -}}
+- ports:
+    {{- range (index . 1) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with index . 0 }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{- define "covid-stats.egress.redis" -}}
+{{- if .Values.redis.enabled -}}
+{{- include "covid-stats.egress.inRelease" (list . "redis" .Values.redis.port) -}}
+{{- else -}}
+{{- include "covid-stats.egress.external" (list .Values.networkPolicy.egress.externalRedis (list .Values.externalRedis.port)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.egress.database" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- include "covid-stats.egress.inRelease" (list . "postgresql" .Values.postgresql.port) -}}
+{{- else -}}
+{{- include "covid-stats.egress.external" (list .Values.networkPolicy.egress.externalDatabase (list .Values.externalDatabase.port)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.egress.upstream" -}}
+{{- $upstream := .Values.networkPolicy.egress.upstream -}}
+{{- if .Values.replayUpstream.enabled -}}
+{{- include "covid-stats.egress.inRelease" (list . "replay-upstream" .Values.replayUpstream.port) -}}
+{{- else if $upstream.ports -}}
+- ports:
+    {{- toYaml $upstream.ports | nindent 4 }}
+  {{- with $upstream.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- else -}}
+{{- include "covid-stats.egress.external" (list $upstream.to (list (include "covid-stats.urlPort" .Values.statsFetcher.upstream.baseUrl | int))) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.egress.tracing" -}}
+{{- with .Values.tracing.otlpEndpoint -}}
+{{- include "covid-stats.egress.external" (list $.Values.networkPolicy.egress.tracing.to (list (include "covid-stats.urlPort" . | int))) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "covid-stats.egress.api" -}}
+{{- include "covid-stats.egress.inRelease" (list . "api" .Values.api.port) -}}
+{{- end -}}
