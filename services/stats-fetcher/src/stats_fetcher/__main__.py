@@ -11,8 +11,9 @@ from opentelemetry import trace
 
 from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging
-from stats_fetcher import __version__, service
+from stats_fetcher import __version__, commands
 from stats_fetcher.config import get_settings
+from stats_fetcher.service import FetcherService
 
 log = structlog.get_logger("stats_fetcher")
 
@@ -21,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="stats-fetcher", description="Refresh COVID-19 statistics from the upstream API."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="refresh at start, then every FETCH_INTERVAL_SECONDS")
-    commands.add_parser(
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    subcommands.add_parser("run", help="refresh at start, then every FETCH_INTERVAL_SECONDS")
+    subcommands.add_parser(
         "refresh-once",
         help="one refresh, then exit: 0 when Redis then serves a current snapshot, 1 when "
         "it does not (no data, or a store failed), 2 when a running fetcher holds the lease",
     )
-    migrate = commands.add_parser("migrate", help="apply pending PostgreSQL migrations")
+    migrate = subcommands.add_parser("migrate", help="apply pending PostgreSQL migrations")
     migrate.add_argument(
         "--wait",
         type=float,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     if args.command == "migrate":
-        applied = uvloop.run(service.migrate(settings, args.wait))
+        applied = uvloop.run(commands.migrate(settings, args.wait))
         log.info("migrated", applied=applied)
         return 0
     provider = tracing.create_tracer_provider("covid-stats-fetcher", __version__)
@@ -50,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         tracing.instrument_clients(provider, redis=True, asyncpg=True, httpx=True)
     try:
         if args.command == "run":
-            uvloop.run(service.FetcherService(settings, provider).run())
+            uvloop.run(FetcherService(settings, provider).run())
             return 0
         try:
-            served = uvloop.run(service.refresh_once(settings))
-        except service.LeaseHeld as exc:
+            served = uvloop.run(commands.refresh_once(settings))
+        except commands.LeaseHeld as exc:
             log.error("refresh_refused", reason=str(exc))
             return 2
         return 0 if served else 1

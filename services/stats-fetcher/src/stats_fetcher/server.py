@@ -7,21 +7,42 @@
 - ``POST /refresh``: asks the leader (whichever replica it is) to refresh now. Needs
   ``Authorization: Bearer <REFRESH_TOKEN>``: 401 without or with a wrong token (compared in
   constant time); 403 when no token is configured (the endpoint is off); 202 when accepted.
+
+The server runs inside the service's event loop (:func:`embedded_server`) and needs of it only
+the small :class:`Service` protocol, so this module does not import ``service``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-if TYPE_CHECKING:
-    from stats_fetcher.service import FetcherService
+from covid_stats_runtime.tracing import trace_asgi
+from stats_fetcher.config import Settings
+
+
+class Service(Protocol):
+    """What the HTTP port needs from the running service (``service.FetcherService``)."""
+
+    async def readiness(self) -> dict[str, Any]:
+        """``{"leader": bool, "redis": "ok"|"down", "postgres": "ok"|"down"}``."""
+        ...
+
+    async def request_refresh(self) -> bool:
+        """Ask the leader, wherever it runs, to refresh now. False when that fails."""
+        ...
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -29,12 +50,12 @@ def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
-def create_app(service: FetcherService) -> Starlette:
+def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        checks: dict[str, Any] = await service.check_stores()
+        checks = await service.readiness()
         ready = checks["redis"] == "ok" and checks["postgres"] == "ok"
         body = {"status": "ready" if ready else "unavailable", **checks}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -43,11 +64,10 @@ def create_app(service: FetcherService) -> Starlette:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def refresh(request: Request) -> Response:
-        token = service.settings.refresh_token
-        if token is None:
+        if refresh_token is None:
             return _error(403, "disabled", "POST /refresh is off: no REFRESH_TOKEN is configured")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
+        expected = refresh_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
             return _error(
                 401,
@@ -66,4 +86,32 @@ def create_app(service: FetcherService) -> Starlette:
             Route("/metrics", metrics),
             Route("/refresh", refresh, methods=["POST"]),
         ]
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the service, not uvicorn, handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def embedded_server(
+    service: Service, settings: Settings, tracer_provider: TracerProvider | None = None
+) -> uvicorn.Server:
+    """The port's server, to run in the service's event loop (``await server.serve()``; set
+    ``server.should_exit`` to stop it). Signals are left to the service."""
+    app: ASGIApp = create_app(service, settings.refresh_token)
+    if tracer_provider is not None:
+        app = trace_asgi(app, tracer_provider)
+    return _EmbeddedServer(
+        uvicorn.Config(
+            app,
+            host=settings.fetcher_host,
+            port=settings.fetcher_port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
     )

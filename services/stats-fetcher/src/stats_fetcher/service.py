@@ -1,4 +1,6 @@
-"""The stats-fetcher service: leader lease, schedule, Redis watchdog and HTTP port.
+"""The stats-fetcher service: its loops (leader lease, schedule, Redis watchdog, refresh
+requests) and its signal handling. Its connections are in ``stores``, its HTTP port in
+``server``, the one-shot commands (``refresh-once``, ``migrate``) in ``commands``.
 
 - Every replica tries to hold the leader lease (``leader``); only the leader refreshes.
 - The leader refreshes when it becomes leader, then every ``FETCH_INTERVAL_SECONDS`` with
@@ -22,139 +24,54 @@ import os
 import random
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
-import httpx
 import structlog
-import uvicorn
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
-from covid_stats_contract import records, schema
-from covid_stats_contract.keys import RedisKeys
-from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.tracing import new_trace, trace_asgi, untraced
-from stats_fetcher import __version__, metrics
+from covid_stats_contract import records
+from covid_stats_runtime.tracing import new_trace, untraced
+from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
 from stats_fetcher.refresh import Refresher, RefreshResult
-from stats_fetcher.server import create_app
-from stats_fetcher.upstream import UpstreamClient
+from stats_fetcher.server import embedded_server
+from stats_fetcher.stores import DATABASE_ERRORS, SchemaNotReady, Stores
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)
-
-# What a database that is down or restarting raises at connect or query time.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
-
-class SchemaNotReady(RuntimeError):
-    pass
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside our event loop: the service, not uvicorn, handles signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
 
 
 class FetcherService:
     def __init__(self, settings: Settings, tracer_provider: TracerProvider | None = None) -> None:
         self.settings = settings
         self.tracer_provider = tracer_provider
-        self.keys = RedisKeys(settings.redis_key_prefix)
-        timeout = settings.upstream_timeout_seconds
-        self.http = httpx.AsyncClient(
-            base_url=str(settings.upstream_base_url).rstrip("/"),
-            timeout=httpx.Timeout(timeout),
-            headers={"User-Agent": f"covid-stats-fetcher/{__version__}"},
-            follow_redirects=True,
-        )
-        self.redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
-        self.snapshots = SnapshotStore(self.redis, self.keys, settings.snapshot_grace_seconds)
-        self.upstream = UpstreamClient(
-            self.http,
-            settings.upstream_format,
-            settings.upstream_retries,
-            settings.upstream_retry_initial_seconds,
-            settings.upstream_retry_max_seconds,
-        )
+        self.stores = Stores(settings)
         self.lease = LeaderLease(
-            self.redis,
-            self.keys,
+            self.stores.redis,
+            self.stores.keys,
             f"{socket.gethostname()}/{os.getpid()}",
             settings.leader_lease_seconds,
         )
-        self._pool: asyncpg.Pool | None = None
         self._busy = asyncio.Lock()  # one refresh or rebuild at a time
         self._wake = asyncio.Event()
         self._requested = False
         self._stopping = asyncio.Event()
         self._refresh_task: asyncio.Task[RefreshResult | None] | None = None
 
-    # -- resources --------------------------------------------------------------------------
-
-    async def pool(self) -> asyncpg.Pool:
-        """The asyncpg pool, created on first use so that the fetcher starts while
-        PostgreSQL is down and connects once it is up."""
-        if self._pool is None:
-            pool = await asyncpg.create_pool(
-                self.settings.database_url,
-                min_size=1,
-                max_size=self.settings.db_pool_max_size,
-                command_timeout=60,
-                timeout=self.settings.upstream_timeout_seconds,  # connect timeout
-            )
-            async with pool.acquire() as conn:
-                version = await schema.current_version(conn)
-            if version < schema.LATEST_VERSION:
-                await pool.close()
-                raise SchemaNotReady(
-                    f"database schema is at version {version}, this release needs "
-                    f"{schema.LATEST_VERSION}: run `stats-fetcher migrate`"
-                )
-            self._pool = pool
-        return self._pool
+    # -- stores -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        await self.http.aclose()
-        if self._pool is not None:
-            await self._pool.close()
-        await self.redis.aclose()
+        await self.stores.close()
 
-    async def check_stores(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {"leader": self.lease.held}
-        try:
-            await self.redis.ping()
-            checks["redis"] = "ok"
-        except RedisError:
-            checks["redis"] = "down"
-        try:
-            async with (await self.pool()).acquire() as conn:
-                await conn.fetchval("SELECT 1")
-            checks["postgres"] = "ok"
-        except (*DATABASE_ERRORS, SchemaNotReady):
-            checks["postgres"] = "down"
-        return checks
+    async def readiness(self) -> dict[str, Any]:
+        """Whether this replica leads, and whether Redis and PostgreSQL answer."""
+        leader = self.lease.held
+        return {"leader": leader, **await self.stores.check()}
 
     # -- work -------------------------------------------------------------------------------
 
@@ -180,9 +97,9 @@ class FetcherService:
     ) -> RefreshResult | None:
         try:
             refresher = Refresher(
-                self.upstream,
-                await self.pool(),
-                self.snapshots,
+                self.stores.upstream,
+                await self.stores.pool(),
+                self.stores.snapshots,
                 max_future_days=self.settings.max_future_days,
                 min_ratio=self.settings.min_jurisdictions_ratio,
             )
@@ -221,7 +138,7 @@ class FetcherService:
     async def request_refresh(self) -> bool:
         """Ask the leader, wherever it runs, to refresh now. False when Redis is down."""
         try:
-            await self.redis.publish(self.keys.refresh_channel, "refresh")
+            await self.stores.redis.publish(self.stores.keys.refresh_channel, "refresh")
         except RedisError:
             return False
         return True
@@ -285,9 +202,9 @@ class FetcherService:
 
     async def _relay_refresh_requests(self) -> None:
         while not self._stopping.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.stores.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.refresh_channel)
+                await pubsub.subscribe(self.stores.keys.refresh_channel)
                 while not self._stopping.is_set():
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and self.lease.held:
@@ -307,19 +224,7 @@ class FetcherService:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
-        app: ASGIApp = create_app(self)
-        if self.tracer_provider is not None:
-            app = trace_asgi(app, self.tracer_provider)
-        server = _EmbeddedServer(
-            uvicorn.Config(
-                app,
-                host=self.settings.fetcher_host,
-                port=self.settings.fetcher_port,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-        )
+        server = embedded_server(self, self.settings, self.tracer_provider)
         log.info(
             "fetcher_started",
             upstream=str(self.settings.upstream_base_url),
@@ -367,60 +272,3 @@ class FetcherService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-@contextlib.asynccontextmanager
-async def one_shot(settings: Settings) -> AsyncIterator[FetcherService]:
-    service = FetcherService(settings)
-    try:
-        yield service
-    finally:
-        await service.close()
-
-
-class LeaseHeld(RuntimeError):
-    pass
-
-
-async def _renew(lease: LeaderLease, interval: float) -> None:
-    """Renew ``lease`` every ``interval`` seconds (a Redis error: try again next time)."""
-    while True:
-        await asyncio.sleep(interval)
-        with contextlib.suppress(RedisError):
-            await lease.keep()
-
-
-async def refresh_once(settings: Settings) -> bool:
-    """One refresh, holding the leader lease for its duration, renewed as the service renews
-    it (refused while a running fetcher holds it). True when it ran and Redis then serves a
-    current snapshot."""
-    async with one_shot(settings) as service:
-        if not await service.lease.keep():
-            raise LeaseHeld("another stats-fetcher holds the leader lease")
-        renewing = asyncio.create_task(_renew(service.lease, settings.leader_lease_seconds / 3))
-        try:
-            result = await service.refresh()
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await service.lease.release()
-        if result is None or result.publish_error is not None:
-            return False
-        return await service.snapshots.current_id() is not None
-
-
-async def migrate(settings: Settings, wait_seconds: float) -> list[int]:
-    """Apply pending migrations, waiting up to ``wait_seconds`` for PostgreSQL to accept."""
-    async for attempt in AsyncRetrying(
-        stop=stop_after_delay(wait_seconds),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5),
-        retry=retry_if_exception_type(DATABASE_ERRORS),
-        reraise=True,
-    ):
-        with attempt:
-            conn = await asyncpg.connect(settings.database_url, timeout=10)
-    try:
-        return await schema.migrate(conn)
-    finally:
-        await conn.close()
