@@ -45,6 +45,7 @@ from tenacity import (
 from covid_stats_contract import records, schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from covid_stats_runtime.tracing import new_trace, trace_asgi, untraced
 from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
@@ -55,9 +56,6 @@ from stats_fetcher.upstream import UpstreamClient
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)
-
-# What a database that is down or restarting raises at connect or query time.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class SchemaNotReady(RuntimeError):
