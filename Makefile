@@ -64,6 +64,10 @@ lock: $(STAMP) ## Recompile requirements/*.txt from requirements/*.in (needs net
 			--prerelease=explicit $$f.in -o $$f.txt; \
 	done
 
+.PHONY: config-docs
+config-docs: $(STAMP) ## Regenerate docs/configuration.md's settings table from the settings classes
+	$(BIN)/python -m devstack.config_docs
+
 .PHONY: clean
 clean: ## Remove .venv and the local servers' data (.local)
 	rm -rf $(VENV) .local

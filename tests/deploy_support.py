@@ -306,14 +306,18 @@ def last_instruction(chain: Iterable[dict[str, Any]], instruction: str) -> str |
     return None
 
 
-def readme_settings() -> dict[str, set[str]]:
-    """The README's configuration table: {service: {VARIABLE, ...}}."""
-    row = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z -]+) \| (.+?) \| .+ \|$")
-    table: dict[str, set[str]] = {}
-    for line in (REPO / "README.md").read_text().splitlines():
-        if match := row.match(line):
-            table.setdefault(match[2], set()).add(match[1])
-    return table
+def service_settings() -> dict[str, set[str]]:
+    """The variables each service's settings class reads: {service: {VARIABLE, ...}} (the
+    source of docs/configuration.md's table, `make config-docs`)."""
+    from devstack.config_docs import SERVICES
+
+    return {service: set(settings.env_vars()) for service, settings in SERVICES.items()}
+
+
+# Variables the services' libraries read, not their settings: prometheus_client's
+# multiprocess folder (the api), and OpenTelemetry's OTEL_* (both services).
+LIBRARY_ENV = {"api": {"PROMETHEUS_MULTIPROC_DIR"}, "stats-fetcher": set[str]()}
+LIBRARY_ENV_PREFIX = "OTEL_"
 
 
 COMPONENT_LABEL = "app.kubernetes.io/component"

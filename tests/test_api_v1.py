@@ -65,7 +65,7 @@ ARCHIVE_PATHS = {
 
 @archive_only
 def test_every_archived_path_returns_the_archived_bytes(api: str, subtests: Any) -> None:
-    # status.json is the one exception: it describes this service's data (see the README).
+    # status.json is the one exception: it describes this service's data (see docs/api.md).
     for path, name in ARCHIVE_PATHS.items():
         with subtests.test(msg=path):
             assert get(f"{api}/{path}").content == (ARCHIVE / name).read_bytes()

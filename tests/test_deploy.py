@@ -50,6 +50,8 @@ from deploy_support import (
     CRD_KINDS,
     K8S_DIR,
     KUBERNETES_VERSIONS,
+    LIBRARY_ENV,
+    LIBRARY_ENV_PREFIX,
     RELEASE,
     VALUE_SETS,
     VENV_BIN,
@@ -64,10 +66,10 @@ from deploy_support import (
     operator_jobs,
     optional_module,
     probes,
-    readme_settings,
     render,
     run,
     selected_service,
+    service_settings,
     set_args,
     stage_chain,
     tool,
@@ -1219,21 +1221,36 @@ def test_connection_budget_counts_pods_terminating_during_a_rollout() -> None:
     assert "PostgreSQL connection budget exceeded" in result.stderr, result.stderr
 
 
-def test_every_documented_setting_is_set_by_the_chart(
+def test_every_setting_is_set_by_the_chart(
     renders: dict[str, tuple[Rendered, Path]],
 ) -> None:
-    """The README's configuration table is the services' contract: each of their settings
-    has a value in the chart (so a setting another change adds fails here until the chart
-    learns it)."""
-    table = readme_settings()
+    """The services' settings classes are their contract: each setting has a value in the
+    chart (so a setting another change adds fails here until the chart learns it)."""
+    settings = service_settings()
     rendered, _ = renders["default"]
-    for service, (deployment, container) in (
-        ("api", MAIN_CONTAINERS["api"]),
-        ("stats-fetcher", MAIN_CONTAINERS["stats-fetcher"]),
-    ):
+    for service in ("api", "stats-fetcher"):
+        deployment, container = MAIN_CONTAINERS[service]
         env = container_env(rendered, rendered.container("Deployment", deployment, container))
-        extra = {"PROMETHEUS_MULTIPROC_DIR"} if service == "api" else set()
-        assert set(env) - extra == table[service], service
+        assert set(env) - LIBRARY_ENV[service] == settings[service], service
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_configmaps_set_only_variables_the_services_read(
+    renders: dict[str, tuple[Rendered, Path]], value_set: str
+) -> None:
+    """Each key of a service's ConfigMap is a setting of its settings class (or a variable
+    its libraries read): a misspelt or removed setting fails here, not silently in a pod."""
+    settings = service_settings()
+    rendered, _ = renders[value_set]
+    for service in ("api", "stats-fetcher"):
+        configmap = rendered.get("ConfigMap", f"{RELEASE}-{service}")
+        unknown = {
+            name
+            for name in configmap["data"]
+            if name not in settings[service] | LIBRARY_ENV[service]
+            and not name.startswith(LIBRARY_ENV_PREFIX)
+        }
+        assert not unknown, f"{service}: {sorted(unknown)}"
 
 
 def test_tracing_is_off_by_default_and_one_endpoint_turns_it_on_for_both_services(

@@ -18,7 +18,7 @@ import structlog
 
 from covid_stats_api.answers import AnswerCache
 from covid_stats_api.api.params import Query
-from covid_stats_api.core.stores import DATABASE_ERRORS, Stores
+from covid_stats_api.core.stores import Stores
 from covid_stats_api.documents import Served
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
@@ -30,6 +30,7 @@ from covid_stats_contract.documents import (
 )
 from covid_stats_contract.models import model_of
 from covid_stats_contract.resources import Resource
+from covid_stats_runtime.stores import DATABASE_ERRORS
 
 log = structlog.get_logger("covid_stats_api.queries")
 

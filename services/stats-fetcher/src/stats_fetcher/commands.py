@@ -21,10 +21,10 @@ from tenacity import (
 )
 
 from covid_stats_contract import schema
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
 from stats_fetcher.service import FetcherService
-from stats_fetcher.stores import DATABASE_ERRORS
 
 
 @contextlib.asynccontextmanager

@@ -34,13 +34,14 @@ from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError
 
 from covid_stats_contract import records
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from covid_stats_runtime.tracing import new_trace, untraced
 from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
 from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
-from stats_fetcher.stores import DATABASE_ERRORS, SchemaNotReady, Stores
+from stats_fetcher.stores import SchemaNotReady, Stores
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)

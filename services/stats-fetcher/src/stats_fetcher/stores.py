@@ -17,12 +17,10 @@ from redis.exceptions import RedisError
 from covid_stats_contract import schema
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher import __version__
 from stats_fetcher.config import Settings
 from stats_fetcher.upstream import UpstreamClient
-
-# What a database that is down or restarting raises at connect or query time.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class SchemaNotReady(RuntimeError):

@@ -1,70 +1,132 @@
-"""Settings of the api, read from the environment (see the README's table)."""
+"""Settings of the api, read from the environment (docs/configuration.md's table, which
+``make config-docs`` generates from this class and the shared ``StoreSettings``)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from covid_stats_runtime.urls import apply_passwords
+from covid_stats_runtime.settings import StoreSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
-    api_host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all interfaces
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    # /metrics is served here (by the gunicorn master), never on API_PORT; 0 turns it off.
-    api_metrics_port: int = Field(default=9000, ge=0, le=65535)
+class Settings(StoreSettings):
+    api_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a container's server listens on all interfaces
+        description="address gunicorn binds (`make run`: `127.0.0.1`)",
+    )
+    api_port: int = Field(default=8000, ge=1, le=65535, description="port gunicorn binds")
+    api_metrics_port: int = Field(
+        default=9000,
+        ge=0,
+        le=65535,
+        description="port of `/metrics`, served by the gunicorn master on `API_HOST`, never on"
+        " `API_PORT` (which answers it 404); must differ from `API_PORT`; 0: no metrics listener",
+    )
     web_concurrency: int = Field(default=2, ge=1, description="gunicorn worker processes")
 
-    # repr=False: a URL may carry a password; it stays out of any printed Settings.
-    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
-    # Put into REDIS_URL / DATABASE_URL percent-encoded: a password of any characters.
-    redis_password: SecretStr | None = None
-    redis_key_prefix: str = "covid-stats"
-    redis_pool_size: int = Field(default=32, ge=1, description="connections per worker")
-    redis_pool_timeout_seconds: float = Field(default=2.0, gt=0)
-    redis_socket_timeout_seconds: float = Field(default=1.0, gt=0)
-
-    database_url: str = Field(
-        default="postgresql://covid_stats@localhost:5432/covid_stats", repr=False
+    redis_pool_size: int = Field(default=32, ge=1, description="Redis connections per worker")
+    redis_pool_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="how long a request waits for a free Redis connection"
     )
-    database_password: SecretStr | None = None
-    db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=10, ge=1, description="connections per worker")
-    db_command_timeout_seconds: float = Field(default=5.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="Redis connect and read timeout"
+    )
 
-    retry_after_seconds: int = Field(default=30, ge=1)
-    cache_max_age_seconds: int = Field(default=60, ge=0)
-    query_cache_ttl_seconds: int = Field(default=300, ge=1)
-    hot_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
-    hot_cache_check_seconds: float = Field(default=0.25, gt=0)
-    hot_cache_database_ttl_seconds: float = Field(default=5.0, ge=0)
+    db_pool_min_size: int = Field(
+        default=1, ge=0, description="asyncpg connections kept open per worker"
+    )
+    db_pool_max_size: int = Field(default=10, ge=1, description="asyncpg pool size, per worker")
+    db_command_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="PostgreSQL connect and query timeout"
+    )
 
-    gunicorn_timeout_seconds: int = Field(default=30, ge=1)
-    gunicorn_graceful_timeout_seconds: int = Field(default=20, ge=1)
+    retry_after_seconds: int = Field(default=30, ge=1, description="`Retry-After` of a 503")
+    cache_max_age_seconds: int = Field(
+        default=60, ge=0, description="`Cache-Control: max-age` of data responses"
+    )
+    query_cache_ttl_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="how long a query's or derived series' answer stays cached in Redis",
+    )
+    hot_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="memory for hot documents, per worker (0 turns the in-process tier off)",
+    )
+    hot_cache_check_seconds: float = Field(
+        default=0.25, gt=0, description="how often each worker checks for a new snapshot"
+    )
+    hot_cache_database_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a document rendered from PostgreSQL (Redis down) stays in memory",
+    )
+
+    gunicorn_timeout_seconds: int = Field(
+        default=30, ge=1, description="a worker silent this long is replaced"
+    )
+    gunicorn_graceful_timeout_seconds: int = Field(
+        default=20, ge=1, description="on SIGTERM or reload, time for in-flight requests"
+    )
     # Longer than the idle timeout of the load balancers in front (60 s for ALB and
     # ingress-nginx's upstream keep-alive): else one closes a connection the other reuses (502).
-    gunicorn_keepalive_seconds: int = Field(default=65, ge=1)
-    gunicorn_max_requests: int = Field(default=1_000_000, ge=0)
-    gunicorn_max_requests_jitter: int = Field(default=100_000, ge=0)
+    gunicorn_keepalive_seconds: int = Field(
+        default=65,
+        ge=1,
+        description="lifetime of a connection idle after an answer (keep it longer than the"
+        " idle timeout of the load balancer in front); a stopping worker drains for at most"
+        " this or half `GUNICORN_GRACEFUL_TIMEOUT_SECONDS`, whichever is shorter",
+    )
+    gunicorn_max_requests: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="recycle a worker after this many requests (0: never)",
+    )
+    gunicorn_max_requests_jitter: int = Field(
+        default=100_000,
+        ge=0,
+        description="random extra, so workers do not recycle together",
+    )
     # Bounds of every connection (see covid_stats_api.http_limits).
-    http_max_request_head_bytes: int = Field(default=16384, ge=1024)
-    http_request_timeout_seconds: float = Field(default=10.0, gt=0)
-    # A new connection that sends nothing is closed after this (keep-alive is for reuse).
-    http_new_connection_timeout_seconds: float = Field(default=5.0, gt=0)
-    # Peers whose X-Forwarded-For names the client (the rate limit's key); gunicorn's own
-    # FORWARDED_ALLOW_IPS, with its default. "*" trusts every peer.
-    forwarded_allow_ips: str = "127.0.0.1,::1"
-    # Requests per minute per client address, across workers and pods (0: no limit).
-    rate_limit_per_minute: int = Field(default=0, ge=0, le=60000)
+    http_max_request_head_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        description="longest request head (request line and headers): longer gets 414 or 431"
+        " (see [Limits](limits.md#limits-and-hostile-clients))",
+    )
+    http_request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request must arrive whole within this time of its first byte, else 408",
+    )
+    # Keep-alive is for reuse, not for connections that never send a request.
+    http_new_connection_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a new connection that sends nothing this long is closed",
+    )
+    # gunicorn's own FORWARDED_ALLOW_IPS, with its default.
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1",
+        description="peers (addresses or networks, comma-separated; `*`: all) whose"
+        " `X-Forwarded-For` names the client (see [Rate limit](limits.md#rate-limit))",
+    )
+    rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        le=60000,
+        description="requests per minute per client over all workers and pods, bursts of as"
+        " many; 0 turns the limit off",
+    )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log_sample_rate: float = Field(
-        default=0.0, ge=0, le=1, description="share of requests in the access log, 0 = off"
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of requests written to the access log (0: off, 1: all; when on,"
+        " every 5xx is written); needs `LOG_LEVEL` `INFO`",
     )
 
     @model_validator(mode="after")
@@ -75,14 +137,6 @@ class Settings(BaseSettings):
                 "served on its own port"
             )
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _passwords_into_urls(cls, data: Any) -> Any:
-        defaults = {
-            name: str(cls.model_fields[name].default) for name in ("redis_url", "database_url")
-        }
-        return apply_passwords(data, defaults)
 
 
 @lru_cache

@@ -19,11 +19,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from covid_stats_api.core.config import Settings
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.stores import DATABASE_ERRORS
 
 log = structlog.get_logger("covid_stats_api.stores")
-
-# What PostgreSQL being down, restarting or slow raises at connect or query time.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 # How long start-up waits for the first PostgreSQL connection before serving without it.
 _FIRST_CONNECT_WAIT_SECONDS = 3.0

@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from covid_stats_api.api.deps import Api, ApiDep
-from covid_stats_api.core.stores import DATABASE_ERRORS
 from covid_stats_contract import records
+from covid_stats_runtime.stores import DATABASE_ERRORS
 
 router = APIRouter(tags=["probes"])
 
