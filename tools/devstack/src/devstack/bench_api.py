@@ -91,6 +91,8 @@ def _server(
     ]  # fmt: skip
     if pin:
         argv = ["taskset", "-c", "0", *argv]
+    # Each server's /metrics listener (in its gunicorn master) on a port of its own.
+    env = {**env, "API_METRICS_PORT": str(free_port())}
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,
