@@ -102,7 +102,7 @@ deploy-tools: $(DEPLOY_STAMP) ## Install helm, kubectl, checkov, hadolint, kuber
 
 .PHONY: deploy-check
 deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Lint, render, validate and scan the chart, manifests, images
-	$(BIN)/python -m pytest tests/test_deploy.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 .PHONY: k8s-manifests
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart

@@ -53,6 +53,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+# The folders of tests/, each one a part of the system and a marker of the same name
+# (registered in pyproject.toml): `pytest -m api`, `make test PYTEST_ARGS="-m fetcher"`.
+# tests/containers marks its own module (`containers`, deselected unless asked for).
+TESTS = Path(__file__).resolve().parent
+PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's part."""
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if folder in PARTS:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 archive_only = pytest.mark.skipif(
     not ARCHIVE.is_dir(), reason=f"the real archive {ARCHIVE} is absent"
 )

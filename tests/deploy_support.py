@@ -1,5 +1,6 @@
-"""Helpers of the deploy checks (tests/test_deploy.py): the deploy tools, rendering the chart,
-and reading rendered containers the way the kubelet would (env, $(VAR) expansion, ports).
+"""Helpers of the deploy checks (tests/deploy/) and the containers suite: the deploy tools,
+rendering the chart, and reading rendered containers the way the kubelet would (env, $(VAR)
+expansion, ports).
 
 The tools come from ``make deploy-tools``: helm and kubectl in .venv/bin, checkov, hadolint
 and kubernetes-validate in their own venv, .venv/deploy (see the Makefile's deploy block).

@@ -9,7 +9,7 @@ pydantic-settings reads it), the service, its default, what it accepts beyond it
 field's bounds, or its choices), and its meaning (the field's ``description``). A setting both
 services declare alike (the shared ``StoreSettings``: stores and logging) is one row for both.
 The table sits between ``<!-- settings:start -->`` and ``<!-- settings:end -->``;
-tests/test_readme.py fails when it differs from a fresh one (drift).
+tests/system/test_readme.py fails when it differs from a fresh one (drift).
 """
 
 from __future__ import annotations

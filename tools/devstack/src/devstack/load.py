@@ -1,4 +1,4 @@
-"""A load generator for the fault tests (tests/test_faults.py) and ``make soak``: concurrent
+"""A load generator for the fault tests (tests/system/test_faults.py) and ``make soak``: concurrent
 keep-alive clients in a background thread, every request's outcome recorded with its
 timestamps.
 

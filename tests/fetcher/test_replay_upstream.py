@@ -36,9 +36,9 @@ from replay_upstream.synthetic import (
     US_SUMMED,
     synthetic_files,
 )
+from support import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared" / "covidtracking"
+SHARED = REPO.parent / "shared" / "covidtracking"
 ARCHIVE = SHARED / "ctp_v1_api_snapshot_20200902"
 CSV_2021 = SHARED / "ctp_v1_csv_20210306"
 WEBSITE = SHARED / "ctp_website_final_20210307"

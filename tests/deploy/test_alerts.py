@@ -30,8 +30,8 @@ from deploy_support import (
     operator_jobs,
     render,
 )
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FILES = REPO / "deploy" / "helm" / "covid-stats" / "files"
 ALERTS = FILES / "alerts.yaml"
 ALERT_TESTS = FILES / "alerts.test.yaml"
