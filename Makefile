@@ -30,9 +30,12 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies and the pa
 run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and the api (Ctrl-C stops all)
 	$(BIN)/python -m devstack run
 
+# The tests are grouped by part, one folder and one marker each: tests/{contract,api,fetcher,
+# devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools) and
+# tests/containers by `make test-containers`.
 .PHONY: test
-test: $(STAMP) ## Run the tests against real local servers (PYTEST_ARGS="-k api" to pick)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## Run the tests against real local servers, all but deploy/containers (PYTEST_ARGS="-m api")
+	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmark cached reads vs the naive path and a bare ASGI app (needs wrk)
@@ -101,7 +104,7 @@ $(DEPLOY_STAMP): requirements/deploy.txt deploy/tools/install_binaries.py $(GATE
 deploy-tools: $(DEPLOY_STAMP) ## Install helm, kubectl, checkov, hadolint, kubernetes-validate
 
 .PHONY: deploy-check
-deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Lint, render, validate and scan the chart, manifests, images
+deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Run tests/deploy: lint, render, validate and scan the chart, manifests, images, alerts
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 .PHONY: k8s-manifests
@@ -123,9 +126,6 @@ images: ## Build the api, fetcher and replay-upstream images as the chart names 
 .PHONY: test-containers
 test-containers: $(STAMP) $(DEPLOY_STAMP) images ## Build the images, start the chart's pods with podman, load, scrape and stop them
 	$(BIN)/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
-
-# `make test` runs the deploy checks too: it needs their tools.
-test: $(DEPLOY_STAMP)
 
 lock: lock-deploy
 .PHONY: lock-deploy
