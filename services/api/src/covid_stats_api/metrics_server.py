@@ -13,12 +13,12 @@ threaded WSGI server started in the master (``gunicorn_conf.when_ready``), so:
 - the counters are exact: after K requests the request counter reads K, whichever worker
   answered them, dead workers included.
 
-This module imports nothing of the app: the master never creates metric files of its own.
+This module imports no module that defines metrics (only the error shape, from
+``covid_stats_api.api.errors``): the master never creates metric files of its own.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Iterable
@@ -28,6 +28,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from covid_stats_api.api.errors import ErrorBody, ErrorDetail
 
 # The one path the listener serves (the chart writes it in its scrape annotations and
 # ServiceMonitor; the deploy checks compare them with this).
@@ -58,10 +60,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _not_found(path: str) -> bytes:
-    # The api's error shape (covid_stats_api.api.errors), without importing the app.
     message = f"No such path: {path} (this port serves {METRICS_PATH} only)"
-    error = {"status": 404, "code": "not_found", "message": message}
-    return json.dumps({"error": error}).encode()
+    body = ErrorBody(error=ErrorDetail(status=404, code="not_found", message=message))
+    return body.model_dump_json(exclude_none=True).encode()
 
 
 def metrics_app(registry: CollectorRegistry) -> Any:
