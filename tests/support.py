@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from covid_stats_api.metrics_server import METRICS_PATH
+from covid_stats_api.serving.metrics_server import METRICS_PATH
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,10 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
     process = spawn(
         f"api-{port}",
         python_module(
-            "gunicorn", "-c", "python:covid_stats_api.gunicorn_conf", "covid_stats_api.main:app"
+            "gunicorn",
+            "-c",
+            "python:covid_stats_api.serving.gunicorn_conf",
+            "covid_stats_api.main:app",
         ),
         api_env,
         log_dir,

@@ -1,7 +1,7 @@
 """Hostile clients against the real api (gunicorn, 2 uvicorn workers), over raw sockets.
 
 Oversized request heads, huge query strings, clients that trickle bytes (slowloris) and
-hundreds of idle connections are bounded by ``covid_stats_api.http_limits``: the client gets
+hundreds of idle connections are bounded by ``covid_stats_api.serving.http_limits``: the client gets
 a 4xx in the api's error shape or a closed connection, and the workers neither crash (their
 pids stay the same) nor stop serving everyone else.
 """

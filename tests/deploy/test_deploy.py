@@ -43,7 +43,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
-from covid_stats_api.metrics_server import METRICS_PATH
+from covid_stats_api.serving.metrics_server import METRICS_PATH
 from deploy_support import (
     CHART,
     COMPONENT_LABEL,

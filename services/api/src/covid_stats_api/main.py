@@ -1,6 +1,6 @@
 """The FastAPI application. Run it with gunicorn (see ``gunicorn_conf``)::
 
-    gunicorn -c python:covid_stats_api.gunicorn_conf covid_stats_api.main:app
+    gunicorn -c python:covid_stats_api.serving.gunicorn_conf covid_stats_api.main:app
 
 ``/docs`` (Swagger UI) and ``/redoc`` are served from the installed ``fastapi-offline``
 package, not a CDN, so they work without internet access.
@@ -22,20 +22,21 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
-from covid_stats_api import __version__, metrics, page
-from covid_stats_api.answers import AnswerCache
+from covid_stats_api import __version__, metrics
+from covid_stats_api.api import page
 from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
 from covid_stats_api.api.routes import covid_stats, health, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.derived import DerivedRecord, DerivedService
-from covid_stats_api.documents import DocumentReader
-from covid_stats_api.fastpath import FastPath
-from covid_stats_api.hot import HotCache, HotWatcher
-from covid_stats_api.metrics import RequestMetrics
-from covid_stats_api.queries import QueryService
-from covid_stats_api.ratelimit import RateLimit
+from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.derived import DerivedRecord, DerivedService
+from covid_stats_api.reads.documents import DocumentReader
+from covid_stats_api.reads.hot import HotCache, HotWatcher
+from covid_stats_api.reads.queries import QueryService
+from covid_stats_api.serving.fastpath import FastPath
+from covid_stats_api.serving.ratelimit import RateLimit
+from covid_stats_api.serving.request_metrics import RequestMetrics
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging

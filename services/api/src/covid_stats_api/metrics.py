@@ -1,10 +1,14 @@
-"""The api's Prometheus metrics, exact across gunicorn workers.
+"""Every Prometheus metric of the api, defined here and nowhere else.
 
 prometheus_client's multiprocess mode: every worker writes its samples to files in
-``PROMETHEUS_MULTIPROC_DIR`` (one directory per pod, emptied by ``gunicorn_conf`` when the
-master starts; a dead worker's gauges are dropped by its ``child_exit`` hook) and the
-master's ``/metrics`` listener on its own port (``covid_stats_api.metrics_server``) adds them
-all up, so after K requests the request counter reads K whichever worker answered them.
+``PROMETHEUS_MULTIPROC_DIR`` (one directory per pod, emptied by ``serving.gunicorn_conf``
+when the master starts; a dead worker's gauges are dropped by its ``child_exit`` hook) and the
+master's listener on its own port (``serving.metrics_server``) adds them all up, so after K
+requests the request counter reads K whichever worker answered them.
+
+Who counts what: ``serving.request_metrics`` the requests and their durations, the hot tier
+(``serving.fastpath``) and the readers (``reads``) the cache lookups, ``serving.ratelimit``
+its decisions, :func:`sample_gauges` (one task per worker) the pools and the snapshot served.
 
 Route labels are route templates (``/v1/states/{state}/daily.{fmt}``), never raw paths, so
 their number is bounded; paths that match no route are ``unmatched``.
@@ -13,26 +17,16 @@ their number is bounded; paths that match no route are ``unmatched``.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import TYPE_CHECKING
 
-import structlog
-from opentelemetry import trace
-from prometheus_client import (
-    Counter,
-    Gauge,
-    Histogram,
-)
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
 
 from covid_stats_api import __version__
 
 if TYPE_CHECKING:
     from covid_stats_api.core.stores import Stores
-    from covid_stats_api.hot import HotCache
-
-access_log = structlog.get_logger("covid_stats_api.access")
+    from covid_stats_api.reads.hot import HotCache
 
 REQUESTS = Counter(
     "covid_stats_api_requests",
@@ -72,6 +66,11 @@ DB_POOL = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+RATE_LIMIT = Counter(
+    "covid_stats_api_rate_limit_checks",
+    "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
+    ["result"],
+)
 BUILD = Gauge(
     "covid_stats_api_build_info",
     "Version of the api (always 1)",
@@ -79,75 +78,6 @@ BUILD = Gauge(
     multiprocess_mode="max",
 )
 BUILD.labels(__version__).set(1)
-
-
-class RequestMetrics:
-    """Outermost ASGI layer (inside the tracing middleware when tracing is on): counts and
-    times every request, the fast path's included, names the request's span after its route
-    template, and writes the access log, of which it keeps a ``access_log_sample_rate``
-    share of the lines (every 5xx is kept)."""
-
-    def __init__(
-        self, app: ASGIApp, *, access_log_sample_rate: float = 0.0, traced: bool = False
-    ) -> None:
-        self.app = app
-        self.access_log_sample_rate = access_log_sample_rate
-        self.traced = traced
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if self.traced:  # routing is done, and the server span still open
-                    name_span(scope["method"], route_of(scope))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = route_of(scope)
-            method = scope["method"]
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(route, method, str(status)).inc()
-            DURATION.labels(route, method).observe(elapsed)
-            if self.access_log_sample_rate and (
-                status >= 500 or random.random() < self.access_log_sample_rate  # noqa: S311
-            ):
-                client = scope.get("client")
-                access_log.info(
-                    "request",
-                    method=method,
-                    path=scope["path"],
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    client=client[0] if client else None,
-                )
-
-
-def route_of(scope: Scope) -> str:
-    """The route template that answered (the fast path's or FastAPI's), or ``unmatched``."""
-    route = scope.get("route_template")
-    if route is None:
-        matched = scope.get("route")
-        route = getattr(matched, "path", None) or "unmatched"
-    return str(route)
-
-
-def name_span(method: str, route: str) -> None:
-    """The server span is named ``METHOD /route/{template}`` (bounded, as the semantic
-    conventions ask), known only once routing is done; unmatched paths keep the method."""
-    span = trace.get_current_span()
-    if route != "unmatched":
-        span.update_name(f"{method} {route}")
-        span.set_attribute("http.route", route)
 
 
 async def sample_gauges(stores: Stores, hot: HotCache, interval: float = 1.0) -> None:

@@ -86,7 +86,7 @@ def _server(
     app: str, port: int, env: dict[str, str], log: Path, pin: bool
 ) -> subprocess.Popen[bytes]:
     argv = [
-        sys.executable, "-m", "gunicorn", "-c", "python:covid_stats_api.gunicorn_conf",
+        sys.executable, "-m", "gunicorn", "-c", "python:covid_stats_api.serving.gunicorn_conf",
         "--workers", "1", "--bind", f"127.0.0.1:{port}", app,
     ]  # fmt: skip
     if pin:

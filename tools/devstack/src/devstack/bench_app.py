@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import Request
 from starlette.types import Receive, Scope, Send
 
-from covid_stats_api.fastpath import FastPath
 from covid_stats_api.main import create_app
+from covid_stats_api.serving.fastpath import FastPath
 
 # The documents' plain JSON, written by the bench for the naive path to read.
 NAIVE_KEYS = {"us": "bench:naive:us-current", "states": "bench:naive:states-current"}

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import IO
 
 from covid_stats_api.core.config import Settings
-from covid_stats_api.metrics_server import METRICS_PATH
+from covid_stats_api.serving.metrics_server import METRICS_PATH
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis, redact_url
 
@@ -197,7 +197,7 @@ def start(stack: Stack, state_dir: Path) -> str:
             "-m",
             "gunicorn",
             "-c",
-            "python:covid_stats_api.gunicorn_conf",
+            "python:covid_stats_api.serving.gunicorn_conf",
             "covid_stats_api.main:app",
         ],
         stop_timeout=30.0,  # longer than gunicorn's graceful_timeout

@@ -9,13 +9,18 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from covid_stats_api.api.errors import ApiError, no_data
-from covid_stats_api.api.params import Query
 from covid_stats_api.api.responses import send
 from covid_stats_api.core.config import Settings
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.derived import DerivedService
-from covid_stats_api.documents import DocumentReader, Served
-from covid_stats_api.queries import NoRecords, QueryService, StoreUnavailable, UnknownField
+from covid_stats_api.reads.derived import DerivedService
+from covid_stats_api.reads.documents import DocumentReader, Served
+from covid_stats_api.reads.queries import (
+    NoRecords,
+    Query,
+    QueryService,
+    StoreUnavailable,
+    UnknownField,
+)
 from covid_stats_contract.documents import check_state_code
 from covid_stats_contract.resources import STATES_CURRENT
 

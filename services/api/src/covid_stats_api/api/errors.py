@@ -69,7 +69,7 @@ def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Not found"},
     422: {"model": ErrorBody, "description": "A parameter is malformed; `parameter` names it"},
-    # Answered by the server before any route (covid_stats_api.http_limits, ratelimit).
+    # Answered by the server before any route (covid_stats_api.serving.http_limits, ratelimit).
     414: {"model": ErrorBody, "description": "The request line is over the head size limit"},
     429: {
         "model": ErrorBody,

@@ -1,21 +1,23 @@
 """The query parameters of the list endpoints, validated and normalized.
 
-A request's parameters become one ``Query``; its ``key`` is the same for every spelling of
-the same question (case, order, duplicates), so equal questions share one cache entry.
-Malformed values answer 422 naming the parameter.
+Each shape of parameters is one model, declared once here and named by the routes that take
+it. A request's parameters become one ``Query`` (``reads.queries``, the question the data
+access answers); its ``key`` is the same for every spelling of the same question (case,
+order, duplicates), so equal questions share one cache entry. Malformed values answer 422
+naming the parameter.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import Depends
 from fastapi import Query as Param
+from pydantic import BaseModel, Field
 
 from covid_stats_api.api.errors import ApiError
+from covid_stats_api.reads.queries import Query
 from covid_stats_contract.resources import Format, Resource
 
 # ASCII only, matched whole (fullmatch): no Unicode digits, no trailing newline.
@@ -24,58 +26,88 @@ _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY
 _STATE = re.compile(r"[A-Za-z]{2}", re.ASCII)
 
 
-def fields_param(example: str) -> Any:
-    return Param(
+class QueryParams(BaseModel):
+    """Query parameters of one shape; FastAPI reads a model's fields from the query string
+    (``Annotated[Model, Query()]``) and answers 422 naming the field that is malformed.
+    Parameters a shape does not have are ignored, as they always were."""
+
+    @property
+    def asked(self) -> bool:
+        """Whether any parameter was given (else the route serves its published document)."""
+        return any(value is not None for value in self.model_dump().values())
+
+
+class FieldsParams(QueryParams):
+    """A projection: the single-record paths and ``us/current``."""
+
+    fields: str | None = Field(
+        None,
         description="Comma-separated fields to return (in the records' own key order). "
         "Fields the records do not have answer 422.",
-        examples=[example],
+        examples=["date,state,positive"],
         max_length=2000,
     )
 
 
-def sort_param(example: str) -> Any:
-    return Param(
+class SortedParams(FieldsParams):
+    sort: str | None = Field(
+        None,
         description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
         "nulls last. Default: the upstream's order.",
-        examples=[example],
+        examples=["-positive"],
         max_length=100,
     )
 
 
-UsFields = Annotated[str | None, fields_param("date,positive,death")]
-StateFields = Annotated[str | None, fields_param("date,state,positive")]
-InfoFields = Annotated[str | None, fields_param("state,name,fips")]
-CountSort = Annotated[str | None, sort_param("-positive")]
-InfoSort = Annotated[str | None, sort_param("name")]
-FromParam = Annotated[
-    str | None,
-    Param(
+class _StatesParam(BaseModel):
+    states: str | None = Field(
+        None,
+        description="Comma-separated two-letter state codes, any case, e.g. `ca,ny`.",
+        examples=["ca,ny"],
+        max_length=400,
+    )
+
+
+class _DatesParams(BaseModel):
+    date_from: str | None = Field(
+        None,
         alias="from",
         description="First date, `YYYYMMDD` or `YYYY-MM-DD` (inclusive).",
         examples=["20200401"],
         max_length=10,
-    ),
-]
-ToParam = Annotated[
-    str | None,
-    Param(
+    )
+    to: str | None = Field(
+        None,
         description="Last date, `YYYYMMDD` or `YYYY-MM-DD` (inclusive).",
         examples=["20200430"],
         max_length=10,
-    ),
-]
-LastDaysParam = Annotated[
-    int | None,
-    Param(description="Only the N most recent dates of the series.", ge=1, le=10000),
-]
-StatesParam = Annotated[
-    str | None,
-    Param(
-        description="Comma-separated two-letter state codes, any case, e.g. `ca,ny`.",
-        examples=["ca,ny"],
-        max_length=400,
-    ),
-]
+    )
+    lastdays: int | None = Field(
+        None, description="Only the N most recent dates of the series.", ge=1, le=10000
+    )
+
+
+class ListParams(_StatesParam, SortedParams):
+    """A states list: ``states/current``, ``states/info``."""
+
+
+class SeriesParams(_DatesParams, SortedParams):
+    """A daily series: ``us/daily``, one state's ``daily``."""
+
+
+class StatesSeriesParams(_StatesParam, SeriesParams):
+    """Every state's daily series: ``states/daily``."""
+
+
+class DerivedParams(_DatesParams, FieldsParams):
+    """A derived series (no ``sort``: it is by date, newest first)."""
+
+
+Fields = Annotated[FieldsParams, Param()]
+Listed = Annotated[ListParams, Param()]
+Series = Annotated[SeriesParams, Param()]
+StatesSeries = Annotated[StatesSeriesParams, Param()]
+Derived = Annotated[DerivedParams, Param()]
 
 
 def parse_date(value: str, parameter: str) -> int:
@@ -104,52 +136,20 @@ def _names(value: str, parameter: str) -> tuple[str, ...]:
     return names
 
 
-@dataclass(frozen=True)
-class Query:
-    """One question to the store: a resource, filters, a sort, a projection, a format."""
-
-    resource: Resource
-    fmt: Format
-    fields: tuple[str, ...] = ()
-    sort: str | None = None
-    descending: bool = False
-    date_from: int | None = None
-    date_to: int | None = None
-    last_days: int | None = None
-    states: tuple[str, ...] = ()
-    single: bool = False  # a single record (one state's current/info, one date): an object
-
-    @property
-    def key(self) -> str:
-        """Canonical text of the question (the cache key's source)."""
-        parts = [
-            self.resource.key,
-            self.fmt,
-            "single" if self.single else "list",
-            ",".join(sorted(self.fields)),  # the answer keeps the records' order anyway
-            ("-" if self.descending else "") + (self.sort or ""),
-            str(self.date_from or ""),
-            str(self.date_to or ""),
-            str(self.last_days or ""),
-            ",".join(self.states),
-        ]
-        return "|".join(parts)
-
-
 def build(
     resource: Resource,
     fmt: Format,
+    params: QueryParams | None = None,
     *,
-    fields: str | None = None,
-    sort: str | None = None,
-    date_from: str | None = None,
-    date_to: str | None = None,
-    last_days: int | None = None,
-    states: str | None = None,
     state: str | None = None,
     day: int | None = None,
     single: bool = False,
 ) -> Query:
+    """The question a request asks: ``params`` checked and normalized (422 naming the
+    parameter), narrowed to one state (a state's path) or one date (a date's path)."""
+    given: dict[str, Any] = params.model_dump() if params is not None else {}
+    fields, sort, states = given.get("fields"), given.get("sort"), given.get("states")
+    date_from, date_to, last_days = given.get("date_from"), given.get("to"), given.get("lastdays")
     field_names = _names(fields, "fields") if fields is not None else ()
     sort_name, descending = None, False
     if sort is not None:
@@ -187,59 +187,3 @@ def build(
         states=codes,
         single=single,
     )
-
-
-def _series(
-    fields: str | None,
-    sort: str | None,
-    date_from: str | None,
-    to: str | None,
-    lastdays: int | None,
-) -> dict[str, Any]:
-    return {
-        "fields": fields,
-        "sort": sort,
-        "date_from": date_from,
-        "date_to": to,
-        "last_days": lastdays,
-    }
-
-
-def us_series(
-    fields: UsFields = None,
-    sort: CountSort = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
-) -> dict[str, Any]:
-    """The query parameters of a US daily series."""
-    return _series(fields, sort, date_from, to, lastdays)
-
-
-def state_series(
-    fields: StateFields = None,
-    sort: CountSort = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
-) -> dict[str, Any]:
-    """The query parameters of a state daily series."""
-    return _series(fields, sort, date_from, to, lastdays)
-
-
-DerivedFields = Annotated[str | None, fields_param("date,positiveIncreaseAvg7d")]
-
-
-def derived_series(
-    fields: DerivedFields = None,
-    date_from: FromParam = None,
-    to: ToParam = None,
-    lastdays: LastDaysParam = None,
-) -> dict[str, Any]:
-    """The query parameters of a derived series (no ``sort``: it is by date, newest first)."""
-    return {"fields": fields, "date_from": date_from, "date_to": to, "last_days": lastdays}
-
-
-UsSeries = Annotated[dict[str, Any], Depends(us_series)]
-StateSeries = Annotated[dict[str, Any], Depends(state_series)]
-DerivedSeries = Annotated[dict[str, Any], Depends(derived_series)]

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from covid_stats_api.documents import Served
-from covid_stats_api.hot import etag_matches, gzip_etag
+from covid_stats_api.reads.documents import Served
+from covid_stats_api.reads.hot import etag_matches, gzip_etag
 
 
 def send(request: Request, served: Served, max_age: int) -> Response:

@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.responses import get_and_head
-from covid_stats_api.documents import Served
-from covid_stats_api.hot import envelope, envelope_etag
+from covid_stats_api.reads.documents import Served
+from covid_stats_api.reads.hot import envelope, envelope_etag
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
 
 router = APIRouter(tags=["covid-stats"])

@@ -16,18 +16,7 @@ from fastapi.responses import Response
 from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
-from covid_stats_api.api.params import (
-    CountSort,
-    DerivedSeries,
-    InfoFields,
-    InfoSort,
-    Query,
-    StateFields,
-    StateSeries,
-    StatesParam,
-    UsFields,
-    UsSeries,
-)
+from covid_stats_api.api.params import Derived, Fields, Listed, QueryParams, Series, StatesSeries
 from covid_stats_api.api.responses import get_and_head
 from covid_stats_contract.documents import (
     CSV_CONTENT_TYPE,
@@ -91,21 +80,16 @@ def object_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
     return responses(ref(model), description)
 
 
-def _bare(*values: object) -> bool:
-    return all(value is None for value in values)
-
-
-def _derived(resource: Resource, fmt: Literal["json", "csv"], query: dict[str, Any]) -> Query:
-    """A derived series' question: its format, and the dates and fields asked for."""
-    return params.build(resource, fmt, **query)
-
-
 async def _list(
-    api: ApiDep, request: Request, resource: Resource, fmt: Literal["json", "csv"], **query: Any
+    api: ApiDep,
+    request: Request,
+    resource: Resource,
+    fmt: Literal["json", "csv"],
+    query: QueryParams,
 ) -> Response:
-    if _bare(*query.values()):
+    if not query.asked:
         return await api.document(request, resource.document(fmt))
-    return await api.answer(request, params.build(resource, fmt, **query))
+    return await api.answer(request, params.build(resource, fmt, query))
 
 
 @get_and_head(
@@ -114,8 +98,8 @@ async def _list(
     summary="US current totals (an array of one record)",
     responses=array_of("UsRecord", "The upstream's `us/current`"),
 )
-async def us_current(request: Request, api: ApiDep, fmt: Fmt, fields: UsFields = None) -> Response:
-    return await _list(api, request, US_CURRENT, fmt, fields=fields)
+async def us_current(request: Request, api: ApiDep, fmt: Fmt, query: Fields) -> Response:
+    return await _list(api, request, US_CURRENT, fmt, query)
 
 
 @get_and_head(
@@ -124,8 +108,8 @@ async def us_current(request: Request, api: ApiDep, fmt: Fmt, fields: UsFields =
     summary="US daily totals, newest first",
     responses=array_of("UsRecord", "The upstream's `us/daily`"),
 )
-async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: UsSeries) -> Response:
-    return await _list(api, request, US_DAILY, fmt, **query)
+async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: Series) -> Response:
+    return await _list(api, request, US_DAILY, fmt, query)
 
 
 @get_and_head(
@@ -134,8 +118,9 @@ async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: UsSeries) -> 
     summary="US derived series: 7-day averages of the daily increases, test positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
-async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: DerivedSeries) -> Response:
-    return await api.series(request, US_DAILY.document("json"), _derived(US_DAILY, fmt, query))
+async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: Derived) -> Response:
+    question = params.build(US_DAILY, fmt, query)
+    return await api.series(request, US_DAILY.document("json"), question)
 
 
 @get_and_head(
@@ -144,12 +129,9 @@ async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: DerivedSeri
     summary="US totals of one date (an object)",
     responses=object_of("UsRecord", "The `us/daily` record of that date"),
 )
-async def us_date(
-    request: Request, api: ApiDep, date: Day, fmt: Fmt, fields: UsFields = None
-) -> Response:
+async def us_date(request: Request, api: ApiDep, date: Day, fmt: Fmt, query: Fields) -> Response:
     day = params.parse_date(date, "date")
-    query = params.build(US_DAILY, fmt, fields=fields, day=day, single=True)
-    return await api.answer(request, query)
+    return await api.answer(request, params.build(US_DAILY, fmt, query, day=day, single=True))
 
 
 @get_and_head(
@@ -158,15 +140,8 @@ async def us_date(
     summary="Current values of every state, states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/current`"),
 )
-async def states_current(
-    request: Request,
-    api: ApiDep,
-    fmt: Fmt,
-    fields: StateFields = None,
-    sort: CountSort = None,
-    states: StatesParam = None,
-) -> Response:
-    return await _list(api, request, STATES_CURRENT, fmt, fields=fields, sort=sort, states=states)
+async def states_current(request: Request, api: ApiDep, fmt: Fmt, query: Listed) -> Response:
+    return await _list(api, request, STATES_CURRENT, fmt, query)
 
 
 @get_and_head(
@@ -175,10 +150,8 @@ async def states_current(
     summary="Daily values of every state, newest first, then states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/daily`"),
 )
-async def states_daily(
-    request: Request, api: ApiDep, fmt: Fmt, query: StateSeries, states: StatesParam = None
-) -> Response:
-    return await _list(api, request, STATES_DAILY, fmt, states=states, **query)
+async def states_daily(request: Request, api: ApiDep, fmt: Fmt, query: StatesSeries) -> Response:
+    return await _list(api, request, STATES_DAILY, fmt, query)
 
 
 @get_and_head(
@@ -187,15 +160,8 @@ async def states_daily(
     summary="Where each state publishes its data, states A..Z",
     responses=array_of("StateInfo", "The upstream's `states/info`"),
 )
-async def states_info(
-    request: Request,
-    api: ApiDep,
-    fmt: Fmt,
-    fields: InfoFields = None,
-    sort: InfoSort = None,
-    states: StatesParam = None,
-) -> Response:
-    return await _list(api, request, STATES_INFO, fmt, fields=fields, sort=sort, states=states)
+async def states_info(request: Request, api: ApiDep, fmt: Fmt, query: Listed) -> Response:
+    return await _list(api, request, STATES_INFO, fmt, query)
 
 
 async def _state(
@@ -204,13 +170,13 @@ async def _state(
     resource: Resource,
     state: str,
     fmt: Literal["json", "csv"],
-    **query: Any,
+    query: QueryParams,
 ) -> Response:
     code = check_state_code(state)
-    if _bare(*query.values()):
+    if not query.asked:
         return await api.document(request, resource.state_document(code, fmt), state=code)
     single = not resource.per_state_is_list
-    built = params.build(resource, fmt, state=code, single=single, **query)
+    built = params.build(resource, fmt, query, state=code, single=single)
     return await api.answer(request, built, state=code)
 
 
@@ -221,9 +187,9 @@ async def _state(
     responses=object_of("StateRecord", "The state's record of `states/current`"),
 )
 async def state_current(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: StateFields = None
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Fields
 ) -> Response:
-    return await _state(api, request, STATES_CURRENT, state, fmt, fields=fields)
+    return await _state(api, request, STATES_CURRENT, state, fmt, query)
 
 
 @get_and_head(
@@ -233,9 +199,9 @@ async def state_current(
     responses=array_of("StateRecord", "The state's records of `states/daily`"),
 )
 async def state_daily(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: StateSeries
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Series
 ) -> Response:
-    return await _state(api, request, STATES_DAILY, state, fmt, **query)
+    return await _state(api, request, STATES_DAILY, state, fmt, query)
 
 
 @get_and_head(
@@ -245,9 +211,9 @@ async def state_daily(
     responses=object_of("StateInfo", "The state's record of `states/info`"),
 )
 async def state_info(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, fields: InfoFields = None
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Fields
 ) -> Response:
-    return await _state(api, request, STATES_INFO, state, fmt, fields=fields)
+    return await _state(api, request, STATES_INFO, state, fmt, query)
 
 
 @get_and_head(
@@ -257,11 +223,11 @@ async def state_info(
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
 async def state_derived(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: DerivedSeries
+    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Derived
 ) -> Response:
     code = check_state_code(state)
     daily = STATES_DAILY.state_document(code, "json")
-    return await api.series(request, daily, _derived(STATES_DAILY, fmt, query), state=code)
+    return await api.series(request, daily, params.build(STATES_DAILY, fmt, query), state=code)
 
 
 @get_and_head(
@@ -276,12 +242,12 @@ async def state_date(
     state: StateCode,
     date: Day,
     fmt: Fmt,
-    fields: StateFields = None,
+    query: Fields,
 ) -> Response:
     code = check_state_code(state)
     day = params.parse_date(date, "date")
-    query = params.build(STATES_DAILY, fmt, fields=fields, state=code, day=day, single=True)
-    return await api.answer(request, query, state=code)
+    question = params.build(STATES_DAILY, fmt, query, state=code, day=day, single=True)
+    return await api.answer(request, question, state=code)
 
 
 @get_and_head(

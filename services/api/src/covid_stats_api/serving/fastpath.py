@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.hot import COVID_STATS, HotCache, HotEntry, etag_matches
 from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry, etag_matches
 
 _STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
 

@@ -25,10 +25,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from covid_stats_api.answers import AnswerCache
-from covid_stats_api.api.params import Query
-from covid_stats_api.documents import DocumentReader, Served
-from covid_stats_api.queries import StoreUnavailable, UnknownField
+from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.documents import DocumentReader, Served
+from covid_stats_api.reads.queries import Query, StoreUnavailable, UnknownField
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
     encode_record,

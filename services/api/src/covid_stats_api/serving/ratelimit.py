@@ -36,25 +36,20 @@ import time
 from collections.abc import Callable
 
 import structlog
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-log = structlog.get_logger("covid_stats_api.ratelimit")
+from covid_stats_api.metrics import RATE_LIMIT
+
+log = structlog.get_logger("covid_stats_api.serving.ratelimit")
 
 # Never limited: the orchestrator's probes.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
 _PAUSE_AFTER_ERROR_SECONDS = 1.0
 _MAX_DENIED = 100_000  # refused clients a worker remembers (about 10 MB at most)
-
-RATE_LIMIT = Counter(
-    "covid_stats_api_rate_limit_checks",
-    "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
-    ["result"],
-)
 
 # KEYS[1]: the client's key. ARGV[1]: the emission interval T in ms (60000 / limit, rounded
 # up: the sustained rate never exceeds the limit), ARGV[2]: the burst tolerance in ms

@@ -34,7 +34,7 @@ import uvicorn_worker
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from covid_stats_api.core.config import Settings, get_settings
-from covid_stats_api.headers import SERVER_HEADERS
+from covid_stats_api.serving.headers import SERVER_HEADERS
 
 # How long a rejected client's further bytes are read and dropped before the socket closes.
 _LINGER_SECONDS = 1.0

@@ -1,4 +1,4 @@
-"""gunicorn settings for the api (``gunicorn -c python:covid_stats_api.gunicorn_conf``).
+"""gunicorn settings for the api (``gunicorn -c python:covid_stats_api.serving.gunicorn_conf``).
 
 Everything tunable comes from the api's settings (``API_HOST``, ``API_PORT``,
 ``WEB_CONCURRENCY``, ``GUNICORN_*``) so that one table documents it.
@@ -16,14 +16,14 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
-# uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.http_limits
+# uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.serving.http_limits
 # (uvicorn's httptools protocol with a bounded request head, HTTP_MAX_REQUEST_HEAD_BYTES, a
 # request deadline, HTTP_REQUEST_TIMEOUT_SECONDS, and an idle timer on new connections), with
 # a drain on shutdown that drops no request on a stop, a reload or a recycle (see
-# covid_stats_api.worker). gunicorn's own limit_request_line / limit_request_fields /
+# covid_stats_api.serving.worker). gunicorn's own limit_request_line / limit_request_fields /
 # limit_request_field_size bound only gunicorn's sync-style workers' parser: they do nothing
 # for uvicorn workers.
-worker_class = "covid_stats_api.worker.DrainingUvicornWorker"
+worker_class = "covid_stats_api.serving.worker.DrainingUvicornWorker"
 
 # A worker silent for this long is killed and replaced.
 timeout = _settings.gunicorn_timeout_seconds
@@ -77,14 +77,14 @@ def on_starting(server: Any) -> None:
 
 
 # /metrics on its own port, served by the master from every worker's files (see
-# covid_stats_api.metrics_server); API_METRICS_PORT=0 turns it off.
+# covid_stats_api.serving.metrics_server); API_METRICS_PORT=0 turns it off.
 _metrics_listener: list[Any] = []
 
 
 def when_ready(server: Any) -> None:
     if not _settings.api_metrics_port:
         return
-    from covid_stats_api.metrics_server import METRICS_PATH, serve
+    from covid_stats_api.serving.metrics_server import METRICS_PATH, serve
 
     host, port = _settings.api_host, _settings.api_metrics_port
     try:

@@ -24,12 +24,12 @@ from dataclasses import replace
 import structlog
 from redis.exceptions import RedisError
 
-from covid_stats_api.documents import Served
 from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import compress
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
 
-log = structlog.get_logger("covid_stats_api.answers")
+log = structlog.get_logger("covid_stats_api.reads.answers")
 
 # The fill lock's lifetime, and how long other workers wait for the filler's answer before
 # computing it themselves (a filler that died or is stuck does not block them for long).

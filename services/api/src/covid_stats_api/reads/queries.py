@@ -1,7 +1,7 @@
 """Answers to parametrized questions: PostgreSQL behind a cache in Redis (cache-aside).
 
-A ``Query`` (see ``api.params``) is answered through the ``AnswerCache`` (Redis, per
-snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
+A ``Query`` (built from a request by ``api.params``) is answered through the ``AnswerCache``
+(Redis, per snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
 statement text is fixed per resource and sort direction, so asyncpg prepares it once per
 connection and reuses it; a large body is rendered off the event loop.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import structlog
 
-from covid_stats_api.answers import AnswerCache
-from covid_stats_api.api.params import Query
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.documents import Served
+from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
     encode_record,
@@ -29,13 +29,45 @@ from covid_stats_contract.documents import (
     render_object,
 )
 from covid_stats_contract.models import model_of
-from covid_stats_contract.resources import Resource
+from covid_stats_contract.resources import Format, Resource
 from covid_stats_runtime.stores import DATABASE_ERRORS
 
-log = structlog.get_logger("covid_stats_api.queries")
+log = structlog.get_logger("covid_stats_api.reads.queries")
 
 # Answers with more records than this are rendered in a thread, off the event loop.
 _RENDER_INLINE_MAX = 200
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question to the store: a resource, filters, a sort, a projection, a format."""
+
+    resource: Resource
+    fmt: Format
+    fields: tuple[str, ...] = ()
+    sort: str | None = None
+    descending: bool = False
+    date_from: int | None = None
+    date_to: int | None = None
+    last_days: int | None = None
+    states: tuple[str, ...] = ()
+    single: bool = False  # a single record (one state's current/info, one date): an object
+
+    @property
+    def key(self) -> str:
+        """Canonical text of the question (the cache key's source)."""
+        parts = [
+            self.resource.key,
+            self.fmt,
+            "single" if self.single else "list",
+            ",".join(sorted(self.fields)),  # the answer keeps the records' order anyway
+            ("-" if self.descending else "") + (self.sort or ""),
+            str(self.date_from or ""),
+            str(self.date_to or ""),
+            str(self.last_days or ""),
+            ",".join(self.states),
+        ]
+        return "|".join(parts)
 
 
 class UnknownField(Exception):

@@ -32,7 +32,7 @@ from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compre
 from covid_stats_contract.snapshots import SnapshotStore
 from covid_stats_runtime.tracing import untraced
 
-log = structlog.get_logger("covid_stats_api.hot")
+log = structlog.get_logger("covid_stats_api.reads.hot")
 
 COVID_STATS = "covid-stats"  # the envelope's key in the tier, derived from US_CURRENT
 

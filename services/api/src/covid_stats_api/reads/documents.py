@@ -14,13 +14,13 @@ import structlog
 from redis.exceptions import RedisError
 
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.hot import HotCache
 from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.reads.hot import HotCache
 from covid_stats_contract import records
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, etag_for
 from covid_stats_runtime.stores import DATABASE_ERRORS
 
-log = structlog.get_logger("covid_stats_api.documents")
+log = structlog.get_logger("covid_stats_api.reads.documents")
 
 Source = Literal["cache", "database"]
 

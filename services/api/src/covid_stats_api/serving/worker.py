@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import Server
 
-from covid_stats_api.http_limits import UvicornWorker
+from covid_stats_api.serving.http_limits import UvicornWorker
 
 _CLOSE = (b"connection", b"close")
 

@@ -27,8 +27,8 @@ from pathlib import PurePosixPath
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from covid_stats_api.fastpath import send_entry
-from covid_stats_api.hot import HotEntry, entry
+from covid_stats_api.reads.hot import HotEntry, entry
+from covid_stats_api.serving.fastpath import send_entry
 from covid_stats_contract.documents import compress, etag_for
 
 PAGE_PATH = "/"
