@@ -15,6 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from covid_stats_api.serving.metrics_server import METRICS_PATH
+from covid_stats_runtime.http import ErrorBody, ErrorDetail, error_body
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,3 +242,14 @@ SUMMARY_LINES: list[str] = []
 def summary(line: str) -> None:
     SUMMARY_LINES.append(line)
     print(line)
+
+
+def check_error_body(body: bytes, status: int, code: str) -> ErrorDetail:
+    """An error body as every server of the project must write it: the shared shape, in the
+    bytes ``covid_stats_runtime.http.error_body`` renders (a body built anywhere else, with
+    spaces, another key order or a field more or less, fails here)."""
+    detail = ErrorBody.model_validate_json(body).error
+    assert body == error_body(detail.status, detail.code, detail.message, detail.parameter)
+    assert (detail.status, detail.code) == (status, code), detail
+    assert detail.message
+    return detail

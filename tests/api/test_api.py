@@ -12,7 +12,7 @@ import redis
 
 from conftest import archive_only
 from devstack.procs import free_port
-from support import ARCHIVE, Upstream, run_fetcher
+from support import ARCHIVE, Upstream, check_error_body, run_fetcher
 
 ApiFactory = Callable[[dict[str, str]], str]
 
@@ -25,12 +25,7 @@ def _refresh(env: dict[str, str]) -> None:
 def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["status"] == status
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return dict(error)
+    return check_error_body(response.content, status, code).model_dump(exclude_none=True)
 
 
 def test_end_to_end_the_api_serves_exactly_what_the_upstream_served(

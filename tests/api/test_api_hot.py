@@ -13,11 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from fastapi.routing import APIRoute
 
+from covid_stats_api.main import ROUTERS
+from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.reads.hot import COVID_STATS
 from covid_stats_contract.keys import RedisKeys
+from covid_stats_contract.resources import FORMATS
+from covid_stats_runtime.http import gzip_etag
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
-from support import Upstream, run_fetcher, scratch_dir
+from support import Upstream, metric_samples, run_fetcher, scratch_dir, start_api
 
 ApiFactory = Callable[[dict[str, str]], str]
 HOT = ["covid-stats", "v1/us/current.json", "v1/states/current.json", "v1/states/ca/daily.csv"]
@@ -79,8 +85,8 @@ def test_gzip_bodies_are_the_fetchers_and_served_when_accepted(
 ) -> None:
     assert run_fetcher("refresh-once", service_env).returncode == 0
     api = api_factory(service_env)
-    # A cold worker renders /covid-stats around the document without compressing it (no
-    # per-request compression); warm workers serve its gzip body from memory.
+    # A cold worker renders /covid-stats around the document and compresses it as the hot
+    # tier does (a small body); warm workers serve that gzip body from memory.
     _warm(api, ["covid-stats"])
     client = redis.Redis.from_url(redis_url)
     raw_snapshot = client.get(RedisKeys().current_snapshot)
@@ -167,3 +173,91 @@ def test_512_concurrent_connections_get_no_server_error(
     statuses = [r.status_code for r in asyncio.run(mixed())]
     assert [s for s in statuses if s >= 500] == []
     assert set(statuses) == {200}
+
+
+def _route_paths(template: str, states: list[str]) -> list[str]:
+    """A route template's concrete paths: every format, every state of the snapshot; none
+    for templates with another parameter (a date: an answer, never a document)."""
+    paths = [template]
+    for name, values in (("fmt", list(FORMATS)), ("state", states)):
+        if "{" + name + "}" in template:
+            paths = [p.replace("{" + name + "}", v) for p in paths for v in values]
+    return [] if "{" in "".join(paths) else paths
+
+
+def _answer(response: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, every header but the date (in their order), and the bytes on the wire."""
+    headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() != b"date"]
+    return response.status_code, headers, response.content
+
+
+def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
+    service_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """Every route of the app that serves a published document, at every format and two of
+    the snapshot's states (one in upper case): the fast path answers it from memory (the
+    memory tier's hit count rises by exactly the requests sent), with the status, headers
+    and bytes FastAPI's route gives (the same path with a query string the route ignores
+    goes there): identity, gzip, 304 for either tag, HEAD, a cross-origin request."""
+    assert run_fetcher("refresh-once", service_env).returncode == 0
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys()
+    raw_snapshot = client.get(keys.current_snapshot)
+    assert isinstance(raw_snapshot, bytes)
+    members = client.smembers(keys.snapshot_docs(raw_snapshot.decode()))
+    assert isinstance(members, set)
+    published = {name.decode() if isinstance(name, bytes) else name for name in members}
+    held = sorted({name.split("/")[2] for name in published if name.count("/") == 3})
+    assert len(held) >= 2
+    states = [held[0], held[-1].upper()]  # two of them, one in upper case
+    master, api = start_api(service_env, tmp_path, workers=1)  # one worker: one fill each
+    hits_name = next(iter(CACHE_LOOKUPS.describe())).name + "_total"
+
+    def memory_hits() -> float:
+        samples = metric_samples(httpx.get(api.metrics).text)
+        return samples.get((hits_name, frozenset({("tier", "memory"), ("result", "hit")})), 0)
+
+    walked: dict[str, set[str]] = {}  # route template -> the documents it served
+    try:
+        with httpx.Client(base_url=api, timeout=30) as http:
+            for route in (r for router in ROUTERS for r in router.routes):
+                if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()):
+                    continue
+                for path in _route_paths(route.path, states):
+                    name = path.removeprefix("/").lower()
+                    if name not in published and name != COVID_STATS:
+                        continue
+                    walked.setdefault(route.path, set()).add(name)
+                    filled = http.get(path)  # read by FastAPI or from memory: kept there
+                    assert filled.status_code == 200, path
+                    tag = filled.headers["etag"]
+                    variants = [
+                        ("GET", {"accept-encoding": "identity"}),
+                        ("GET", {"accept-encoding": "gzip"}),
+                        ("GET", {"if-none-match": tag}),
+                        ("GET", {"if-none-match": gzip_etag(tag)}),
+                        ("HEAD", {"accept-encoding": "gzip"}),
+                        ("GET", {"origin": "https://elsewhere.example"}),  # CORS
+                    ]
+                    hits_before = memory_hits()
+                    for method, headers in variants:
+                        fast = http.request(method, path, headers=headers)
+                        slow = http.request(method, path + "?ignored=1", headers=headers)
+                        assert _answer(fast)[:2] == _answer(slow)[:2], (path, method, headers)
+                        assert fast.content == slow.content, (path, method, headers)
+                        assert fast.status_code in (200, 304)
+                    # Each request without a query string was answered from memory (one the
+                    # fast path passed on to FastAPI would be no hit).
+                    assert memory_hits() - hits_before == len(variants), path
+    finally:
+        master.stop()
+
+    # Every kind of published document (every state's alike), and the envelope, was walked
+    # by a route that serves it.
+    def family(name: str) -> str:
+        parts = name.split("/")
+        return "/".join([*parts[:2], "{state}", *parts[3:]]) if len(parts) == 4 else name
+
+    assert {family(n) for n in set().union(*walked.values())} == {
+        family(n) for n in published | {COVID_STATS}
+    }

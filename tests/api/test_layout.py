@@ -1,5 +1,7 @@
-"""The api package's layout holds: data access never imports the web or serving layers, and
-every metric is defined in the one metrics module.
+"""The api package's layout holds: data access never imports the web or serving layers, every
+metric is defined in the one metrics module, and every HTTP answer's error body, ETag and
+representation headers are built by the one HTTP module (``covid_stats_runtime.http``), and
+the fast path's table of document paths comes from the app's routes.
 
 Read from the source itself (the package's own files, parsed), so a new module is checked
 the day it is added.
@@ -11,11 +13,19 @@ import ast
 from pathlib import Path
 
 import prometheus_client
+import pytest
+from fastapi.routing import APIRoute
 
 import covid_stats_api
 from covid_stats_api import metrics
+from covid_stats_api.api.routes import v1
+from covid_stats_api.main import ROUTERS
+from covid_stats_api.serving.fastpath import document_paths
+from covid_stats_contract.documents import STATE_PLACEHOLDER, document_families
+from covid_stats_runtime import http
 
 PACKAGE = Path(covid_stats_api.__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 NAME = covid_stats_api.__name__
 # The metric classes prometheus_client exports (Counter, Gauge, Histogram, ...).
 METRIC_TYPES = {
@@ -56,7 +66,7 @@ def test_data_access_imports_neither_the_web_nor_the_serving_layer() -> None:
 
 
 def test_every_metric_is_defined_in_the_metrics_module() -> None:
-    assert METRIC_TYPES >= {"Counter", "Gauge", "Histogram"}
+    assert {"Counter", "Gauge", "Histogram"} <= METRIC_TYPES
     home = Path(metrics.__file__)
     defined_elsewhere = []
     defined_here = 0
@@ -81,3 +91,51 @@ def test_every_metric_is_defined_in_the_metrics_module() -> None:
             if isinstance(v, prometheus_client.metrics.MetricWrapperBase)
         ]
     )
+
+
+def test_error_bodies_and_representation_headers_are_built_in_the_http_module() -> None:
+    """Nowhere in the services or libraries but ``covid_stats_runtime.http``: a dict with an
+    ``"error"`` key (an error body by hand); nowhere in the services: the header names of a
+    representation (the contract's ``etag`` is a Redis field, not a header)."""
+    home = Path(http.__file__).resolve()
+    sources = [
+        path.resolve()
+        for pattern in ("services/*/src/**/*.py", "libs/*/src/**/*.py")
+        for path in ROOT.glob(pattern)
+    ]
+    assert home in sources
+    representation_headers = {b"etag", b"content-encoding", b"vary", b"cache-control"}
+    found = []
+    for path in sources:
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Dict) and any(
+                isinstance(key, ast.Constant) and key.value == "error" for key in node.keys
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} an error body")
+            in_service = path.is_relative_to(ROOT / "services")
+            if (
+                in_service
+                and isinstance(node, ast.Constant)
+                and node.value in representation_headers
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert found == [], "\n".join(found)
+
+
+def test_the_fast_paths_table_comes_from_the_routes_and_fails_without_one() -> None:
+    """Every published document's path resolves to the route that answers it; a published
+    document that no route answers stops the app from starting (here: without v1's routes)."""
+    routes = [route for router in ROUTERS for route in router.routes]
+    paths = document_paths(routes)
+    templates = {route.path for route in routes if isinstance(route, APIRoute)}
+    for name in document_families():
+        concrete = name.replace(STATE_PLACEHOLDER, "Ca")
+        resolved = paths.resolve("/" + concrete)
+        assert resolved is not None, name
+        assert resolved[0] == concrete.lower()
+        assert resolved[1] in templates
+    without_v1 = [route for router in ROUTERS if router is not v1.router for route in router.routes]
+    with pytest.raises(LookupError, match="no route answers"):
+        document_paths(without_v1)

@@ -12,7 +12,6 @@ counted at all.
 from __future__ import annotations
 
 import http.client
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,15 @@ from covid_stats_api.serving.ratelimit import EXEMPT_PATHS, RateLimit
 from covid_stats_api.serving.request_metrics import RequestMetrics
 from devstack.procs import wait_until
 from devstack.servers import LocalRedis
-from support import ApiUrl, Process, clean_env, metric_samples, run_fetcher, start_api
+from support import (
+    ApiUrl,
+    Process,
+    check_error_body,
+    clean_env,
+    metric_samples,
+    run_fetcher,
+    start_api,
+)
 
 DOCUMENT = "/v1/us/current.json"  # a hot document: answered by the fast path
 QUERY = "/v1/states/ca/daily.json?lastdays=2"  # answered by FastAPI (PostgreSQL, cache)
@@ -133,10 +140,8 @@ def test_the_limit_holds_across_workers_and_answers_429_with_retry_after_and_cor
 
     status, headers, body = a.get(DOCUMENT, client)
     assert status == 429
-    error = json.loads(body)["error"]
-    assert error["status"] == 429
-    assert error["code"] == "rate_limited"
-    assert str(limit) in error["message"]
+    error = check_error_body(body, 429, "rate_limited")
+    assert str(limit) in error.message
     assert headers["content-type"] == "application/json"
     # `limit` per minute: one more every 60 / limit = 2 s, the wait Retry-After tells.
     assert headers["retry-after"] == "2"

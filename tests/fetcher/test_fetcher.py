@@ -18,9 +18,10 @@ from covid_stats_contract.documents import Document
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import RESOURCES, STATES_CURRENT, STATES_DAILY, US_CURRENT
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.http import SERVER_HEADERS
 from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
-from support import Fetcher, Upstream, clean_env, run_fetcher
+from support import Fetcher, Upstream, check_error_body, clean_env, run_fetcher
 
 TOKEN = "test-refresh-token"
 # Rows inserted, updated or deleted in the database's tables so far (all backends).
@@ -303,15 +304,34 @@ def test_post_refresh_needs_the_bearer_token(
     assert httpx.post(url).status_code == 401
     wrong = httpx.post(url, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert wrong.json()["error"]["code"] == "unauthorized"
+    check_error_body(wrong.content, 401, "unauthorized")
     assert TOKEN not in wrong.text
     assert httpx.post(url, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     _trigger_and_wait(fetcher)
     off: Fetcher = fetcher_factory(service_env, name="no-token")
-    assert (
-        httpx.post(f"{off.url}/refresh", headers={"Authorization": "Bearer x"}).status_code == 403
-    )
+    disabled = httpx.post(f"{off.url}/refresh", headers={"Authorization": "Bearer x"})
+    assert disabled.status_code == 403
+    check_error_body(disabled.content, 403, "disabled")
     assert TOKEN not in fetcher.process.output()
+
+
+def test_the_fetchers_port_answers_errors_in_the_shared_shape(
+    service_env: dict[str, str], fetcher_factory: Any
+) -> None:
+    """Unknown paths and wrong methods too: the api's error shape (one renderer, in the
+    runtime library), and the headers every answer of the project carries."""
+    fetcher: Fetcher = fetcher_factory(service_env)
+    unknown = httpx.get(f"{fetcher.url}/nope")
+    assert unknown.status_code == 404
+    assert "/nope" in check_error_body(unknown.content, 404, "not_found").message
+    wrong_method = httpx.get(f"{fetcher.url}/refresh")
+    assert wrong_method.status_code == 405
+    check_error_body(wrong_method.content, 405, "method_not_allowed")
+    assert "POST" in wrong_method.headers["allow"]
+    for answer in (unknown, wrong_method, httpx.get(f"{fetcher.url}/healthz")):
+        assert "server" not in answer.headers
+        for name, value in SERVER_HEADERS:
+            assert answer.headers[name] == value
 
 
 def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from covid_stats_contract.resources import FORMATS, RESOURCES, Format
 from covid_stats_contract.resources import STATES_CURRENT as _STATES_CURRENT
-from covid_stats_contract.resources import Format
 
 JSON_CONTENT_TYPE = "application/json"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
@@ -35,6 +35,23 @@ STATES_CURRENT = "v1/states/current.json"
 STATUS = "v1/status.json"
 
 STATE_CODE_RE = re.compile(r"^[A-Za-z]{2}$")
+
+# Where a state's code goes in a per-state document's name (``document_families``).
+STATE_PLACEHOLDER = "{state}"
+
+
+def document_families() -> tuple[str, ...]:
+    """The name of every document the fetcher publishes, a state's documents once with
+    ``STATE_PLACEHOLDER`` where the (lower-case) code goes: each resource's list in every
+    format, its per-state documents, and the status. The api serves each at ``/`` + name."""
+    names: list[str] = []
+    for resource in RESOURCES:
+        for fmt in FORMATS:
+            names.append(resource.document(fmt))
+            if resource.per_state is not None:
+                names.append(resource.state_document(STATE_PLACEHOLDER, fmt))
+    names.append(STATUS)
+    return tuple(names)
 
 
 def check_state_code(state: str) -> str:

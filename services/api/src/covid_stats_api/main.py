@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from covid_stats_api import __version__, metrics
@@ -34,11 +33,12 @@ from covid_stats_api.reads.derived import DerivedRecord, DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
-from covid_stats_api.serving.fastpath import FastPath
+from covid_stats_api.serving.fastpath import FastPath, document_paths
 from covid_stats_api.serving.ratelimit import RateLimit
 from covid_stats_api.serving.request_metrics import RequestMetrics
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime import tracing
+from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
 
 
@@ -57,6 +57,10 @@ RECORD_MODELS: tuple[type[BaseModel], ...] = (
     DerivedRecord,
     Status,
 )
+
+
+# The app's routers, in the order the app matches them (one file per resource in api/routes).
+ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router)
 
 
 def record_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -118,12 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "HEAD"],
-        expose_headers=["ETag", "X-Data-Source"],
+        expose_headers=list(EXPOSED_HEADERS),
     )
-    app.include_router(health.router)
-
-    app.include_router(covid_stats.router)
-    app.include_router(v1.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     # The page at / and its assets, in memory from now on (served by the fast path).
     app.state.page = page.load(app.url_path_for, app.docs_url or "/docs")
@@ -167,7 +169,8 @@ def create_asgi(
     api = create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
-    app: ASGIApp = FastPath(api, api.state.hot, api.state.page)
+    routes = [route for router in ROUTERS for route in router.routes]
+    app: ASGIApp = FastPath(api, api.state.hot, document_paths(routes), api.state.page)
     if settings.rate_limit_per_minute:
         app = RateLimit(
             app,

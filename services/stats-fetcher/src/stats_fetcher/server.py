@@ -8,6 +8,10 @@
   ``Authorization: Bearer <REFRESH_TOKEN>``: 401 without or with a wrong token (compared in
   constant time); 403 when no token is configured (the endpoint is off); 202 when accepted.
 
+Errors, unknown paths and wrong methods included, have the api's error shape
+(``covid_stats_runtime.http``); every answer carries its ``SERVER_HEADERS`` and no
+``Server`` header.
+
 The server runs inside the service's event loop (:func:`embedded_server`) and needs of it only
 the small :class:`Service` protocol, so this module does not import ``service``.
 """
@@ -24,11 +28,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from covid_stats_runtime.http import SERVER_HEADERS, error_response
 from covid_stats_runtime.tracing import trace_asgi
 from stats_fetcher.config import Settings
 
@@ -43,11 +49,6 @@ class Service(Protocol):
     async def request_refresh(self) -> bool:
         """Ask the leader, wherever it runs, to refresh now. False when that fails."""
         ...
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    body = {"error": {"status": status, "code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
@@ -65,27 +66,40 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
 
     async def refresh(request: Request) -> Response:
         if refresh_token is None:
-            return _error(403, "disabled", "POST /refresh is off: no REFRESH_TOKEN is configured")
+            return error_response(
+                403, "disabled", "POST /refresh is off: no REFRESH_TOKEN is configured"
+            )
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         expected = refresh_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-            return _error(
+            return error_response(
                 401,
                 "unauthorized",
                 "a valid bearer token is required",
-                **{"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer"},
             )
         if not await service.request_refresh():
-            return _error(503, "unavailable", "Redis is unreachable: cannot reach the leader")
+            return error_response(
+                503, "unavailable", "Redis is unreachable: cannot reach the leader"
+            )
         return JSONResponse({"status": "accepted"}, status_code=202)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"No such path: {request.url.path}"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
     return Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/refresh", refresh, methods=["POST"]),
-        ]
+        ],
     )
 
 
@@ -113,5 +127,7 @@ def embedded_server(
             log_level="warning",
             lifespan="off",
             access_log=False,
+            headers=list(SERVER_HEADERS),
+            server_header=False,
         )
     )

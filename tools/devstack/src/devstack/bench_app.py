@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import Request
 from starlette.types import Receive, Scope, Send
 
-from covid_stats_api.main import create_app
-from covid_stats_api.serving.fastpath import FastPath
+from covid_stats_api.main import ROUTERS, create_app
+from covid_stats_api.serving.fastpath import FastPath, document_paths
 
 # The documents' plain JSON, written by the bench for the naive path to read.
 NAIVE_KEYS = {"us": "bench:naive:us-current", "states": "bench:naive:states-current"}
@@ -37,7 +37,9 @@ async def naive_states(request: Request) -> Any:
     return json.loads(raw)
 
 
-app = FastPath(_api, _api.state.hot)
+app = FastPath(
+    _api, _api.state.hot, document_paths([r for router in ROUTERS for r in router.routes])
+)
 
 _BODY = Path(os.environ.get("BENCH_BARE_BODY_FILE", "/dev/null")).read_bytes()
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode())]

@@ -40,22 +40,22 @@ class Api:
         self.queries = queries
         self.derived = derived
 
-    def send(self, request: Request, served: Served) -> Response:
-        return send(request, served, self.settings.cache_max_age_seconds)
+    def send(self, served: Served) -> Response:
+        return send(served, self.settings.cache_max_age_seconds)
 
     def no_data(self) -> ApiError:
         return no_data(self.settings.retry_after_seconds)
 
-    async def document(self, request: Request, name: str, state: str | None = None) -> Response:
+    async def document(self, name: str, state: str | None = None) -> Response:
         """A published document; for a state's document, 404 when the state is unknown."""
         served = await self.reader.read(name)
         if served is None:
             if state is not None:
                 await self.require_state(state)
             raise self.no_data()
-        return self.send(request, served)
+        return self.send(served)
 
-    async def answer(self, request: Request, query: Query, state: str | None = None) -> Response:
+    async def answer(self, query: Query, state: str | None = None) -> Response:
         """The answer to a query; 404 for a single record that does not exist, or for an
         unknown state."""
         try:
@@ -72,11 +72,9 @@ class Api:
             raise self.no_data() from None
         if state is not None and served.body in (b"[]\n", b"\n"):  # empty array / CSV
             await self.require_state(state)
-        return self.send(request, served)
+        return self.send(served)
 
-    async def series(
-        self, request: Request, daily_document: str, query: Query, state: str | None = None
-    ) -> Response:
+    async def series(self, daily_document: str, query: Query, state: str | None = None) -> Response:
         """The derived series of a daily document, the dates and fields ``query`` asks."""
         try:
             served = await self.derived.series(daily_document, query)
@@ -86,7 +84,7 @@ class Api:
             if state is not None:
                 await self.require_state(state)
             raise self.no_data() from None
-        return self.send(request, served)
+        return self.send(served)
 
     async def require_state(self, state: str) -> None:
         """404 unless the stores know ``state``; 503 when they hold no data at all."""

@@ -1,7 +1,8 @@
-"""The one error shape of the api, and the handlers that produce it.
+"""The api's error handlers, and its errors in the OpenAPI document.
 
-Every error body is ``{"error": {"status": <int>, "code": <str>, "message": <str>}}``, plus
-``"parameter"`` when one request parameter is at fault. Nothing a client sends produces a 500:
+Every error body has the one shape both services share (``covid_stats_runtime.http``):
+``{"error": {"status": <int>, "code": <str>, "message": <str>}}``, plus ``"parameter"``
+when one request parameter is at fault. Nothing a client sends produces a 500:
 an unexpected exception is logged and answered with this shape, without internals.
 """
 
@@ -12,22 +13,13 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from covid_stats_runtime import http
+from covid_stats_runtime.http import ErrorBody, ErrorDetail
+
 log = structlog.get_logger("covid_stats_api.errors")
-
-
-class ErrorDetail(BaseModel):
-    status: int
-    code: str
-    message: str
-    parameter: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -57,11 +49,9 @@ def no_data(retry_after_seconds: int) -> ApiError:
     )
 
 
-def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        ErrorBody(error=detail).model_dump(exclude_none=True),
-        status_code=detail.status,
-        headers=headers,
+def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -> Response:
+    return http.error_response(
+        detail.status, detail.code, detail.message, detail.parameter, headers
     )
 
 
@@ -87,11 +77,11 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(_: Request, exc: ApiError) -> Response:
         return error_response(exc.detail, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"No such path: {request.url.path}"
@@ -100,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(detail, dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         location = [str(part) for part in first.get("loc", ())]
         parameter = location[-1] if len(location) > 1 else None
@@ -112,7 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(detail)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, exc_info=exc)
         detail = ErrorDetail(status=500, code="internal_error", message="Internal server error")
         return error_response(detail)

@@ -25,11 +25,10 @@ from importlib import resources
 from pathlib import PurePosixPath
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from covid_stats_api.reads.hot import HotEntry, entry
-from covid_stats_api.serving.fastpath import send_entry
 from covid_stats_contract.documents import compress, etag_for
+from covid_stats_runtime.http import RepresentationResponse, static_headers
 
 PAGE_PATH = "/"
 ASSETS_PATH = "/assets/"
@@ -63,11 +62,9 @@ def static_entry(body: bytes, content_type: str, cache_control: str) -> HotEntry
     """An in-memory answer for fixed bytes: identity and gzip bodies, ETag, headers."""
     etag = etag_for(body)
     gzip = compress(body)
-    common = [
-        (b"cache-control", cache_control.encode()),
-        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-        (b"vary", b"Accept-Encoding"),
-    ]
+    common = static_headers(
+        cache_control, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
+    )
     return entry(body, gzip, etag, content_type, common, "page", "", float("inf"))
 
 
@@ -124,21 +121,8 @@ def render_page(template: str, assets: Mapping[str, str], urls: Mapping[str, str
     return page
 
 
-class EntryResponse(Response):
-    """A FastAPI answer sending an entry as the fast path does (the routes FastAPI keeps
-    for the page's paths: without the fast path in front, and for the 405 of other
-    methods)."""
-
-    def __init__(self, entry: HotEntry) -> None:
-        super().__init__()
-        self.entry = entry
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_entry(scope, send, self.entry)
-
-
 def endpoint(entry: HotEntry) -> Callable[[], Awaitable[Response]]:
     async def serve() -> Response:
-        return EntryResponse(entry)
+        return RepresentationResponse(entry)
 
     return serve

@@ -26,10 +26,36 @@ _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY
 _STATE = re.compile(r"[A-Za-z]{2}", re.ASCII)
 
 
+def fields_param(example: str) -> Any:
+    """The ``fields`` parameter, documented with an example valid for its records."""
+    return Field(
+        None,
+        description="Comma-separated fields to return (in the records' own key order). "
+        "Fields the records do not have answer 422.",
+        examples=[example],
+        max_length=2000,
+    )
+
+
+def sort_param(example: str) -> Any:
+    """The ``sort`` parameter, documented with an example valid for its records."""
+    return Field(
+        None,
+        description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
+        "nulls last. Default: the upstream's order.",
+        examples=[example],
+        max_length=100,
+    )
+
+
 class QueryParams(BaseModel):
     """Query parameters of one shape; FastAPI reads a model's fields from the query string
     (``Annotated[Model, Query()]``) and answers 422 naming the field that is malformed.
-    Parameters a shape does not have are ignored, as they always were."""
+    Parameters a shape does not have are ignored, as they always were.
+
+    The shapes below are the states' records' (their examples name a state's fields); the
+    ``Us*`` and ``Info*`` models change only the examples, since a documented example must
+    be a valid request (schemathesis sends them)."""
 
     @property
     def asked(self) -> bool:
@@ -40,23 +66,11 @@ class QueryParams(BaseModel):
 class FieldsParams(QueryParams):
     """A projection: the single-record paths and ``us/current``."""
 
-    fields: str | None = Field(
-        None,
-        description="Comma-separated fields to return (in the records' own key order). "
-        "Fields the records do not have answer 422.",
-        examples=["date,state,positive"],
-        max_length=2000,
-    )
+    fields: str | None = fields_param("date,state,positive")
 
 
 class SortedParams(FieldsParams):
-    sort: str | None = Field(
-        None,
-        description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
-        "nulls last. Default: the upstream's order.",
-        examples=["-positive"],
-        max_length=100,
-    )
+    sort: str | None = sort_param("-positive")
 
 
 class _StatesParam(BaseModel):
@@ -102,12 +116,36 @@ class StatesSeriesParams(_StatesParam, SeriesParams):
 class DerivedParams(_DatesParams, FieldsParams):
     """A derived series (no ``sort``: it is by date, newest first)."""
 
+    fields: str | None = fields_param("date,positiveIncreaseAvg7d")
 
+
+class UsFieldsParams(FieldsParams):
+    fields: str | None = fields_param("date,positive,death")
+
+
+class UsSeriesParams(SeriesParams):
+    fields: str | None = fields_param("date,positive,death")
+
+
+class InfoFieldsParams(FieldsParams):
+    fields: str | None = fields_param("state,name,fips")
+
+
+class InfoListParams(ListParams):
+    fields: str | None = fields_param("state,name,fips")
+    sort: str | None = sort_param("name")
+
+
+# What the routes take (FastAPI reads each model's fields from the query string).
 Fields = Annotated[FieldsParams, Param()]
 Listed = Annotated[ListParams, Param()]
 Series = Annotated[SeriesParams, Param()]
 StatesSeries = Annotated[StatesSeriesParams, Param()]
 Derived = Annotated[DerivedParams, Param()]
+UsFields = Annotated[UsFieldsParams, Param()]
+UsSeries = Annotated[UsSeriesParams, Param()]
+InfoFields = Annotated[InfoFieldsParams, Param()]
+InfoListed = Annotated[InfoListParams, Param()]
 
 
 def parse_date(value: str, parameter: str) -> int:

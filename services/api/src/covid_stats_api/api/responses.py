@@ -1,38 +1,26 @@
-"""HTTP semantics of every data response: ETag, Cache-Control, 304, gzip, CORS, and where
-the body came from (the fast path in ``fastpath`` sends the same headers).
-
-``If-None-Match`` is compared with the body's ETag (a list of tags and ``*`` are understood,
-weak tags compare by their opaque part); a match answers 304 with no body.
-"""
+"""How the routes answer: a data answer (``send``: ETag, Cache-Control, 304, gzip, CORS and
+where the body came from, all built by ``covid_stats_runtime.http``, as the fast path's), and
+the GET + HEAD registration of every route."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from covid_stats_api.reads.documents import Served
-from covid_stats_api.reads.hot import etag_matches, gzip_etag
+from covid_stats_runtime.http import Representation, RepresentationResponse, data_headers
 
 
-def send(request: Request, served: Served, max_age: int) -> Response:
-    headers = {
-        "ETag": served.etag,
-        "Cache-Control": f"public, max-age={max_age}",
-        "X-Data-Source": served.source,
-        "Access-Control-Allow-Origin": "*",
-        "Vary": "Accept-Encoding",
-    }
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and etag_matches(if_none_match, served.etag):
-        return Response(status_code=304, headers=headers)
-    if served.gzip and "gzip" in request.headers.get("accept-encoding", ""):
-        headers["Content-Encoding"] = "gzip"
-        headers["ETag"] = gzip_etag(served.etag)
-        return Response(content=served.gzip, media_type=served.content_type, headers=headers)
-    return Response(content=served.body, media_type=served.content_type, headers=headers)
+def send(served: Served, max_age: int) -> Response:
+    """``served`` as the fast path would send it from memory: the same representation
+    (``covid_stats_runtime.http``), so the same status, headers and bytes."""
+    common = data_headers(max_age, served.source)
+    return RepresentationResponse(
+        Representation.build(served.body, served.gzip, served.etag, served.content_type, common)
+    )
 
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.http import Representation, data_headers
 from covid_stats_runtime.tracing import untraced
 
 log = structlog.get_logger("covid_stats_api.reads.hot")
@@ -42,58 +43,21 @@ def envelope(source: str, us_current: bytes) -> bytes:
     return b'{"source":"%s","data":%s}\n' % (source.encode(), us_current.rstrip(b"\n"))
 
 
-def gzip_etag(etag: str) -> str:
-    """The gzip representation's own strong tag (HTTP wants one per representation)."""
-    return etag[:-1] + '-gzip"'
-
-
-def etag_matches(if_none_match: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names either representation's tag (identity or
-    gzip); ``*`` and weak tags (``W/``) are understood."""
-    if if_none_match.strip() == "*":
-        return True
-    wanted = (etag, gzip_etag(etag))
-    return any(tag.strip().removeprefix("W/") in wanted for tag in if_none_match.split(","))
-
-
 def envelope_etag(source: str, etag: str) -> str:
     return etag[:-1] + f'-{source}"'  # one tag per body: the source is part of it
 
 
 @dataclass(slots=True)
-class HotEntry:
-    body: bytes
-    gzip: bytes
-    etag: str
+class HotEntry(Representation):
+    """A representation kept in the tier, with where it came from and until when."""
+
     source: str
     version: str  # the snapshot id it belongs to; "" when rendered from PostgreSQL
     expires: float  # time.monotonic() deadline
-    headers: list[tuple[bytes, bytes]]  # for the identity body
-    gzip_headers: list[tuple[bytes, bytes]]  # for the gzip body
-    not_modified_headers: list[tuple[bytes, bytes]]
 
     @property
     def size(self) -> int:
         return len(self.body) + len(self.gzip) + 512
-
-
-def _entry(
-    body: bytes,
-    gzip: bytes,
-    etag: str,
-    content_type: str,
-    source: str,
-    version: str,
-    expires: float,
-    max_age: int,
-) -> HotEntry:
-    common = [
-        (b"cache-control", f"public, max-age={max_age}".encode()),
-        (b"x-data-source", source.encode()),
-        (b"access-control-allow-origin", b"*"),
-        (b"vary", b"Accept-Encoding"),
-    ]
-    return entry(body, gzip, etag, content_type, common, source, version, expires)
 
 
 def entry(
@@ -106,31 +70,25 @@ def entry(
     version: str,
     expires: float,
 ) -> HotEntry:
-    """A hot answer with its three header lists built once: identity, gzip and 304, each
-    with ``common`` (cache-control and the like) after its own."""
-    kind = (b"content-type", content_type.encode())
-    return HotEntry(
-        body=body,
-        gzip=gzip,
-        etag=etag,
-        source=source,
-        version=version,
-        expires=expires,
-        headers=[
-            kind,
-            (b"content-length", str(len(body)).encode()),
-            (b"etag", etag.encode()),
-            *common,
-        ],
-        gzip_headers=[
-            kind,
-            (b"content-length", str(len(gzip)).encode()),
-            (b"content-encoding", b"gzip"),
-            (b"etag", gzip_etag(etag).encode()),
-            *common,
-        ],
-        not_modified_headers=[(b"etag", etag.encode()), *common],
-    )
+    """A hot answer with its three header lists built once (``Representation``), each with
+    ``common`` (cache-control and the like) after its own."""
+    lists = Representation.header_lists(body, gzip, etag, content_type, common)
+    return HotEntry(body, gzip, etag, *lists, source=source, version=version, expires=expires)
+
+
+def data_entry(
+    body: bytes,
+    gzip: bytes,
+    etag: str,
+    content_type: str,
+    source: str,
+    version: str,
+    expires: float,
+    max_age: int,
+) -> HotEntry:
+    """A document's or an answer's entry: its headers are a data answer's."""
+    common = data_headers(max_age, source)
+    return entry(body, gzip, etag, content_type, common, source, version, expires)
 
 
 class HotCache:
@@ -170,13 +128,13 @@ class HotCache:
         ``version`` is "" and the entry expires soon)."""
         expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
         self._store(
-            name, _entry(body, gzip, etag, content_type, source, version, expires, self.max_age)
+            name, data_entry(body, gzip, etag, content_type, source, version, expires, self.max_age)
         )
         if name == US_CURRENT:
             wrapped = envelope(source, body)
             self._store(
                 COVID_STATS,
-                _entry(
+                data_entry(
                     wrapped,
                     compress(wrapped),
                     envelope_etag(source, etag),

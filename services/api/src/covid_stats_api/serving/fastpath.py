@@ -2,8 +2,10 @@
 
 A plain ASGI layer in front of the FastAPI app. A GET or HEAD of a published document's path
 (no query string) whose entry is in the ``HotCache`` is answered here, without FastAPI's
-routing, validation or dependency injection and without Redis: the prebuilt header list and
-the bytes are sent as they are (the gzip body when the client accepts gzip; 304 when
+routing, validation or dependency injection and without Redis. Which document a path names,
+and its route template, come from a table built at start-up from the contract's document
+names and the app's own routes (``DocumentPaths``). The prebuilt header list and the bytes
+are sent as they are (the gzip body when the client accepts gzip; 304 when
 ``If-None-Match`` matches). Anything else, including every error, goes to FastAPI, so the
 OpenAPI document and the error model stay whole: both paths answer the same request with the
 same status, headers and bytes. The page and its assets (``page``), fixed bytes held in
@@ -12,46 +14,91 @@ memory from start-up, are answered here too, whatever their query string.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from covid_stats_api.metrics import CACHE_LOOKUPS
-from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry, etag_matches
+from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry
+from covid_stats_contract.documents import STATE_CODE_RE, STATE_PLACEHOLDER, document_families
+from covid_stats_runtime.http import send_representation
 
-_STATE_DOCUMENT = re.compile(r"^/v1/states/([A-Za-z]{2})/(current|daily|info)\.(json|csv)$")
-
-
-def route_template(name: str) -> str:
-    """The FastAPI route template a hot document's path belongs to (the metrics' label)."""
-    if name == COVID_STATS:
-        return "/covid-stats"
-    if name.startswith("v1/states/") and name.count("/") == 3:
-        kind = name.rsplit("/", 1)[1].split(".")[0]
-        return f"/v1/states/{{state}}/{kind}.{{fmt}}"
-    if name.endswith(".json") and name.count("/") == 1:  # v1/status.json
-        return f"/{name}"
-    return "/" + name.rsplit(".", 1)[0] + ".{fmt}"
+# A code put in a family's name to ask the routes which one answers it (any valid code).
+_SAMPLE_STATE = "zz"
 
 
-def document_name(path: str) -> str | None:
-    """The hot-cache key a path would be served from (state codes in any case)."""
-    if path == "/covid-stats":
-        return COVID_STATS
-    if match := _STATE_DOCUMENT.match(path):
-        return f"v1/states/{match[1].lower()}/{match[2]}.{match[3]}"
-    if path.startswith("/v1/"):
-        return path[1:]
-    return None
+@dataclass(frozen=True, slots=True)
+class _StateFamily:
+    name_prefix: str  # "v1/states/"
+    name_suffix: str  # "/current.json"
+    route: str  # "/v1/states/{state}/current.{fmt}"
+
+
+class DocumentPaths:
+    """Which hot document a path names, and the route template that answers it (the
+    metrics' label): built at start-up from the contract's document names
+    (``document_families``, plus the ``/covid-stats`` envelope) and the app's own routes, so
+    no path or template is written here. A document whose path no route answers is an error
+    at start-up."""
+
+    def __init__(self, routes: Sequence[BaseRoute], names: Iterable[str]) -> None:
+        self.exact: dict[str, tuple[str, str]] = {}  # path -> (document, route template)
+        # path prefix before the state's code -> path after it -> the family
+        self.by_state: dict[str, dict[str, _StateFamily]] = {}
+        for name in names:
+            before, placeholder, after = name.partition(STATE_PLACEHOLDER)
+            route = _route_of(routes, "/" + name.replace(STATE_PLACEHOLDER, _SAMPLE_STATE))
+            if not placeholder:
+                self.exact["/" + name] = (name, route)
+                continue
+            family = _StateFamily(before, after, route)
+            self.by_state.setdefault("/" + before, {})[after] = family
+
+    def resolve(self, path: str) -> tuple[str, str] | None:
+        """(the document's name, the route template) of a path, or None when the path names
+        no published document. State codes are taken in any case."""
+        found = self.exact.get(path)
+        if found is not None:
+            return found
+        for prefix, families in self.by_state.items():
+            if path.startswith(prefix) and (end := path.find("/", len(prefix))) > 0:
+                family = families.get(path[end:])
+                code = path[len(prefix) : end]
+                if family is not None and STATE_CODE_RE.fullmatch(code):
+                    name = family.name_prefix + code.lower() + family.name_suffix
+                    return name, family.route
+        return None
+
+
+def _route_of(routes: Sequence[BaseRoute], path: str) -> str:
+    """The template of the route that answers a GET of ``path`` (the first that matches,
+    as the router picks; ``routes`` are the app's routers' own routes, in the app's order)."""
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(route.path)  # type: ignore[attr-defined]  # a Route, with a template
+    raise LookupError(f"no route answers the published document at {path}")
+
+
+def document_paths(routes: Sequence[BaseRoute]) -> DocumentPaths:
+    """The app's table: every published document, and the envelope of ``us/current``."""
+    return DocumentPaths(routes, (*document_families(), COVID_STATS))
 
 
 class FastPath:
     def __init__(
-        self, app: ASGIApp, hot: HotCache, static: Mapping[str, HotEntry] | None = None
+        self,
+        app: ASGIApp,
+        hot: HotCache,
+        paths: DocumentPaths,
+        static: Mapping[str, HotEntry] | None = None,
     ) -> None:
         self.app = app
         self.hot = hot
+        self.paths = paths  # which document a path names
         self.static = static or {}  # fixed answers by path (the page): any query string
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,45 +108,21 @@ class FastPath:
             and (fixed := self.static.get(scope["path"])) is not None
         ):
             scope["route_template"] = scope["path"]
-            await send_entry(scope, send, fixed)
+            await send_representation(scope, send, fixed)
             return
         if (
             scope["type"] == "http"
             and not scope["query_string"]
             and scope["method"] in ("GET", "HEAD")
-            and (name := document_name(scope["path"])) is not None
+            and (target := self.paths.resolve(scope["path"])) is not None
         ):
+            name, route = target
             entry = self.hot.get(name)
             if entry is not None:
                 stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
                 CACHE_LOOKUPS.labels("memory", "stale" if stale else "hit").inc()
-                scope["route_template"] = route_template(name)
-                await send_entry(scope, send, entry)
+                scope["route_template"] = route
+                await send_representation(scope, send, entry)
                 return
             CACHE_LOOKUPS.labels("memory", "miss").inc()
         await self.app(scope, receive, send)
-
-
-async def send_entry(scope: Scope, send: Send, entry: HotEntry) -> None:
-    """Answer a GET or HEAD with an entry: 304 when ``If-None-Match`` names its tag, the gzip
-    body when the client accepts it, else the body."""
-    gzip_ok = False
-    for key, value in scope["headers"]:
-        if key == b"if-none-match" and etag_matches(value.decode("latin-1"), entry.etag):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 304,
-                    "headers": entry.not_modified_headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if key == b"accept-encoding" and b"gzip" in value:
-            gzip_ok = True
-    if gzip_ok and entry.gzip:
-        headers, body = entry.gzip_headers, entry.gzip
-    else:
-        headers, body = entry.headers, entry.body
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -27,14 +27,13 @@ with a FIN, then what the client still sends is read and dropped for up to
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, ClassVar
 
 import uvicorn_worker
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from covid_stats_api.core.config import Settings, get_settings
-from covid_stats_api.serving.headers import SERVER_HEADERS
+from covid_stats_runtime.http import SERVER_HEADERS, error_body, error_headers
 
 # How long a rejected client's further bytes are read and dropped before the socket closes.
 _LINGER_SECONDS = 1.0
@@ -44,15 +43,10 @@ def error_response(
     status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
     """A complete HTTP/1.1 answer in the api's error shape that closes the connection."""
-    body = json.dumps(
-        {"error": {"status": status, "code": code, "message": message}}, separators=(",", ":")
-    ).encode()
+    body = error_body(status, code, message)
     headers = [
         *default_headers,
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"access-control-allow-origin", b"*"),
-        (b"connection", b"close"),
+        *error_headers(body, (b"access-control-allow-origin", b"*"), (b"connection", b"close")),
     ]
     head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     return STATUS_LINE[status] + head + b"\r\n" + body
@@ -230,7 +224,8 @@ def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]  # untyped package
     """gunicorn's uvicorn worker (uvloop, httptools) serving through the limited protocol,
-    every answer with ``headers.SERVER_HEADERS`` and without uvicorn's ``server`` banner."""
+    every answer with ``covid_stats_runtime.http.SERVER_HEADERS`` and without uvicorn's
+    ``server`` banner."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.CONFIG_KWARGS = {

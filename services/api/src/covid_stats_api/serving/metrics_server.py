@@ -14,7 +14,7 @@ threaded WSGI server started in the master (``gunicorn_conf.when_ready``), so:
   answered them, dead workers included.
 
 This module imports no module that defines metrics (only the error shape, from
-``covid_stats_api.api.errors``): the master never creates metric files of its own.
+``covid_stats_runtime.http``): the master never creates metric files of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from covid_stats_api.api.errors import ErrorBody, ErrorDetail
+from covid_stats_runtime.http import error_body, error_headers
 
 # The one path the listener serves (the chart writes it in its scrape annotations and
 # ServiceMonitor; the deploy checks compare them with this).
@@ -61,8 +61,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _not_found(path: str) -> bytes:
     message = f"No such path: {path} (this port serves {METRICS_PATH} only)"
-    body = ErrorBody(error=ErrorDetail(status=404, code="not_found", message=message))
-    return body.model_dump_json(exclude_none=True).encode()
+    return error_body(404, "not_found", message)
 
 
 def metrics_app(registry: CollectorRegistry) -> Any:
@@ -73,10 +72,8 @@ def metrics_app(registry: CollectorRegistry) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != METRICS_PATH:
             body = _not_found(environ.get("PATH_INFO", ""))
-            start_response(
-                "404 Not Found",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-            )
+            headers = error_headers(body)
+            start_response("404 Not Found", [(k.decode(), v.decode()) for k, v in headers])
             return [body]
         return exposition(environ, start_response)  # type: ignore[no-any-return]
 

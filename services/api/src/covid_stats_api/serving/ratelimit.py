@@ -30,7 +30,6 @@ costs one failed call per second per worker, not one per request.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from covid_stats_api.metrics import RATE_LIMIT
+from covid_stats_runtime.http import error_body, error_headers
 
 log = structlog.get_logger("covid_stats_api.serving.ratelimit")
 
@@ -151,28 +151,21 @@ class RateLimit:
 
     async def _too_many(self, send: Send, wait_ms: int) -> None:
         retry_after = max(1, math.ceil(wait_ms / 1000))
-        body = json.dumps(
-            {
-                "error": {
-                    "status": 429,
-                    "code": "rate_limited",
-                    "message": f"Too many requests: at most {self.per_minute} per minute per "
-                    f"client. Retry after {retry_after} s.",
-                }
-            },
-            separators=(",", ":"),
-        ).encode()
+        message = (
+            f"Too many requests: at most {self.per_minute} per minute per client. "
+            f"Retry after {retry_after} s."
+        )
+        body = error_body(429, "rate_limited", message)
         await send(
             {
                 "type": "http.response.start",
                 "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
+                "headers": error_headers(
+                    body,
                     (b"retry-after", str(retry_after).encode()),
                     (b"access-control-allow-origin", b"*"),
                     (b"access-control-expose-headers", b"Retry-After"),
-                ],
+                ),
             }
         )
         await send({"type": "http.response.body", "body": body})

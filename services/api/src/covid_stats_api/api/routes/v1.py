@@ -10,13 +10,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
-from covid_stats_api.api.params import Derived, Fields, Listed, QueryParams, Series, StatesSeries
+from covid_stats_api.api.params import (
+    Derived,
+    Fields,
+    InfoFields,
+    InfoListed,
+    Listed,
+    QueryParams,
+    Series,
+    StatesSeries,
+    UsFields,
+    UsSeries,
+)
 from covid_stats_api.api.responses import get_and_head
 from covid_stats_contract.documents import (
     CSV_CONTENT_TYPE,
@@ -32,6 +43,7 @@ from covid_stats_contract.resources import (
     US_DAILY,
     Resource,
 )
+from covid_stats_runtime.http import DATA_SOURCE_HEADER
 
 router = APIRouter(tags=["v1"])
 
@@ -64,7 +76,7 @@ def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[
             },
             "headers": {
                 "ETag": {"schema": {"type": "string"}},
-                "X-Data-Source": {"schema": {"type": "string", "enum": ["cache", "database"]}},
+                DATA_SOURCE_HEADER: {"schema": {"type": "string", "enum": ["cache", "database"]}},
             },
         },
         304: {"description": "Not modified: the `If-None-Match` tag is current"},
@@ -82,14 +94,13 @@ def object_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
 
 async def _list(
     api: ApiDep,
-    request: Request,
     resource: Resource,
     fmt: Literal["json", "csv"],
     query: QueryParams,
 ) -> Response:
     if not query.asked:
-        return await api.document(request, resource.document(fmt))
-    return await api.answer(request, params.build(resource, fmt, query))
+        return await api.document(resource.document(fmt))
+    return await api.answer(params.build(resource, fmt, query))
 
 
 @get_and_head(
@@ -98,8 +109,8 @@ async def _list(
     summary="US current totals (an array of one record)",
     responses=array_of("UsRecord", "The upstream's `us/current`"),
 )
-async def us_current(request: Request, api: ApiDep, fmt: Fmt, query: Fields) -> Response:
-    return await _list(api, request, US_CURRENT, fmt, query)
+async def us_current(api: ApiDep, fmt: Fmt, query: UsFields) -> Response:
+    return await _list(api, US_CURRENT, fmt, query)
 
 
 @get_and_head(
@@ -108,8 +119,8 @@ async def us_current(request: Request, api: ApiDep, fmt: Fmt, query: Fields) -> 
     summary="US daily totals, newest first",
     responses=array_of("UsRecord", "The upstream's `us/daily`"),
 )
-async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: Series) -> Response:
-    return await _list(api, request, US_DAILY, fmt, query)
+async def us_daily(api: ApiDep, fmt: Fmt, query: UsSeries) -> Response:
+    return await _list(api, US_DAILY, fmt, query)
 
 
 @get_and_head(
@@ -118,9 +129,9 @@ async def us_daily(request: Request, api: ApiDep, fmt: Fmt, query: Series) -> Re
     summary="US derived series: 7-day averages of the daily increases, test positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
-async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: Derived) -> Response:
+async def us_derived(api: ApiDep, fmt: Fmt, query: Derived) -> Response:
     question = params.build(US_DAILY, fmt, query)
-    return await api.series(request, US_DAILY.document("json"), question)
+    return await api.series(US_DAILY.document("json"), question)
 
 
 @get_and_head(
@@ -129,9 +140,9 @@ async def us_derived(request: Request, api: ApiDep, fmt: Fmt, query: Derived) ->
     summary="US totals of one date (an object)",
     responses=object_of("UsRecord", "The `us/daily` record of that date"),
 )
-async def us_date(request: Request, api: ApiDep, date: Day, fmt: Fmt, query: Fields) -> Response:
+async def us_date(api: ApiDep, date: Day, fmt: Fmt, query: UsFields) -> Response:
     day = params.parse_date(date, "date")
-    return await api.answer(request, params.build(US_DAILY, fmt, query, day=day, single=True))
+    return await api.answer(params.build(US_DAILY, fmt, query, day=day, single=True))
 
 
 @get_and_head(
@@ -140,8 +151,8 @@ async def us_date(request: Request, api: ApiDep, date: Day, fmt: Fmt, query: Fie
     summary="Current values of every state, states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/current`"),
 )
-async def states_current(request: Request, api: ApiDep, fmt: Fmt, query: Listed) -> Response:
-    return await _list(api, request, STATES_CURRENT, fmt, query)
+async def states_current(api: ApiDep, fmt: Fmt, query: Listed) -> Response:
+    return await _list(api, STATES_CURRENT, fmt, query)
 
 
 @get_and_head(
@@ -150,8 +161,8 @@ async def states_current(request: Request, api: ApiDep, fmt: Fmt, query: Listed)
     summary="Daily values of every state, newest first, then states A..Z",
     responses=array_of("StateRecord", "The upstream's `states/daily`"),
 )
-async def states_daily(request: Request, api: ApiDep, fmt: Fmt, query: StatesSeries) -> Response:
-    return await _list(api, request, STATES_DAILY, fmt, query)
+async def states_daily(api: ApiDep, fmt: Fmt, query: StatesSeries) -> Response:
+    return await _list(api, STATES_DAILY, fmt, query)
 
 
 @get_and_head(
@@ -160,13 +171,12 @@ async def states_daily(request: Request, api: ApiDep, fmt: Fmt, query: StatesSer
     summary="Where each state publishes its data, states A..Z",
     responses=array_of("StateInfo", "The upstream's `states/info`"),
 )
-async def states_info(request: Request, api: ApiDep, fmt: Fmt, query: Listed) -> Response:
-    return await _list(api, request, STATES_INFO, fmt, query)
+async def states_info(api: ApiDep, fmt: Fmt, query: InfoListed) -> Response:
+    return await _list(api, STATES_INFO, fmt, query)
 
 
 async def _state(
     api: ApiDep,
-    request: Request,
     resource: Resource,
     state: str,
     fmt: Literal["json", "csv"],
@@ -174,10 +184,10 @@ async def _state(
 ) -> Response:
     code = check_state_code(state)
     if not query.asked:
-        return await api.document(request, resource.state_document(code, fmt), state=code)
+        return await api.document(resource.state_document(code, fmt), state=code)
     single = not resource.per_state_is_list
     built = params.build(resource, fmt, query, state=code, single=single)
-    return await api.answer(request, built, state=code)
+    return await api.answer(built, state=code)
 
 
 @get_and_head(
@@ -186,10 +196,8 @@ async def _state(
     summary="Current values of one state (an object)",
     responses=object_of("StateRecord", "The state's record of `states/current`"),
 )
-async def state_current(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Fields
-) -> Response:
-    return await _state(api, request, STATES_CURRENT, state, fmt, query)
+async def state_current(api: ApiDep, state: StateCode, fmt: Fmt, query: Fields) -> Response:
+    return await _state(api, STATES_CURRENT, state, fmt, query)
 
 
 @get_and_head(
@@ -198,10 +206,8 @@ async def state_current(
     summary="Daily values of one state, newest first",
     responses=array_of("StateRecord", "The state's records of `states/daily`"),
 )
-async def state_daily(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Series
-) -> Response:
-    return await _state(api, request, STATES_DAILY, state, fmt, query)
+async def state_daily(api: ApiDep, state: StateCode, fmt: Fmt, query: Series) -> Response:
+    return await _state(api, STATES_DAILY, state, fmt, query)
 
 
 @get_and_head(
@@ -210,10 +216,8 @@ async def state_daily(
     summary="Where one state publishes its data (an object)",
     responses=object_of("StateInfo", "The state's record of `states/info`"),
 )
-async def state_info(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Fields
-) -> Response:
-    return await _state(api, request, STATES_INFO, state, fmt, query)
+async def state_info(api: ApiDep, state: StateCode, fmt: Fmt, query: InfoFields) -> Response:
+    return await _state(api, STATES_INFO, state, fmt, query)
 
 
 @get_and_head(
@@ -222,12 +226,10 @@ async def state_info(
     summary="One state's derived series: 7-day averages of the daily increases, positivity",
     responses=array_of("DerivedRecord", "One record per date, newest first"),
 )
-async def state_derived(
-    request: Request, api: ApiDep, state: StateCode, fmt: Fmt, query: Derived
-) -> Response:
+async def state_derived(api: ApiDep, state: StateCode, fmt: Fmt, query: Derived) -> Response:
     code = check_state_code(state)
     daily = STATES_DAILY.state_document(code, "json")
-    return await api.series(request, daily, params.build(STATES_DAILY, fmt, query), state=code)
+    return await api.series(daily, params.build(STATES_DAILY, fmt, query), state=code)
 
 
 @get_and_head(
@@ -237,7 +239,6 @@ async def state_derived(
     responses=object_of("StateRecord", "The state's `states/daily` record of that date"),
 )
 async def state_date(
-    request: Request,
     api: ApiDep,
     state: StateCode,
     date: Day,
@@ -247,7 +248,7 @@ async def state_date(
     code = check_state_code(state)
     day = params.parse_date(date, "date")
     question = params.build(STATES_DAILY, fmt, query, state=code, day=day, single=True)
-    return await api.answer(request, question, state=code)
+    return await api.answer(question, state=code)
 
 
 @get_and_head(
@@ -263,5 +264,5 @@ async def state_date(
         **ERROR_RESPONSES,
     },
 )
-async def status(request: Request, api: ApiDep) -> Response:
-    return await api.document(request, STATUS)
+async def status(api: ApiDep) -> Response:
+    return await api.document(STATUS)

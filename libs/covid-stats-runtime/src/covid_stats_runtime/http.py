@@ -1,0 +1,234 @@
+"""HTTP answers, built in one place for both services: the error body, entity tags and
+conditional requests, the headers of a data answer, and the headers on every answer.
+
+- **Errors.** Every error either service sends has one body,
+  ``{"error": {"status": <int>, "code": <str>, "message": <str>}}`` plus ``"parameter"``
+  when one request parameter is at fault (:class:`ErrorBody`, rendered by
+  :func:`error_body`): the api's handlers, its protocol-level refusals (400/408/414/431),
+  its rate limit's 429, its metrics listener's 404 and the fetcher's port all call it.
+- **Representations.** A body is sent as a :class:`Representation`: the identity body, the
+  gzip body compressed once by the fetcher, a strong ETag per representation
+  (:func:`gzip_etag`) and the three header lists (identity, gzip, 304) built once.
+  :meth:`Representation.choose` answers a request's ``If-None-Match`` and
+  ``Accept-Encoding`` and :func:`send_representation` sends it; the api's fast path (from
+  memory) and its FastAPI routes (:class:`RepresentationResponse`) both do exactly this,
+  which is why they answer the same request with the same status, headers and bytes.
+- **Data answers** carry :func:`data_headers`: caching, where the body came from
+  (``X-Data-Source``), CORS (open to every origin, whether or not the request names one:
+  :class:`CORSMiddleware` leaves them as they are) and ``Vary``; fixed bytes (the page)
+  :func:`static_headers`.
+- **Every answer** carries ``SERVER_HEADERS`` (the servers' default headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from starlette.datastructures import Headers as StarletteHeaders
+from starlette.middleware import cors
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_CONTENT_TYPE = "application/json"
+DATA_SOURCE_HEADER = "X-Data-Source"  # "cache" (Redis) or "database" (PostgreSQL)
+# The headers of a data answer a page on another origin may read (CORS).
+EXPOSED_HEADERS: tuple[str, ...] = ("ETag", DATA_SOURCE_HEADER)
+
+SERVER_HEADERS: tuple[tuple[str, str], ...] = (
+    # Browsers take every body for the Content-Type it is sent with, never a guess: a JSON
+    # or CSV answer holding markup is never run as a page.
+    ("X-Content-Type-Options", "nosniff"),
+)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    parameter: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_body(status: int, code: str, message: str, parameter: str | None = None) -> bytes:
+    """The error body: compact JSON, ``parameter`` only when one is at fault."""
+    detail = ErrorDetail(status=status, code=code, message=message, parameter=parameter)
+    return ErrorBody(error=detail).model_dump_json(exclude_none=True).encode()
+
+
+def error_headers(body: bytes, *extra: tuple[bytes, bytes]) -> Headers:
+    """The headers of an error answer carrying ``body``, then ``extra``."""
+    return [
+        (b"content-type", JSON_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    parameter: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """An error as a Starlette response (FastAPI's handlers, the fetcher's port)."""
+    return Response(
+        error_body(status, code, message, parameter),
+        status_code=status,
+        headers=headers,
+        media_type=JSON_CONTENT_TYPE,
+    )
+
+
+# -- entity tags -------------------------------------------------------------------------
+
+
+def gzip_etag(etag: str) -> str:
+    """The gzip representation's own strong tag (HTTP wants one per representation)."""
+    return etag[:-1] + '-gzip"'
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names either representation's tag (identity or
+    gzip); ``*`` and weak tags (``W/``) are understood."""
+    if if_none_match.strip() == "*":
+        return True
+    wanted = (etag, gzip_etag(etag))
+    return any(tag.strip().removeprefix("W/") in wanted for tag in if_none_match.split(","))
+
+
+# -- representations ---------------------------------------------------------------------
+
+
+def data_headers(max_age: int, source: str) -> Headers:
+    """The headers every data answer (a document or a query's answer) carries after its
+    own: its 200s and 304s alike."""
+    return [
+        (b"cache-control", f"public, max-age={max_age}".encode()),
+        (DATA_SOURCE_HEADER.lower().encode(), source.encode()),
+        *_OPEN_TO_EVERY_ORIGIN,
+        (b"vary", b"Accept-Encoding"),
+    ]
+
+
+# CORS headers of an answer that is the same for every origin (data answers carry them
+# whether or not the request names an origin, so no cache needs to vary on ``Origin``).
+_OPEN_TO_EVERY_ORIGIN: Headers = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
+]
+
+
+class CORSMiddleware(cors.CORSMiddleware):
+    """Starlette's CORS middleware (preflights, and the CORS headers of answers that lack
+    them), except that an answer already open to every origin (``data_headers``: the same
+    for every origin) is sent as it is: Starlette would add ``Vary: Origin`` to it, which the
+    fast path, answering without this middleware, does not send."""
+
+    async def send(self, message: Message, send: Send, request_headers: StarletteHeaders) -> None:
+        if message["type"] == "http.response.start" and all(
+            header in message.get("headers", ()) for header in _OPEN_TO_EVERY_ORIGIN
+        ):
+            await send(message)
+            return
+        await super().send(message, send, request_headers)
+
+
+def static_headers(cache_control: str, *extra: tuple[bytes, bytes]) -> Headers:
+    """The headers fixed bytes (the api's page and its assets) carry after their own."""
+    return [(b"cache-control", cache_control.encode()), *extra, (b"vary", b"Accept-Encoding")]
+
+
+@dataclass(slots=True)
+class Representation:
+    """A body ready to send: identity and gzip bodies, the ETag, and the header lists of a
+    200 (each representation) and a 304. Build with :meth:`build`."""
+
+    body: bytes
+    gzip: bytes  # empty: no gzip representation
+    etag: str
+    headers: Headers  # for the identity body
+    gzip_headers: Headers  # for the gzip body
+    not_modified_headers: Headers
+
+    @staticmethod
+    def header_lists(
+        body: bytes,
+        gzip: bytes,
+        etag: str,
+        content_type: str,
+        common: Iterable[tuple[bytes, bytes]],
+    ) -> tuple[Headers, Headers, Headers]:
+        """The identity, gzip and 304 header lists, each with ``common`` after its own."""
+        kind = (b"content-type", content_type.encode())
+        shared = list(common)
+        return (
+            [
+                kind,
+                (b"content-length", str(len(body)).encode()),
+                (b"etag", etag.encode()),
+                *shared,
+            ],
+            [
+                kind,
+                (b"content-length", str(len(gzip)).encode()),
+                (b"content-encoding", b"gzip"),
+                (b"etag", gzip_etag(etag).encode()),
+                *shared,
+            ],
+            [(b"etag", etag.encode()), *shared],
+        )
+
+    @classmethod
+    def build(
+        cls,
+        body: bytes,
+        gzip: bytes,
+        etag: str,
+        content_type: str,
+        common: Iterable[tuple[bytes, bytes]],
+    ) -> Representation:
+        return cls(body, gzip, etag, *cls.header_lists(body, gzip, etag, content_type, common))
+
+    def choose(self, request_headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers, bytes]:
+        """The answer to a GET with these (ASGI, lower-case) request headers: 304 when
+        ``If-None-Match`` names its tag, the gzip body when the client accepts gzip (and one
+        exists), else the identity body."""
+        gzip_ok = False
+        for key, value in request_headers:
+            if key == b"if-none-match" and etag_matches(value.decode("latin-1"), self.etag):
+                return 304, self.not_modified_headers, b""
+            if key == b"accept-encoding" and b"gzip" in value:
+                gzip_ok = True
+        if gzip_ok and self.gzip:
+            return 200, self.gzip_headers, self.gzip
+        return 200, self.headers, self.body
+
+
+async def send_representation(scope: Scope, send: Send, representation: Representation) -> None:
+    """Answer a GET or HEAD (no body) with ``representation``."""
+    status, headers, body = representation.choose(scope["headers"])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+class RepresentationResponse(Response):
+    """A Starlette/FastAPI response that sends a representation exactly as
+    :func:`send_representation` does (same status, headers and bytes)."""
+
+    def __init__(self, representation: Representation) -> None:
+        super().__init__()
+        self.representation = representation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_representation(scope, send, self.representation)
