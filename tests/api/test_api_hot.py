@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import brotli  # type: ignore[import-untyped]  # no stubs published
 import httpx
 import pytest
 import redis
@@ -20,7 +21,7 @@ from covid_stats_api.metrics import CACHE_LOOKUPS
 from covid_stats_api.reads.hot import COVID_STATS
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import FORMATS
-from covid_stats_runtime.http import gzip_etag
+from covid_stats_runtime.http import br_etag, gzip_etag
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from support import Upstream, metric_samples, run_fetcher, scratch_dir, start_api
@@ -104,6 +105,47 @@ def test_gzip_bodies_are_the_fetchers_and_served_when_accepted(
             if path != "covid-stats":  # the fetcher's own bytes, compressed once
                 stored = client.hget(RedisKeys().document(snapshot, path), "gzip")
                 assert raw == stored
+
+
+def test_brotli_bodies_are_the_fetchers_and_served_when_preferred(
+    service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
+) -> None:
+    """A client that prefers Brotli gets the fetcher's Brotli bytes, under their own strong
+    tag, from both paths; q-values decide between br and gzip; a 304 answers any tag."""
+    assert run_fetcher("refresh-once", service_env).returncode == 0
+    api = api_factory(service_env)
+    client = redis.Redis.from_url(redis_url)
+    raw_snapshot = client.get(RedisKeys().current_snapshot)
+    assert isinstance(raw_snapshot, bytes)
+    snapshot = raw_snapshot.decode()
+
+    def raw_get(url: str, accept: str, **headers: str) -> tuple[httpx.Response, bytes]:
+        with httpx.stream("GET", url, headers={"Accept-Encoding": accept, **headers}) as r:
+            return r, b"".join(r.iter_raw())
+
+    for path in ["v1/states/current.json", "v1/us/daily.csv", "v1/states/ca/daily.json"]:
+        stored = client.hget(RedisKeys().document(snapshot, path), "br")
+        assert stored, path  # the fetcher compressed it
+        plain = httpx.get(f"{api}/{path}", headers={"Accept-Encoding": "identity"})
+        for _ in range(3):  # cold worker (Redis), then warm ones (memory)
+            for url in (f"{api}/{path}", f"{api}/{path}?ignored=1"):  # fast and slow path
+                response, raw = raw_get(url, "gzip, deflate, br")  # a browser's
+                assert response.headers["content-encoding"] == "br", url
+                assert raw == stored
+                assert brotli.decompress(raw) == plain.content
+                assert response.headers["etag"] == br_etag(plain.headers["etag"])
+                assert response.headers["vary"] == "Accept-Encoding"
+        preferring_gzip, raw = raw_get(f"{api}/{path}", "br;q=0.5, gzip")
+        assert preferring_gzip.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(raw) == plain.content
+        refusing_br, _ = raw_get(f"{api}/{path}", "br;q=0, *")
+        assert refusing_br.headers["content-encoding"] == "gzip"
+        refusing_all, raw = raw_get(f"{api}/{path}", "gzip;q=0, br;q=0")
+        assert "content-encoding" not in refusing_all.headers
+        assert raw == plain.content
+        tag = br_etag(plain.headers["etag"])
+        not_modified, _ = raw_get(f"{api}/{path}", "br", **{"If-None-Match": tag})
+        assert not_modified.status_code == 304
 
 
 @pytest.fixture
@@ -198,7 +240,7 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
     the snapshot's states (one in upper case): the fast path answers it from memory (the
     memory tier's hit count rises by exactly the requests sent), with the status, headers
     and bytes FastAPI's route gives (the same path with a query string the route ignores
-    goes there): identity, gzip, 304 for either tag, HEAD, a cross-origin request."""
+    goes there): identity, gzip, Brotli, 304 for each tag, HEAD, a cross-origin request."""
     assert run_fetcher("refresh-once", service_env).returncode == 0
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys()
@@ -234,8 +276,10 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
                     variants = [
                         ("GET", {"accept-encoding": "identity"}),
                         ("GET", {"accept-encoding": "gzip"}),
+                        ("GET", {"accept-encoding": "gzip, deflate, br"}),
                         ("GET", {"if-none-match": tag}),
                         ("GET", {"if-none-match": gzip_etag(tag)}),
+                        ("GET", {"if-none-match": br_etag(tag)}),
                         ("HEAD", {"accept-encoding": "gzip"}),
                         ("GET", {"origin": "https://elsewhere.example"}),  # CORS
                     ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+import brotli  # type: ignore[import-untyped]  # no stubs published
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -15,6 +17,8 @@ from redis.exceptions import ResponseError
 from conftest import archive_only
 from covid_stats_contract import schema
 from covid_stats_contract.documents import (
+    BROTLI_BEST_MAX_BYTES,
+    GZIP_MIN_BYTES,
     DocumentBody,
     encode_record,
     etag_for,
@@ -58,6 +62,33 @@ def test_state_document_name_rejects_malformed_codes(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid state code"):
         state_current_name(bad)
     assert state_current_name("Ca") == "v1/states/ca/current.json"
+
+
+def test_compressed_forms_are_deterministic_and_round_trip_through_a_snapshot(
+    redis_url: str,
+) -> None:
+    """gzip and Brotli are rendered once by the fetcher and stored with the document: the
+    same body always gives the same bytes (every replica publishes alike), they decompress to
+    the body, and a body too small to gain has neither."""
+    small, mid, large = b"x" * (GZIP_MIN_BYTES - 1), b"[1,2,3]" * 4000, b"[1,2]" * 60000
+    assert len(large) > BROTLI_BEST_MAX_BYTES >= len(mid)
+    for body in (mid, large):
+        doc = DocumentBody("d", body).compressed()
+        assert doc == DocumentBody("d", body).compressed()
+        assert gzip.decompress(doc.gzip) == body
+        assert brotli.decompress(doc.br) == body
+    assert DocumentBody("s", small).compressed().br == b""
+
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url)
+        published = DocumentBody("m", mid).compressed()
+        await store.publish([published])
+        found = (await store.read("m")).document
+        assert found is not None
+        assert (found.gzip, found.br) == (published.gzip, published.br)
+        await client.aclose()
+
+    run(scenario)
 
 
 async def _snapshots(url: str, grace: int = 60) -> tuple[Redis, SnapshotStore]:

@@ -7,10 +7,11 @@ conditional requests, the headers of a data answer, and the headers on every ans
   :func:`error_body`): the api's handlers, its protocol-level refusals (400/408/414/431),
   its rate limit's 429, its metrics listener's 404 and the fetcher's port all call it.
 - **Representations.** A body is sent as a :class:`Representation`: the identity body, the
-  gzip body compressed once by the fetcher, a strong ETag per representation
-  (:func:`gzip_etag`) and the three header lists (identity, gzip, 304) built once.
-  :meth:`Representation.choose` answers a request's ``If-None-Match`` and
-  ``Accept-Encoding`` and :func:`send_representation` sends it; the api's fast path (from
+  gzip and Brotli bodies compressed once by the fetcher, a strong ETag per representation
+  (:func:`gzip_etag`, :func:`br_etag`) and the header lists (identity, gzip, Brotli, 304)
+  built once. :meth:`Representation.choose` answers a request's ``If-None-Match`` and
+  ``Accept-Encoding`` (:func:`accepted_encodings`: q-values honoured, Brotli preferred at
+  equal weight) and :func:`send_representation` sends it; the api's fast path (from
   memory) and its FastAPI routes (:class:`RepresentationResponse`) both do exactly this,
   which is why they answer the same request with the same status, headers and bytes.
 - **Data answers** carry :func:`data_headers`: caching, where the body came from
@@ -98,13 +99,56 @@ def gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gzip"'
 
 
+def br_etag(etag: str) -> str:
+    """The Brotli representation's own strong tag."""
+    return etag[:-1] + '-br"'
+
+
 def etag_matches(if_none_match: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names either representation's tag (identity or
-    gzip); ``*`` and weak tags (``W/``) are understood."""
+    """Whether an ``If-None-Match`` header names any representation's tag (identity, gzip or
+    Brotli); ``*`` and weak tags (``W/``) are understood."""
     if if_none_match.strip() == "*":
         return True
-    wanted = (etag, gzip_etag(etag))
+    wanted = (etag, gzip_etag(etag), br_etag(etag))
     return any(tag.strip().removeprefix("W/") in wanted for tag in if_none_match.split(","))
+
+
+# -- content negotiation -----------------------------------------------------------------
+
+BR, GZIP = "br", "gzip"
+_PREFERENCES: dict[bytes, tuple[str, ...]] = {}  # Accept-Encoding value -> its choice
+_PREFERENCES_MAX = 1024  # distinct values remembered (clients send few)
+
+
+def accepted_encodings(accept_encoding: bytes) -> tuple[str, ...]:
+    """The codings we have (``br``, ``gzip``) that an ``Accept-Encoding`` value accepts,
+    the client's preferred first: by ``q`` (absent: 1; 0: refused; ``*`` stands for the
+    codings it does not name), Brotli first when equal (the smaller body). Remembered per
+    distinct value: the fast path pays a dict lookup."""
+    found = _PREFERENCES.get(accept_encoding)
+    if found is not None:
+        return found
+    weights: dict[str, float] = {}
+    for item in accept_encoding.decode("latin-1").lower().split(","):
+        coding, _, params = item.partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights.setdefault(coding.strip(), weight)
+    default = weights.get("*", 0.0)
+    ranked = sorted(
+        (coding for coding in (BR, GZIP) if weights.get(coding, default) > 0),
+        key=lambda coding: -weights.get(coding, default),
+    )  # stable: br before gzip at equal weight
+    choice = tuple(ranked)
+    if len(_PREFERENCES) < _PREFERENCES_MAX:
+        _PREFERENCES[accept_encoding] = choice
+    return choice
 
 
 # -- representations ---------------------------------------------------------------------
@@ -151,27 +195,42 @@ def static_headers(cache_control: str, *extra: tuple[bytes, bytes]) -> Headers:
 
 @dataclass(slots=True)
 class Representation:
-    """A body ready to send: identity and gzip bodies, the ETag, and the header lists of a
-    200 (each representation) and a 304. Build with :meth:`build`."""
+    """A body ready to send: the identity body and its gzip and Brotli forms (empty: none),
+    the ETag, and the header lists of a 200 (each representation) and a 304. Build with
+    :meth:`build`."""
 
     body: bytes
-    gzip: bytes  # empty: no gzip representation
+    gzip: bytes
+    br: bytes
     etag: str
     headers: Headers  # for the identity body
     gzip_headers: Headers  # for the gzip body
+    br_headers: Headers  # for the Brotli body
     not_modified_headers: Headers
 
     @staticmethod
     def header_lists(
         body: bytes,
         gzip: bytes,
+        br: bytes,
         etag: str,
         content_type: str,
         common: Iterable[tuple[bytes, bytes]],
-    ) -> tuple[Headers, Headers, Headers]:
-        """The identity, gzip and 304 header lists, each with ``common`` after its own."""
+    ) -> tuple[Headers, Headers, Headers, Headers]:
+        """The identity, gzip, Brotli and 304 header lists, each with ``common`` after its
+        own."""
         kind = (b"content-type", content_type.encode())
         shared = list(common)
+
+        def encoded(coding: bytes, data: bytes, tag: str) -> Headers:
+            return [
+                kind,
+                (b"content-length", str(len(data)).encode()),
+                (b"content-encoding", coding),
+                (b"etag", tag.encode()),
+                *shared,
+            ]
+
         return (
             [
                 kind,
@@ -179,13 +238,8 @@ class Representation:
                 (b"etag", etag.encode()),
                 *shared,
             ],
-            [
-                kind,
-                (b"content-length", str(len(gzip)).encode()),
-                (b"content-encoding", b"gzip"),
-                (b"etag", gzip_etag(etag).encode()),
-                *shared,
-            ],
+            encoded(b"gzip", gzip, gzip_etag(etag)),
+            encoded(b"br", br, br_etag(etag)),
             [(b"etag", etag.encode()), *shared],
         )
 
@@ -194,24 +248,29 @@ class Representation:
         cls,
         body: bytes,
         gzip: bytes,
+        br: bytes,
         etag: str,
         content_type: str,
         common: Iterable[tuple[bytes, bytes]],
     ) -> Representation:
-        return cls(body, gzip, etag, *cls.header_lists(body, gzip, etag, content_type, common))
+        lists = cls.header_lists(body, gzip, br, etag, content_type, common)
+        return cls(body, gzip, br, etag, *lists)
 
     def choose(self, request_headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers, bytes]:
         """The answer to a GET with these (ASGI, lower-case) request headers: 304 when
-        ``If-None-Match`` names its tag, the gzip body when the client accepts gzip (and one
-        exists), else the identity body."""
-        gzip_ok = False
+        ``If-None-Match`` names one of its tags, else the representation the client prefers
+        among those it accepts and this one has (``accepted_encodings``), else identity."""
+        accepted: tuple[str, ...] = ()
         for key, value in request_headers:
             if key == b"if-none-match" and etag_matches(value.decode("latin-1"), self.etag):
                 return 304, self.not_modified_headers, b""
-            if key == b"accept-encoding" and b"gzip" in value:
-                gzip_ok = True
-        if gzip_ok and self.gzip:
-            return 200, self.gzip_headers, self.gzip
+            if key == b"accept-encoding":
+                accepted = accepted_encodings(value)
+        for coding in accepted:
+            if coding == BR and self.br:
+                return 200, self.br_headers, self.br
+            if coding == GZIP and self.gzip:
+                return 200, self.gzip_headers, self.gzip
         return 200, self.headers, self.body
 
 

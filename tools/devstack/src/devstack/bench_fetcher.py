@@ -6,7 +6,8 @@ on throwaway Redis and PostgreSQL and the replay upstream:
 
 1. a cold refresh into an empty database: per resource the rows, the seconds spent
    validating and in the PostgreSQL transaction (COPY + upsert), the rows/s of that
-   transaction; and the seconds to a published snapshot;
+   transaction; and the seconds to a published snapshot; then every published document's
+   size raw, gzip and Brotli, and what compressing them costs;
 2. a no-change refresh right after: the upstream requests it made (conditional, answered
    304), the rows it wrote, the PostgreSQL tuples written (from pg_stat_user_tables), and
    whether it published a snapshot.
@@ -31,6 +32,8 @@ import httpx
 import redis as redis_client
 
 from covid_stats_contract import schema
+from covid_stats_contract.documents import STATE_PLACEHOLDER, compress, compress_br
+from covid_stats_contract.keys import RedisKeys
 from covid_stats_runtime.logs import configure_logging
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
@@ -131,6 +134,7 @@ def bench(dataset: str, redis: LocalRedis, postgres: LocalPostgres, log: Path) -
             f"refresh began ({rows / seconds:,.0f} rows/s end to end); "
             f"{writes_cold:,} PostgreSQL tuples written; {_requests(upstream)}\n"
         )
+        _sizes(redis.url, cold.snapshot_id)
         httpx.delete(f"{upstream}/_control/requests")
         seconds, again = asyncio.run(_refresh(env))
         writes_again = _settle(postgres.url) - writes_before - writes_cold
@@ -142,6 +146,51 @@ def bench(dataset: str, redis: LocalRedis, postgres: LocalPostgres, log: Path) -
         )
     finally:
         terminate(upstream_proc)
+
+
+def _sizes(url: str, snapshot_id: str) -> None:
+    """Every published document's size as it is served: raw, gzip and Brotli (the bodies the
+    fetcher compressed, read back from the snapshot), a state's documents summed per kind; and
+    what compressing them all costs (compressed again here, one core)."""
+    client = redis_client.Redis.from_url(url)
+    keys = RedisKeys()
+    names = sorted(n.decode() for n in client.smembers(keys.snapshot_docs(snapshot_id)))  # type: ignore[union-attr]
+    rows: dict[str, list[int]] = {}  # document (a state's: v1/states/{state}/...) -> sizes
+    bodies: list[bytes] = []
+    for name in names:
+        fields = client.hmget(keys.document(snapshot_id, name), "body", "gzip", "br")
+        body, gz, br = (value if isinstance(value, bytes) else b"" for value in fields)
+        parts = name.split("/")
+        kind = "/".join([*parts[:2], STATE_PLACEHOLDER, *parts[3:]]) if len(parts) == 4 else name
+        row = rows.setdefault(kind, [0, 0, 0, 0])
+        row[0] += 1
+        for i, data in enumerate((body, gz or body, br or body), start=1):
+            row[i] += len(data)
+        bodies.append(body)
+    print("documents as served (a compressed form absent when too small to gain: its raw size):\n")
+    print("| document | count | raw bytes | gzip | br | br/gzip |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, (count, raw, gz_size, br_size) in rows.items():
+        print(
+            f"| {kind} | {count} | {raw:,} | {gz_size:,} | {br_size:,} | {br_size / gz_size:.2f} |"
+        )
+    totals = [sum(row[i] for row in rows.values()) for i in range(4)]
+    print(
+        f"| all | {totals[0]} | {totals[1]:,} | {totals[2]:,} | {totals[3]:,} | "
+        f"{totals[3] / totals[2]:.2f} |"
+    )
+    started = time.perf_counter()
+    for body in bodies:
+        compress(body)
+    gzip_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for body in bodies:
+        compress_br(body)
+    br_seconds = time.perf_counter() - started
+    print(
+        f"\ncompressing every document once: gzip {gzip_seconds:.2f} s, Brotli "
+        f"{br_seconds:.2f} s (one core)\n"
+    )
 
 
 def _ok(url: str) -> bool:

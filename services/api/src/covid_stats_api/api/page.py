@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 from starlette.responses import Response
 
 from covid_stats_api.reads.hot import HotEntry, entry
-from covid_stats_contract.documents import compress, etag_for
+from covid_stats_contract.documents import compress, compress_br, etag_for
 from covid_stats_runtime.http import RepresentationResponse, static_headers
 
 PAGE_PATH = "/"
@@ -59,13 +59,13 @@ _ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
 def static_entry(body: bytes, content_type: str, cache_control: str) -> HotEntry:
-    """An in-memory answer for fixed bytes: identity and gzip bodies, ETag, headers."""
+    """An in-memory answer for fixed bytes: identity, gzip and Brotli bodies, ETag, headers."""
     etag = etag_for(body)
-    gzip = compress(body)
+    gzip, br = compress(body), compress_br(body)
     common = static_headers(
         cache_control, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
     )
-    return entry(body, gzip, etag, content_type, common, "page", "", float("inf"))
+    return entry(body, gzip, br, etag, content_type, common, "page", "", float("inf"))
 
 
 def asset_url(name: str, body: bytes) -> str:

@@ -19,7 +19,9 @@ def send(served: Served, max_age: int) -> Response:
     (``covid_stats_runtime.http``), so the same status, headers and bytes."""
     common = data_headers(max_age, served.source)
     return RepresentationResponse(
-        Representation.build(served.body, served.gzip, served.etag, served.content_type, common)
+        Representation.build(
+            served.body, served.gzip, served.br, served.etag, served.content_type, common
+        )
     )
 
 

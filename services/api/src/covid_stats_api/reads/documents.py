@@ -32,6 +32,7 @@ class Served:
     source: Source
     content_type: str = JSON_CONTENT_TYPE
     gzip: bytes = b""  # the body compressed once by the fetcher (empty: not available)
+    br: bytes = b""  # the same with Brotli
 
 
 class DocumentReader:
@@ -51,9 +52,16 @@ class DocumentReader:
             CACHE_LOOKUPS.labels("redis", "miss" if lookup.document is None else "hit").inc()
             if (doc := lookup.document) is not None:
                 self.hot.put(
-                    name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
+                    name,
+                    doc.body,
+                    doc.gzip,
+                    doc.br,
+                    doc.etag,
+                    doc.content_type,
+                    "cache",
+                    doc.snapshot_id,
                 )
-                return Served(doc.body, doc.etag, "cache", doc.content_type, doc.gzip)
+                return Served(doc.body, doc.etag, "cache", doc.content_type, doc.gzip, doc.br)
         return await self._read_database(name)
 
     async def _read_database(self, name: str) -> Served | None:
@@ -69,7 +77,7 @@ class DocumentReader:
         if doc is None:
             return None
         etag = etag_for(doc.body)
-        self.hot.put(name, doc.body, b"", etag, doc.content_type, "database", "")
+        self.hot.put(name, doc.body, b"", b"", etag, doc.content_type, "database", "")
         return Served(doc.body, etag, "database", doc.content_type)
 
     async def has_state_data(self) -> bool:

@@ -1,7 +1,7 @@
 """The in-process tier: each worker's own copy of the hot documents.
 
-An entry holds what a response needs, ready to send: the body, the gzip body the fetcher
-compressed, the ETag and the header list. ``fastpath`` serves entries without touching
+An entry holds what a response needs, ready to send: the body, the gzip and Brotli bodies the
+fetcher compressed, the ETag and the header list. ``fastpath`` serves entries without touching
 FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
 
 Freshness: a watcher task reads the snapshot pointer and that snapshot's publish time every
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from datetime import datetime
 import structlog
 from redis.exceptions import RedisError
 
-from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress
+from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress, compress_br
 from covid_stats_contract.snapshots import SnapshotStore
 from covid_stats_runtime.http import Representation, data_headers
 from covid_stats_runtime.tracing import untraced
@@ -41,6 +42,14 @@ COVID_STATS = "covid-stats"  # the envelope's key in the tier, derived from US_C
 def envelope(source: str, us_current: bytes) -> bytes:
     """``/covid-stats``'s body, from the ``/v1/us/current.json`` bytes (never decoded)."""
     return b'{"source":"%s","data":%s}\n' % (source.encode(), us_current.rstrip(b"\n"))
+
+
+@functools.lru_cache(maxsize=16)
+def envelope_bodies(source: str, us_current: bytes) -> tuple[bytes, bytes, bytes]:
+    """The envelope's identity, gzip and Brotli bodies, compressed once per body and worker
+    (the hot tier and FastAPI's route both take them from here: the same bytes)."""
+    wrapped = envelope(source, us_current)
+    return wrapped, compress(wrapped), compress_br(wrapped)
 
 
 def envelope_etag(source: str, etag: str) -> str:
@@ -57,12 +66,13 @@ class HotEntry(Representation):
 
     @property
     def size(self) -> int:
-        return len(self.body) + len(self.gzip) + 512
+        return len(self.body) + len(self.gzip) + len(self.br) + 512
 
 
 def entry(
     body: bytes,
     gzip: bytes,
+    br: bytes,
     etag: str,
     content_type: str,
     common: list[tuple[bytes, bytes]],
@@ -72,13 +82,14 @@ def entry(
 ) -> HotEntry:
     """A hot answer with its three header lists built once (``Representation``), each with
     ``common`` (cache-control and the like) after its own."""
-    lists = Representation.header_lists(body, gzip, etag, content_type, common)
-    return HotEntry(body, gzip, etag, *lists, source=source, version=version, expires=expires)
+    lists = Representation.header_lists(body, gzip, br, etag, content_type, common)
+    return HotEntry(body, gzip, br, etag, *lists, source=source, version=version, expires=expires)
 
 
 def data_entry(
     body: bytes,
     gzip: bytes,
+    br: bytes,
     etag: str,
     content_type: str,
     source: str,
@@ -88,7 +99,7 @@ def data_entry(
 ) -> HotEntry:
     """A document's or an answer's entry: its headers are a data answer's."""
     common = data_headers(max_age, source)
-    return entry(body, gzip, etag, content_type, common, source, version, expires)
+    return entry(body, gzip, br, etag, content_type, common, source, version, expires)
 
 
 class HotCache:
@@ -119,6 +130,7 @@ class HotCache:
         name: str,
         body: bytes,
         gzip: bytes,
+        br: bytes,
         etag: str,
         content_type: str,
         source: str,
@@ -128,15 +140,17 @@ class HotCache:
         ``version`` is "" and the entry expires soon)."""
         expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
         self._store(
-            name, data_entry(body, gzip, etag, content_type, source, version, expires, self.max_age)
+            name,
+            data_entry(body, gzip, br, etag, content_type, source, version, expires, self.max_age),
         )
         if name == US_CURRENT:
-            wrapped = envelope(source, body)
+            wrapped, wrapped_gzip, wrapped_br = envelope_bodies(source, body)
             self._store(
                 COVID_STATS,
                 data_entry(
                     wrapped,
-                    compress(wrapped),
+                    wrapped_gzip,
+                    wrapped_br,
                     envelope_etag(source, etag),
                     JSON_CONTENT_TYPE,
                     source,
@@ -218,7 +232,14 @@ class HotWatcher:
             if doc is None or lookup.snapshot_id != current:
                 continue
             self.hot.put(
-                name, doc.body, doc.gzip, doc.etag, doc.content_type, "cache", doc.snapshot_id
+                name,
+                doc.body,
+                doc.gzip,
+                doc.br,
+                doc.etag,
+                doc.content_type,
+                "cache",
+                doc.snapshot_id,
             )
         # Only now: a refill cut short (Redis gone again) is taken up at the next check.
         self.hot.version = current

@@ -14,8 +14,8 @@ from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.reads.documents import Served
-from covid_stats_api.reads.hot import envelope, envelope_etag
-from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress
+from covid_stats_api.reads.hot import envelope_bodies, envelope_etag
+from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
 
 router = APIRouter(tags=["covid-stats"])
 
@@ -52,8 +52,8 @@ async def covid_stats(api: ApiDep) -> Response:
     served = await api.reader.read(US_CURRENT)
     if served is None:
         raise api.no_data()
-    body = envelope(served.source, served.body)
-    # Compressed as the hot tier does (the same bytes): both paths answer gzip alike.
+    # The hot tier's bodies (compressed once per worker): both paths answer alike.
+    body, gzip, br = envelope_bodies(served.source, served.body)
     tag = envelope_etag(served.source, served.etag)
-    served = Served(body, tag, served.source, JSON_CONTENT_TYPE, compress(body))
+    served = Served(body, tag, served.source, JSON_CONTENT_TYPE, gzip, br)
     return api.send(served)
