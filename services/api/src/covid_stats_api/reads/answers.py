@@ -24,7 +24,7 @@ from dataclasses import replace
 import structlog
 from redis.exceptions import RedisError
 
-from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import compress
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
@@ -79,11 +79,11 @@ class AnswerCache:
         try:
             lookup = await self.snapshots.read_query(digest)
         except RedisError as exc:
-            CACHE_LOOKUPS.labels("redis", "error").inc()
+            cache_lookup("redis", "error").inc()
             log.warning("redis_answer_read_failed", error=repr(exc))
         else:
             snapshot_id = lookup.snapshot_id
-            CACHE_LOOKUPS.labels("redis", "miss" if lookup.answer is None else "hit").inc()
+            cache_lookup("redis", "miss" if lookup.answer is None else "hit").inc()
             if (found := lookup.answer) is not None:
                 return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
         if snapshot_id is None:
@@ -97,6 +97,15 @@ class AnswerCache:
             if waited is not None:
                 return waited
         try:
+            if locked:
+                # Double-checked: the worker that held the lock may have stored the answer
+                # and released the lock between this worker's miss and its lock.
+                with contextlib.suppress(RedisError):
+                    again = await self.snapshots.read_query(digest)
+                    if again.snapshot_id == snapshot_id and (found := again.answer) is not None:
+                        return Served(
+                            found.body, found.etag, "cache", found.content_type, found.gzip
+                        )
             served = await _compressed(compute)
             answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
             with contextlib.suppress(RedisError):
