@@ -17,6 +17,7 @@ their number is bounded; paths that match no route are ``unmatched``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,29 @@ BUILD = Gauge(
     multiprocess_mode="max",
 )
 BUILD.labels(__version__).set(1)
+
+
+# The labelled children the request path counts with, made once each: ``labels()`` checks
+# its arguments and takes a lock on every call, a cached child costs a dict lookup. Their
+# number is bounded (route templates, the methods httptools parses, statuses).
+
+
+@functools.cache
+def request_series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """The request counter and duration histogram of one route, method and status."""
+    return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
+
+
+@functools.cache
+def cache_lookup(tier: str, result: str) -> Counter:
+    """The cache lookup counter of one tier and result."""
+    return CACHE_LOOKUPS.labels(tier, result)
+
+
+@functools.cache
+def rate_limit_check(result: str) -> Counter:
+    """The rate limit's decision counter of one result."""
+    return RATE_LIMIT.labels(result)
 
 
 async def sample_gauges(stores: Stores, hot: HotCache, interval: float = 1.0) -> None:

@@ -14,7 +14,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.hot import HotCache
 from covid_stats_contract import records
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, etag_for
@@ -46,10 +46,10 @@ class DocumentReader:
         try:
             lookup = await self.stores.snapshots.read(name)
         except RedisError as exc:
-            CACHE_LOOKUPS.labels("redis", "error").inc()
+            cache_lookup("redis", "error").inc()
             log.warning("redis_read_failed", document=name, error=repr(exc))
         else:
-            CACHE_LOOKUPS.labels("redis", "miss" if lookup.document is None else "hit").inc()
+            cache_lookup("redis", "miss" if lookup.document is None else "hit").inc()
             if (doc := lookup.document) is not None:
                 self.hot.put(
                     name,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.metrics import CACHE_LOOKUPS
+from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry
 from covid_stats_contract.documents import STATE_CODE_RE, STATE_PLACEHOLDER, document_families
 from covid_stats_runtime.http import send_representation
@@ -120,9 +120,9 @@ class FastPath:
             entry = self.hot.get(name)
             if entry is not None:
                 stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
-                CACHE_LOOKUPS.labels("memory", "stale" if stale else "hit").inc()
+                cache_lookup("memory", "stale" if stale else "hit").inc()
                 scope["route_template"] = route
                 await send_representation(scope, send, entry)
                 return
-            CACHE_LOOKUPS.labels("memory", "miss").inc()
+            cache_lookup("memory", "miss").inc()
         await self.app(scope, receive, send)

@@ -40,7 +40,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.metrics import RATE_LIMIT
+from covid_stats_api.metrics import rate_limit_check
 from covid_stats_runtime.http import error_body, error_headers
 
 log = structlog.get_logger("covid_stats_api.serving.ratelimit")
@@ -104,7 +104,7 @@ class RateLimit:
             return
         wait_ms = await self._check(scope)
         if wait_ms:
-            RATE_LIMIT.labels("limited").inc()
+            rate_limit_check("limited").inc()
             await self._too_many(send, wait_ms)
             return
         await self.app(scope, receive, send)
@@ -120,7 +120,7 @@ class RateLimit:
                 return math.ceil((until - now) * 1000)
             del self._denied[address]
         if now < self._paused_until:
-            RATE_LIMIT.labels("unavailable").inc()
+            rate_limit_check("unavailable").inc()
             return 0
         key = self.key_prefix + address
         try:
@@ -129,11 +129,11 @@ class RateLimit:
             wait = await self._script(keys=[key], args=[self.interval_ms, self.period_ms])
         except (RedisError, OSError, TimeoutError) as exc:
             self._paused_until = now + _PAUSE_AFTER_ERROR_SECONDS
-            RATE_LIMIT.labels("unavailable").inc()
+            rate_limit_check("unavailable").inc()
             log.warning("rate_limit_unavailable", error=type(exc).__name__)
             return 0
         if not wait:
-            RATE_LIMIT.labels("allowed").inc()
+            rate_limit_check("allowed").inc()
             return 0
         self._deny(address, now + int(wait) / 1000)
         return int(wait)

@@ -10,7 +10,7 @@ import structlog
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from covid_stats_api.metrics import DURATION, REQUESTS
+from covid_stats_api.metrics import request_series
 
 access_log = structlog.get_logger("covid_stats_api.access")
 
@@ -49,8 +49,9 @@ class RequestMetrics:
             route = route_of(scope)
             method = scope["method"]
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(route, method, str(status)).inc()
-            DURATION.labels(route, method).observe(elapsed)
+            requests, duration = request_series(route, method, status)
+            requests.inc()
+            duration.observe(elapsed)
             if self.access_log_sample_rate and (
                 status >= 500 or random.random() < self.access_log_sample_rate  # noqa: S311
             ):
