@@ -14,9 +14,11 @@ One run, on throwaway Redis and PostgreSQL loaded through the real fetcher:
 Per-core mode: every server runs one worker pinned to CPU 0 (gunicorn + uvicorn; nginx with
 ``worker_cpu_affinity``), and wrk (Debian package ``wrk``) is pinned to CPU 1. Rounds are
 interleaved (a b c d a b c d ...) and medians reported, with the ratios per document:
-project/naive, project/bare, project/nginx. Validity first: (a) and (b) return the same
-parsed JSON, (b) returns the fetcher's exact bytes, and (c) and (d) return byte for byte what
-(b) returns. It reports; it asserts nothing about speed.
+project/naive, project/bare, project/nginx. Then, unless ``--no-two-workers``: the api with 2
+workers on both cores (not pinned) under wrk -t2 at 64 and 512 connections, with p50, p99 and
+errors. Validity first: (a) and (b) return the same parsed JSON, (b) returns the fetcher's
+exact bytes, and (c) and (d) return byte for byte what (b) returns. It reports; it asserts
+nothing about speed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,6 +57,9 @@ COVID_STATS, US_CURRENT, STATES_CURRENT = (
     "/covid-stats", "/v1/us/current.json", "/v1/states/current.json",
 )  # fmt: skip
 DOCUMENTS = (COVID_STATS, US_CURRENT, STATES_CURRENT)
+# The 2-worker section: the hot documents of both sizes.
+TWO_WORKER_DOCUMENTS = (US_CURRENT, STATES_CURRENT)
+NOFILE = 8192  # soft limit for wrk and the servers: 512 connections and then some
 IDENTITY = {"Accept-Encoding": "identity"}  # as wrk asks: no Accept-Encoding, the plain body
 
 
@@ -86,9 +92,17 @@ def _seconds(value: str) -> float:
 
 
 def wrk(
-    url: str, connections: int, seconds: int, headers: list[str], pin: bool
+    url: str,
+    connections: int,
+    seconds: int,
+    headers: list[str],
+    pin: bool,
+    threads: int = 1,
 ) -> dict[str, float]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    argv = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "--timeout", "10s",
+    ]  # fmt: skip
     for header in headers:
         argv += ["-H", header]
     argv.append(url)
@@ -97,6 +111,7 @@ def wrk(
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket = [int(g) for g in errors.groups()] if errors else [0, 0, 0, 0]  # 0 when absent
 
     def latency(percent: str) -> float:  # NaN when wrk got no answer at all
         found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", out, re.M)
@@ -108,21 +123,25 @@ def wrk(
         "p50": latency("50"),
         "p99": latency("99"),
         "non2xx": float(non2xx[1]) if non2xx else 0.0,
-        "errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+        "errors": float(sum(socket)),
+        **{
+            kind: float(n)
+            for kind, n in zip(("connect", "read", "write", "timeout"), socket, strict=True)
+        },
     }
 
 
 def _server(
-    app: str, port: int, env: dict[str, str], log: Path, pin: bool
+    app: str, port: int, env: dict[str, str], log: Path, pin: bool, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "gunicorn", "-c", "python:covid_stats_api.serving.gunicorn_conf",
-        "--workers", "1", "--bind", f"127.0.0.1:{port}", app,
+        "--workers", str(workers), "--bind", f"127.0.0.1:{port}", app,
     ]  # fmt: skip
     if pin:
         argv = ["taskset", "-c", "0", *argv]
     # Each server's /metrics listener (in its gunicorn master) on a port of its own.
-    env = {**env, "API_METRICS_PORT": str(free_port())}
+    env = {**env, "API_METRICS_PORT": str(free_port()), "WEB_CONCURRENCY": str(workers)}
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,
@@ -227,10 +246,24 @@ def _size(n: int) -> str:
     return f"{n / 1000:.0f} KB" if n >= 10_000 else f"{n} B"
 
 
+def _raise_nofile(want: int = NOFILE) -> None:
+    """The soft open-files limit up to ``want`` (never above the hard one), for us and children."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--two-workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the 2-worker run on both cores at 64 and 512 connections (default on)",
+    )
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     if shutil.which("wrk") is None:
@@ -240,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     if nginx is None:
         print("nginx is not installed: apt-get install nginx (Debian/Ubuntu)", file=sys.stderr)
         return 2
+    _raise_nofile()
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     with tempfile.TemporaryDirectory(prefix="covid-stats-bench-", ignore_cleanup_errors=True) as d:
         state = Path(d)
         with LocalRedis(state) as local_redis, LocalPostgres(state) as local_pg:
-            return _run(state, local_redis, local_pg, nginx, args.seconds, args.rounds, pin)
+            return _run(
+                state, local_redis, local_pg, nginx, args.seconds, args.rounds, pin,
+                args.two_workers,
+            )  # fmt: skip
 
 
 def _run(
@@ -255,6 +292,7 @@ def _run(
     seconds: int,
     rounds: int,
     pin: bool,
+    two_workers: bool,
 ) -> int:
     env = {
         **os.environ,
@@ -264,6 +302,7 @@ def _run(
         "WEB_CONCURRENCY": "1",
     }
     processes: list[subprocess.Popen[bytes]] = []
+    two: list[tuple[str, int, dict[str, float]]] = []
     try:
         subprocess.run([sys.executable, "-m", "stats_fetcher", "migrate"], env=env, check=True)
         up_port = free_port()
@@ -333,7 +372,8 @@ def _run(
         assert naive == json.loads(ours), "(a) and (b) disagree"
         states = served[STATES_CURRENT][0]
         assert states == stored("v1/states/current.json"), "(b) is not the fetcher's bytes"
-        assert served[US_CURRENT][0] == stored("v1/us/current.json"), "(b) is not the fetcher's"
+        us = served[US_CURRENT][0]
+        assert us == stored("v1/us/current.json"), "(b) is not the fetcher's bytes"
         assert httpx.get(f"{api}/bench/naive-states").json() == json.loads(states)
         for name, server in (("(c) bare ASGI", bare), ("(d) nginx", nginx)):
             for path, (body, content_type) in served.items():
@@ -392,6 +432,22 @@ def _run(
             for scenario in scenarios:
                 scenario.runs.append(wrk(scenario.url, 64, seconds, scenario.headers, pin))
         at_512 = {s.label: wrk(s.url, 512, seconds, s.headers, pin) for s in scenarios if s.at_512}
+
+        if two_workers:
+            for process in per_core:  # the cores to the 2-worker api alone
+                terminate(process)
+            port = free_port()
+            wide = f"http://127.0.0.1:{port}"
+            processes.append(
+                _server("devstack.bench_app:app", port, env, state / "api2.log", False, 2)
+            )
+            _serving(processes[-1], f"{wide}{US_CURRENT}", state / "api2.log", "the 2-worker api")
+            for path in TWO_WORKER_DOCUMENTS:  # warm both workers, not measured
+                wrk(f"{wide}{path}", 64, 1, [], False, threads=2)
+            for connections in (64, 512):
+                for path in TWO_WORKER_DOCUMENTS:
+                    result = wrk(f"{wide}{path}", connections, seconds, [], False, threads=2)
+                    two.append((path, connections, result))
     finally:
         for process in reversed(processes):
             terminate(process)
@@ -452,6 +508,19 @@ def _run(
         "wrapped as /covid-stats wraps it."
     )
 
+    if two:
+        print(
+            f"\n2 workers (WEB_CONCURRENCY=2) on both cores, not pinned; wrk -t2 on the same "
+            f"cores; one {seconds} s run each.\n\n| endpoint | connections | req/s | p50 ms "
+            "| p99 ms | non-2xx | socket errors: connect | read | write | timeout |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        for path, connections, r in two:
+            print(
+                f"| {path} | {connections} | {r['rps']:,.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} "
+                f"| {r['non2xx']:.0f} | {r['connect']:.0f} | {r['read']:.0f} | {r['write']:.0f} "
+                f"| {r['timeout']:.0f} |"
+            )
     return 0
 
 
