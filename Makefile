@@ -38,7 +38,7 @@ test: $(STAMP) ## Run the tests against real local servers, all but deploy/conta
 	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmark cached reads vs the naive path and a bare ASGI app (needs wrk)
+bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
 	$(BIN)/python -m devstack.bench_api
 
 .PHONY: bench-fetcher

@@ -1,4 +1,4 @@
-"""``make bench``: the api's cached reads, side by side with the naive path and the ceiling.
+"""``make bench``: the api's cached reads, side by side with the naive path and the ceilings.
 
 One run, on throwaway Redis and PostgreSQL loaded through the real fetcher:
 
@@ -6,26 +6,37 @@ One run, on throwaway Redis and PostgreSQL loaded through the real fetcher:
   a bench-only route of the same app under the same server flags;
 - (b) our endpoints: ``/covid-stats``, ``/v1/us/current.json``, ``/v1/states/current.json``,
   a warm query, and the 304 path;
-- (c) the ceiling: a bare ASGI callable returning the ``/covid-stats`` bytes.
+- (c) the ceiling for our server stack: a bare ASGI callable returning the same documents'
+  bytes under the same gunicorn + uvicorn worker;
+- (d) the machine's limit: nginx (Debian's ``/usr/sbin/nginx``, package ``nginx``), one worker,
+  serving the same bytes from files with the same Content-Type.
 
-Per-core mode: every server runs one uvicorn worker under gunicorn pinned to CPU 0, and wrk
-(Debian package ``wrk``: ``apt-get install wrk``) is pinned to CPU 1. Rounds are interleaved
-(a b c a b c ...) and medians reported. Validity first: (a) and (b) return the same parsed
-JSON, and (b) returns the fetcher's exact bytes. It reports; it asserts nothing.
+Per-core mode: every server runs one worker pinned to CPU 0 (gunicorn + uvicorn; nginx with
+``worker_cpu_affinity``), and wrk (Debian package ``wrk``) is pinned to CPU 1. Rounds are
+interleaved (a b c d a b c d ...) and medians reported, with the ratios per document:
+project/naive, project/bare, project/nginx. Then, unless ``--no-two-workers``: the api with 2
+workers on both cores (not pinned) under wrk -t2 at 64 and 512 connections, with p50, p99 and
+errors. Validity first: (a) and (b) return the same parsed JSON, (b) returns the fetcher's
+exact bytes, and (c) and (d) return byte for byte what (b) returns. It reports; it asserts
+nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import platform
+import pwd
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +46,21 @@ import redis
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_runtime.logs import configure_logging
 from devstack.bench_app import NAIVE_KEYS
-from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
+from devstack.procs import free_port, pdeathsig_preexec, tail, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 
 SHARED = Path(__file__).resolve().parents[4].parent / "shared" / "covidtracking"
 ARCHIVE = SHARED / "ctp_v1_api_snapshot_20200902"
+
+# The documents every server of the comparison serves, fetched from the api as it sends them.
+COVID_STATS, US_CURRENT, STATES_CURRENT = (
+    "/covid-stats", "/v1/us/current.json", "/v1/states/current.json",
+)  # fmt: skip
+DOCUMENTS = (COVID_STATS, US_CURRENT, STATES_CURRENT)
+# The 2-worker section: the hot documents of both sizes.
+TWO_WORKER_DOCUMENTS = (US_CURRENT, STATES_CURRENT)
+NOFILE = 8192  # soft limit for wrk and the servers: 512 connections and then some
+IDENTITY = {"Accept-Encoding": "identity"}  # as wrk asks: no Accept-Encoding, the plain body
 
 
 @dataclass
@@ -47,7 +68,22 @@ class Scenario:
     label: str
     url: str
     headers: list[str] = field(default_factory=list)
+    at_512: bool = True  # also measured once at 512 connections
     runs: list[dict[str, float]] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return statistics.median(r[key] for r in self.runs)
+
+
+@dataclass
+class Row:
+    """One document across the servers, for the ratios."""
+
+    path: str
+    naive: Scenario
+    project: Scenario
+    bare: Scenario
+    nginx: Scenario
 
 
 def _seconds(value: str) -> float:
@@ -56,9 +92,17 @@ def _seconds(value: str) -> float:
 
 
 def wrk(
-    url: str, connections: int, seconds: int, headers: list[str], pin: bool
+    url: str,
+    connections: int,
+    seconds: int,
+    headers: list[str],
+    pin: bool,
+    threads: int = 1,
 ) -> dict[str, float]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    argv = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "--timeout", "10s",
+    ]  # fmt: skip
     for header in headers:
         argv += ["-H", header]
     argv.append(url)
@@ -67,6 +111,7 @@ def wrk(
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket = [int(g) for g in errors.groups()] if errors else [0, 0, 0, 0]  # 0 when absent
 
     def latency(percent: str) -> float:  # NaN when wrk got no answer at all
         found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", out, re.M)
@@ -78,25 +123,96 @@ def wrk(
         "p50": latency("50"),
         "p99": latency("99"),
         "non2xx": float(non2xx[1]) if non2xx else 0.0,
-        "errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+        "errors": float(sum(socket)),
+        **{
+            kind: float(n)
+            for kind, n in zip(("connect", "read", "write", "timeout"), socket, strict=True)
+        },
     }
 
 
 def _server(
-    app: str, port: int, env: dict[str, str], log: Path, pin: bool
+    app: str, port: int, env: dict[str, str], log: Path, pin: bool, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "gunicorn", "-c", "python:covid_stats_api.serving.gunicorn_conf",
-        "--workers", "1", "--bind", f"127.0.0.1:{port}", app,
+        "--workers", str(workers), "--bind", f"127.0.0.1:{port}", app,
     ]  # fmt: skip
     if pin:
         argv = ["taskset", "-c", "0", *argv]
     # Each server's /metrics listener (in its gunicorn master) on a port of its own.
-    env = {**env, "API_METRICS_PORT": str(free_port())}
+    env = {**env, "API_METRICS_PORT": str(free_port()), "WEB_CONCURRENCY": str(workers)}
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,
             env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pdeathsig_preexec(),
+        )
+
+
+def _nginx_binary() -> str | None:
+    # Debian's is /usr/sbin/nginx, which a non-root user's PATH may leave out.
+    return shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+def _nginx(
+    binary: str, root: Path, types: Mapping[str, str], port: int, prefix: Path, pin: bool
+) -> subprocess.Popen[bytes]:
+    """nginx in the foreground, one worker, everything (config, pid, logs, temp) under
+    ``prefix``, serving each path of ``types`` from ``root`` with that Content-Type."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    locations = "\n".join(
+        f'        location = {path} {{ default_type "{content_type}"; }}'
+        for path, content_type in types.items()
+    )
+    lines = ["worker_processes 1;"]
+    if pin:
+        lines.append("worker_cpu_affinity 01;  # CPU 0, like the other servers")
+    if os.geteuid() == 0:  # else the "user" directive is ignored (with a warning)
+        user, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+        lines.append(f"user {user} {group};  # the files are ours, in a private directory")
+    head = "\n".join(lines)
+    config = f"""{head}
+pid "{prefix}/nginx.pid";
+error_log "{prefix}/error.log" warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 10000000;
+    open_file_cache max=64 inactive=600s;
+    open_file_cache_valid 600s;
+    client_body_temp_path "{prefix}/client_body";
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        root "{root}";
+{locations}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+    conf = prefix / "nginx.conf"
+    conf.write_text(config)
+    argv = [binary, "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
+    # -e (nginx 1.19.5+): the start-up error log too, not the built-in /var/log/nginx path.
+    usage = subprocess.run([binary, "-h"], capture_output=True, text=True, check=False)
+    if "-e filename" in usage.stdout + usage.stderr:
+        argv[1:1] = ["-e", str(prefix / "error.log")]
+    if pin:
+        argv = ["taskset", "-c", "0", *argv]
+    with (prefix / "stdout.log").open("ab") as out:
+        return subprocess.Popen(
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -111,33 +227,72 @@ def _ok(url: str) -> bool:
         return False
 
 
+def _serving(process: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:
+    """Wait until ``url`` answers 200; fail at once, with its log, if ``process`` exits."""
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited ({process.returncode}):\n{tail(log)}")
+        return _ok(url)
+
+    wait_until(up, 60, what=what)
+
+
 def _ms(value: float) -> str:
     return f"{value * 1000:.2f}"
 
 
+def _size(n: int) -> str:
+    return f"{n / 1000:.0f} KB" if n >= 10_000 else f"{n} B"
+
+
+def _raise_nofile(want: int = NOFILE) -> None:
+    """The soft open-files limit up to ``want`` (never above the hard one), for us and children."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
+    parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--two-workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the 2-worker run on both cores at 64 and 512 connections (default on)",
+    )
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk (Debian/Ubuntu)", file=sys.stderr)
         return 2
+    nginx = _nginx_binary()
+    if nginx is None:
+        print("nginx is not installed: apt-get install nginx (Debian/Ubuntu)", file=sys.stderr)
+        return 2
+    _raise_nofile()
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     with tempfile.TemporaryDirectory(prefix="covid-stats-bench-", ignore_cleanup_errors=True) as d:
         state = Path(d)
         with LocalRedis(state) as local_redis, LocalPostgres(state) as local_pg:
-            return _run(state, local_redis, local_pg, args.seconds, args.rounds, pin)
+            return _run(
+                state, local_redis, local_pg, nginx, args.seconds, args.rounds, pin,
+                args.two_workers,
+            )  # fmt: skip
 
 
 def _run(
     state: Path,
     local_redis: LocalRedis,
     local_pg: LocalPostgres,
+    nginx_binary: str,
     seconds: int,
     rounds: int,
     pin: bool,
+    two_workers: bool,
 ) -> int:
     env = {
         **os.environ,
@@ -147,6 +302,7 @@ def _run(
         "WEB_CONCURRENCY": "1",
     }
     processes: list[subprocess.Popen[bytes]] = []
+    two: list[tuple[str, int, dict[str, float]]] = []
     try:
         subprocess.run([sys.executable, "-m", "stats_fetcher", "migrate"], env=env, check=True)
         up_port = free_port()
@@ -176,49 +332,122 @@ def _run(
 
         client.set(NAIVE_KEYS["us"], stored("v1/us/current.json"))
         client.set(NAIVE_KEYS["states"], stored("v1/states/current.json"))
-        api_port, bare_port = free_port(), free_port()
+        api_port, bare_port, nginx_port = free_port(), free_port(), free_port()
         api = f"http://127.0.0.1:{api_port}"
         bare = f"http://127.0.0.1:{bare_port}"
-        processes.append(_server("devstack.bench_app:app", api_port, env, state / "api.log", pin))
-        wait_until(lambda: _ok(f"{api}/covid-stats"), 60, what="the api")
-        ours = httpx.get(f"{api}/covid-stats").content
-        body_file = state / "bare-body"
-        body_file.write_bytes(ours)
-        bare_env = {**env, "BENCH_BARE_BODY_FILE": str(body_file)}
-        processes.append(
+        nginx = f"http://127.0.0.1:{nginx_port}"
+        per_core = [_server("devstack.bench_app:app", api_port, env, state / "api.log", pin)]
+        processes += per_core
+        _serving(per_core[0], f"{api}/covid-stats", state / "api.log", "the api")
+
+        # The documents as the api sends them, to files: the bare app and nginx serve these.
+        served: dict[str, tuple[bytes, str]] = {}
+        for path in DOCUMENTS:
+            response = httpx.get(f"{api}{path}", headers=IDENTITY)
+            response.raise_for_status()
+            assert "content-encoding" not in response.headers, path
+            served[path] = (response.content, response.headers["content-type"])
+        root = state / "documents"
+        manifest = {}
+        for path, (body, content_type) in served.items():
+            file = root / path.lstrip("/")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(body)
+            manifest[path] = {"file": str(file), "content_type": content_type}
+        (state / "documents.json").write_text(json.dumps(manifest))
+        bare_env = {**env, "BENCH_DOCUMENTS": str(state / "documents.json")}
+        per_core.append(
             _server("devstack.bench_app:bare", bare_port, bare_env, state / "bare.log", pin)
         )
-        wait_until(lambda: _ok(bare), 60, what="the bare ASGI app")
+        processes.append(per_core[-1])
+        types = {path: content_type for path, (_, content_type) in served.items()}
+        per_core.append(_nginx(nginx_binary, root, types, nginx_port, state / "nginx", pin))
+        processes.append(per_core[-1])
+        _serving(per_core[1], f"{bare}{COVID_STATS}", state / "bare.log", "the bare ASGI app")
+        _serving(per_core[2], f"{nginx}{COVID_STATS}", state / "nginx" / "error.log", "nginx")
 
         # Validity before timing.
+        ours = served[COVID_STATS][0]
         naive = httpx.get(f"{api}/bench/naive").json()
         assert naive == json.loads(ours), "(a) and (b) disagree"
-        states = httpx.get(f"{api}/v1/states/current.json").content
+        states = served[STATES_CURRENT][0]
         assert states == stored("v1/states/current.json"), "(b) is not the fetcher's bytes"
+        us = served[US_CURRENT][0]
+        assert us == stored("v1/us/current.json"), "(b) is not the fetcher's bytes"
         assert httpx.get(f"{api}/bench/naive-states").json() == json.loads(states)
-        assert httpx.get(bare).content == ours
+        for name, server in (("(c) bare ASGI", bare), ("(d) nginx", nginx)):
+            for path, (body, content_type) in served.items():
+                response = httpx.get(f"{server}{path}", headers=IDENTITY)
+                assert response.status_code == 200, f"{name} {path}: {response.status_code}"
+                assert response.content == body, f"{name} does not send (b)'s bytes for {path}"
+                got = response.headers.get("content-type")
+                assert got == content_type, f"{name} {path}: Content-Type {got}, not {content_type}"
         query = f"{api}/v1/states/daily.json?states=ca,ny&lastdays=14&fields=date,state,positive"
         assert httpx.get(query).status_code == 200
         etag = httpx.get(f"{api}/v1/states/current.json").headers["etag"]
 
-        scenarios = [
-            Scenario("(a) naive: Redis GET + json.loads + dict", f"{api}/bench/naive"),
-            Scenario("(a) naive, states/current (75 KB)", f"{api}/bench/naive-states"),
-            Scenario("(b) /covid-stats", f"{api}/covid-stats"),
-            Scenario("(b) /v1/us/current.json", f"{api}/v1/us/current.json"),
-            Scenario("(b) /v1/states/current.json (75 KB)", f"{api}/v1/states/current.json"),
+        naive_us = Scenario("(a) naive: Redis GET + json.loads + dict", f"{api}/bench/naive")
+        naive_states = Scenario("(a) naive, states/current (75 KB)", f"{api}/bench/naive-states")
+        project = {path: Scenario(f"(b) {path}", f"{api}{path}") for path in DOCUMENTS}
+        project[STATES_CURRENT].label += " (75 KB)"
+        ceiling = {
+            COVID_STATS: Scenario("(c) bare ASGI, /covid-stats bytes", f"{bare}{COVID_STATS}"),
+            US_CURRENT: Scenario("(c) bare ASGI, us/current bytes", f"{bare}{US_CURRENT}"),
+            STATES_CURRENT: Scenario(
+                "(c) bare ASGI, states/current bytes (75 KB)", f"{bare}{STATES_CURRENT}"
+            ),
+        }
+        limit = {
+            COVID_STATS: Scenario("(d) nginx, /covid-stats bytes", f"{nginx}{COVID_STATS}"),
+            US_CURRENT: Scenario("(d) nginx, us/current bytes", f"{nginx}{US_CURRENT}"),
+            STATES_CURRENT: Scenario(
+                "(d) nginx, states/current bytes (75 KB)", f"{nginx}{STATES_CURRENT}"
+            ),
+        }
+        # Measured at 64 connections only (the 512-connection pass is the api's and (c)'s).
+        for scenario in (ceiling[US_CURRENT], ceiling[STATES_CURRENT], *limit.values()):
+            scenario.at_512 = False
+        others = [
             Scenario("(b) warm query (states/daily?states=..&lastdays=..)", query),
             Scenario(
                 "(b) 304 (If-None-Match)",
                 f"{api}/v1/states/current.json",
                 [f"If-None-Match: {etag}"],
             ),
-            Scenario("(c) bare ASGI, /covid-stats bytes", bare),
         ]
+        scenarios = [
+            naive_us,
+            naive_states,
+            *project.values(),
+            *others,
+            *ceiling.values(),
+            *limit.values(),
+        ]
+        rows = [
+            Row(path, naive_states if path == STATES_CURRENT else naive_us, project[path],
+                ceiling[path], limit[path])
+            for path in DOCUMENTS
+        ]  # fmt: skip
         for _ in range(rounds):
             for scenario in scenarios:
                 scenario.runs.append(wrk(scenario.url, 64, seconds, scenario.headers, pin))
-        at_512 = {s.label: wrk(s.url, 512, seconds, s.headers, pin) for s in scenarios}
+        at_512 = {s.label: wrk(s.url, 512, seconds, s.headers, pin) for s in scenarios if s.at_512}
+
+        if two_workers:
+            for process in per_core:  # the cores to the 2-worker api alone
+                terminate(process)
+            port = free_port()
+            wide = f"http://127.0.0.1:{port}"
+            processes.append(
+                _server("devstack.bench_app:app", port, env, state / "api2.log", False, 2)
+            )
+            _serving(processes[-1], f"{wide}{US_CURRENT}", state / "api2.log", "the 2-worker api")
+            for path in TWO_WORKER_DOCUMENTS:  # warm both workers, not measured
+                wrk(f"{wide}{path}", 64, 1, [], False, threads=2)
+            for connections in (64, 512):
+                for path in TWO_WORKER_DOCUMENTS:
+                    result = wrk(f"{wide}{path}", connections, seconds, [], False, threads=2)
+                    two.append((path, connections, result))
     finally:
         for process in reversed(processes):
             terminate(process)
@@ -228,8 +457,10 @@ def _run(
          if line.startswith("model name")),
         platform.processor(),
     )  # fmt: skip
+    version = subprocess.run([nginx_binary, "-v"], capture_output=True, text=True, check=False)
     print(
         f"\nMachine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{version.stderr.strip().removeprefix('nginx version: ')}, "
         f"{'per-core mode: server on CPU 0, wrk on CPU 1' if pin else 'NOT pinned'}; "
         f"wrk -t1, {seconds} s per run, {rounds} interleaved rounds, medians.\n"
     )
@@ -238,24 +469,58 @@ def _run(
         "| req/s (512 conn) | p99 ms (512) | non-2xx + errors (512) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    medians = {}
     for s in scenarios:
-        m = {k: statistics.median(r[k] for r in s.runs) for k in ("rps", "p50", "p99", "non2xx")}
-        medians[s.label] = m
-        big = at_512[s.label]
-        print(
-            f"| {s.label} | {m['rps']:,.0f} | {_ms(m['p50'])} | {_ms(m['p99'])} "
-            f"| {m['non2xx']:.0f} "
-            f"| {big['rps']:,.0f} | {_ms(big['p99'])} | {big['non2xx'] + big['errors']:.0f} |"
+        line = (
+            f"| {s.label} | {s.median('rps'):,.0f} | {_ms(s.median('p50'))} "
+            f"| {_ms(s.median('p99'))} | {s.median('non2xx'):.0f} "
         )
-    naive_rps = medians[scenarios[0].label]["rps"]
-    naive_states_rps = medians[scenarios[1].label]["rps"]
-    ceiling = medians[scenarios[-1].label]["rps"]
+        if s.label in at_512:
+            big = at_512[s.label]
+            line += (
+                f"| {big['rps']:,.0f} | {_ms(big['p99'])} | {big['non2xx'] + big['errors']:.0f} |"
+            )
+        else:
+            line += "| - | - | - |"
+        print(line)
+    naive_rps = naive_us.median("rps")
+    naive_states_rps = naive_states.median("rps")
+    bare_rps = ceiling[COVID_STATS].median("rps")
     print("\n| endpoint | b/a (vs naive, same document) | b/c (vs bare ASGI) |\n|---|---:|---:|")
-    for s in scenarios[2:-1]:
-        rps = medians[s.label]["rps"]
+    for s in [*project.values(), *others]:
+        rps = s.median("rps")
         base = naive_states_rps if "states/current" in s.label or "304" in s.label else naive_rps
-        print(f"| {s.label} | {rps / base:.1f}x | {rps / ceiling:.2f} |")
+        print(f"| {s.label} | {rps / base:.1f}x | {rps / bare_rps:.2f} |")
+
+    print(
+        "\nPer document, req/s at 64 connections (medians, one worker on one core), and the "
+        "project's ratios:\n\n| document | (a) naive | (b) project | (c) bare ASGI | (d) nginx "
+        "| project/naive | project/bare | project/nginx |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for row in rows:
+        na, pr, ba, ng = (s.median("rps") for s in (row.naive, row.project, row.bare, row.nginx))
+        mark = "*" if row.path == US_CURRENT else ""
+        print(
+            f"| {row.path} ({_size(len(served[row.path][0]))}) | {na:,.0f}{mark} | {pr:,.0f} "
+            f"| {ba:,.0f} | {ng:,.0f} | {pr / na:.1f}x | {pr / ba:.2f} | {pr / ng:.2f} |"
+        )
+    print(
+        "\n\\* the naive route for the US document is /bench/naive: the same document, "
+        "wrapped as /covid-stats wraps it."
+    )
+
+    if two:
+        print(
+            f"\n2 workers (WEB_CONCURRENCY=2) on both cores, not pinned; wrk -t2 on the same "
+            f"cores; one {seconds} s run each.\n\n| endpoint | connections | req/s | p50 ms "
+            "| p99 ms | non-2xx | socket errors: connect | read | write | timeout |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        for path, connections, r in two:
+            print(
+                f"| {path} | {connections} | {r['rps']:,.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} "
+                f"| {r['non2xx']:.0f} | {r['connect']:.0f} | {r['read']:.0f} | {r['write']:.0f} "
+                f"| {r['timeout']:.0f} |"
+            )
     return 0
 
 

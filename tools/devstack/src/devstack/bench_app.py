@@ -2,8 +2,10 @@
 
 - ``app``: the real api plus ``/bench/naive``, the original example's path: Redis GET,
   ``json.loads``, return the dict (FastAPI encodes it). Same app, same server flags.
-- ``bare``: the ceiling, a bare ASGI callable returning constant bytes (the ``/covid-stats``
-  body, read from the file named by ``BENCH_BARE_BODY_FILE``).
+- ``bare``: the ceiling, a bare ASGI callable returning constant bytes by path: the documents
+  listed in the JSON file named by ``BENCH_DOCUMENTS`` (``{path: {"file": ..., "content_type":
+  ...}}``, written by the bench from what the api serves; nginx serves the same files), read
+  once at start-up; any other path is an empty 404.
 """
 
 from __future__ import annotations
@@ -41,8 +43,24 @@ app = FastPath(
     _api, _api.state.hot, document_paths([r for router in ROUTERS for r in router.routes])
 )
 
-_BODY = Path(os.environ.get("BENCH_BARE_BODY_FILE", "/dev/null")).read_bytes()
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode())]
+
+def _documents() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
+    manifest = os.environ.get("BENCH_DOCUMENTS")
+    if not manifest:
+        return {}
+    table = {}
+    for path, entry in json.loads(Path(manifest).read_text()).items():
+        body = Path(entry["file"]).read_bytes()
+        headers = [
+            (b"content-type", entry["content_type"].encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        table[path] = (body, headers)
+    return table
+
+
+_DOCUMENTS = _documents()
+_NOT_FOUND: tuple[bytes, list[tuple[bytes, bytes]]] = (b"", [(b"content-length", b"0")])
 
 
 async def bare(scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,5 +72,7 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-    await send({"type": "http.response.body", "body": _BODY})
+    found = _DOCUMENTS.get(scope["path"])
+    body, headers = found or _NOT_FOUND
+    await send({"type": "http.response.start", "status": 200 if found else 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
