@@ -41,8 +41,12 @@ test: $(STAMP) ## Run the tests against real local servers, all but deploy/conta
 bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
 	$(BIN)/python -m devstack.bench_api
 
+.PHONY: profile
+profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents, in process, with cProfile
+	$(BIN)/python -m devstack.profile_stack
+
 .PHONY: bench-fetcher
-bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive and a no-change refresh
+bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document's raw/gzip/br size, and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher
 
 .PHONY: soak

@@ -158,15 +158,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_asgi(
-    settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+    settings: Settings | None = None,
+    tracer_provider: TracerProvider | None = None,
+    api: FastAPI | None = None,
 ) -> ASGIApp:
     """The served application: request metrics around the rate limit (when one is set)
     around hot documents from memory, and everything else by FastAPI; inside a server span
     per request when tracing is on (``OTEL_*``, see ``covid_stats_runtime.tracing``;
     ``tracer_provider`` replaces the environment's choice). Tracing off adds nothing to the
-    request path."""
+    request path. ``api``: the FastAPI app to serve (default ``create_app(settings)``; the
+    benchmark adds its naive routes to one)."""
     settings = settings or get_settings()
-    api = create_app(settings)
+    api = api or create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
     routes = [route for router in ROUTERS for route in router.routes]

@@ -1,7 +1,8 @@
 """Applications for ``make bench`` only (never deployed).
 
-- ``app``: the real api plus ``/bench/naive``, the original example's path: Redis GET,
-  ``json.loads``, return the dict (FastAPI encodes it). Same app, same server flags.
+- ``app``: the real api as ``covid_stats_api.main`` serves it (request metrics included) plus
+  ``/bench/naive``, the original example's path: Redis GET, ``json.loads``, return the dict
+  (FastAPI encodes it). Same app, same server flags.
 - ``bare``: the ceiling, a bare ASGI callable returning constant bytes by path: the documents
   listed in the JSON file named by ``BENCH_DOCUMENTS`` (``{path: {"file": ..., "content_type":
   ...}}``, written by the bench from what the api serves; nginx serves the same files), read
@@ -18,8 +19,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import Receive, Scope, Send
 
-from covid_stats_api.main import ROUTERS, create_app
-from covid_stats_api.serving.fastpath import FastPath, document_paths
+from covid_stats_api.main import create_app, create_asgi
 
 # The documents' plain JSON, written by the bench for the naive path to read.
 NAIVE_KEYS = {"us": "bench:naive:us-current", "states": "bench:naive:states-current"}
@@ -39,9 +39,9 @@ async def naive_states(request: Request) -> Any:
     return json.loads(raw)
 
 
-app = FastPath(
-    _api, _api.state.hot, document_paths([r for router in ROUTERS for r in router.routes])
-)
+# The api as it is served (request metrics, the fast path; the rate limit and tracing as
+# configured: off by default), with the naive routes added.
+app = create_asgi(api=_api)
 
 
 def _documents() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
