@@ -27,6 +27,7 @@ import brotli  # type: ignore[import-untyped]  # no stubs published
 
 from covid_stats_contract.resources import FORMATS, RESOURCES, Format
 from covid_stats_contract.resources import STATES_CURRENT as _STATES_CURRENT
+from covid_stats_contract.resources import STATES_DAILY as _STATES_DAILY
 
 JSON_CONTENT_TYPE = "application/json"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
@@ -40,6 +41,10 @@ STATE_CODE_RE = re.compile(r"^[A-Za-z]{2}$")
 
 # Where a state's code goes in a per-state document's name (``document_families``).
 STATE_PLACEHOLDER = "{state}"
+
+
+# A state's daily series, by family name (``compressed`` gives them the fast quality).
+_STATE_SERIES = frozenset(_STATES_DAILY.state_document(STATE_PLACEHOLDER, fmt) for fmt in FORMATS)
 
 
 def document_families() -> tuple[str, ...]:
@@ -114,26 +119,39 @@ def compress(body: bytes) -> bytes:
     return gzip.compress(body, compresslevel=6, mtime=0)
 
 
-# Brotli's quality by body size, measured on the archive's documents (2 cores): quality 11
-# makes a 75 KB states/current.json 19 % smaller than quality 5 (6.4 vs 7.9 KB; gzip: 8.8 KB)
-# in about 60 ms, but the 13.6 MB states/daily.json takes 31 s (quality 10: 13 s) against
-# 0.3 s at quality 5 (1.00 MB; gzip: 1.32 MB), and every per-state daily series costs the same
-# again in pieces. So: the best quality up to BROTLI_BEST_MAX_BYTES (every hot small and
-# mid-size document, in well under a second per snapshot), a gzip-priced one above it.
+# Brotli's quality, measured on the archive's documents (2 cores, one snapshot: 347
+# documents, 32.8 MB). Quality 11 makes a 75 KB states/current.json 19 % smaller than quality
+# 5 (6.4 vs 7.9 KB; gzip: 8.8 KB) in about 60 ms, but it costs about 1 s per MB: the 13.6 MB
+# states/daily.json takes 31 s (quality 10: 13 s) against 0.3 s at quality 5 (1.00 MB; gzip
+# 1.32 MB), and the 56 per-state daily CSVs (36 to 55 KB each) 2.7 s against 0.07 s for 18 %
+# less (640 vs 785 KB). So: the best quality for the lists and a state's current and info
+# documents up to BROTLI_BEST_MAX_BYTES (the hot ones, about 0.6 s per snapshot), a
+# gzip-priced one for everything larger and for every state's daily series.
 BROTLI_BEST_MAX_BYTES = 128 * 1024
 BROTLI_BEST_QUALITY = 11
-BROTLI_LARGE_QUALITY = 5
+BROTLI_FAST_QUALITY = 5
 
 
-def compress_br(body: bytes) -> bytes:
+def compress_br(body: bytes, best: bool = True) -> bytes:
     """The Brotli form of a body, rendered once by the fetcher (deterministic: the same
-    bytes and quality always give the same output). Empty for bodies too small to gain."""
+    bytes and quality always give the same output). Empty for bodies too small to gain.
+    ``best``: quality 11 when the body is at most ``BROTLI_BEST_MAX_BYTES``, else 5."""
     if len(body) < GZIP_MIN_BYTES:
         return b""
-    large = len(body) > BROTLI_BEST_MAX_BYTES
-    quality = BROTLI_LARGE_QUALITY if large else BROTLI_BEST_QUALITY
-    compressed: bytes = brotli.compress(body, quality=quality)
+    best = best and len(body) <= BROTLI_BEST_MAX_BYTES
+    compressed: bytes = brotli.compress(
+        body, quality=BROTLI_BEST_QUALITY if best else BROTLI_FAST_QUALITY
+    )
     return compressed
+
+
+def is_state_series(name: str) -> bool:
+    """Whether a document is one state's daily series (many, large, read less often)."""
+    parts = name.split("/")
+    if len(parts) != 4:
+        return False
+    family = "/".join([*parts[:2], STATE_PLACEHOLDER, parts[3]])
+    return family in _STATE_SERIES
 
 
 def content_hash(body: bytes) -> str:
@@ -165,7 +183,7 @@ class DocumentBody:
             self.content_type,
             self.source,
             compress(self.body),
-            compress_br(self.body),
+            compress_br(self.body, best=not is_state_series(self.name)),
         )
 
 

@@ -32,7 +32,12 @@ import httpx
 import redis as redis_client
 
 from covid_stats_contract import schema
-from covid_stats_contract.documents import STATE_PLACEHOLDER, compress, compress_br
+from covid_stats_contract.documents import (
+    STATE_PLACEHOLDER,
+    compress,
+    compress_br,
+    is_state_series,
+)
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_runtime.logs import configure_logging
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
@@ -156,7 +161,7 @@ def _sizes(url: str, snapshot_id: str) -> None:
     keys = RedisKeys()
     names = sorted(n.decode() for n in client.smembers(keys.snapshot_docs(snapshot_id)))  # type: ignore[union-attr]
     rows: dict[str, list[int]] = {}  # document (a state's: v1/states/{state}/...) -> sizes
-    bodies: list[bytes] = []
+    bodies: list[tuple[str, bytes]] = []
     for name in names:
         fields = client.hmget(keys.document(snapshot_id, name), "body", "gzip", "br")
         body, gz, br = (value if isinstance(value, bytes) else b"" for value in fields)
@@ -166,7 +171,7 @@ def _sizes(url: str, snapshot_id: str) -> None:
         row[0] += 1
         for i, data in enumerate((body, gz or body, br or body), start=1):
             row[i] += len(data)
-        bodies.append(body)
+        bodies.append((name, body))
     print("documents as served (a compressed form absent when too small to gain: its raw size):\n")
     print("| document | count | raw bytes | gzip | br | br/gzip |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -180,12 +185,12 @@ def _sizes(url: str, snapshot_id: str) -> None:
         f"{totals[3] / totals[2]:.2f} |"
     )
     started = time.perf_counter()
-    for body in bodies:
+    for _, body in bodies:
         compress(body)
     gzip_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    for body in bodies:
-        compress_br(body)
+    for name, body in bodies:
+        compress_br(body, best=not is_state_series(name))
     br_seconds = time.perf_counter() - started
     print(
         f"\ncompressing every document once: gzip {gzip_seconds:.2f} s, Brotli "

@@ -51,16 +51,7 @@ class DocumentReader:
         else:
             cache_lookup("redis", "miss" if lookup.document is None else "hit").inc()
             if (doc := lookup.document) is not None:
-                self.hot.put(
-                    name,
-                    doc.body,
-                    doc.gzip,
-                    doc.br,
-                    doc.etag,
-                    doc.content_type,
-                    "cache",
-                    doc.snapshot_id,
-                )
+                self.hot.put_document(doc)
                 return Served(doc.body, doc.etag, "cache", doc.content_type, doc.gzip, doc.br)
         return await self._read_database(name)
 

@@ -29,7 +29,13 @@ from datetime import datetime
 import structlog
 from redis.exceptions import RedisError
 
-from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT, compress, compress_br
+from covid_stats_contract.documents import (
+    JSON_CONTENT_TYPE,
+    US_CURRENT,
+    Document,
+    compress,
+    compress_br,
+)
 from covid_stats_contract.snapshots import SnapshotStore
 from covid_stats_runtime.http import Representation, data_headers
 from covid_stats_runtime.tracing import untraced
@@ -160,6 +166,19 @@ class HotCache:
                 ),
             )
 
+    def put_document(self, doc: Document) -> None:
+        """Keep a document of a Redis snapshot, with its compressed forms."""
+        self.put(
+            doc.name,
+            doc.body,
+            doc.gzip,
+            doc.br,
+            doc.etag,
+            doc.content_type,
+            "cache",
+            doc.snapshot_id,
+        )
+
     def _store(self, name: str, entry: HotEntry) -> None:
         if entry.size > self.max_bytes:
             return
@@ -231,16 +250,7 @@ class HotWatcher:
             doc = lookup.document
             if doc is None or lookup.snapshot_id != current:
                 continue
-            self.hot.put(
-                name,
-                doc.body,
-                doc.gzip,
-                doc.br,
-                doc.etag,
-                doc.content_type,
-                "cache",
-                doc.snapshot_id,
-            )
+            self.hot.put_document(doc)
         # Only now: a refill cut short (Redis gone again) is taken up at the next check.
         self.hot.version = current
         self._published = published
