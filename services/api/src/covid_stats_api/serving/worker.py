@@ -12,8 +12,8 @@ worker once the graceful timeout is over, and the other half is for requests sti
 
 - it goes on accepting connections and answering requests, so a connection that arrived
   before the signal (even one still in the listen queue) is served;
-- every answer carries ``Connection: close``, so each client closes its connection after
-  that answer and reconnects (to another worker, or to another pod once this one has left
+- every answer carries ``Connection: close`` (those of requests already in flight when the
+  signal came too), so each client closes its connection after that answer and reconnects (to another worker, or to another pod once this one has left
   the endpoints);
 - a connection that stays idle is closed by its own keep-alive timer, as at any other time:
   after one keep-alive period no connection from before the signal is left open (when the
@@ -70,6 +70,14 @@ class DrainingServer(Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.drain.active = True
+        # Requests already in the app when the drain began bypass ``Drain``: their answers
+        # must close the connection too (uvicorn adds ``Connection: close`` to an answer not
+        # yet started and closes after it), else a client sends its next request on a
+        # connection that the shutdown then finds idle and closes: a request lost.
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_seconds
         ticks = 0
