@@ -13,8 +13,8 @@ worker once the graceful timeout is over, and the other half is for requests sti
 - it goes on accepting connections and answering requests, so a connection that arrived
   before the signal (even one still in the listen queue) is served;
 - every answer carries ``Connection: close`` (those of requests already in flight when the
-  signal came too), so each client closes its connection after that answer and reconnects (to another worker, or to another pod once this one has left
-  the endpoints);
+  signal came too), so each client closes its connection after that answer and reconnects
+  (to another worker, or to another pod once this one has left the endpoints);
 - a connection that stays idle is closed by its own keep-alive timer, as at any other time:
   after one keep-alive period no connection from before the signal is left open (when the
   drain ends first, uvicorn's shutdown closes the idle ones; behind a Service the pod has
