@@ -16,9 +16,10 @@ import pytest
 import redis
 from fastapi.routing import APIRoute
 
-from covid_stats_api.main import ROUTERS
+from covid_stats_api.main import ROUTES
 from covid_stats_api.metrics import CACHE_LOOKUPS
 from covid_stats_api.reads.hot import COVID_STATS
+from covid_stats_contract.documents import document_family
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import FORMATS
 from covid_stats_runtime.http import br_etag, gzip_etag
@@ -262,7 +263,7 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
     walked: dict[str, set[str]] = {}  # route template -> the documents it served
     try:
         with httpx.Client(base_url=api, timeout=30) as http:
-            for route in (r for router in ROUTERS for r in router.routes):
+            for route in ROUTES:
                 if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()):
                     continue
                 for path in _route_paths(route.path, states):
@@ -298,10 +299,6 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
 
     # Every kind of published document (every state's alike), and the envelope, was walked
     # by a route that serves it.
-    def family(name: str) -> str:
-        parts = name.split("/")
-        return "/".join([*parts[:2], "{state}", *parts[3:]]) if len(parts) == 4 else name
-
-    assert {family(n) for n in set().union(*walked.values())} == {
-        family(n) for n in published | {COVID_STATS}
+    assert {document_family(n) for n in set().union(*walked.values())} == {
+        document_family(n) for n in published | {COVID_STATS}
     }

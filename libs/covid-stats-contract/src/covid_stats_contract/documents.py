@@ -61,6 +61,9 @@ def document_families() -> tuple[str, ...]:
     return tuple(names)
 
 
+_FAMILIES = frozenset(document_families())
+
+
 def check_state_code(state: str) -> str:
     """The code in upper case; ValueError unless it is two letters."""
     if not STATE_CODE_RE.match(state):
@@ -145,13 +148,21 @@ def compress_br(body: bytes, best: bool = True) -> bytes:
     return compressed
 
 
+def document_family(name: str) -> str:
+    """The name ``document_families`` lists a document under: a state's with
+    ``STATE_PLACEHOLDER`` for its code (``v1/states/ca/daily.csv`` ->
+    ``v1/states/{state}/daily.csv``), any other as it is."""
+    parts = name.split("/")
+    if len(parts) == 4:
+        family = "/".join([*parts[:2], STATE_PLACEHOLDER, parts[3]])
+        if family in _FAMILIES:
+            return family
+    return name
+
+
 def is_state_series(name: str) -> bool:
     """Whether a document is one state's daily series (many, large, read less often)."""
-    parts = name.split("/")
-    if len(parts) != 4:
-        return False
-    family = "/".join([*parts[:2], STATE_PLACEHOLDER, parts[3]])
-    return family in _STATE_SERIES
+    return document_family(name) in _STATE_SERIES
 
 
 def content_hash(body: bytes) -> str:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Self
 
 from pydantic import BaseModel
 from starlette.datastructures import Headers as StarletteHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware import cors
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -89,6 +92,20 @@ def error_response(
         headers=headers,
         media_type=JSON_CONTENT_TYPE,
     )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error_response(request: Request, exc: Exception) -> Response:
+    """Starlette's own HTTP errors (no such path, a wrong method) in the error shape: the
+    exception handler of both services."""
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"No such path: {request.url.path}"
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
 # -- entity tags -------------------------------------------------------------------------
@@ -154,6 +171,14 @@ def accepted_encodings(accept_encoding: bytes) -> tuple[str, ...]:
 # -- representations ---------------------------------------------------------------------
 
 
+# CORS headers of an answer that is the same for every origin (data answers carry them
+# whether or not the request names an origin, so no cache needs to vary on ``Origin``).
+_OPEN_TO_EVERY_ORIGIN: Headers = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
+]
+
+
 def data_headers(max_age: int, source: str) -> Headers:
     """The headers every data answer (a document or a query's answer) carries after its
     own: its 200s and 304s alike."""
@@ -163,14 +188,6 @@ def data_headers(max_age: int, source: str) -> Headers:
         *_OPEN_TO_EVERY_ORIGIN,
         (b"vary", b"Accept-Encoding"),
     ]
-
-
-# CORS headers of an answer that is the same for every origin (data answers carry them
-# whether or not the request names an origin, so no cache needs to vary on ``Origin``).
-_OPEN_TO_EVERY_ORIGIN: Headers = [
-    (b"access-control-allow-origin", b"*"),
-    (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
-]
 
 
 class CORSMiddleware(cors.CORSMiddleware):
@@ -208,17 +225,19 @@ class Representation:
     br_headers: Headers  # for the Brotli body
     not_modified_headers: Headers
 
-    @staticmethod
-    def header_lists(
+    @classmethod
+    def build(
+        cls,
         body: bytes,
         gzip: bytes,
         br: bytes,
         etag: str,
         content_type: str,
         common: Iterable[tuple[bytes, bytes]],
-    ) -> tuple[Headers, Headers, Headers, Headers]:
-        """The identity, gzip, Brotli and 304 header lists, each with ``common`` after its
-        own."""
+        **fields: Any,
+    ) -> Self:
+        """The representation with its identity, gzip, Brotli and 304 header lists, each with
+        ``common`` after its own; ``fields``: a subclass's own (the hot tier's entries)."""
         kind = (b"content-type", content_type.encode())
         shared = list(common)
 
@@ -231,30 +250,17 @@ class Representation:
                 *shared,
             ]
 
-        return (
-            [
-                kind,
-                (b"content-length", str(len(body)).encode()),
-                (b"etag", etag.encode()),
-                *shared,
-            ],
+        return cls(
+            body,
+            gzip,
+            br,
+            etag,
+            [kind, (b"content-length", str(len(body)).encode()), (b"etag", etag.encode()), *shared],
             encoded(b"gzip", gzip, gzip_etag(etag)),
             encoded(b"br", br, br_etag(etag)),
             [(b"etag", etag.encode()), *shared],
+            **fields,
         )
-
-    @classmethod
-    def build(
-        cls,
-        body: bytes,
-        gzip: bytes,
-        br: bytes,
-        etag: str,
-        content_type: str,
-        common: Iterable[tuple[bytes, bytes]],
-    ) -> Representation:
-        lists = cls.header_lists(body, gzip, br, etag, content_type, common)
-        return cls(body, gzip, br, etag, *lists)
 
     def choose(self, request_headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers, bytes]:
         """The answer to a GET with these (ASGI, lower-case) request headers: 304 when

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from covid_stats_runtime.http import SERVER_HEADERS, error_response
+from covid_stats_runtime.http import SERVER_HEADERS, error_response, http_error_response
 from covid_stats_runtime.tracing import trace_asgi
 from stats_fetcher.config import Settings
 
@@ -84,16 +84,8 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             )
         return JSONResponse({"status": "accepted"}, status_code=202)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)  # registered for HTTPException only
-        message = str(exc.detail)
-        if exc.status_code == 404:
-            message = f"No such path: {request.url.path}"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, message, headers=exc.headers)
-
     return Starlette(
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error_response},
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -33,9 +33,9 @@ import redis as redis_client
 
 from covid_stats_contract import schema
 from covid_stats_contract.documents import (
-    STATE_PLACEHOLDER,
     compress,
     compress_br,
+    document_family,
     is_state_series,
 )
 from covid_stats_contract.keys import RedisKeys
@@ -165,9 +165,7 @@ def _sizes(url: str, snapshot_id: str) -> None:
     for name in names:
         fields = client.hmget(keys.document(snapshot_id, name), "body", "gzip", "br")
         body, gz, br = (value if isinstance(value, bytes) else b"" for value in fields)
-        parts = name.split("/")
-        kind = "/".join([*parts[:2], STATE_PLACEHOLDER, *parts[3:]]) if len(parts) == 4 else name
-        row = rows.setdefault(kind, [0, 0, 0, 0])
+        row = rows.setdefault(document_family(name), [0, 0, 0, 0])
         row[0] += 1
         for i, data in enumerate((body, gz or body, br or body), start=1):
             row[i] += len(data)

@@ -72,22 +72,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
         return error_response(exc.detail, exc.headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = str(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"No such path: {request.url.path}"
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        detail = ErrorDetail(status=exc.status_code, code=code, message=message)
-        return error_response(detail, dict(exc.headers) if exc.headers else None)
+    app.add_exception_handler(StarletteHTTPException, http.http_error_response)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:

@@ -3,9 +3,9 @@ JSON, with nothing loaded from anywhere but this origin.
 
 Four files in ``static/``: ``index.html``, ``page.js`` (vanilla JavaScript drawing SVG, no
 library), ``page.css`` and ``favicon.svg``. They are read once when the app is built and
-held in memory like hot documents (``hot.HotEntry``: body, gzip body, strong ETag, prebuilt
-headers), and the fast path serves them without FastAPI or Redis, 304 on ``If-None-Match``
-included. The assets are served under names that carry a digest of their bytes
+held in memory like hot documents (``hot.HotEntry``: body, gzip and Brotli bodies, strong
+ETags, prebuilt headers), and the fast path serves them without FastAPI or Redis, 304 on
+``If-None-Match`` included. The assets are served under names that carry a digest of their bytes
 (``/assets/page.<digest>.js``) and may be cached for a year; the page itself names them,
 and is revalidated on each visit (``no-cache``: a 304 from memory), so a new release is
 seen at once.
@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 
 from starlette.responses import Response
 
-from covid_stats_api.reads.hot import HotEntry, entry
+from covid_stats_api.reads.hot import HotEntry
 from covid_stats_contract.documents import compress, compress_br, etag_for
 from covid_stats_runtime.http import RepresentationResponse, static_headers
 
@@ -65,7 +65,9 @@ def static_entry(body: bytes, content_type: str, cache_control: str) -> HotEntry
     common = static_headers(
         cache_control, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
     )
-    return entry(body, gzip, br, etag, content_type, common, "page", "", float("inf"))
+    return HotEntry.build(
+        body, gzip, br, etag, content_type, common, source="page", version="", expires=float("inf")
+    )
 
 
 def asset_url(name: str, body: bytes) -> str:

@@ -177,7 +177,7 @@ def _names(value: str, parameter: str) -> tuple[str, ...]:
 def build(
     resource: Resource,
     fmt: Format,
-    params: QueryParams | None = None,
+    params: QueryParams,
     *,
     state: str | None = None,
     day: int | None = None,
@@ -185,7 +185,7 @@ def build(
 ) -> Query:
     """The question a request asks: ``params`` checked and normalized (422 naming the
     parameter), narrowed to one state (a state's path) or one date (a date's path)."""
-    given: dict[str, Any] = params.model_dump() if params is not None else {}
+    given: dict[str, Any] = params.model_dump()
     fields, sort, states = given.get("fields"), given.get("sort"), given.get("states")
     date_from, date_to, last_days = given.get("date_from"), given.get("to"), given.get("lastdays")
     field_names = _names(fields, "fields") if fields is not None else ()

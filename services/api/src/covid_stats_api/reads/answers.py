@@ -49,6 +49,11 @@ async def _compressed(compute: Callable[[], Awaitable[Served]]) -> Served:
     return replace(served, gzip=compress(served.body))
 
 
+def _served(found: CachedAnswer) -> Served:
+    """An answer read back from Redis."""
+    return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
+
+
 class AnswerCache:
     def __init__(self, snapshots: SnapshotStore, ttl_seconds: int) -> None:
         self.snapshots = snapshots
@@ -85,7 +90,7 @@ class AnswerCache:
             snapshot_id = lookup.snapshot_id
             cache_lookup("redis", "miss" if lookup.answer is None else "hit").inc()
             if (found := lookup.answer) is not None:
-                return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
+                return _served(found)
         if snapshot_id is None:
             return await _compressed(compute)
         locked = True
@@ -103,9 +108,7 @@ class AnswerCache:
                 with contextlib.suppress(RedisError):
                     again = await self.snapshots.read_query(digest)
                     if again.snapshot_id == snapshot_id and (found := again.answer) is not None:
-                        return Served(
-                            found.body, found.etag, "cache", found.content_type, found.gzip
-                        )
+                        return _served(found)
             served = await _compressed(compute)
             answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
             with contextlib.suppress(RedisError):
@@ -129,5 +132,5 @@ class AnswerCache:
             if lookup.snapshot_id != snapshot_id:
                 return None
             if (found := lookup.answer) is not None:
-                return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
+                return _served(found)
         return None

@@ -75,39 +75,6 @@ class HotEntry(Representation):
         return len(self.body) + len(self.gzip) + len(self.br) + 512
 
 
-def entry(
-    body: bytes,
-    gzip: bytes,
-    br: bytes,
-    etag: str,
-    content_type: str,
-    common: list[tuple[bytes, bytes]],
-    source: str,
-    version: str,
-    expires: float,
-) -> HotEntry:
-    """A hot answer with its three header lists built once (``Representation``), each with
-    ``common`` (cache-control and the like) after its own."""
-    lists = Representation.header_lists(body, gzip, br, etag, content_type, common)
-    return HotEntry(body, gzip, br, etag, *lists, source=source, version=version, expires=expires)
-
-
-def data_entry(
-    body: bytes,
-    gzip: bytes,
-    br: bytes,
-    etag: str,
-    content_type: str,
-    source: str,
-    version: str,
-    expires: float,
-    max_age: int,
-) -> HotEntry:
-    """A document's or an answer's entry: its headers are a data answer's."""
-    common = data_headers(max_age, source)
-    return entry(body, gzip, br, etag, content_type, common, source, version, expires)
-
-
 class HotCache:
     def __init__(self, max_bytes: int, max_age: int, database_ttl: float) -> None:
         self.max_bytes = max_bytes
@@ -145,26 +112,19 @@ class HotCache:
         """Keep a document (from Redis: ``version`` is its snapshot id; from PostgreSQL:
         ``version`` is "" and the entry expires soon)."""
         expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
-        self._store(
-            name,
-            data_entry(body, gzip, br, etag, content_type, source, version, expires, self.max_age),
-        )
+        common = data_headers(self.max_age, source)
+
+        def keep(name: str, body: bytes, gzip: bytes, br: bytes, etag: str, kind: str) -> None:
+            entry = HotEntry.build(
+                body, gzip, br, etag, kind, common, source=source, version=version, expires=expires
+            )
+            self._store(name, entry)
+
+        keep(name, body, gzip, br, etag, content_type)
         if name == US_CURRENT:
             wrapped, wrapped_gzip, wrapped_br = envelope_bodies(source, body)
-            self._store(
-                COVID_STATS,
-                data_entry(
-                    wrapped,
-                    wrapped_gzip,
-                    wrapped_br,
-                    envelope_etag(source, etag),
-                    JSON_CONTENT_TYPE,
-                    source,
-                    version,
-                    expires,
-                    self.max_age,
-                ),
-            )
+            tag = envelope_etag(source, etag)
+            keep(COVID_STATS, wrapped, wrapped_gzip, wrapped_br, tag, JSON_CONTENT_TYPE)
 
     def put_document(self, doc: Document) -> None:
         """Keep a document of a Redis snapshot, with its compressed forms."""
