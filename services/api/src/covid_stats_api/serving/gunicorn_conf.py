@@ -19,10 +19,11 @@ workers = _settings.web_concurrency
 # uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.serving.http_limits
 # (uvicorn's httptools protocol with a bounded request head, HTTP_MAX_REQUEST_HEAD_BYTES, a
 # request deadline, HTTP_REQUEST_TIMEOUT_SECONDS, and an idle timer on new connections), with
-# a drain on shutdown that drops no request on a stop, a reload or a recycle (see
-# covid_stats_api.serving.worker). gunicorn's own limit_request_line / limit_request_fields /
-# limit_request_field_size bound only gunicorn's sync-style workers' parser: they do nothing
-# for uvicorn workers.
+# a drain on shutdown that drops no request on a stop, a reload or a recycle, and an accept
+# loop that empties the listen queue each turn (uvloop's takes one connection per turn: see
+# covid_stats_api.serving.accept and covid_stats_api.serving.worker). gunicorn's own
+# limit_request_line / limit_request_fields / limit_request_field_size bound only gunicorn's
+# sync-style workers' parser: they do nothing for uvicorn workers.
 worker_class = "covid_stats_api.serving.worker.DrainingUvicornWorker"
 
 # A worker silent for this long is killed and replaced.
@@ -60,14 +61,16 @@ control_socket_disable = True
 
 
 # Prometheus multiprocess mode (see covid_stats_api.metrics): one directory per pod (the
-# chart mounts an emptyDir), emptied when the master starts; a temporary one otherwise.
+# chart mounts an in-memory emptyDir), emptied when the master starts; otherwise a temporary
+# one, in memory too where the machine has /dev/shm (each sample is a write to these files).
 _created_metrics_dir: list[str] = []
 
 
 def on_starting(server: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
-        directory = tempfile.mkdtemp(prefix="covid-stats-metrics-")
+        memory = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs
+        directory = tempfile.mkdtemp(prefix="covid-stats-metrics-", dir=memory)
         _created_metrics_dir.append(directory)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     os.makedirs(directory, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The gunicorn worker class: uvicorn's, with a drain that drops no request on shutdown.
+"""The gunicorn worker class: uvicorn's, with a drain that drops no request on shutdown and
+an accept loop that takes the whole listen queue each turn (``accept``).
 
 uvicorn's own shutdown (SIGTERM from gunicorn's master on stop or ``HUP`` reload, or a worker
 recycled after ``GUNICORN_MAX_REQUESTS``) closes every idle keep-alive connection at once. A
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import Server
 
+from covid_stats_api.serving.accept import AcceptServer
 from covid_stats_api.serving.http_limits import UvicornWorker
 
 _CLOSE = (b"connection", b"close")
@@ -67,6 +69,29 @@ class DrainingServer(Server):
         super().__init__(config)
         self.drain = drain
         self.drain_seconds = seconds
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, serving gunicorn's sockets through :class:`AcceptServer`
+        (a whole listen queue per turn of the loop, not uvloop's one connection)."""
+        if sockets is None:
+            await super().startup(sockets)
+            return
+        await super().startup(sockets=[])  # the app's lifespan; no server of uvicorn's
+        if not self.started:
+            return
+        loop = asyncio.get_running_loop()
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+
+        def create_protocol() -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=app_state, _loop=loop
+            )
+            return protocol
+
+        for sock in sockets:
+            server = AcceptServer(loop, sock, create_protocol, config.ssl)
+            server.start()
+            self.servers.append(server)  # type: ignore[arg-type]  # close(), wait_closed()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.drain.active = True
