@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import socket
 import ssl
 from collections.abc import Callable
 
-log = logging.getLogger("uvicorn.error")
+import structlog
+
+log = structlog.get_logger("covid_stats_api.serving.accept")
 
 # At most this many connections are accepted per turn of the loop: enough to empty the
 # listen queue after a burst in a few turns, small enough that one worker's turn does not
@@ -85,7 +86,7 @@ class AcceptServer:
             except OSError as exc:
                 if exc.errno not in _RESOURCE_ERRORS:
                     raise
-                log.error("accept failed (%s): pausing accepts for %gs", exc, _RETRY_SECONDS)
+                log.error("accept_paused", error=str(exc), seconds=_RETRY_SECONDS)
                 self._loop.remove_reader(self._sock.fileno())
                 self._retry = self._loop.call_later(_RETRY_SECONDS, self._resume)
                 return
@@ -93,7 +94,7 @@ class AcceptServer:
                 self._open(conn)
             except Exception:
                 conn.close()
-                log.exception("accepted connection could not be served")
+                log.exception("accepted_connection_failed")
 
     def _open(self, conn: socket.socket) -> None:
         conn.setblocking(False)
@@ -106,7 +107,7 @@ class AcceptServer:
     def _opened(self, task: asyncio.Task[object]) -> None:
         self._opening.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("accepted connection failed to open: %r", exc)
+            log.warning("accepted_connection_failed", error=repr(exc))
 
     def _resume(self) -> None:
         self._retry = None
