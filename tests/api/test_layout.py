@@ -10,6 +10,9 @@ the day it is added.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import prometheus_client
@@ -138,3 +141,25 @@ def test_the_fast_paths_table_comes_from_the_routes_and_fails_without_one() -> N
     without_v1 = [route for router in ROUTERS if router is not v1.router for route in router.routes]
     with pytest.raises(LookupError, match="no route answers"):
         document_paths(without_v1)
+
+
+def test_the_gunicorn_master_loads_no_metrics_before_their_directory_is_set() -> None:
+    """gunicorn's master imports the config and the worker class it names before its
+    ``on_starting`` hook sets ``PROMETHEUS_MULTIPROC_DIR``; prometheus_client picks its
+    storage when first imported, and the forked workers inherit that choice. Imported this
+    early, every worker counted in its own memory and ``/metrics`` (the master's, from the
+    files) showed none of it."""
+    script = (
+        "import importlib, sys\n"
+        "conf = importlib.import_module('covid_stats_api.serving.gunicorn_conf')\n"
+        "module, _, name = conf.worker_class.rpartition('.')\n"
+        "getattr(importlib.import_module(module), name)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'prometheus_client')\n"
+        "print(module, loaded)\n"
+        "sys.exit(1 if loaded else 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

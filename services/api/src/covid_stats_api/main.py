@@ -34,7 +34,9 @@ from covid_stats_api.reads.derived import DerivedRecord, DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
+from covid_stats_api.serving.direct import direct_answers
 from covid_stats_api.serving.fastpath import FastPath, document_paths
+from covid_stats_api.serving.http_limits import DIRECT_ANSWERS_KEY
 from covid_stats_api.serving.ratelimit import RateLimit
 from covid_stats_api.serving.request_metrics import RequestMetrics
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any] | None]:
         stores = Stores(settings)
         await stores.open()
         watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds)
@@ -105,8 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, whose cost grows with the heap (a p99 and throughput win).
         gc.collect()
         gc.freeze()
+        # What the server's protocol answers by itself (create_asgi decides), offered in the
+        # lifespan state: only the app the server runs offers it.
+        direct = getattr(app.state, "direct_answers", None)
         try:
-            yield
+            yield {DIRECT_ANSWERS_KEY: direct} if direct is not None else None
         finally:
             gauges.cancel()
             await watcher.stop()
@@ -175,7 +180,9 @@ def create_asgi(
     api = api or create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
-    app: ASGIApp = FastPath(api, api.state.hot, document_paths(ROUTES), api.state.page)
+    fast_path = FastPath(api, api.state.hot, document_paths(ROUTES), api.state.page)
+    api.state.direct_answers = direct_answers(fast_path, settings, tracer_provider is not None)
+    app: ASGIApp = fast_path
     if settings.rate_limit_per_minute:
         app = RateLimit(
             app,

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry
 from covid_stats_contract.documents import STATE_CODE_RE, STATE_PLACEHOLDER, document_families
-from covid_stats_runtime.http import send_representation
+from covid_stats_runtime.http import Representation, send_representation
 
 # A code put in a family's name to ask the routes which one answers it (any valid code).
 _SAMPLE_STATE = "zz"
@@ -101,28 +101,31 @@ class FastPath:
         self.paths = paths  # which document a path names
         self.static = static or {}  # fixed answers by path (the page): any query string
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in ("GET", "HEAD")
-            and (fixed := self.static.get(scope["path"])) is not None
-        ):
-            scope["route_template"] = scope["path"]
-            await send_representation(scope, send, fixed)
-            return
-        if (
-            scope["type"] == "http"
-            and not scope["query_string"]
-            and scope["method"] in ("GET", "HEAD")
-            and (target := self.paths.resolve(scope["path"])) is not None
-        ):
-            name, route = target
-            entry = self.hot.get(name)
-            if entry is not None:
-                stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
-                cache_lookup("memory", "stale" if stale else "hit").inc()
-                scope["route_template"] = route
-                await send_representation(scope, send, entry)
-                return
+    def find(self, scope: Scope) -> tuple[str, Representation] | None:
+        """The answer this layer has for an HTTP request, with its route template (the
+        metrics' label), or None when FastAPI must answer it. Counts the memory tier's
+        lookups."""
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return None
+        path = scope["path"]
+        fixed = self.static.get(path)
+        if fixed is not None:
+            return path, fixed
+        if scope["query_string"] or (target := self.paths.resolve(path)) is None:
+            return None
+        name, route = target
+        entry = self.hot.get(name)
+        if entry is None:
             cache_lookup("memory", "miss").inc()
+            return None
+        stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
+        cache_lookup("memory", "stale" if stale else "hit").inc()
+        return route, entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (found := self.find(scope)) is not None:
+            scope["route_template"], representation = found
+            await send_representation(scope, send, representation)
+            return
         await self.app(scope, receive, send)

@@ -37,6 +37,11 @@ from covid_stats_runtime.http import SERVER_HEADERS, error_body, error_headers
 
 # How long a rejected client's further bytes are read and dropped before the socket closes.
 _LINGER_SECONDS = 1.0
+# The key of the lifespan state (the ASGI lifespan "state" extension) under which the app
+# offers answers the protocol writes itself (``covid_stats_api.serving.direct``). Defined
+# here, not there: the master loads this module (the worker class) before
+# PROMETHEUS_MULTIPROC_DIR is set, and must not import prometheus_client that early.
+DIRECT_ANSWERS_KEY = "covid_stats.direct_answers"
 
 
 def error_response(
@@ -130,6 +135,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 )
         elif self._deadline is not None:
             self._cancel_deadline()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """A request whose head is complete: answered here when the app offers a direct
+        answer for it (``direct``), else run by the app as uvicorn does."""
+        direct = self.app_state.get(DIRECT_ANSWERS_KEY)
+        if direct is not None and app is self.app and direct.answer(self, cycle):
+            return
+        super()._start_asgi_task(cycle, app)
 
     # -- parser callbacks ----------------------------------------------------------------
 

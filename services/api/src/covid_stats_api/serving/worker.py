@@ -37,7 +37,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 
 from covid_stats_api.serving.accept import AcceptServer
-from covid_stats_api.serving.http_limits import UvicornWorker
+from covid_stats_api.serving.http_limits import DIRECT_ANSWERS_KEY, UvicornWorker
 
 _CLOSE = (b"connection", b"close")
 
@@ -95,6 +95,9 @@ class DrainingServer(Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.drain.active = True
+        direct = self.lifespan.state.get(DIRECT_ANSWERS_KEY)
+        if direct is not None:  # every answer goes through Drain now
+            direct.enabled = False
         # Requests already in the app when the drain began bypass ``Drain``: their answers
         # must close the connection too (uvicorn adds ``Connection: close`` to an answer not
         # yet started and closes after it), else a client sends its next request on a
