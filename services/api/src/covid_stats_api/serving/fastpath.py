@@ -10,6 +10,8 @@ are sent as they are (the gzip body when the client accepts gzip; 304 when
 OpenAPI document and the error model stay whole: both paths answer the same request with the
 same status, headers and bytes. The page and its assets (``page``), fixed bytes held in
 memory from start-up, are answered here too, whatever their query string.
+``FastPath.find`` is the one place that decides: under gunicorn the HTTP protocol asks it
+first and writes the answer itself (``direct``); this layer answers what reaches the app.
 """
 
 from __future__ import annotations
