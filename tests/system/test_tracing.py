@@ -252,6 +252,24 @@ def test_api_under_gunicorn_exports_spans_and_logs_their_ids(
     assert any(line.get("logger") == "gunicorn.error" for line in lines)  # gunicorn's, as JSON
 
 
+def test_the_access_log_samples_hot_documents_too(
+    published: dict[str, str], api_factory: ApiFactory, tmp_path: Path
+) -> None:
+    """With the access log on and tracing off, every request to a hot document is logged:
+    the protocol's direct answers (which no ASGI layer sees) are off while it samples."""
+    api = api_factory(published | {"ACCESS_LOG_SAMPLE_RATE": "1", "LOG_LEVEL": "INFO"})
+    for _ in range(6):  # new connections: both workers
+        assert httpx.get(f"{api}/v1/us/current.json").status_code == 200
+    log = next(tmp_path.glob("api-*.log"))
+
+    def logged() -> list[dict[str, object]]:
+        lines = _json_lines(log)
+        return [r for r in lines if r.get("event") == "request" and r["route"] != "/healthz"]
+
+    wait_until(lambda: len(logged()) >= 6, 10, what="six access log lines")
+    assert [(r["path"], r["status"]) for r in logged()] == [("/v1/us/current.json", 200)] * 6
+
+
 def test_a_collector_that_is_away_never_fails_a_request(
     published: dict[str, str], api_factory: ApiFactory, tmp_path: Path
 ) -> None:
