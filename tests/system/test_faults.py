@@ -758,3 +758,52 @@ def test_a_long_keep_alive_drains_within_half_the_graceful_timeout(
         f"keep-alive 60 s, graceful timeout {graceful} s: the idle connection closed "
         f"{closed:.2f} s after SIGTERM, the master exited 0 after {stopped:.2f} s"
     )
+
+
+def _exchange(sock: socket.socket, path: str) -> bytes:
+    """Send a GET of ``path`` on ``sock``; the answer's head (lower case), its body read."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    head = head.lower()
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if b"content-length" in line
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed in the middle of a body"
+        body += chunk
+    return head
+
+
+def test_a_draining_worker_asks_every_client_to_close_hot_documents_included(
+    env: dict[str, str], api_process: ApiProcessFactory
+) -> None:
+    """While a worker drains, every answer carries ``Connection: close`` and the connection
+    then closes: on a connection from before the signal and on new ones, for a hot document
+    too (which the protocol otherwise writes itself, with no ASGI layer to add the header)."""
+    publish(env)
+    master, api = api_process(
+        {**env, "GUNICORN_KEEPALIVE_SECONDS": "60", "GUNICORN_GRACEFUL_TIMEOUT_SECONDS": "20"}
+    )
+    port = int(api.rsplit(":", 1)[1])
+    close = b"\r\nconnection: close"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as before:
+        for _ in range(3):  # the first may fill the worker's memory tier; then from memory
+            assert close not in _exchange(before, US)
+        master.proc.send_signal(signal.SIGTERM)
+
+        def new_connection_told_to_close() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    return close in _exchange(sock, US)
+            except OSError:
+                return False
+
+        wait_until(new_connection_told_to_close, 8, what="a drain answer with connection: close")
+        assert close in _exchange(before, US)
+        assert before.recv(65536) == b"", "the connection stayed open after its last answer"
