@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -253,3 +254,24 @@ def check_error_body(body: bytes, status: int, code: str) -> ErrorDetail:
     assert (detail.status, detail.code) == (status, code), detail
     assert detail.message
     return detail
+
+
+def receive_answer(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 answer from a keep-alive connection: the head, the blank line, and as
+    many bytes of body as its Content-Length says (the connection stays usable)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed in the middle of a body"
+        body += chunk
+    return head + b"\r\n\r\n" + body

@@ -23,7 +23,15 @@ import pytest
 import redis
 
 from devstack.procs import wait_until
-from support import Process, Upstream, check_error_body, clean_env, run_fetcher, start_api
+from support import (
+    Process,
+    Upstream,
+    check_error_body,
+    clean_env,
+    receive_answer,
+    run_fetcher,
+    start_api,
+)
 
 REQUEST_TIMEOUT = 2.0  # HTTP_REQUEST_TIMEOUT_SECONDS of the api under test
 KEEPALIVE = 30  # GUNICORN_KEEPALIVE_SECONDS: long, as behind a load balancer
@@ -336,15 +344,6 @@ def test_a_connection_idle_after_an_answer_is_kept_for_the_keep_alive_period(
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
         for _ in range(2):
             sock.sendall(request)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(65536)
-                assert chunk, "closed while idle after an answer"
-                head += chunk
-            answer = _parse(head)
+            answer = _parse(receive_answer(sock))
             assert answer.status == 200, answer
-            length = int(answer.headers["content-length"])
-            body = answer.body
-            while len(body) < length:
-                body += sock.recv(65536)
             time.sleep(NEW_CONNECTION + 1.5)  # past the new-connection bound

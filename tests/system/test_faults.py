@@ -39,6 +39,7 @@ from support import (
     Upstream,
     clean_env,
     metric_samples,
+    receive_answer,
     run_fetcher,
     start_api,
     summary,
@@ -761,23 +762,9 @@ def test_a_long_keep_alive_drains_within_half_the_graceful_timeout(
 
 
 def _exchange(sock: socket.socket, path: str) -> bytes:
-    """Send a GET of ``path`` on ``sock``; the answer's head (lower case), its body read."""
+    """Send a GET of ``path`` on ``sock``; the answer's head in lower case (body read)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    head = head.lower()
-    length = next(
-        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if b"content-length" in line
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed in the middle of a body"
-        body += chunk
-    return head
+    return receive_answer(sock).partition(b"\r\n\r\n")[0].lower()
 
 
 def test_a_draining_worker_asks_every_client_to_close_hot_documents_included(

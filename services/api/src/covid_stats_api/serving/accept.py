@@ -42,13 +42,11 @@ class AcceptServer:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None = None,
-        batch: int = ACCEPT_BATCH,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._protocol_factory = protocol_factory
         self._ssl = ssl_context
-        self._batch = batch
         self._opening: set[asyncio.Task[object]] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._serving = False
@@ -76,7 +74,7 @@ class AcceptServer:
             await asyncio.wait(self._opening)
 
     def _accept(self) -> None:
-        for _ in range(self._batch):
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):

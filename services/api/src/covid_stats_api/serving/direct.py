@@ -22,10 +22,9 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
-
 from covid_stats_api.metrics import request_series
 from covid_stats_api.serving.fastpath import FastPath
+from covid_stats_api.serving.http_limits import CONNECTION_CLOSE, http_head
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from covid_stats_api.core.config import Settings
 
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
-_CLOSE = b"connection: close\r\n"
 
 
 class DirectAnswers:
@@ -101,15 +99,10 @@ class DirectAnswers:
             self._date = date
         key = (id(headers), keep_alive)
         cached = self._heads.get(key)
-        if cached is not None and cached[0] is headers:
+        if cached is not None:
             return cached[1]
-        parts = [STATUS_LINE[status]]
-        for name, value in (*default, *headers):
-            parts += (name.lower(), b": ", value, b"\r\n")
-        if not keep_alive:
-            parts.append(_CLOSE)
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+        closing = () if keep_alive else (CONNECTION_CLOSE,)
+        head = http_head(status, (*default, *headers, *closing))
         self._heads[key] = (headers, head)
         return head
 

@@ -27,6 +27,7 @@ with a FIN, then what the client still sends is read and dropped for up to
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import uvicorn_worker
@@ -44,17 +45,24 @@ _LINGER_SECONDS = 1.0
 DIRECT_ANSWERS_KEY = "covid_stats.direct_answers"
 
 
+# The header that ends a connection after its answer.
+CONNECTION_CLOSE = (b"connection", b"close")
+
+
+def http_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A status line and headers as uvicorn writes them (names in lower case), with the
+    blank line that ends them: for the answers the protocol writes itself."""
+    lines = b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers)
+    return STATUS_LINE[status] + lines + b"\r\n"
+
+
 def error_response(
     status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
     """A complete HTTP/1.1 answer in the api's error shape that closes the connection."""
     body = error_body(status, code, message)
-    headers = [
-        *default_headers,
-        *error_headers(body, (b"access-control-allow-origin", b"*"), (b"connection", b"close")),
-    ]
-    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-    return STATUS_LINE[status] + head + b"\r\n" + body
+    extra = error_headers(body, (b"access-control-allow-origin", b"*"), CONNECTION_CLOSE)
+    return http_head(status, [*default_headers, *extra]) + body
 
 
 class _Rejected(Exception):
@@ -78,6 +86,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # What the app offers to answer here (``direct``): read once per connection.
+        self._direct = self.app_state.get(DIRECT_ANSWERS_KEY)
         # Bytes of the socket reads that began outside a request body since the last
         # complete head: bounds what httptools buffers of a head (it keeps a header whole
         # before calling back), exactly unless a head begins in the middle of a read
@@ -141,7 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """A request whose head is complete: answered here when the app offers a direct
         answer for it (``direct``), else run by the app as uvicorn does."""
-        direct = self.app_state.get(DIRECT_ANSWERS_KEY)
+        direct = self._direct
         if direct is not None and app is self.app and direct.answer(self, cycle):
             return
         super()._start_asgi_task(cycle, app)

@@ -37,9 +37,11 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 
 from covid_stats_api.serving.accept import AcceptServer
-from covid_stats_api.serving.http_limits import DIRECT_ANSWERS_KEY, UvicornWorker
-
-_CLOSE = (b"connection", b"close")
+from covid_stats_api.serving.http_limits import (
+    CONNECTION_CLOSE,
+    DIRECT_ANSWERS_KEY,
+    UvicornWorker,
+)
 
 
 class Drain:
@@ -58,7 +60,7 @@ class Drain:
         async def closing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # A new list: the fast path's header lists are shared between responses.
-                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+                message = {**message, "headers": [*message.get("headers", ()), CONNECTION_CLOSE]}
             await send(message)
 
         await self.app(scope, receive, closing)
