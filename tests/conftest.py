@@ -12,6 +12,7 @@ import asyncio
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -253,3 +254,20 @@ def api_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ApiUrl]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    """tests/deploy: every value set of the chart rendered once (deploy_support.Rendered), and
+    written to a file for the file-based tools. Imported here, not at the top: only the deploy
+    suite needs helm."""
+    from deploy_support import VALUE_SETS, render, values_file
+
+    folder = tmp_path_factory.mktemp("renders")
+    result: dict[str, tuple[Any, Path]] = {}
+    for value_set in VALUE_SETS:
+        rendered = render(values_file(value_set))
+        path = folder / f"{value_set}.yaml"
+        path.write_text(rendered.text)
+        result[value_set] = (rendered, path)
+    return result

@@ -29,6 +29,12 @@ CHART = REPO / "deploy" / "helm" / "covid-stats"
 VALUE_SETS = ("default", "external", "ha", "dev", "gitops")
 K8S_DIR = REPO / "deploy" / "k8s"
 RELEASE = "covid-stats"
+# The main container of each of our Deployments: (Deployment, container).
+MAIN_CONTAINERS = {
+    "api": (f"{RELEASE}-api", "api"),
+    "stats-fetcher": (f"{RELEASE}-stats-fetcher", "stats-fetcher"),
+    "replay-upstream": (f"{RELEASE}-replay-upstream", "replay-upstream"),
+}
 # Every minor version the chart supports (Chart.yaml kubeVersion >= 1.29) up to the newest
 # kubectl/helm here speak; kubernetes-validate knows their schemas offline.
 KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 36))
@@ -394,3 +400,39 @@ def dashboard_queries(panels: list[dict[str, Any]]) -> dict[str, str]:
             assert "$" not in expr, f"unknown Grafana variable in {target['expr']}"
             queries[f"{panel['id']}_{target['refId']}"] = expr
     return queries
+
+
+def api_metrics_port(rendered: Rendered) -> dict[str, Any] | None:
+    """The api container's port that API_METRICS_PORT names, if the api serves metrics."""
+    number = int(rendered.get("ConfigMap", f"{RELEASE}-api")["data"]["API_METRICS_PORT"])
+    pod = rendered.pod_spec(rendered.get("Deployment", f"{RELEASE}-api"))
+    (container,) = [c for c in pod["containers"] if c["name"] == "api"]
+    ports = [p for p in container["ports"] if p["containerPort"] == number]
+    assert len(ports) == (1 if number else 0), container["ports"]
+    return ports[0] if ports else None
+
+
+def images_of(rendered: Rendered, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(container name, image) of every container of a workload, init containers included."""
+    spec = rendered.pod_spec(doc)
+    return [(c["name"], c["image"]) for c in spec.get("initContainers", []) + spec["containers"]]
+
+
+def pod_annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
+    doc = rendered.get("Deployment", deployment)
+    annotations: dict[str, str] = doc["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+def fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
+    """Values for the Secrets a value set names but does not create (existingSecret)."""
+    fake = {}
+    for doc in rendered.workloads():
+        spec = rendered.pod_spec(doc)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for item in c.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref and rendered.maybe("Secret", ref["name"]) is None:
+                    short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
+                    fake[(ref["name"], ref["key"])] = f"{short}-secret"
+    return fake

@@ -9,7 +9,7 @@ its description, the ``# --`` comment written above it (helm-docs' convention: a
 starts with ``# --`` and the ``#`` lines that follow it). A map with a ``# --`` comment and no
 documented key inside it is one row (``metrics.jobs``); other maps are listed key by key.
 The table sits between the README's ``<!-- parameters:start -->`` and ``<!-- parameters:end
--->`` lines; tests/deploy/test_deploy.py fails when it differs from a fresh one (drift).
+-->`` lines; tests/deploy/test_publishing.py fails when it differs from a fresh one (drift).
 PyYAML (for the defaults) and the standard library only.
 
 The icon is services/api/src/covid_stats_api/static/favicon.svg (the page's icon) as a
