@@ -48,6 +48,81 @@ helm.sh/chart: {{ include "covid-stats.chart" $ctx }}
 {{- end }}
 {{- end -}}
 
+{{/* The labels of a store's pod template: the labels minus those that change with every chart
+     version (helm.sh/chart, app.kubernetes.io/version), so a release that changes nothing for
+     Redis or PostgreSQL leaves their pod templates, and their pods, alone. */}}
+{{- define "covid-stats.stableLabels" -}}
+{{- $ctx := index . 0 -}}
+{{ include "covid-stats.selectorLabels" . }}
+app.kubernetes.io/part-of: covid-stats
+app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
+{{- with $ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A store's claim: include "covid-stats.store.claim" (list $ "redis" .Values.redis)
+     volumeClaimTemplates (with their retention policy), unless persistence.existingClaim names
+     a claim (then the pod mounts it: volume "data", see "covid-stats.store.dataVolume"). Where
+     a cluster is reachable (helm install/upgrade), a changed claim template (size, storage
+     class, access modes) is refused up front: Kubernetes forbids updating it in place ("updates
+     to statefulset spec for fields other than ... are forbidden"); see the chart README. */}}
+{{- define "covid-stats.store.claim" -}}
+{{- $ctx := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- $p := $values.persistence -}}
+{{- if and $p.enabled (not $p.existingClaim) }}
+{{- $name := include "covid-stats.componentName" (list $ctx $component) }}
+{{- $existing := lookup "apps/v1" "StatefulSet" $ctx.Release.Namespace $name }}
+{{- range ($existing.spec | default dict).volumeClaimTemplates | default list }}
+{{- if eq .metadata.name "data" }}
+{{- $old := dict "size" (toString .spec.resources.requests.storage) "storageClass" (toString (.spec.storageClassName | default "")) "accessModes" (toJson .spec.accessModes) }}
+{{- $new := dict "size" (toString $p.size) "storageClass" (toString ($p.storageClass | default "")) "accessModes" (toJson $p.accessModes) }}
+{{- if ne (toJson $old) (toJson $new) }}
+{{- fail (printf "%s.persistence: the StatefulSet %s has the claim template %s, the values ask for %s; Kubernetes refuses to change a StatefulSet's volumeClaimTemplates. Follow \"A changed claim template\" in the chart README: kubectl delete statefulset %s --cascade=orphan, then upgrade (and expand the PersistentVolumeClaim itself for a new size)." $component $name (toJson $old) (toJson $new) $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+persistentVolumeClaimRetentionPolicy:
+  {{- toYaml $p.retentionPolicy | nindent 2 }}
+volumeClaimTemplates:
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata:
+      name: data
+      labels:
+        {{- include "covid-stats.selectorLabels" (list $ctx $component) | nindent 8 }}
+      {{- with $p.annotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      accessModes:
+        {{- toYaml $p.accessModes | nindent 8 }}
+      {{- if $p.storageClass }}
+      storageClassName: {{ $p.storageClass | quote }}
+      {{- end }}
+      resources:
+        requests:
+          storage: {{ $p.size }}
+{{- end }}
+{{- end -}}
+
+{{/* A store's "data" volume when it is no claim template: the existing claim, or an emptyDir
+     (persistence off). */}}
+{{- define "covid-stats.store.dataVolume" -}}
+{{- $p := .persistence -}}
+{{- if not $p.enabled }}
+- name: data
+  emptyDir: {}
+{{- else if $p.existingClaim }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ $p.existingClaim | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* Images: include "covid-stats.image" (list $ .Values.api.image) ---------------------
      [<registry>/]<repository>:<tag>[@<digest>]: the image's own registry, else
      global.imageRegistry, else none (the reference is then exactly as before registries). */}}
@@ -136,6 +211,8 @@ topologySpreadConstraints:
   - maxSkew: {{ $values.topologySpread.maxSkew }}
     topologyKey: {{ . }}
     whenUnsatisfiable: {{ $values.topologySpread.whenUnsatisfiable }}
+    nodeTaintsPolicy: {{ $values.topologySpread.nodeTaintsPolicy }}
+    nodeAffinityPolicy: {{ $values.topologySpread.nodeAffinityPolicy }}
     labelSelector:
       matchLabels:
         {{- include "covid-stats.selectorLabels" (list $ctx $component) | nindent 8 }}

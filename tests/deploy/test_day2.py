@@ -1,0 +1,227 @@
+"""Day 2 on a cluster, as the renders say it: drains that finish (PodDisruptionBudgets that let
+unhealthy pods go, topology spread that skips cordoned and tainted nodes), DNS that works with
+node-local caches, stores that chart-only releases leave alone, claim templates, per-release
+names, and the smaller knobs (pull secrets, HPA behaviour, fetcher ingress, grace periods).
+
+Kubernetes itself does not run here: each test checks the rendered field that the documented
+Kubernetes behaviour acts on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from deploy_support import (
+    CHART,
+    RELEASE,
+    VALUE_SETS,
+    Rendered,
+    render,
+    run,
+    set_args,
+    tool,
+)
+
+# -- drains --------------------------------------------------------------------------------------
+
+
+def test_every_pdb_lets_unhealthy_pods_be_evicted(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """With the default policy (IfHealthyBudget) a NotReady pod (every fetcher while a store is
+    away) counts against the budget and can never be evicted: a drain waits for ever.
+    AlwaysAllow lets the eviction API take pods that are not ready anyway."""
+    seen = 0
+    for value_set, (rendered, _) in renders.items():
+        for pdb in rendered.of_kind("PodDisruptionBudget"):
+            seen += 1
+            where = f"{value_set}: {pdb['metadata']['name']}"
+            assert pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", where
+    assert seen >= len(VALUE_SETS), seen
+
+
+def _spread_constraints(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (doc["metadata"]["name"], constraint)
+        for doc in rendered.workloads()
+        for constraint in rendered.pod_spec(doc).get("topologySpreadConstraints", [])
+    ]
+
+
+def test_topology_spread_honours_taints_and_node_affinity(
+    renders: dict[str, tuple[Rendered, Path]],
+) -> None:
+    """nodeTaintsPolicy Honor: a cordoned node (taint node.kubernetes.io/unschedulable) or a
+    tainted one the pod does not tolerate is no domain, so DoNotSchedule does not wait for a
+    pod to land on it while a drain evicts (Ignore, Kubernetes' default, counts it as an empty
+    domain). The ha set spreads hard (DoNotSchedule): it must honour them too."""
+    hard = seen = 0
+    for value_set, (rendered, _) in renders.items():
+        for name, constraint in _spread_constraints(rendered):
+            where = f"{value_set}: {name}"
+            assert constraint.get("nodeTaintsPolicy") == "Honor", where
+            assert constraint.get("nodeAffinityPolicy") == "Honor", where
+            hard += constraint["whenUnsatisfiable"] == "DoNotSchedule"
+            seen += 1
+    assert seen, "no topologySpreadConstraints rendered"
+    assert hard, "the ha set spreads api and fetcher with DoNotSchedule"
+
+
+def test_topology_spread_policies_are_values() -> None:
+    rendered = render(
+        values=dict.fromkeys(
+            ["api.topologySpread.nodeTaintsPolicy", "statsFetcher.topologySpread.nodeTaintsPolicy"],
+            "Ignore",
+        )
+        | {"api.topologySpread.nodeAffinityPolicy": "Ignore"}
+    )
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for name, constraint in _spread_constraints(rendered):
+        by_name.setdefault(name, []).append(constraint)
+    api = by_name["covid-stats-api"]
+    fetcher = by_name["covid-stats-stats-fetcher"]
+    assert {c["nodeTaintsPolicy"] for c in api + fetcher} == {"Ignore"}
+    assert {c["nodeAffinityPolicy"] for c in api} == {"Ignore"}
+    assert {c["nodeAffinityPolicy"] for c in fetcher} == {"Honor"}
+
+
+# -- DNS egress ----------------------------------------------------------------------------------
+
+NODE_LOCAL_DNS = "169.254.20.10/32"
+
+
+def _dns_rules(rendered: Rendered) -> list[dict[str, Any]]:
+    """The egress rules of the release-wide policy that open port 53 (the DNS rule)."""
+    rules = []
+    for policy in rendered.of_kind("NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            if any(p.get("port") == 53 for p in rule.get("ports", [])):
+                rules.append(rule)
+    return rules
+
+
+def test_dns_egress_reaches_any_resolver_by_default() -> None:
+    """With egress fenced, the pods' resolver may be a kube-dns pod, a NodeLocal DNSCache on
+    169.254.20.10 (a link-local address on the node: no pod or namespace selects it) or
+    OpenShift's DNS pods in openshift-dns: the default rule names no peer, so port 53 UDP and
+    TCP reach any of them."""
+    rendered = render(values={"networkPolicy.egress.enabled": True})
+    (rule,) = _dns_rules(rendered)
+    assert "to" not in rule, rule
+    assert {(p["port"], p["protocol"]) for p in rule["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_dns_egress_restriction_is_opt_in() -> None:
+    peers = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        },
+        {"ipBlock": {"cidr": NODE_LOCAL_DNS}},
+    ]
+    rendered = render(
+        values={"networkPolicy.egress.enabled": True, "networkPolicy.egress.dns.to": peers}
+    )
+    (rule,) = _dns_rules(rendered)
+    assert rule["to"] == peers
+
+
+# -- stores untouched by chart-only releases, claim templates -------------------------------------
+
+STORES = ("redis", "postgresql")
+# Credentials of your own: generated ones differ at every render (and their checksums with them).
+OWN_SECRETS = {
+    "redis.auth.existingSecret": "covid-stats-redis-credentials",
+    "postgresql.auth.existingSecret": "covid-stats-postgresql-credentials",
+}
+
+
+def _bumped_chart(folder: Path) -> Path:
+    """A copy of the chart whose Chart.yaml names a newer version and appVersion."""
+    chart = folder / "covid-stats"
+    shutil.copytree(CHART, chart)
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    meta["version"] = f"{meta['version']}-next.1"
+    meta["appVersion"] = f"{meta['appVersion']}-next.1"
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return chart
+
+
+def _store_templates(text: str) -> dict[str, Any]:
+    rendered = Rendered(text)
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"] for doc in rendered.of_kind("StatefulSet")
+    }
+
+
+def test_a_chart_only_release_leaves_the_store_pod_templates_alone(tmp_path: Path) -> None:
+    """A StatefulSet rolls its pod when its pod template changes: a new chart version (and
+    appVersion: new api and fetcher images) must not change the Redis or PostgreSQL template,
+    or every release restarts the single-replica stores. Two chart versions, same values."""
+    bumped = _bumped_chart(tmp_path)
+    args = set_args(OWN_SECRETS)
+    before = _store_templates(run([tool("helm"), "template", RELEASE, CHART, *args]).stdout)
+    after = _store_templates(run([tool("helm"), "template", RELEASE, bumped, *args]).stdout)
+    assert set(before) == {f"{RELEASE}-{store}" for store in STORES}
+    for name, template in before.items():
+        assert after[name] == template, name
+    # The bump reached the rest of the release (else the comparison proves nothing).
+    deployments = Rendered(run([tool("helm"), "template", RELEASE, bumped, *args]).stdout)
+    labels = deployments.get("Deployment", f"{RELEASE}-api")["metadata"]["labels"]
+    assert labels["app.kubernetes.io/version"].endswith("-next.1")
+
+
+def _claim_templates(rendered: Rendered, store: str) -> list[dict[str, Any]]:
+    claims: list[dict[str, Any]] = rendered.get("StatefulSet", f"{RELEASE}-{store}")["spec"].get(
+        "volumeClaimTemplates", []
+    )
+    return claims
+
+
+def test_claim_templates_are_whole_objects_retained_by_default() -> None:
+    """apiVersion and kind on each claim template (the API server stores them so: without them
+    Argo CD's server-side diff stays OutOfSync), and a retention policy: Retain on delete and
+    scale-down unless the values say otherwise."""
+    rendered = render()
+    for store in STORES:
+        (claim,) = _claim_templates(rendered, store)
+        assert (claim["apiVersion"], claim["kind"]) == ("v1", "PersistentVolumeClaim")
+        policy = rendered.get("StatefulSet", f"{RELEASE}-{store}")["spec"][
+            "persistentVolumeClaimRetentionPolicy"
+        ]
+        assert policy == {"whenDeleted": "Retain", "whenScaled": "Retain"}, store
+    deleting = render(
+        values={
+            f"{store}.persistence.retentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Retain",
+            }
+            for store in STORES
+        }
+    )
+    for store in STORES:
+        spec = deleting.get("StatefulSet", f"{RELEASE}-{store}")["spec"]
+        assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_an_existing_claim_replaces_the_claim_template(store: str) -> None:
+    rendered = render(values={f"{store}.persistence.existingClaim": f"my-{store}-data"})
+    statefulset = rendered.get("StatefulSet", f"{RELEASE}-{store}")
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in rendered.pod_spec(statefulset)["volumes"]}
+    assert volumes["data"] == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": f"my-{store}-data"},
+    }
+    (container,) = [c for c in rendered.pod_spec(statefulset)["containers"] if c["name"] == store]
+    assert "data" in {m["name"] for m in container["volumeMounts"]}
+    # The other store keeps its claim template.
+    (other,) = set(STORES) - {store}
+    assert _claim_templates(rendered, other)
