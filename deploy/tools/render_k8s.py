@@ -5,7 +5,8 @@
 
 ``helm template --no-hooks`` of deploy/helm/covid-stats with the given values (no hooks: no
 migration Job, the fetcher's init container migrates; no helm test pod), labelled as applied
-by kubectl rather than managed by Helm. tests/deploy/test_lint_validate.py renders it again and fails when
+by kubectl rather than managed by Helm. tests/deploy/test_lint_validate.py renders it again and
+fails when
 the committed file differs (drift). Standard library only.
 """
 

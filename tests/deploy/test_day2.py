@@ -225,3 +225,103 @@ def test_an_existing_claim_replaces_the_claim_template(store: str) -> None:
     # The other store keeps its claim template.
     (other,) = set(STORES) - {store}
     assert _claim_templates(rendered, other)
+
+
+# -- smaller knobs -------------------------------------------------------------------------------
+
+
+def test_global_pull_secrets_are_merged_with_the_charts_own() -> None:
+    """A parent chart's global.imagePullSecrets reach every pod (the helm test pod too),
+    beside the chart's own imagePullSecrets, each name once."""
+    rendered = render(
+        values={
+            "global.imagePullSecrets": ["shared"],
+            "imagePullSecrets": [{"name": "own"}, "shared"],
+        }
+    )
+    workloads = rendered.workloads()
+    assert {doc["kind"] for doc in workloads} >= {"Deployment", "StatefulSet", "Job", "Pod"}
+    for doc in workloads:
+        secrets = rendered.pod_spec(doc).get("imagePullSecrets")
+        assert secrets == [{"name": "shared"}, {"name": "own"}], doc["metadata"]["name"]
+
+
+def test_the_hpa_scales_down_slowly_by_default_and_takes_a_behavior() -> None:
+    """Scale-down stabilisation of 300 s and at most one pod a minute: a load that comes and goes
+    does not remove api pods (whose caches fill anew) only to add them again."""
+    hpa = render().get("HorizontalPodAutoscaler", f"{RELEASE}-api")
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    assert hpa["spec"]["behavior"]["scaleUp"]["policies"]
+    tuned = render(values={"api.autoscaling.behavior.scaleDown.stabilizationWindowSeconds": 600})
+    behavior = tuned.get("HorizontalPodAutoscaler", f"{RELEASE}-api")["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+
+
+def _fetcher_ingress(rendered: Rendered) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = rendered.get("NetworkPolicy", f"{RELEASE}-stats-fetcher")["spec"][
+        "ingress"
+    ]
+    return rules
+
+
+def test_the_fetcher_port_is_fenced_by_networkpolicy_fetcher_from() -> None:
+    """Default: the fetcher's port from anywhere (as before). networkPolicy.fetcher.from names
+    who may call it (POST /refresh); Prometheus, named once in api.metricsFrom, may still
+    scrape its /metrics."""
+    (rule,) = _fetcher_ingress(render())
+    assert "from" not in rule
+    callers = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "refresher"}}}]
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
+    (rule,) = _fetcher_ingress(
+        render(
+            values={
+                "networkPolicy.fetcher.from": callers,
+                "networkPolicy.api.metricsFrom": prometheus,
+            }
+        )
+    )
+    assert rule["from"] == callers + prometheus
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+
+
+def test_store_grace_periods_are_values() -> None:
+    defaults = render()
+    tuned = render(
+        values={
+            "redis.terminationGracePeriodSeconds": 90,
+            "postgresql.terminationGracePeriodSeconds": 120,
+        }
+    )
+    for store, default, value in (("redis", 30, 90), ("postgresql", 60, 120)):
+        name = f"{RELEASE}-{store}"
+        grace = defaults.pod_spec(defaults.get("StatefulSet", name))
+        assert grace["terminationGracePeriodSeconds"] == default
+        assert (
+            tuned.pod_spec(tuned.get("StatefulSet", name))["terminationGracePeriodSeconds"] == value
+        )
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def _notes(values: dict[str, object]) -> str:
+    argv = [tool("helm"), "install", RELEASE, CHART, "--dry-run=client", *set_args(values)]
+    return str(run(argv).stdout.partition("\nNOTES:\n")[2])
+
+
+def test_notes_say_when_prometheus_operator_objects_carry_no_labels() -> None:
+    """kube-prometheus-stack selects ServiceMonitors and PrometheusRules by `release: <its
+    release>`: the install notes say so when they are on without labels, and only then."""
+    hint = "metrics.serviceMonitor.labels.release="
+    assert hint in _notes({"metrics.serviceMonitor.enabled": True})
+    assert hint in _notes({"metrics.prometheusRule.enabled": True})
+    labelled = {
+        "metrics.serviceMonitor.enabled": True,
+        "metrics.serviceMonitor.labels": {"release": "kps"},
+        "metrics.prometheusRule.enabled": True,
+        "metrics.prometheusRule.labels": {"release": "kps"},
+    }
+    assert hint not in _notes(labelled)
+    assert hint not in _notes({})

@@ -140,13 +140,22 @@ volumeClaimTemplates:
 {{- $ref -}}
 {{- end -}}
 
-{{/* imagePullSecrets of every pod: each entry of .Values.imagePullSecrets, a name or a
+{{/* imagePullSecrets of every pod: each entry of .Values.global.imagePullSecrets and
+     .Values.imagePullSecrets (once each), a name or a
      {name: ...} object, as a LocalObjectReference. include "covid-stats.imagePullSecrets" $ */}}
 {{- define "covid-stats.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
+{{- $names := list }}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- with $names | uniq }}
 imagePullSecrets:
   {{- range . }}
-  - name: {{ if kindIs "string" . }}{{ . | quote }}{{ else }}{{ .name | quote }}{{ end }}
+  - name: {{ . | quote }}
   {{- end }}
 {{- end }}
 {{- end -}}
