@@ -6,8 +6,7 @@
 ``helm template --no-hooks`` of deploy/helm/covid-stats with the given values (no hooks: no
 migration Job, the fetcher's init container migrates; no helm test pod), labelled as applied
 by kubectl rather than managed by Helm. tests/deploy/test_lint_validate.py renders it again and
-fails when
-the committed file differs (drift). Standard library only.
+fails when the committed file differs (drift). Standard library only.
 """
 
 from __future__ import annotations

@@ -307,7 +307,14 @@ def test_store_grace_periods_are_values() -> None:
 
 
 def _notes(values: dict[str, object]) -> str:
-    argv = [tool("helm"), "install", RELEASE, CHART, "--dry-run=client", *set_args(values)]
+    argv: list[str | Path] = [
+        tool("helm"),
+        "install",
+        RELEASE,
+        CHART,
+        "--dry-run=client",
+        *set_args(values),
+    ]
     return str(run(argv).stdout.partition("\nNOTES:\n")[2])
 
 
