@@ -62,6 +62,7 @@ FETCHER_METRICS = {
     "covid_stats_fetcher_publish_errors_total",
     "covid_stats_fetcher_snapshot_id",
     "covid_stats_fetcher_leader",
+    "covid_stats_fetcher_fetch_interval_seconds",
     "covid_stats_fetcher_data_age_seconds",
     "covid_stats_fetcher_build_info",
 }
@@ -211,7 +212,11 @@ def test_the_alerts_asked_for_are_there(monitoring: Monitoring) -> None:
     }
     for alert, metric in wanted.items():
         assert metric in exprs.get(alert, ""), alert
-    assert "3 * 300" in exprs["CovidStatsDataStale"]  # 3 refresh intervals of 300 s
+    # Staleness: 3 of the fetchers' own intervals, whatever they are configured to (no constant).
+    for alert in ("CovidStatsDataStale", "CovidStatsDataNeverConfirmed", "CovidStatsApiDataStale"):
+        assert "3 * max by (namespace)" in exprs[alert], alert
+        assert "covid_stats_fetcher_fetch_interval_seconds" in exprs[alert], alert
+        assert not re.search(r"\b3 \* \d", exprs[alert]), alert
     assert 'status=~"5.."' in exprs["CovidStatsApiHighErrorRatio"]
     assert "histogram_quantile(0.99" in exprs["CovidStatsApiHighLatencyP99"]
 

@@ -346,6 +346,11 @@ def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(
     )
     assert fetcher.metric("covid_stats_fetcher_leader") == 1
     assert fetcher.metric("covid_stats_fetcher_snapshots_published_total") == 1  # then 304s
+    # The staleness alerts compare the data age with the configured interval, and the
+    # never-confirmed alert the process's age with it.
+    interval = float(env["FETCH_INTERVAL_SECONDS"])
+    assert fetcher.metric("covid_stats_fetcher_fetch_interval_seconds") == interval
+    assert fetcher.metric("process_start_time_seconds") > 0
     assert fetcher.metric("covid_stats_fetcher_data_age_seconds") < 30
     assert fetcher.ready() == {"status": "ready", "leader": True, "redis": "ok", "postgres": "ok"}
     fetcher.process.proc.send_signal(signal.SIGTERM)

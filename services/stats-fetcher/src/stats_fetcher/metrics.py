@@ -70,6 +70,12 @@ SNAPSHOT_ID = Gauge(
     "snapshot_id", "Id of the last snapshot this process published", namespace=NAMESPACE
 )
 LEADER = Gauge("leader", "1 while this process holds the leader lease", namespace=NAMESPACE)
+FETCH_INTERVAL = Gauge(
+    "fetch_interval_seconds",
+    "The configured time between refreshes (FETCH_INTERVAL_SECONDS, before jitter); the "
+    "staleness alerts compare the data age against it",
+    namespace=NAMESPACE,
+)
 BUILD = Info("build", "Version of the stats-fetcher", namespace=NAMESPACE)
 BUILD.info({"version": __version__})
 

@@ -225,6 +225,7 @@ class FetcherService:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
+        metrics.FETCH_INTERVAL.set(self.settings.fetch_interval_seconds)
         server = embedded_server(self, self.settings, self.tracer_provider)
         log.info(
             "fetcher_started",
