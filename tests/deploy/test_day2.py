@@ -9,6 +9,8 @@ Kubernetes behaviour acts on.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from deploy_support import (
     RELEASE,
     VALUE_SETS,
     Rendered,
+    operator_jobs,
     render,
     run,
     set_args,
@@ -332,3 +335,64 @@ def test_notes_say_when_prometheus_operator_objects_carry_no_labels() -> None:
     }
     assert hint not in _notes(labelled)
     assert hint not in _notes({})
+
+
+# -- two releases in one namespace ---------------------------------------------------------------
+
+MONITORING = {
+    "metrics.serviceMonitor.enabled": True,
+    "metrics.prometheusRule.enabled": True,
+    "metrics.grafanaDashboard.enabled": True,
+}
+
+
+def _release(name: str) -> Rendered:
+    argv: list[str | Path] = [tool("helm"), "template", name, CHART, "--namespace", "shared"]
+    return Rendered(run([*argv, *set_args(MONITORING)]).stdout)
+
+
+def _rule_jobs(rendered: Rendered) -> set[str]:
+    (rule,) = rendered.of_kind("PrometheusRule")
+    text = yaml.safe_dump(rule["spec"])
+    jobs: set[str] = set()
+    for value in re.findall(r'\bjob=~?"([^"]*)"', text):
+        jobs.update(value.split("|"))
+    return jobs
+
+
+def test_two_releases_in_one_namespace_keep_their_series_alerts_and_dashboards_apart() -> None:
+    """By default each release's targets get jobs of its own (from its fullname), its alert
+    rules select only those, and its dashboard has a uid of its own (Grafana keys dashboards
+    by uid: the sidecar would otherwise overwrite one with the other)."""
+    first, second = _release("shop"), _release("stats")
+    jobs = [operator_jobs(rendered) for rendered in (first, second)]
+    assert set(jobs[0]) == set(jobs[1]) == {"api", "stats-fetcher"}
+    assert not set(jobs[0].values()) & set(jobs[1].values()), jobs
+    for rendered, own in zip((first, second), jobs, strict=True):
+        selected = _rule_jobs(rendered)
+        assert selected, "the rules select jobs"
+        assert selected <= set(own.values()), (selected, own)
+        # The pods' prometheus.io/job annotation (plain Prometheus) names the same jobs.
+        for component, job in own.items():
+            deployment = rendered.of_kind("Deployment")
+            annotated = {
+                d["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/job")
+                for d in deployment
+            }
+            assert job in annotated, (component, job, annotated)
+    uids = [_dashboard(r)["uid"] for r in (first, second)]
+    assert uids[0] != uids[1]
+    assert all(0 < len(uid) <= 40 for uid in uids), uids
+    # The release named like the chart keeps the job names it always had.
+    assert operator_jobs(render(values=MONITORING)) == {
+        "api": f"{RELEASE}-api",
+        "stats-fetcher": f"{RELEASE}-fetcher",
+    }
+
+
+def _dashboard(rendered: Rendered) -> dict[str, Any]:
+    (config,) = [
+        c for c in rendered.of_kind("ConfigMap") if "covid-stats.json" in c.get("data", {})
+    ]
+    dashboard: dict[str, Any] = json.loads(config["data"]["covid-stats.json"])
+    return dashboard

@@ -518,22 +518,37 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- end }}
 {{- end }}
 
-{{/* Prometheus job names: metrics.jobs decides them; every place that names a job takes it from
-     here. include "covid-stats.metricsJob" (list $ "api") / (list $ "stats-fetcher") */}}
+{{/* Prometheus job names: metrics.jobs decides them, by default "<fullname>-api" and
+     "<fullname>-fetcher" (one release's series never mix with another's); every place that
+     names a job takes it from here. include "covid-stats.metricsJob" (list $ "api") */}}
 {{- define "covid-stats.metricsJob" -}}
 {{- $ctx := index . 0 -}}
 {{- $jobs := $ctx.Values.metrics.jobs -}}
-{{- get (dict "api" $jobs.api "stats-fetcher" $jobs.statsFetcher) (index . 1) -}}
+{{- $fullname := include "covid-stats.fullname" $ctx -}}
+{{- $defaults := dict "api" (printf "%s-api" $fullname) "stats-fetcher" (printf "%s-fetcher" $fullname) -}}
+{{- $set := dict "api" $jobs.api "stats-fetcher" $jobs.statsFetcher -}}
+{{- get $set (index . 1) | default (get $defaults (index . 1)) -}}
+{{- end -}}
+
+{{/* The Grafana dashboard's uid, one per release (namespace and fullname): Grafana keys
+     dashboards by uid, so two releases' sidecar ConfigMaps would overwrite each other.
+     At most 40 characters (Grafana's limit). */}}
+{{- define "covid-stats.dashboardUid" -}}
+{{- $fullname := include "covid-stats.fullname" . -}}
+{{- printf "%s-%s" ($fullname | trunc 31 | trimSuffix "-") (printf "%s/%s" .Release.Namespace $fullname | sha256sum | trunc 8) -}}
 {{- end -}}
 
 {{/* A monitoring file (files/alerts.yaml, files/dashboard.json) with its job placeholders,
-     @API_JOB@ and @FETCHER_JOB@, replaced by the job names of metrics.jobs.
+     @API_JOB@ and @FETCHER_JOB@, replaced by the job names of metrics.jobs, and the
+     dashboard's @DASHBOARD_UID@ and @DASHBOARD_TITLE@ by the release's.
      include "covid-stats.monitoringFile" (list $ "files/alerts.yaml") */}}
 {{- define "covid-stats.monitoringFile" -}}
 {{- $ctx := index . 0 -}}
 {{- $ctx.Files.Get (index . 1)
     | replace "@API_JOB@" (include "covid-stats.metricsJob" (list $ctx "api"))
-    | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher")) -}}
+    | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher"))
+    | replace "@DASHBOARD_UID@" (include "covid-stats.dashboardUid" $ctx)
+    | replace "@DASHBOARD_TITLE@" (printf "covid-stats (%s, %s)" (include "covid-stats.fullname" $ctx) $ctx.Release.Namespace) -}}
 {{- end -}}
 
 {{/* GitOps (gitops.enabled): the Argo CD sync wave of a resource, as annotation lines, or
