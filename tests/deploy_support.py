@@ -11,19 +11,23 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from support import REPO
+from devstack.procs import wait_until
+from support import REPO, Process
 
 CHART = REPO / "deploy" / "helm" / "covid-stats"
 VALUE_SETS = ("default", "external", "ha", "dev", "gitops")
@@ -436,3 +440,88 @@ def fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
                     short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
                     fake[(ref["name"], ref["key"])] = f"{short}-secret"
     return fake
+
+
+# -- running the rendered containers here (the contract and discovery tests) --------------
+
+
+def map_service_urls(
+    env: dict[str, str], rendered: Rendered, local: dict[str, str]
+) -> dict[str, str]:
+    """Point every URL whose host is one of the chart's Services at the local server of that
+    component, after checking the URL names the Service's port."""
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    mapped = dict(env)
+    for name, value in env.items():
+        parts = urllib.parse.urlsplit(value)
+        if not parts.scheme or parts.hostname not in services:
+            continue
+        service = services[parts.hostname]
+        assert parts.port in {p["port"] for p in service["spec"]["ports"]}, (name, value)
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        mapped[name] = local[component]
+    return mapped
+
+
+def map_volumes(env: dict[str, str], container: dict[str, Any], scratch: Path) -> dict[str, str]:
+    """Paths in the container's emptyDir mounts -> local scratch folders (created empty, as
+    an emptyDir is)."""
+    mounts = sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
+    mapped = dict(env)
+    for name, value in env.items():
+        for mount in mounts:
+            path = mount["mountPath"]
+            if mount["mountPath"] != "/tmp" and (value == path or value.startswith(path + "/")):
+                local = scratch / mount["name"] / value[len(path) :].lstrip("/")
+                local.mkdir(parents=True, exist_ok=True)
+                mapped[name] = str(local)
+                break
+    return mapped
+
+
+def local_run(
+    rendered: Rendered,
+    kind: str,
+    workload: str,
+    container_name: str,
+    local: dict[str, str],
+    scratch: Path,
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    container = rendered.container(kind, workload, container_name)
+    env = container_env(rendered, container)
+    env = map_service_urls(env, rendered, local)
+    env = map_volumes(env, container, scratch)
+    argv = container_argv(container, env)
+    home = scratch / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    base = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
+    full_env = {**base, **env}
+    executable = shutil.which(argv[0], path=full_env["PATH"])
+    assert executable, argv[0]
+    assert Path(executable).parent == VENV_BIN, f"{argv[0]}: {executable}"
+    return container, argv, full_env
+
+
+def probe_url(container: dict[str, Any], probe: dict[str, Any]) -> str:
+    get = probe["httpGet"]
+    return f"http://127.0.0.1:{container_port(container, get['port'])}{get['path']}"
+
+
+def wait_200(process: Process, url: str, timeout: float) -> httpx.Response:
+    last: list[httpx.Response] = []
+
+    def ok() -> bool:
+        if process.proc.poll() is not None:
+            raise AssertionError(f"{process.name} exited:\n{process.output()[-3000:]}")
+        try:
+            last[:] = [httpx.get(url, timeout=5)]
+        except httpx.HTTPError:
+            return False
+        return last[0].status_code == 200
+
+    try:
+        wait_until(ok, timeout, interval=0.2, what=url)
+    except TimeoutError as exc:
+        answer = f"{last[0].status_code} {last[0].text[:300]}" if last else "no answer"
+        raise AssertionError(f"{url}: {answer}\n{process.output()[-3000:]}") from exc
+    return last[0]

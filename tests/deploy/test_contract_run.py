@@ -4,13 +4,9 @@ the test servers), and answer on their probe paths and probe ports."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,102 +14,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy_support import (
     RELEASE,
-    VENV_BIN,
     Rendered,
-    container_argv,
-    container_env,
     container_port,
+    local_run,
     pod_annotations,
+    probe_url,
     probes,
     render,
     run,
+    wait_200,
 )
-from devstack.procs import free_port, wait_until
+from devstack.procs import free_port
 from support import Process, Upstream, spawn
 
 # -- the contract: the rendered containers, run here ----------------------------------------------
-
-
-def _map_service_urls(
-    env: dict[str, str], rendered: Rendered, local: dict[str, str]
-) -> dict[str, str]:
-    """Point every URL whose host is one of the chart's Services at the local server of that
-    component, after checking the URL names the Service's port."""
-    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
-    mapped = dict(env)
-    for name, value in env.items():
-        parts = urllib.parse.urlsplit(value)
-        if not parts.scheme or parts.hostname not in services:
-            continue
-        service = services[parts.hostname]
-        assert parts.port in {p["port"] for p in service["spec"]["ports"]}, (name, value)
-        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
-        mapped[name] = local[component]
-    return mapped
-
-
-def _map_volumes(env: dict[str, str], container: dict[str, Any], scratch: Path) -> dict[str, str]:
-    """Paths in the container's emptyDir mounts -> local scratch folders (created empty, as
-    an emptyDir is)."""
-    mounts = sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
-    mapped = dict(env)
-    for name, value in env.items():
-        for mount in mounts:
-            path = mount["mountPath"]
-            if mount["mountPath"] != "/tmp" and (value == path or value.startswith(path + "/")):
-                local = scratch / mount["name"] / value[len(path) :].lstrip("/")
-                local.mkdir(parents=True, exist_ok=True)
-                mapped[name] = str(local)
-                break
-    return mapped
-
-
-def _local_run(
-    rendered: Rendered,
-    kind: str,
-    workload: str,
-    container_name: str,
-    local: dict[str, str],
-    scratch: Path,
-) -> tuple[dict[str, Any], list[str], dict[str, str]]:
-    container = rendered.container(kind, workload, container_name)
-    env = container_env(rendered, container)
-    env = _map_service_urls(env, rendered, local)
-    env = _map_volumes(env, container, scratch)
-    argv = container_argv(container, env)
-    home = scratch / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    base = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
-    full_env = {**base, **env}
-    executable = shutil.which(argv[0], path=full_env["PATH"])
-    assert executable, argv[0]
-    assert Path(executable).parent == VENV_BIN, f"{argv[0]}: {executable}"
-    return container, argv, full_env
-
-
-def _probe_url(container: dict[str, Any], probe: dict[str, Any]) -> str:
-    get = probe["httpGet"]
-    return f"http://127.0.0.1:{container_port(container, get['port'])}{get['path']}"
-
-
-def _wait_200(process: Process, url: str, timeout: float) -> httpx.Response:
-    last: list[httpx.Response] = []
-
-    def ok() -> bool:
-        if process.proc.poll() is not None:
-            raise AssertionError(f"{process.name} exited:\n{process.output()[-3000:]}")
-        try:
-            last[:] = [httpx.get(url, timeout=5)]
-        except httpx.HTTPError:
-            return False
-        return last[0].status_code == 200
-
-    try:
-        wait_until(ok, timeout, interval=0.2, what=url)
-    except TimeoutError as exc:
-        answer = f"{last[0].status_code} {last[0].text[:300]}" if last else "no answer"
-        raise AssertionError(f"{url}: {answer}\n{process.output()[-3000:]}") from exc
-    return last[0]
 
 
 @pytest.fixture
@@ -154,33 +68,33 @@ def test_rendered_containers_run_here_and_answer_on_their_probes(
     fetcher_name = f"{RELEASE}-stats-fetcher"
 
     # The init container (and the hook Job: same command) migrates, and exits 0.
-    _, argv, env = _local_run(
+    _, argv, env = local_run(
         rendered, "Deployment", fetcher_name, "migrate", local, tmp_path / "migrate"
     )
     migrate = run([*argv], env=env, timeout=120)
     assert migrate.returncode == 0
 
-    container, argv, env = _local_run(
+    container, argv, env = local_run(
         rendered, "Deployment", fetcher_name, "stats-fetcher", local, tmp_path / "fetcher"
     )
     assert env["UPSTREAM_BASE_URL"] == upstream.url + "/"
     fetcher = spawn("contract-fetcher", argv, env, tmp_path)
     contract_processes.append(fetcher)
     fetcher_probes = probes(container)
-    _wait_200(fetcher, _probe_url(container, fetcher_probes["startup"]), timeout=30)
+    wait_200(fetcher, probe_url(container, fetcher_probes["startup"]), timeout=30)
     for kind in ("liveness", "readiness"):
-        _wait_200(fetcher, _probe_url(container, fetcher_probes[kind]), timeout=30)
+        wait_200(fetcher, probe_url(container, fetcher_probes[kind]), timeout=30)
     api_name = f"{RELEASE}-api"
-    container, argv, env = _local_run(
+    container, argv, env = local_run(
         rendered, "Deployment", api_name, "api", local, tmp_path / "api"
     )
     api = spawn("contract-api", argv, env, tmp_path)
     contract_processes.append(api)
     api_probes = probes(container)
-    _wait_200(api, _probe_url(container, api_probes["startup"]), timeout=60)
-    _wait_200(api, _probe_url(container, api_probes["liveness"]), timeout=10)
+    wait_200(api, probe_url(container, api_probes["startup"]), timeout=60)
+    wait_200(api, probe_url(container, api_probes["liveness"]), timeout=10)
     # Ready once the fetcher (the leader, refreshing at start) has published.
-    _wait_200(api, _probe_url(container, api_probes["readiness"]), timeout=120)
+    wait_200(api, probe_url(container, api_probes["readiness"]), timeout=120)
     # The Service's target is that port, and it serves the upstream's data.
     (service_port,) = rendered.get("Service", api_name)["spec"]["ports"]
     port = container_port(container, service_port["targetPort"])
@@ -196,7 +110,7 @@ def test_rendered_containers_run_here_and_answer_on_their_probes(
         if annotations.get("prometheus.io/scrape") != "true":
             continue
         target = f"{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}"
-        metrics = _wait_200(process, f"http://127.0.0.1:{target}", timeout=10)
+        metrics = wait_200(process, f"http://127.0.0.1:{target}", timeout=10)
         assert list(text_string_to_metric_families(metrics.text)), name
         scraped.append(name)
     assert fetcher_name in scraped
