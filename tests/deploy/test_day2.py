@@ -28,6 +28,7 @@ from deploy_support import (
     run,
     set_args,
     tool,
+    values_file,
 )
 
 # -- drains --------------------------------------------------------------------------------------
@@ -396,3 +397,34 @@ def _dashboard(rendered: Rendered) -> dict[str, Any]:
     ]
     dashboard: dict[str, Any] = json.loads(config["data"]["covid-stats.json"])
     return dashboard
+
+
+# -- uninstall -----------------------------------------------------------------------------------
+
+
+def _hook(doc: dict[str, Any]) -> tuple[set[str], set[str]]:
+    annotations = doc["metadata"].get("annotations", {})
+    return (
+        set(annotations.get("helm.sh/hook", "").split(",")) - {""},
+        set(annotations.get("helm.sh/hook-delete-policy", "").split(",")) - {""},
+    )
+
+
+@pytest.mark.parametrize("value_set", ["default", "external"])  # post-install, pre-install
+def test_no_migration_serviceaccount_outlives_an_uninstall(value_set: str) -> None:
+    """Helm deletes no hook on uninstall, and before 3.18 not a hook that succeeded before a
+    later one failed (helm/helm#10279): the migration's ServiceAccount stayed after a failed
+    migration and an uninstall. As a post-delete hook too, `helm uninstall` deletes the one
+    left behind (before-hook-creation), creates it and deletes it (hook-succeeded). No
+    cluster here: the test checks the annotations Helm acts on, as its docs define them. The
+    Job itself is no post-delete hook (it would migrate on uninstall)."""
+    rendered = render(values_file(value_set))
+    account = rendered.get("ServiceAccount", f"{RELEASE}-migrate")
+    job = rendered.get("Job", f"{RELEASE}-migrate")
+    phases, policies = _hook(account)
+    job_phases, _ = _hook(job)
+    assert "post-delete" in phases
+    assert {"before-hook-creation", "hook-succeeded"} <= policies
+    assert job_phases <= phases - {"post-delete"}, (job_phases, phases)
+    assert "post-delete" not in job_phases
+    assert rendered.pod_spec(job)["serviceAccountName"] == account["metadata"]["name"]
