@@ -82,17 +82,22 @@ async def sync_resource(
     changed rows and one delete of the rows the payload no longer has. Idempotent."""
     table, keys = resource.table, resource.key_columns
     key_list = ", ".join(keys)
+    # Every statement names its columns: columns a newer release adds (nullable, or with a
+    # default: migrations are additive) are left to their defaults and change nothing here.
+    columns = ", ".join([*keys, "record", "fetched_at"])
     on_keys = " AND ".join(f"i.{k} = t.{k}" for k in keys)
     rows = [(*key_of(resource, r), encode_record(r), state.fetched_at) for r in records]
     async with conn.transaction():
         await conn.execute(
-            f"CREATE TEMP TABLE incoming (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            f"CREATE TEMP TABLE incoming ON COMMIT DROP AS "  # noqa: S608 - fixed names
+            f"SELECT {columns} FROM {table} WITH NO DATA"
         )
         await conn.copy_records_to_table(
             "incoming", records=rows, columns=[*keys, "record", "fetched_at"]
         )
         written = await conn.execute(
-            f"INSERT INTO {table} AS t SELECT * FROM incoming "  # noqa: S608 - fixed names
+            f"INSERT INTO {table} AS t ({columns}) "  # noqa: S608 - fixed names
+            f"SELECT {columns} FROM incoming "
             f"ON CONFLICT ({key_list}) DO UPDATE "
             "SET record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at "
             "WHERE t.record::text IS DISTINCT FROM EXCLUDED.record::text"
