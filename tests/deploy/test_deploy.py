@@ -77,6 +77,7 @@ from deploy_support import (
     values_file,
 )
 from devstack.procs import free_port, wait_until
+from stats_fetcher.config import DEFAULT_UPSTREAM_BASE_URL
 from support import REPO, Process, Upstream, spawn
 
 SKAFFOLD_SCHEMA = REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
@@ -1284,7 +1285,8 @@ def test_replay_upstream_is_what_the_fetcher_reads_when_enabled(
     env = container_env(
         rendered, rendered.container("Deployment", f"{RELEASE}-stats-fetcher", "stats-fetcher")
     )
-    assert env["UPSTREAM_BASE_URL"] == "https://api.covidtracking.com/"
+    # The chart's default upstream is the fetcher's own default (the archived CTP files).
+    assert env["UPSTREAM_BASE_URL"] == DEFAULT_UPSTREAM_BASE_URL
     assert rendered.maybe("Deployment", f"{RELEASE}-replay-upstream") is None
 
 

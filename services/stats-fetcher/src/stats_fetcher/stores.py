@@ -57,6 +57,7 @@ class Stores:
             settings.upstream_retries,
             settings.upstream_retry_initial_seconds,
             settings.upstream_retry_max_seconds,
+            settings.upstream_max_bytes,
         )
         self._pool: asyncpg.Pool | None = None
         self.schema_problem: str | None = None  # why the schema was last refused
