@@ -199,25 +199,130 @@ def test_readers_never_see_a_mix_of_two_snapshots(redis_url: str) -> None:
     run(scenario)
 
 
-def test_migrations_apply_once_and_refuse_edited_or_unknown_ones(empty_database_url: str) -> None:
+def test_migrations_apply_once_and_refuse_edited_ones(empty_database_url: str) -> None:
     async def scenario() -> None:
         conn = await asyncpg.connect(empty_database_url)
         try:
             assert await schema.current_version(conn) == 0
-            assert await schema.migrate(conn) == list(range(1, schema.LATEST_VERSION + 1))
-            assert await schema.migrate(conn) == []
+            with pytest.raises(schema.SchemaBehind, match="stats-fetcher migrate"):
+                await schema.check(conn)
+            migrated = await schema.migrate(conn)
+            assert migrated.applied == list(range(1, schema.LATEST_VERSION + 1))
+            assert migrated.newer == []
+            assert (await schema.migrate(conn)).applied == []
             assert await schema.current_version(conn) == schema.LATEST_VERSION
+            assert await schema.check(conn) == []
             await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
             with pytest.raises(schema.MigrationError, match="changed after it was applied"):
                 await schema.migrate(conn)
+        finally:
+            await conn.close()
+
+    run(scenario)
+
+
+NEWER = schema.LATEST_VERSION + 1
+
+
+def test_newer_additive_migrations_are_reported_and_breaking_ones_refused(
+    empty_database_url: str,
+) -> None:
+    """A row a newer release adds with only version, name and checksum is additive: migrate
+    and the startup check carry on and report it. Marked breaking, both refuse, naming it,
+    and migrate applies nothing (not even this release's pending migrations)."""
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            await schema.migrate(conn)
             await conn.execute(
-                "UPDATE schema_migrations SET checksum = $1 WHERE version = 1",
-                schema.migrations()[0].checksum,
+                "INSERT INTO schema_migrations (version, name, checksum) "
+                "VALUES ($1, 'newer_additive', 'y')",
+                NEWER,
+            )
+            migrated = await schema.migrate(conn)
+            assert migrated.applied == []
+            assert [(m.version, m.breaks_older) for m in migrated.newer] == [(NEWER, None)]
+            assert [m.version for m in await schema.check(conn)] == [NEWER]
+
+            await conn.execute(
+                "UPDATE schema_migrations SET breaks_older = 'drops a column' WHERE version = $1",
+                NEWER,
             )
             await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'x', 'y')"
+                "DELETE FROM schema_migrations WHERE version = $1", schema.LATEST_VERSION
+            )  # this release's last migration pending again (its tables stay)
+            with pytest.raises(schema.NewerBreakingMigration) as refused:
+                await schema.migrate(conn)
+            assert refused.value.versions == [NEWER]
+            assert f"{NEWER}_newer_additive (drops a column)" in str(refused.value)
+            assert await schema.current_version(conn) == NEWER
+            applied = await schema.applied_migrations(conn)
+            assert schema.LATEST_VERSION not in applied  # nothing was applied
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                schema.LATEST_VERSION,
+                schema.migrations()[-1].name,
+                schema.migrations()[-1].checksum,
             )
-            with pytest.raises(schema.MigrationError, match="newer release"):
+            with pytest.raises(schema.NewerBreakingMigration, match=f"{NEWER}_newer_additive"):
+                await schema.check(conn)
+        finally:
+            await conn.close()
+
+    run(scenario)
+
+
+def test_a_table_from_before_the_breaking_marker_is_read_and_upgraded(
+    empty_database_url: str,
+) -> None:
+    """schema_migrations as releases before the ``breaks_older`` column created it: the
+    startup check reads it (every row additive) and migrate adds the column."""
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            await schema.migrate(conn)
+            await conn.execute("ALTER TABLE schema_migrations DROP COLUMN breaks_older")
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, 'x', 'y')",
+                NEWER,
+            )
+            assert [m.version for m in await schema.check(conn)] == [NEWER]
+            assert [m.version for m in (await schema.migrate(conn)).newer] == [NEWER]
+            columns = await conn.fetch(
+                "SELECT column_name, is_nullable FROM information_schema.columns "
+                "WHERE table_name = 'schema_migrations' AND column_name = 'breaks_older'"
+            )
+            assert [tuple(c) for c in columns] == [("breaks_older", "YES")]
+        finally:
+            await conn.close()
+
+    run(scenario)
+
+
+def test_a_migration_marked_breaking_is_recorded_so_and_older_code_refuses_it(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer release's runner (this runner with one migration more, marked by its header
+    line) records the mark; this release's runner then refuses the database."""
+    shipped = schema.migrations()
+    header = "-- Drops what older releases read.\n-- breaking: us_current.record is dropped\n"
+    newer = schema.Migration(NEWER, "newer_breaking", header + "CREATE TABLE t_newer (x int);")
+    assert newer.breaks_older == "us_current.record is dropped"
+    assert shipped[0].breaks_older is None
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            await schema.migrate(conn)
+            monkeypatch.setattr(schema, "migrations", lambda: [*shipped, newer])
+            assert (await schema.migrate(conn)).applied == [NEWER]
+            recorded = await schema.applied_migrations(conn)
+            assert recorded[NEWER].breaks_older == "us_current.record is dropped"
+            assert all(recorded[m.version].breaks_older is None for m in shipped)
+            monkeypatch.undo()  # this release again
+            with pytest.raises(schema.NewerBreakingMigration, match=r"us_current\.record"):
                 await schema.migrate(conn)
         finally:
             await conn.close()
@@ -230,7 +335,7 @@ def test_concurrent_migrators_serialize(empty_database_url: str) -> None:
         conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
         try:
             applied = await asyncio.gather(*(schema.migrate(c) for c in conns))
-            assert sorted(len(a) for a in applied) == [0, 0, 0, schema.LATEST_VERSION]
+            assert sorted(len(a.applied) for a in applied) == [0, 0, 0, schema.LATEST_VERSION]
         finally:
             for c in conns:
                 await c.close()

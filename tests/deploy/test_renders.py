@@ -26,6 +26,7 @@ from deploy_support import (
     service_settings,
     values_file,
 )
+from stats_fetcher.config import DEFAULT_UPSTREAM_BASE_URL
 
 # -- what the renders say -----------------------------------------------------------------------
 
@@ -402,7 +403,8 @@ def test_replay_upstream_is_what_the_fetcher_reads_when_enabled(
     env = container_env(
         rendered, rendered.container("Deployment", f"{RELEASE}-stats-fetcher", "stats-fetcher")
     )
-    assert env["UPSTREAM_BASE_URL"] == "https://api.covidtracking.com/"
+    # The chart's default upstream is the fetcher's own default (the archived CTP files).
+    assert env["UPSTREAM_BASE_URL"] == DEFAULT_UPSTREAM_BASE_URL
     assert rendered.maybe("Deployment", f"{RELEASE}-replay-upstream") is None
 
 

@@ -81,6 +81,12 @@ def test_a_refresh_stores_all_five_resources_and_publishes_the_upstream_bytes(
         records = json.loads(upstream_json.content)
         count = query(database_url, f"SELECT count(*) FROM {resource.table}")  # noqa: S608
         assert count == len(records), resource.key
+        stored_bytes = query(
+            database_url,
+            "SELECT body_bytes FROM upstream_resources "  # noqa: S608 - a fixed key
+            f"WHERE resource = '{resource.key}'",
+        )
+        assert stored_bytes == len(upstream_json.content), resource.key
         doc = current_document(redis_url, resource.document("json"))
         assert doc is not None, resource.key
         assert doc.body == upstream_json.content, resource.key

@@ -46,6 +46,7 @@ class UpstreamState:
     record_count: int
     jurisdictions: int
     fetched_at: datetime
+    body_bytes: int | None = None  # the upstream body's size; None for rows stored before it
 
     def source(self) -> dict[str, str]:
         """Freshness metadata for the documents rendered from this resource."""
@@ -65,7 +66,7 @@ class SyncResult:
 async def upstream_states(conn: Executor) -> dict[str, UpstreamState]:
     rows = await conn.fetch(
         "SELECT resource, etag, last_modified, content_hash, record_count, jurisdictions, "
-        "fetched_at FROM upstream_resources"
+        "fetched_at, body_bytes FROM upstream_resources"
     )
     return {row["resource"]: UpstreamState(**dict(row)) for row in rows}
 
@@ -82,17 +83,22 @@ async def sync_resource(
     changed rows and one delete of the rows the payload no longer has. Idempotent."""
     table, keys = resource.table, resource.key_columns
     key_list = ", ".join(keys)
+    # Every statement names its columns: columns a newer release adds (nullable, or with a
+    # default: migrations are additive) are left to their defaults and change nothing here.
+    columns = ", ".join([*keys, "record", "fetched_at"])
     on_keys = " AND ".join(f"i.{k} = t.{k}" for k in keys)
     rows = [(*key_of(resource, r), encode_record(r), state.fetched_at) for r in records]
     async with conn.transaction():
         await conn.execute(
-            f"CREATE TEMP TABLE incoming (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            f"CREATE TEMP TABLE incoming ON COMMIT DROP AS "  # noqa: S608 - fixed names
+            f"SELECT {columns} FROM {table} WITH NO DATA"
         )
         await conn.copy_records_to_table(
             "incoming", records=rows, columns=[*keys, "record", "fetched_at"]
         )
         written = await conn.execute(
-            f"INSERT INTO {table} AS t SELECT * FROM incoming "  # noqa: S608 - fixed names
+            f"INSERT INTO {table} AS t ({columns}) "  # noqa: S608 - fixed names
+            f"SELECT {columns} FROM incoming "
             f"ON CONFLICT ({key_list}) DO UPDATE "
             "SET record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at "
             "WHERE t.record::text IS DISTINCT FROM EXCLUDED.record::text"
@@ -103,13 +109,14 @@ async def sync_resource(
         )
         await conn.execute(
             """INSERT INTO upstream_resources AS u (resource, etag, last_modified,
-                   content_hash, record_count, jurisdictions, fetched_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   content_hash, record_count, jurisdictions, fetched_at, body_bytes)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                ON CONFLICT (resource) DO UPDATE SET etag = EXCLUDED.etag,
                    last_modified = EXCLUDED.last_modified,
                    content_hash = EXCLUDED.content_hash,
                    record_count = EXCLUDED.record_count,
-                   jurisdictions = EXCLUDED.jurisdictions, fetched_at = EXCLUDED.fetched_at""",
+                   jurisdictions = EXCLUDED.jurisdictions, fetched_at = EXCLUDED.fetched_at,
+                   body_bytes = EXCLUDED.body_bytes""",
             resource.key,
             state.etag,
             state.last_modified,
@@ -117,6 +124,7 @@ async def sync_resource(
             state.record_count,
             state.jurisdictions,
             state.fetched_at,
+            state.body_bytes,
         )
     return SyncResult(int(written.split()[-1]), int(deleted.split()[-1]))
 

@@ -9,6 +9,7 @@ import structlog
 import uvloop
 from opentelemetry import trace
 
+from covid_stats_contract import schema
 from covid_stats_runtime import tracing
 from covid_stats_runtime.logs import configure_logging
 from stats_fetcher import __version__, commands
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         help="one refresh, then exit: 0 when Redis then serves a current snapshot, 1 when "
         "it does not (no data, or a store failed), 2 when a running fetcher holds the lease",
     )
-    migrate = subcommands.add_parser("migrate", help="apply pending PostgreSQL migrations")
+    migrate = subcommands.add_parser(
+        "migrate",
+        help="apply pending PostgreSQL migrations (exit 1, applying nothing, when a newer "
+        "release applied one marked breaking)",
+    )
     migrate.add_argument(
         "--wait",
         type=float,
@@ -42,8 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     if args.command == "migrate":
-        applied = uvloop.run(commands.migrate(settings, args.wait))
-        log.info("migrated", applied=applied)
+        try:
+            migrated = uvloop.run(commands.migrate(settings, args.wait))
+        except schema.NewerBreakingMigration as exc:
+            log.error("migrate_refused", versions=exc.versions, reason=str(exc))
+            return 1
+        if migrated.newer:
+            log.warning(
+                "schema_newer_additive",
+                versions=[m.version for m in migrated.newer],
+                migrations=[m.describe() for m in migrated.newer],
+                this_release=schema.LATEST_VERSION,
+                action="none: additive migrations of a newer release, this release runs on",
+            )
+        log.info("migrated", applied=migrated.applied)
         return 0
     provider = tracing.create_tracer_provider("covid-stats-fetcher", __version__)
     if provider is not None:

@@ -3,6 +3,8 @@
 - ``refresh-once``: one refresh, as the service runs it, holding the leader lease for its
   duration (refused while a running fetcher holds it).
 - ``migrate``: apply the pending PostgreSQL migrations, waiting for PostgreSQL to accept.
+  Migrations of a newer release are left alone: reported when additive, refused when one is
+  marked breaking (``covid_stats_contract.schema``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ async def refresh_once(settings: Settings) -> bool:
         return await service.stores.snapshots.current_id() is not None
 
 
-async def migrate(settings: Settings, wait_seconds: float) -> list[int]:
+async def migrate(settings: Settings, wait_seconds: float) -> schema.Migrated:
     """Apply pending migrations, waiting up to ``wait_seconds`` for PostgreSQL to accept."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(wait_seconds),

@@ -10,11 +10,28 @@ from pydantic import Field, HttpUrl, SecretStr
 
 from covid_stats_runtime.settings import StoreSettings
 
+# The COVID Tracking Project's API stopped answering in 2021; its final files stay public in
+# the archived repository COVID19Tracking/covid-public-api, at the same `v1/...` paths, served
+# by GitHub's raw file host (HEAD: the default branch).
+DEFAULT_UPSTREAM_BASE_URL = (
+    "https://raw.githubusercontent.com/COVID19Tracking/covid-public-api/HEAD/"
+)
+# The largest final file (v1/states/daily.json) is tens of MB.
+DEFAULT_UPSTREAM_MAX_BYTES = 128 * 1024 * 1024
+
 
 class Settings(StoreSettings):
     upstream_base_url: HttpUrl = Field(
-        default=HttpUrl("https://api.covidtracking.com"),
-        description="upstream API (`make run`: the replay upstream unless set)",
+        default=HttpUrl(DEFAULT_UPSTREAM_BASE_URL),
+        description="upstream API: the CTP's final files in the archived GitHub repository"
+        " COVID19Tracking/covid-public-api (`make run`: the replay upstream unless set)",
+    )
+    upstream_max_bytes: int = Field(
+        default=DEFAULT_UPSTREAM_MAX_BYTES,
+        ge=1,
+        description="largest upstream body read, in bytes (128 MiB; the final"
+        " `v1/states/daily.json` is tens of MB): a larger one fails the fetch (`too_large`)"
+        " and the last good data stays",
     )
     upstream_format: Literal["json", "csv"] = Field(
         default="json", description="fetch the `.json` or the `.csv` form of each resource"

@@ -195,9 +195,11 @@ class Refresher:
             record_count=len(records),
             jurisdictions=jurisdictions(resource, records),
             fetched_at=datetime.now(UTC),
+            body_bytes=len(fetched.body),
         )
         with tracer.start_as_current_span(f"store {key}") as span:
             span.set_attribute("covid_stats.records", len(records))
+            span.set_attribute("covid_stats.body_bytes", len(fetched.body))
             async with self.pool.acquire() as conn:
                 synced = await store.sync_resource(conn, resource, records, state)
         metrics.RECORDS_WRITTEN.labels(key).inc(synced.written)

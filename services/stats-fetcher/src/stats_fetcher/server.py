@@ -2,7 +2,8 @@
 
 - ``GET /healthz``: the process answers (checks nothing else).
 - ``GET /readyz``: Redis and PostgreSQL answer; the body also says whether this replica
-  leads. 503 when either store is unreachable.
+  leads, and (``schema``) why the database's schema was refused while it is. 503 when either
+  store is unreachable or the schema refused.
 - ``GET /metrics``: Prometheus text format.
 - ``POST /refresh``: asks the leader (whichever replica it is) to refresh now. Needs
   ``Authorization: Bearer <REFRESH_TOKEN>``: 401 without or with a wrong token (compared in

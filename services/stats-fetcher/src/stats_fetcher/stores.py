@@ -2,15 +2,19 @@
 
 - The Redis client and the upstream client are built at once; they connect on first use.
 - The PostgreSQL pool is created on first use, so that the fetcher starts while PostgreSQL is
-  down and connects once it is up; a pool whose schema is older than this release needs is
-  closed and refused (:class:`SchemaNotReady`: run ``stats-fetcher migrate``).
-- :meth:`Stores.check` says whether Redis and PostgreSQL answer (for ``/readyz``).
+  down and connects once it is up. Its schema is checked first (``schema.check``): one that
+  lacks a migration of this release, or has a newer release's migration marked breaking, is
+  refused (:class:`SchemaNotReady`, its message says what to do); newer additive migrations
+  are accepted and logged once.
+- :meth:`Stores.check` says whether Redis and PostgreSQL answer (for ``/readyz``), and why
+  the schema was refused when it was (``"schema"``).
 """
 
 from __future__ import annotations
 
 import asyncpg
 import httpx
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -21,6 +25,8 @@ from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher import __version__
 from stats_fetcher.config import Settings
 from stats_fetcher.upstream import UpstreamClient
+
+log = structlog.get_logger("stats_fetcher")
 
 
 class SchemaNotReady(RuntimeError):
@@ -51,13 +57,16 @@ class Stores:
             settings.upstream_retries,
             settings.upstream_retry_initial_seconds,
             settings.upstream_retry_max_seconds,
+            settings.upstream_max_bytes,
         )
         self._pool: asyncpg.Pool | None = None
+        self.schema_problem: str | None = None  # why the schema was last refused
 
     async def pool(self) -> asyncpg.Pool:
         """The asyncpg pool, created on first use so that the fetcher starts while
         PostgreSQL is down and connects once it is up."""
         if self._pool is None:
+            self.schema_problem = None
             pool = await asyncpg.create_pool(
                 self.settings.database_url,
                 min_size=1,
@@ -65,19 +74,30 @@ class Stores:
                 command_timeout=60,
                 timeout=self.settings.upstream_timeout_seconds,  # connect timeout
             )
-            async with pool.acquire() as conn:
-                version = await schema.current_version(conn)
-            if version < schema.LATEST_VERSION:
+            try:
+                async with pool.acquire() as conn:
+                    newer = await schema.check(conn)
+            except schema.MigrationError as exc:
                 await pool.close()
-                raise SchemaNotReady(
-                    f"database schema is at version {version}, this release needs "
-                    f"{schema.LATEST_VERSION}: run `stats-fetcher migrate`"
+                self.schema_problem = str(exc)
+                raise SchemaNotReady(str(exc)) from exc
+            except BaseException:
+                await pool.close()
+                raise
+            if newer:
+                log.warning(
+                    "schema_newer_additive",
+                    versions=[m.version for m in newer],
+                    migrations=[m.describe() for m in newer],
+                    this_release=schema.LATEST_VERSION,
                 )
+            self.schema_problem = None
             self._pool = pool
         return self._pool
 
     async def check(self) -> dict[str, str]:
-        """``{"redis": "ok"|"down", "postgres": "ok"|"down"}``."""
+        """``{"redis": "ok"|"down", "postgres": "ok"|"down"}``, and ``"schema"``: why the
+        schema was refused, while it is."""
         checks: dict[str, str] = {}
         try:
             await self.redis.ping()
@@ -90,6 +110,8 @@ class Stores:
             checks["postgres"] = "ok"
         except (*DATABASE_ERRORS, SchemaNotReady):
             checks["postgres"] = "down"
+        if self._pool is None and self.schema_problem is not None:
+            checks["schema"] = self.schema_problem
         return checks
 
     async def close(self) -> None:

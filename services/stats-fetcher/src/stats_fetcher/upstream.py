@@ -4,6 +4,12 @@ Every request has the client's timeout. Transient failures (a timeout, a dropped
 connection, 429 and 5xx answers) are retried with exponential backoff and jitter; anything
 else fails at once. The validators of the last stored response (``ETag``, ``Last-Modified``)
 go out as ``If-None-Match`` / ``If-Modified-Since``, so an unchanged upstream answers 304.
+
+A body is read as it streams in and abandoned (``too_large``) as soon as it exceeds
+``max_bytes`` (``UPSTREAM_MAX_BYTES``): a failure like any other, the last good data stays.
+The content type must name the format (``json``, ``csv``) or be ``text/plain``: a static file
+host (raw.githubusercontent.com, the default upstream) serves every file as
+``text/plain; charset=utf-8``, and the parser and the payload checks judge the bytes anyway.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from covid_stats_contract.resources import Format, Resource
 
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _CONTENT_TYPES: dict[Format, tuple[str, ...]] = {
-    "json": ("json",),
+    "json": ("json", "text/plain"),
     "csv": ("csv", "text/plain"),
 }
 
@@ -36,6 +42,10 @@ class FetchFailed(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class _Transient(Exception):
@@ -62,8 +72,10 @@ class UpstreamClient:
         retries: int,
         retry_initial_seconds: float,
         retry_max_seconds: float,
+        max_bytes: int,
     ) -> None:
         self.http = http
+        self.max_bytes = max_bytes
         self.fmt = fmt
         self.retries = retries
         self.retry_initial_seconds = retry_initial_seconds
@@ -89,9 +101,13 @@ class UpstreamClient:
             ):
                 with attempt:
                     attempts += 1
-                    response = await self.http.get(path, headers=headers)
+                    response, body = await self._get(path, headers)
                     if response.status_code in _TRANSIENT_STATUS:
                         raise _Transient(response)
+        except _TooLarge as exc:
+            raise FetchFailed(
+                "too_large", f"{path}: the body exceeds UPSTREAM_MAX_BYTES={self.max_bytes}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise FetchFailed("timeout", f"{path}: {exc!r} after {attempts} attempts") from exc
         except httpx.RemoteProtocolError as exc:
@@ -115,4 +131,17 @@ class UpstreamClient:
         content_type = response.headers.get("content-type", "")
         if not any(kind in content_type for kind in _CONTENT_TYPES[self.fmt]):
             raise FetchFailed("content_type", f"{path}: unexpected content type {content_type!r}")
-        return Fetched(False, response.content, etag, last_modified, attempts, seconds)
+        return Fetched(False, body, etag, last_modified, attempts, seconds)
+
+    async def _get(self, path: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        """GET ``path``: the response and its body, read as it streams in and abandoned as
+        soon as it exceeds ``max_bytes`` (:class:`_TooLarge`)."""
+        async with self.http.stream("GET", path, headers=headers) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _TooLarge
+                chunks.append(chunk)
+        return response, b"".join(chunks)

@@ -1,12 +1,14 @@
 """Command line: run the replay upstream server, or write the synthetic dataset to a folder.
 
-    replay-upstream [--dataset DIR | --synthetic] [--control] [--host H] [--port P]
-                    [--log-level L]
+    replay-upstream [--dataset DIR | --synthetic] [--control] [--github-raw] [--host H]
+                    [--port P] [--log-level L]
     replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
 
 Without ``--dataset`` or ``--synthetic`` the server picks, in order: ``$REPLAY_DATASET_DIR``,
 the archive at ``<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902``, synthetic.
 ``--control`` enables the control API under ``/_control/`` (fault injection, request counts).
+``--github-raw`` answers in the shape of the default upstream, raw.githubusercontent.com serving
+the archived CTP files (``/COVID19Tracking/covid-public-api/HEAD/v1/...``, ``text/plain``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
-from replay_upstream.app import create_app
+from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX, create_app
 from replay_upstream.dataset import Dataset, default_archive_dir, load_dataset
 from replay_upstream.synthetic import (
     DEFAULT_END,
@@ -68,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
             "status, delay, truncate, empty, schema, content_type, not_modified or body "
             "faults into GETs of a path), GET/DELETE /_control/requests (request counts); "
             "off by default, /_control/* is then 404"
+        ),
+    )
+    parser.add_argument(
+        "--github-raw",
+        action="store_true",
+        help=(
+            "answer like raw.githubusercontent.com serves the archived CTP files (the "
+            "fetcher's default upstream): the v1 paths under "
+            f"{GITHUB_RAW_PREFIX}/, every file as {GITHUB_RAW_CONTENT_TYPE}, ETag and 304 on "
+            "If-None-Match, no Last-Modified (point UPSTREAM_BASE_URL at "
+            f"http://HOST:PORT{GITHUB_RAW_PREFIX}/)"
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -143,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2
-    app = create_app(dataset, control=args.control)
+    app = create_app(dataset, control=args.control, github_raw=args.github_raw)
     control = f", control API at http://{args.host}:{args.port}/_control/" if args.control else ""
     print(
         f"{_PROG}: serving {dataset.source} ({dataset.layout}, {len(app.state.paths)} paths) "
-        f"at http://{args.host}:{args.port}/v1/{control}",
+        f"at http://{args.host}:{args.port}{app.state.prefix}/v1/{control}",
         file=sys.stderr,
         flush=True,
     )

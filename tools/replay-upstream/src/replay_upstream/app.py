@@ -10,6 +10,12 @@ preflights; other methods on known paths get 405.
 
 With ``control=True`` the app also answers ``/_control/...`` (faults to inject, request counts:
 :mod:`replay_upstream.control`); without it those paths are unknown paths like any other.
+
+With ``github_raw=True`` it answers in the shape of the default upstream, GitHub's raw file
+host serving the archived repository COVID19Tracking/covid-public-api: every path under
+:data:`GITHUB_RAW_PREFIX` (``/COVID19Tracking/covid-public-api/HEAD/v1/...``; paths outside
+it are unknown), every file as ``text/plain; charset=utf-8``, a strong ``ETag`` and 304 on
+``If-None-Match``, no ``Last-Modified``. Faults and request counts keep the ``/v1/...`` paths.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from replay_upstream.resources import BODY_HEADERS, Resource, build_resources, e
 ALLOWED = "GET, HEAD, OPTIONS"
 _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 _STATE_PATH = re.compile(r"/v1/states/([A-Za-z]{2})/(.+)")
+GITHUB_RAW_PREFIX = "/COVID19Tracking/covid-public-api/HEAD"
+"""Where raw.githubusercontent.com serves the archived CTP API files (HEAD: default branch)."""
+GITHUB_RAW_CONTENT_TYPE = "text/plain; charset=utf-8"
+"""The content type raw.githubusercontent.com gives every text file, .json and .csv alike."""
 _PREFLIGHT = {
     "Allow": ALLOWED,
     "Access-Control-Allow-Origin": "*",
@@ -41,22 +51,30 @@ _PREFLIGHT = {
 }
 
 
-def create_app(dataset: Dataset, *, control: bool = False) -> Starlette:
+def create_app(dataset: Dataset, *, control: bool = False, github_raw: bool = False) -> Starlette:
     """An ASGI app serving ``dataset``; all bytes are built here, before the first request.
 
     ``control``: also serve the control API (fault injection, request counts) under
     ``/_control/``; the app's ``state.control`` is then its :class:`Control` (else None).
+    ``github_raw``: answer in raw.githubusercontent.com's shape (the module's docstring).
     """
     resources = build_resources(dataset)
     last_modified = dataset.last_modified
     controller = Control() if control else None
 
     async def serve(request: Request) -> Response:
+        response = await answer(request)
+        return _as_github_raw(response) if github_raw else response
+
+    async def answer(request: Request) -> Response:
         path, method = request.url.path, request.method
         if controller is not None and path.startswith(CONTROL_PREFIX):
             return await control_endpoint(controller, request)
         if method == "OPTIONS":
             return Response(status_code=204, headers=_PREFLIGHT)
+        if github_raw:  # the API's paths under the prefix; any other path is unknown
+            inside = path.startswith(f"{GITHUB_RAW_PREFIX}/")
+            path = path.removeprefix(GITHUB_RAW_PREFIX) if inside else f"/unknown{path}"
         found = _lookup(resources, path)
         normal = found or error_resource(404, "not found", path)
         if method not in ("GET", "HEAD"):
@@ -84,9 +102,21 @@ def create_app(dataset: Dataset, *, control: bool = False) -> Starlette:
 
     app = Starlette(routes=[Route("/{path:path}", serve, methods=_METHODS)])
     app.state.dataset = dataset
+    app.state.prefix = GITHUB_RAW_PREFIX if github_raw else ""
     app.state.paths = frozenset(resources)
     app.state.control = controller
     return app
+
+
+def _as_github_raw(response: Response) -> Response:
+    """``response`` as raw.githubusercontent.com would send it: a JSON or CSV body as
+    ``text/plain; charset=utf-8``, no ``Last-Modified``."""
+    content_type = response.headers.get("content-type", "")
+    if "json" in content_type or "csv" in content_type:
+        response.headers["content-type"] = GITHUB_RAW_CONTENT_TYPE
+    if "last-modified" in response.headers:
+        del response.headers["last-modified"]
+    return response
 
 
 def _lookup(resources: Mapping[str, Resource], path: str) -> Resource | None:
