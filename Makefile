@@ -147,6 +147,11 @@ SIGNING_PASSWORD_FILE ?= $(SIGNING_DIR)/cosign.password
 PUBLIC_KEY      ?= $(SIGNING_DIR)/cosign.pub
 need-registry = $(if $(REGISTRY),,$(error set REGISTRY=host[:port]/path, e.g. ghcr.io/you/covid-stats))
 
+.PHONY: registry-login
+registry-login: $(DEPLOY_STAMP) ## Log podman and helm in to REGISTRY's host (REGISTRY_USERNAME, REGISTRY_PASSWORD from the environment)
+	$(need-registry)
+	$(RELEASE_PY) login --registry $(REGISTRY) --helm $(HELM)
+
 .PHONY: push
 push: $(DEPLOY_STAMP) ## Push the three images `make images` built to REGISTRY (host/path) as <repository>:TAG
 	$(need-registry)

@@ -155,6 +155,25 @@ def podman_push(
         return digestfile.read_text().strip()
 
 
+def cmd_login(options: argparse.Namespace) -> None:
+    """podman login and helm registry login to the registry's host, the password read from
+    REGISTRY_PASSWORD and given on standard input (never on a command line)."""
+    username = os.environ.get("REGISTRY_USERNAME", "")
+    password = os.environ.get("REGISTRY_PASSWORD", "")
+    if not username or not password:
+        raise SystemExit("release: login needs REGISTRY_USERNAME and REGISTRY_PASSWORD")
+    host = options.registry.split("/", 1)[0]
+    engine = build_images.pick_engine(options.engine)
+    podman = [engine.name, "login", "--username", username, "--password-stdin"]
+    helm = [options.helm, "registry", "login", "--username", username, "--password-stdin"]
+    if loopback(host):
+        helm.append("--plain-http")
+        if engine.name == "podman":
+            podman.append("--tls-verify=false")
+    run([*podman, host], input=password, env=engine.env)
+    run([*helm, host], input=password)
+
+
 def cmd_push(options: argparse.Namespace) -> None:
     engine = build_images.pick_engine(options.engine)
     pushed = {}
@@ -653,6 +672,10 @@ def cmd_image_archive(options: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    login = sub.add_parser("login")
+    login.add_argument("--registry", required=True)
+    login.add_argument("--engine", choices=["podman", "docker"])
+    login.add_argument("--helm", default=str(REPO / ".venv" / "bin" / "helm"))
     for name in ("push", "sign", "verify"):
         command = sub.add_parser(name)
         command.add_argument("--registry", required=True, help="host[:port]/path, no scheme")
@@ -674,7 +697,11 @@ def main() -> int:
     options = parser.parse_args()
     if getattr(options, "registry", "").startswith(("oci://", "http://", "https://")):
         parser.error("--registry: host[:port]/path, without a scheme")
+    if getattr(options, "registry", ""):
+        # OCI repository names are lower case (ghcr.io/<Owner> is refused otherwise)
+        options.registry = options.registry.lower().rstrip("/")
     {
+        "login": cmd_login,
         "push": cmd_push,
         "chart-push": cmd_chart_push,
         "sbom": cmd_sbom,
