@@ -354,7 +354,9 @@ def test_quickstart_installs_the_images_it_loads_or_pushes() -> None:
         flags = _set_flags(argv)
         rendered = Rendered(helm_template(extra=flags).stdout)
         images = _our_images(rendered)
-        registry = next(f.split("=", 1)[1] for f in flags if f.startswith("global.imageRegistry="))
+        registry = next(
+            (f.split("=", 1)[1] for f in flags if f.startswith("global.imageRegistry=")), ""
+        )
         if registry == "localhost":
             expected = loaded
         else:
