@@ -1,0 +1,201 @@
+"""The release targets against a real OCI registry: `make push`, `make chart-push`, `make sign`
+and `make verify`, as .github/workflows/release.yaml runs them (its keyless signing aside).
+
+The registry is Debian's `docker-registry` (the CNCF distribution registry, v2.8; installed by
+.ci/install-tools) on 127.0.0.1 and a free port, spoken to over plain HTTP because it is on
+loopback. The images are the ones `make images` built (`make test-containers` builds them
+first). Every expected name and digest is read from what was built, pushed or packaged:
+
+- each pushed image is in the registry under REGISTRY/<repository>:<appVersion>, its manifest
+  the digest `make push` recorded, its config the image podman built;
+- the chart pulled back from oci://REGISTRY with `helm pull` is byte for byte the package;
+- after `make sign` with a key from `make signing-key`, `make verify` passes, and fails with
+  another public key and with an SBOM changed by one byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.procs import free_port, wait_until
+from support import REPO, Process, spawn
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
+
+# deploy/tools/release.py and build_images.py (the names `make images` gives, what release.py
+# pushed and signs), imported from their folder
+sys.path.insert(0, str(REPO / "deploy" / "tools"))
+build_images: Any = importlib.import_module("build_images")
+
+DIST = REPO / "dist"
+PUSHED = DIST / "release" / "pushed.json"
+
+
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def must(*args: str) -> str:
+    result = make(*args)
+    assert result.returncode == 0, f"make {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A docker-registry on 127.0.0.1:<free port>; REGISTRY for the make targets."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("docker-registry is not installed: run .ci/install-tools (as root)")
+    folder = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = folder / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    process: Process = spawn("docker-registry", [binary, "serve", str(config)], os.environ, folder)
+
+    def answers() -> bool:
+        if process.proc.poll() is not None:
+            raise AssertionError(f"docker-registry exited:\n{process.output()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, timeout=30, what="docker-registry answering /v2/")
+    try:
+        yield f"127.0.0.1:{port}/covid-stats-release-test"
+    finally:
+        process.stop()
+
+
+def api(registry: str, path: str, accept: str = "") -> httpx.Response:
+    host, _, prefix = registry.partition("/")
+    headers = {"Accept": accept} if accept else {}
+    return httpx.get(f"http://{host}/v2/{prefix}/{path}", headers=headers, timeout=30)
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MANIFESTS = f"{OCI_MANIFEST},application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture(scope="module")
+def published(registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """make push, chart-package, chart-push, sbom, signing-key, sign: what was pushed."""
+    engine = build_images.pick_engine(None)
+    for ref in build_images.image_refs().values():
+        assert engine.has(ref), f"no image {ref}: make images (make test-containers does)"
+    PUSHED.unlink(missing_ok=True)
+    must("push", f"REGISTRY={registry}")
+    must("chart-package")
+    must("chart-push", f"REGISTRY={registry}")
+    must("sbom")
+    keys = tmp_path_factory.mktemp("signing")
+    must("signing-key", f"SIGNING_DIR={keys}")
+    must("sign", f"REGISTRY={registry}", f"SIGNING_DIR={keys}")
+    return {"pushed": json.loads(PUSHED.read_text()), "keys": keys, "engine": engine}
+
+
+def test_push_puts_the_built_images_under_the_registry(
+    registry: str, published: dict[str, Any]
+) -> None:
+    pushed, engine = published["pushed"], published["engine"]
+    for ref in build_images.image_refs().values():
+        repository, tag = ref.rsplit(":", 1)
+        remote = f"{registry}/{repository}:{tag}"
+        assert remote in pushed, (remote, pushed)
+        answer = api(registry, f"{repository}/manifests/{tag}", MANIFESTS)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["Docker-Content-Digest"] == pushed[remote]
+        # the config the registry holds is the image podman built
+        image_id = engine.run("image", "inspect", "--format", "{{.Id}}", ref, capture_output=True)
+        assert answer.json()["config"]["digest"] == f"sha256:{image_id.stdout.strip()}"
+
+
+def test_chart_push_puts_the_package_in_the_registry(
+    registry: str, published: dict[str, Any], tmp_path: Path
+) -> None:
+    release = _release()
+    name, version = release.chart_meta()
+    ref = f"{registry}/{name}:{version}"
+    assert ref in published["pushed"]
+    manifest = api(registry, f"{name}/manifests/{version}", OCI_MANIFEST)
+    assert manifest.headers["Docker-Content-Digest"] == published["pushed"][ref]
+    assert manifest.json()["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    pulled = subprocess.run(
+        [
+            REPO / ".venv" / "bin" / "helm",
+            "pull",
+            f"oci://{registry}/{name}",
+            "--version",
+            version,
+            "--plain-http",
+            "--destination",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    package = f"{name}-{version}.tgz"
+    assert (tmp_path / package).read_bytes() == (DIST / package).read_bytes()
+
+
+def test_sign_stores_a_signature_per_image_and_chart_and_verify_checks_them(
+    registry: str, published: dict[str, Any]
+) -> None:
+    for ref, digest in published["pushed"].items():
+        repository = ref.removeprefix(f"{registry}/").rsplit(":", 1)[0]
+        tags = api(registry, f"{repository}/tags/list").json()["tags"]
+        assert f"{digest.replace(':', '-')}.sig" in tags, (ref, tags)
+    for blob in _release().blobs_to_sign():
+        assert Path(f"{blob}.sig").is_file(), blob
+    verified = must("verify", f"REGISTRY={registry}", f"SIGNING_DIR={published['keys']}")
+    assert verified.count("release: verified ") == len(published["pushed"]) + len(
+        _release().blobs_to_sign()
+    ), verified
+
+
+def test_verify_fails_with_another_key(
+    registry: str, published: dict[str, Any], tmp_path: Path
+) -> None:
+    must("signing-key", f"SIGNING_DIR={tmp_path}")
+    result = make("verify", f"REGISTRY={registry}", f"PUBLIC_KEY={tmp_path}/cosign.pub")
+    assert result.returncode != 0
+    # the first image's signature is refused (images are checked before the blobs)
+    first = next(iter(build_images.image_refs().values()))
+    assert f"{registry}/{first}@sha256:" in result.stderr, result.stderr
+    assert "no signature by" in result.stderr, result.stderr
+
+
+def test_verify_fails_for_a_changed_sbom(registry: str, published: dict[str, Any]) -> None:
+    sbom = next((DIST / "sbom").glob("*.cdx.json"))
+    original = sbom.read_bytes()
+    try:
+        sbom.write_bytes(original + b" ")
+        result = make("verify", f"REGISTRY={registry}", f"SIGNING_DIR={published['keys']}")
+        assert result.returncode != 0
+        assert f"{sbom.name}: no valid signature" in result.stdout + result.stderr
+    finally:
+        sbom.write_bytes(original)
+
+
+def _release() -> Any:
+    return importlib.import_module("release")
