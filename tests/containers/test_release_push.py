@@ -199,3 +199,30 @@ def test_verify_fails_for_a_changed_sbom(registry: str, published: dict[str, Any
 
 def _release() -> Any:
     return importlib.import_module("release")
+
+
+def test_image_archive_holds_the_images_the_quickstart_installs() -> None:
+    """`make image-archive` (what the README's quickstart loads into kind, k3d, minikube): one
+    docker-archive whose images are named localhost/<repository>:<tag>, the names the chart
+    renders with `global.imageRegistry=localhost` (tests/deploy/test_release.py checks the
+    render), each the image podman built."""
+    import tarfile
+
+    must("image-archive")
+    archive = DIST / "covid-stats-images.tar"
+    engine = build_images.pick_engine(None)
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            assert member is not None
+            manifest = json.load(member)
+        tags = {tag: entry["Config"] for entry in manifest for tag in entry["RepoTags"]}
+        refs = build_images.image_refs().values()
+        assert set(tags) == {f"localhost/{ref}" for ref in refs}
+        for ref in refs:
+            image_id = engine.run(
+                "image", "inspect", "--format", "{{.Id}}", ref, capture_output=True
+            ).stdout.strip()
+            assert image_id in tags[f"localhost/{ref}"], (ref, tags)
+    finally:
+        archive.unlink(missing_ok=True)
