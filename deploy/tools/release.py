@@ -62,7 +62,8 @@ import build_images  # deploy/tools/, the script's folder (on sys.path)
 
 REPO = build_images.REPO
 CHART = build_images.CHART
-DIST = REPO / "dist"
+# RELEASE_DIST: another folder than dist/ (tests/deploy/test_release.py uses one of its own)
+DIST = Path(os.environ.get("RELEASE_DIST") or REPO / "dist")
 PUSHED = DIST / "release" / "pushed.json"
 SBOM_DIR = DIST / "sbom"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
@@ -78,6 +79,10 @@ KEY_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
 SIMPLE_SIGNING_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SCRYPT = {"N": 32768, "r": 8, "p": 1}
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def say(message: str) -> None:
@@ -120,7 +125,7 @@ def chart_meta() -> tuple[str, str]:
 
 def load_pushed() -> dict[str, str]:
     if not PUSHED.is_file():
-        raise SystemExit(f"release: no {PUSHED.relative_to(REPO)}: run make push first")
+        raise SystemExit(f"release: no {_shown(PUSHED)}: run make push first")
     return dict(json.loads(PUSHED.read_text()))
 
 
@@ -189,7 +194,7 @@ def cmd_chart_push(options: argparse.Namespace) -> None:
     name, version = chart_meta()
     archive = DIST / f"{name}-{version}.tgz"
     if not archive.is_file():
-        raise SystemExit(f"release: no {archive.relative_to(REPO)}: run make chart-package")
+        raise SystemExit(f"release: no {_shown(archive)}: run make chart-package")
     argv = [options.helm, "push", str(archive), f"oci://{options.registry.rstrip('/')}"]
     if loopback(options.registry):
         argv.append("--plain-http")
@@ -281,7 +286,7 @@ def cmd_sbom(options: argparse.Namespace) -> None:
             "version": version,
         }
         out.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"{out.relative_to(REPO)}: {len(document.get('components', []))} components")
+        say(f"{_shown(out)}: {len(document.get('components', []))} components")
 
 
 # ---- signing -------------------------------------------------------------------------------
@@ -423,7 +428,7 @@ def cmd_sign(options: argparse.Namespace) -> None:
         say(f"signed {remote}@{pushed[remote]} -> {tag}")
     for blob in blobs:
         Path(f"{blob}.sig").write_text(base64.b64encode(sign_bytes(blob.read_bytes())).decode())
-        say(f"signed {blob.relative_to(REPO)} -> {blob.name}.sig")
+        say(f"signed {_shown(blob)} -> {blob.name}.sig")
 
 
 # ---- the registry API (distribution v2 / OCI), for the signatures ------------------------
@@ -644,8 +649,8 @@ def cmd_verify(options: argparse.Namespace) -> None:
     for blob in blobs_to_sign():
         sig = Path(f"{blob}.sig")
         if not sig.is_file() or not _openssl_verify(public, blob.read_bytes(), sig.read_text()):
-            raise SystemExit(f"release: {blob.relative_to(REPO)}: no valid signature by {public}")
-        say(f"verified {blob.relative_to(REPO)}")
+            raise SystemExit(f"release: {_shown(blob)}: no valid signature by {public}")
+        say(f"verified {_shown(blob)}")
 
 
 def cmd_image_archive(options: argparse.Namespace) -> None:
@@ -666,7 +671,7 @@ def cmd_image_archive(options: argparse.Namespace) -> None:
     if engine.name == "podman":
         argv += ["--format", "docker-archive", "--multi-image-archive"]
     run([*argv, *refs], env=engine.env)
-    say(f"{out.relative_to(REPO)}: {', '.join(refs)}")
+    say(f"{_shown(out)}: {', '.join(refs)}")
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -403,3 +404,60 @@ def test_quickstart_values_render_through_the_schema() -> None:
         text=True,
     )
     assert bad.returncode != 0
+
+
+def test_keyless_sign_runs_cosign_on_every_pushed_digest(tmp_path: Path) -> None:
+    """`make sign SIGNER=keyless`, the release workflow's signing step. cosign and GitHub's
+    OIDC token exist only in the workflow, so here a stand-in `cosign` on PATH records its
+    arguments (a stand-in for what cannot run here, and only for that): every pushed image and
+    the chart signed by the digest `make push` / `make chart-push` recorded, each image's own
+    SBOM attested to it as CycloneDX, the chart archive and SBOMs signed as blobs."""
+    release = release_module()
+    registry = "ghcr.io/owner/covid-stats"
+    dist = tmp_path / "dist"
+    (dist / "sbom").mkdir(parents=True)
+    (dist / "release").mkdir()
+    name, version = release.chart_meta()
+    (dist / f"{name}-{version}.tgz").write_bytes(b"chart")
+    pushed = {}
+    for index, (block, (_, remote)) in enumerate(release.image_targets(registry, None).items()):
+        pushed[remote] = f"sha256:{index:064x}"
+        repository = release.build_images.image_refs()[block].rsplit(":", 1)[0]
+        (dist / "sbom" / f"{repository}.cdx.json").write_text("{}")
+    chart = f"{registry}/{name}:{version}"
+    pushed[chart] = f"sha256:{'c' * 64}"
+    (dist / "release" / "pushed.json").write_text(json.dumps(pushed))
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    calls = tmp_path / "calls.jsonl"
+    (stand_in / "cosign").write_text(
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    (stand_in / "cosign").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in}:{os.environ['PATH']}", "RELEASE_DIST": str(dist)}
+    result = subprocess.run(
+        ["make", "sign", "SIGNER=keyless", "REGISTRY=ghcr.io/Owner/covid-stats"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    argvs = [json.loads(line) for line in calls.read_text().splitlines()]
+    signed = {argv[-1] for argv in argvs if argv[:2] == ["sign", "--yes"]}
+    assert signed == {f"{ref.rsplit(':', 1)[0]}@{digest}" for ref, digest in pushed.items()}
+    attested = {
+        argv[-1]: argv[argv.index("--predicate") + 1] for argv in argvs if argv[0] == "attest"
+    }
+    for block, (_, remote) in release.image_targets(registry, None).items():
+        repository = release.build_images.image_refs()[block].rsplit(":", 1)[0]
+        subject = f"{remote.rsplit(':', 1)[0]}@{pushed[remote]}"
+        assert attested[subject] == str(dist / "sbom" / f"{repository}.cdx.json")
+    for argv in argvs:
+        if argv[0] == "attest":
+            assert argv[argv.index("--type") + 1] == "cyclonedx"
+    blobs = {argv[-1] for argv in argvs if argv[0] == "sign-blob"}
+    assert blobs == {
+        str(path) for path in [*(dist / "sbom").glob("*"), dist / f"{name}-{version}.tgz"]
+    }
