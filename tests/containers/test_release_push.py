@@ -15,9 +15,11 @@ first). Every expected name and digest is read from what was built, pushed or pa
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -54,20 +56,21 @@ def must(*args: str) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A docker-registry on 127.0.0.1:<free port>; REGISTRY for the make targets."""
+@contextlib.contextmanager
+def running_registry(folder: Path, htpasswd: Path | None = None) -> Iterator[str]:
+    """A docker-registry on 127.0.0.1:<free port> (basic auth with ``htpasswd``); its
+    host:port."""
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.fail("docker-registry is not installed: run .ci/install-tools (as root)")
-    folder = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = folder / "config.yml"
+    auth = f"auth: {{htpasswd: {{realm: covid-stats, path: {htpasswd}}}}}\n" if htpasswd else ""
     config.write_text(
         "version: 0.1\n"
         "log: {level: warn}\n"
         f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n" + auth
     )
     process: Process = spawn("docker-registry", [binary, "serve", str(config)], os.environ, folder)
 
@@ -75,15 +78,23 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if process.proc.poll() is not None:
             raise AssertionError(f"docker-registry exited:\n{process.output()}")
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200
+            status = httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code
         except httpx.TransportError:
             return False
+        return status == (401 if htpasswd else 200)
 
     wait_until(answers, timeout=30, what="docker-registry answering /v2/")
     try:
-        yield f"127.0.0.1:{port}/covid-stats-release-test"
+        yield f"127.0.0.1:{port}"
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REGISTRY for the make targets: a path on a registry without authentication."""
+    with running_registry(tmp_path_factory.mktemp("registry")) as host:
+        yield f"{host}/covid-stats-release-test"
 
 
 def api(registry: str, path: str, accept: str = "") -> httpx.Response:
@@ -226,3 +237,52 @@ def test_image_archive_holds_the_images_the_quickstart_installs() -> None:
             assert image_id in tags[f"localhost/{ref}"], (ref, tags)
     finally:
         archive.unlink(missing_ok=True)
+
+
+def test_registry_login_logs_podman_and_helm_in(tmp_path: Path) -> None:
+    """`make registry-login` (the release workflow's login step) against a registry asking
+    for basic auth (htpasswd, bcrypt): podman and helm record the host; a wrong password is
+    refused. The auth files are this test's own (REGISTRY_AUTH_FILE, HELM_REGISTRY_CONFIG)."""
+    password = secrets.token_urlsafe(16)
+    hashed = subprocess.run(
+        [
+            REPO / ".venv" / "deploy" / "bin" / "python",
+            "-c",
+            "import bcrypt, sys\n"
+            "print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())",
+            password,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"release:{hashed}\n")
+    auth_file = tmp_path / "auth.json"
+    helm_config = tmp_path / "helm" / "config.json"
+    with running_registry(tmp_path, htpasswd) as host:
+
+        def login(secret: str) -> subprocess.CompletedProcess[str]:
+            env = {
+                **os.environ,
+                "REGISTRY_AUTH_FILE": str(auth_file),
+                "HELM_REGISTRY_CONFIG": str(helm_config),
+                "REGISTRY_USERNAME": "release",
+                "REGISTRY_PASSWORD": secret,
+            }
+            return subprocess.run(
+                ["make", "--no-print-directory", "registry-login", f"REGISTRY={host}/team"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+
+        refused = login(password + "x")
+        assert refused.returncode != 0
+        assert not auth_file.exists() or host not in json.loads(auth_file.read_text())["auths"]
+        accepted = login(password)
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        assert password not in accepted.stdout + accepted.stderr
+    assert host in json.loads(auth_file.read_text())["auths"]
+    assert host in json.loads(helm_config.read_text())["auths"]
