@@ -11,6 +11,9 @@ first). Every expected name and digest is read from what was built, pushed or pa
 - the chart pulled back from oci://REGISTRY with `helm pull` is byte for byte the package;
 - after `make sign` with a key from `make signing-key`, `make verify` passes, and fails with
   another public key and with an SBOM changed by one byte.
+- `make image-archive` holds the images under the names the quickstart installs;
+- `make registry-login` against a registry asking for basic auth (htpasswd): logged in with
+  the password, refused without it.
 """
 
 from __future__ import annotations
