@@ -120,7 +120,7 @@ chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.
 	$(BIN)/python deploy/tools/chart_readme.py
 
 .PHONY: chart-package
-chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; helm push it)
+chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; make chart-push pushes it)
 	$(HELM) package deploy/helm/covid-stats --destination dist
 
 .PHONY: images

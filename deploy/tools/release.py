@@ -179,7 +179,22 @@ def cmd_login(options: argparse.Namespace) -> None:
     run([*helm, host], input=password)
 
 
+def check_release_tag() -> None:
+    """In a workflow run for a pushed tag (GitHub's GITHUB_REF_TYPE / GITHUB_REF_NAME), the tag
+    must be v<the chart's version>: what is pushed is named after Chart.yaml, not the tag."""
+    if os.environ.get("GITHUB_REF_TYPE") != "tag":
+        return
+    _, version = chart_meta()
+    tag = os.environ.get("GITHUB_REF_NAME", "")
+    if tag != f"v{version}":
+        raise SystemExit(
+            f"release: the tag {tag!r} is not v{version} (Chart.yaml's version): "
+            "bump Chart.yaml's version and appVersion, or tag v" + version
+        )
+
+
 def cmd_push(options: argparse.Namespace) -> None:
+    check_release_tag()
     engine = build_images.pick_engine(options.engine)
     pushed = {}
     for local, remote in image_targets(options.registry, options.tag).values():
@@ -191,6 +206,7 @@ def cmd_push(options: argparse.Namespace) -> None:
 
 
 def cmd_chart_push(options: argparse.Namespace) -> None:
+    check_release_tag()
     name, version = chart_meta()
     archive = DIST / f"{name}-{version}.tgz"
     if not archive.is_file():

@@ -461,3 +461,21 @@ def test_keyless_sign_runs_cosign_on_every_pushed_digest(tmp_path: Path) -> None
     assert blobs == {
         str(path) for path in [*(dist / "sbom").glob("*"), dist / f"{name}-{version}.tgz"]
     }
+
+
+@pytest.mark.parametrize("target", ["push", "chart-push"])
+def test_a_tag_that_is_not_the_chart_version_pushes_nothing(target: str) -> None:
+    """On a pushed tag the workflow publishes what Chart.yaml names: a tag v<other> stops
+    `make push` and `make chart-push` before anything is pushed (no registry answers at the
+    REGISTRY given: a push attempt would fail differently)."""
+    _, version = release_module().chart_meta()
+    env = {**os.environ, "GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": f"v{version}.1"}
+    result = subprocess.run(
+        ["make", "--no-print-directory", target, "REGISTRY=127.0.0.1:9/none"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert f"the tag 'v{version}.1' is not v{version}" in result.stderr, result.stderr
