@@ -120,7 +120,7 @@ chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.
 	$(BIN)/python deploy/tools/chart_readme.py
 
 .PHONY: chart-package
-chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; helm push it)
+chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; make chart-push pushes it)
 	$(HELM) package deploy/helm/covid-stats --destination dist
 
 .PHONY: images
@@ -130,6 +130,60 @@ images: ## Build the api, fetcher and replay-upstream images as the chart names 
 .PHONY: test-containers
 test-containers: $(STAMP) $(DEPLOY_STAMP) images ## Build the images, start the chart's pods with podman, load, scrape and stop them
 	$(BIN)/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
+
+# ==== Release (.github/workflows/release.yaml runs only these targets) =====================
+# deploy/tools/release.py, with the deploy venv's Python (cryptography, PyNaCl, cyclonedx-py).
+# REGISTRY: host[:port]/path (no scheme); a loopback one (127.0.0.1, localhost) is spoken to
+# over plain HTTP. TAG: default the chart's appVersion. Signing: SIGNER=key (default; SIGNING_KEY
+# + SIGNING_PASSWORD_FILE, cosign's key format, `make signing-key` makes one) or SIGNER=keyless
+# (cosign with the CI's OIDC identity: the release workflow).
+RELEASE_PY      := $(DEPLOY_VENV)/bin/python deploy/tools/release.py
+REGISTRY        ?=
+TAG             ?=
+SIGNER          ?= key
+SIGNING_DIR     ?= .local/signing
+SIGNING_KEY     ?= $(SIGNING_DIR)/cosign.key
+SIGNING_PASSWORD_FILE ?= $(SIGNING_DIR)/cosign.password
+PUBLIC_KEY      ?= $(SIGNING_DIR)/cosign.pub
+need-registry = $(if $(REGISTRY),,$(error set REGISTRY=host[:port]/path, e.g. ghcr.io/you/covid-stats))
+
+.PHONY: registry-login
+registry-login: $(DEPLOY_STAMP) ## Log podman and helm in to REGISTRY's host (REGISTRY_USERNAME, REGISTRY_PASSWORD from the environment)
+	$(need-registry)
+	$(RELEASE_PY) login --registry $(REGISTRY) --helm $(HELM)
+
+.PHONY: push
+push: $(DEPLOY_STAMP) ## Push the three images `make images` built to REGISTRY (host/path) as <repository>:TAG
+	$(need-registry)
+	$(RELEASE_PY) push --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
+
+.PHONY: chart-push
+chart-push: $(DEPLOY_STAMP) ## helm push dist/'s chart (make chart-package) to oci://REGISTRY
+	$(need-registry)
+	$(RELEASE_PY) chart-push --registry $(REGISTRY) --helm $(HELM)
+
+.PHONY: sbom
+sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image from the pinned requirements/*.txt into dist/sbom/
+	$(RELEASE_PY) sbom
+
+.PHONY: signing-key
+signing-key: $(DEPLOY_STAMP) ## Make a cosign-format signing key into SIGNING_DIR (.local/signing)
+	$(RELEASE_PY) keygen --out $(SIGNING_DIR)
+
+.PHONY: sign
+sign: $(DEPLOY_STAMP) ## Sign the pushed images, the chart and the SBOMs (SIGNER=key|keyless)
+	$(need-registry)
+	$(RELEASE_PY) sign --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) $(if $(filter keyless,$(SIGNER)),--keyless,--key $(SIGNING_KEY) --passphrase-file $(SIGNING_PASSWORD_FILE))
+
+.PHONY: verify
+verify: $(DEPLOY_STAMP) ## Check the pushed images' and dist/'s signatures against PUBLIC_KEY
+	$(need-registry)
+	$(RELEASE_PY) verify --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) --public-key $(PUBLIC_KEY)
+
+.PHONY: image-archive
+image-archive: $(DEPLOY_STAMP) ## Save the three images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
+	$(RELEASE_PY) image-archive
+# ==== end of the release block =============================================================
 
 lock: lock-deploy
 .PHONY: lock-deploy
