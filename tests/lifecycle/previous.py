@@ -31,9 +31,9 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location("build_images", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-refs = module.image_refs
+refs, tag = module.image_refs, sys.argv[2]
 module.image_refs = lambda: {
-    block: ref.rsplit(":", 1)[0] + ":" + sys.argv[2] for block, ref in refs().items()
+    block: ref.rsplit(":", 1)[0] + ":" + tag for block, ref in refs().items()
 }
 sys.argv = sys.argv[:1]
 sys.exit(module.main())

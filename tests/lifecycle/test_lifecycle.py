@@ -348,7 +348,7 @@ def _stop(stage: Stage, played: Played) -> float:
     rendered preStop hook, then SIGTERM with what is left of the grace period, SIGKILL at its
     end. The main container must exit 0 within it. Seconds from removal to stopped."""
     started = time.monotonic()
-    if played.component == "api":
+    if played.port in stage.front.endpoints():  # the first release's api
         stage.front.remove(played.port)
     grace = int(
         played.rendered.pod_spec(_workload(played.rendered, played.component)).get(
@@ -516,7 +516,9 @@ def _selectors(expr: str, names: set[str]) -> list[str]:
     """The vector selectors of a PromQL expression whose metric a target exposes (function
     names, keywords and label names are not metric names)."""
     found = []
-    for match in _SELECTOR.finditer(re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
+    # String literals blanked (same length), so nothing in them is taken for a name.
+    masked = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: '"' + " " * (len(m[0]) - 2) + '"', expr)
+    for match in _SELECTOR.finditer(masked):
         if match.group(1) in names:
             start, end = match.span()
             found.append(expr[start:end] if match.group(2) else match.group(1))
