@@ -12,12 +12,15 @@ controller and kube-proxy would do is done here, step by step, each in one place
 - a release is a render of a chart (`helm template`) with one release name; each generation
   of pods is rendered with ports of its own (api.port, api.metrics.port, statsFetcher.port):
   on the host's network two pods cannot share a port, in a cluster each has its own IP;
-- `helm upgrade` / `helm rollback`: the target chart's pre-upgrade migration Job's pod, then,
-  per Deployment (the fetcher, then the api), the rolling update of replicas 1, maxSurge 1,
-  maxUnavailable 0: the new pod started beside the old one (its init containers first), added
-  to the endpoints when its readiness probe passes; then the old one removed from them, its
-  preStop hook run (`podman exec` of the rendered command), and SIGTERM with what is left of
-  the rendered grace period (`podman pod stop -t`), as the kubelet does;
+- `helm upgrade` / `helm rollback`: the target chart's pre-upgrade migration Job's pod (an
+  upgrade only: a rollback runs pre-/post-rollback hooks, the chart has none), then, per
+  Deployment (the fetcher, then the api: a cluster rolls them at the same time; one after
+  the other here, so two cores run at most three of the pods), the rolling update of
+  replicas 1, maxSurge 1, maxUnavailable 0: the new pod started beside the old one (its init
+  containers first), added to the endpoints when its readiness probe passes; then the old
+  one removed from them, its preStop hook run (`podman exec` of the rendered command), and
+  SIGTERM with what is left of the rendered grace period (`podman pod stop -t`), as the
+  kubelet does;
 - Secrets the chart generates (the refresh token) keep their values across upgrades, as the
   chart's `lookup` keeps them in a cluster: a Secret already created is kept, keys a newer
   render adds are added.
@@ -25,8 +28,9 @@ controller and kube-proxy would do is done here, step by step, each in one place
 Order: install the previous release (PREVIOUS_COMMIT's images and chart, tests/lifecycle/
 previous.py), upgrade it to this commit, install a second release of this commit's chart
 beside it (then uninstall it), roll the first back to the previous release. The second
-release comes while the first runs this commit's chart: what must not mix is this commit's
-series, alerts and dashboard. Load runs through the front from the install to the end.
+release comes while the first runs this commit's chart (what must not mix is this commit's
+series, alerts and dashboard, whichever commit the previous release is), so before the
+rollback. Load runs through the front from the install to the end.
 """
 
 from __future__ import annotations
@@ -386,10 +390,12 @@ def _install(stage: Stage, release: Release) -> None:
         release.pods[component] = played
 
 
-def _roll(stage: Stage, old: Release, new: Release) -> dict[str, float]:
-    """`helm upgrade`/`helm rollback` from ``old`` to ``new``: ``new``'s pre-upgrade
-    migration, then each Deployment rolled (maxSurge 1, maxUnavailable 0). Seconds per part."""
-    took = {"migration": _migrate(stage, new)}
+def _roll(stage: Stage, old: Release, new: Release, *, hook: bool) -> dict[str, float]:
+    """`helm upgrade` (``hook``: ``new``'s pre-upgrade migration Job first) or `helm
+    rollback` (Helm runs only pre-/post-rollback hooks then, and the chart has none) from
+    ``old`` to ``new``: each Deployment rolled (maxSurge 1, maxUnavailable 0). Seconds per
+    part."""
+    took = {"migration": _migrate(stage, new)} if hook else {}
     for component in COMPONENTS:
         started = time.monotonic()
         played = _play(stage, new, component)
@@ -483,7 +489,7 @@ def test_2_upgrade_to_this_commit_fails_no_request(stage: Stage) -> None:
     assert stage.load is not None
     started = time.monotonic()
     new = _release(stage, FIRST, current=True)
-    took = _roll(stage, old, new)
+    took = _roll(stage, old, new, hook=True)
     stage.first = new
     stage.load.wait_requests(200, 60, since=time.monotonic())
     stage.steps["upgrade"] = (started, time.monotonic())
@@ -650,16 +656,17 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
     stage: Stage,
 ) -> None:
     """`helm rollback` to the previous release under the steady load, on the database this
-    commit migrated: its migration Job (a pre-upgrade hook too: rollback runs hooks of the
-    target revision), its fetcher with its migrate init container, its api; not one request
-    fails; afterwards the previous images serve."""
+    commit migrated: no migration Job (the chart's is a post-install and pre-upgrade hook;
+    a rollback runs pre-/post-rollback hooks only), its fetcher with its `migrate` init
+    container (statsFetcher.migrateOnStart: the older code meets the newer database there),
+    its api; not one request fails; afterwards the previous images serve."""
     current = stage.first
     assert current is not None, "the install did not complete"
     assert current.label == "current", "the upgrade did not complete"
     assert stage.load is not None
     started = time.monotonic()
     previous = _release(stage, FIRST, current=False)
-    took = _roll(stage, current, previous)
+    took = _roll(stage, current, previous, hook=False)
     stage.first = previous
     stage.load.wait_requests(200, 60, since=time.monotonic())
     stage.steps["rollback"] = (started, time.monotonic())
