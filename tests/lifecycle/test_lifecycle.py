@@ -39,6 +39,7 @@ import asyncio
 import copy
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -96,7 +97,9 @@ COMPONENTS = ("stats-fetcher", "api")  # the Deployments, in the order they are 
 def podman() -> Podman:
     found, why = Podman.find()
     if found is None:
-        pytest.fail(why)
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
     return found
 
 
@@ -169,8 +172,8 @@ def stage(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (folder / "secrets").mkdir()
     source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
     upstream_port = free_port()
-    # The images the chart runs (this commit's names; the previous release's are built with
-    # its own names and must be these too, or its render below finds no image).
+    # The repositories of the images this commit's chart runs (a render with placeholder
+    # stores): the previous release's build must make each of them with its tag.
     minimal: dict[str, object] = {"externalRedis.host": "x", "externalDatabase.host": "x"}
     minimal |= {"externalDatabase.password": "x", "api.port": 1}
     images = sorted(
