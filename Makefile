@@ -31,11 +31,12 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 	$(BIN)/python -m devstack run
 
 # The tests are grouped by part, one folder and one marker each: tests/{contract,api,fetcher,
-# devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools) and
-# tests/containers by `make test-containers`.
+# devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
+# tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
 .PHONY: test
-test: $(STAMP) ## Run the tests against real local servers, all but deploy/containers (PYTEST_ARGS="-m api")
-	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers $(PYTEST_ARGS)
+test: $(STAMP) ## Run the tests against real local servers, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
+	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers \
+		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
@@ -184,6 +185,9 @@ verify: $(DEPLOY_STAMP) ## Check the pushed images' and dist/'s signatures again
 image-archive: $(DEPLOY_STAMP) ## Save the three images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
 	$(RELEASE_PY) image-archive
 # ==== end of the release block =============================================================
+.PHONY: test-lifecycle
+test-lifecycle: $(STAMP) $(DEPLOY_STAMP) images ## Upgrade from an earlier commit's images and chart, a second release, rollback: pods under load
+	$(BIN)/python -m pytest -m lifecycle tests/lifecycle $(PYTEST_ARGS)
 
 lock: lock-deploy
 .PHONY: lock-deploy

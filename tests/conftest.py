@@ -56,7 +56,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 # The folders of tests/, each one a part of the system and a marker of the same name
 # (registered in pyproject.toml): `pytest -m api`, `make test PYTEST_ARGS="-m fetcher"`.
-# tests/containers marks its own module (`containers`, deselected unless asked for).
+# tests/containers and tests/lifecycle mark their own modules (`containers`, `lifecycle`,
+# deselected unless asked for).
 TESTS = Path(__file__).resolve().parent
 PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
 

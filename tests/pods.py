@@ -46,8 +46,17 @@ from typing import Any
 import httpx
 import yaml  # type: ignore[import-untyped]
 
-from deploy_support import Rendered, container_env, container_port, expand
-from support import REPO
+from deploy_support import (
+    COMPONENT_LABEL,
+    Rendered,
+    container_env,
+    container_port,
+    expand,
+    operator_job,
+    selected_service,
+)
+from devstack.procs import free_port
+from support import REPO, Process, spawn
 
 CONTAINERS_CONF = REPO / "deploy" / "containers" / "containers.conf"
 
@@ -386,3 +395,81 @@ def service_target(rendered: Rendered, url: str, containers: Mapping[str, dict[s
     component = service["spec"]["selector"]["app.kubernetes.io/component"]
     target = container_port(containers[component], port["targetPort"])
     return str(parsed.copy_with(host="127.0.0.1", port=target))
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+
+def tool_path(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(f"{name} is not installed: run .ci/install-tools")
+    return path
+
+
+def start_prometheus(folder: Path, config: dict[str, Any], name: str) -> tuple[Process, str]:
+    """Debian's Prometheus with ``config`` (written to ``folder/<name>.yml``): the process and
+    its URL, once ready."""
+    binary = tool_path("prometheus")
+    port = free_port()
+    (folder / f"{name}.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    process = spawn(
+        name,
+        [
+            binary,
+            f"--config.file={folder / f'{name}.yml'}",
+            f"--storage.tsdb.path={folder / f'{name}-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        dict(os.environ),
+        folder,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/-/ready", timeout=60)
+    return process, url
+
+
+def monitor_scrape_configs(
+    rendered: Rendered,
+    namespace: str,
+    containers: Mapping[str, dict[str, Any]],
+    pods: Mapping[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The scrape configs prometheus-operator would make of the rendered ServiceMonitors (job,
+    namespace, service, endpoint, pod labels; the monitors' interval, path and port), and the
+    job of each component. The targets are static (no API server to discover them from): the
+    Service's target port in the pod behind it. ``containers``: {component: rendered
+    container}; ``pods``: {component: the played pod's name}."""
+    scrape_configs = []
+    jobs: dict[str, str] = {}
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        service = selected_service(rendered, monitor)
+        component = service["metadata"]["labels"][COMPONENT_LABEL]
+        for index, endpoint in enumerate(monitor["spec"]["endpoints"]):
+            job = operator_job(rendered, monitor, endpoint)
+            jobs[component] = job
+            (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+            url = service_target(
+                rendered, f"http://{service['metadata']['name']}:{port['port']}", containers
+            )
+            scrape_configs.append(
+                {
+                    "job_name": f"serviceMonitor/{namespace}/{monitor['metadata']['name']}/{index}",
+                    "scrape_interval": endpoint["interval"],
+                    "scrape_timeout": endpoint["scrapeTimeout"],
+                    "metrics_path": endpoint["path"],
+                    "static_configs": [
+                        {
+                            "targets": [httpx.URL(url).netloc.decode()],
+                            "labels": {
+                                "job": job,
+                                "namespace": namespace,
+                                "service": service["metadata"]["name"],
+                                "endpoint": endpoint["port"],
+                                "pod": pods[component],
+                            },
+                        }
+                    ],
+                }
+            )
+    return scrape_configs, jobs

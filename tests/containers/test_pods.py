@@ -21,7 +21,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import ssl
 import threading
 import time
@@ -49,8 +48,6 @@ from deploy_support import (
     dashboard_queries,
     helm_template,
     nested_values,
-    operator_job,
-    selected_service,
 )
 from devstack.load import Load, Outcome
 from devstack.procs import free_port, wait_until
@@ -63,8 +60,10 @@ from pods import (
     config_maps_of,
     for_podman,
     memory_bytes,
+    monitor_scrape_configs,
     probers,
     service_target,
+    start_prometheus,
     write_secret_files,
 )
 from support import (
@@ -549,33 +548,6 @@ class Prometheus:
         return self.query("ALERTS")
 
 
-def _start_prometheus(folder: Path, config: dict[str, Any], name: str) -> tuple[Any, str]:
-    binary = tool_path("prometheus")
-    port = free_port()
-    (folder / f"{name}.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    process = spawn(
-        name,
-        [
-            binary,
-            f"--config.file={folder / f'{name}.yml'}",
-            f"--storage.tsdb.path={folder / f'{name}-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        dict(os.environ),
-        folder,
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_http(f"{url}/-/ready", timeout=60)
-    return process, url
-
-
-def tool_path(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: run .ci/install-tools")
-    return path
-
-
 @pytest.fixture(scope="module")
 def prometheus(system: System) -> Iterator[Prometheus]:
     """Debian's Prometheus scraping the pods as prometheus-operator would from the chart's
@@ -583,39 +555,12 @@ def prometheus(system: System) -> Iterator[Prometheus]:
     path and port), with the rules of the chart's PrometheusRule. The targets are static (no
     API server to discover them from): the Service's target port in the pod behind it."""
     rendered = system.rendered
-    scrape_configs = []
-    jobs: dict[str, str] = {}
-    for monitor in rendered.of_kind("ServiceMonitor"):
-        service = selected_service(rendered, monitor)
-        component = service["metadata"]["labels"][COMPONENT_LABEL]
-        for index, endpoint in enumerate(monitor["spec"]["endpoints"]):
-            job = operator_job(rendered, monitor, endpoint)
-            jobs[component] = job
-            url = service_target(
-                rendered,
-                f"http://{service['metadata']['name']}:{_service_port(service, endpoint['port'])}",
-                system.containers,
-            )
-            scrape_configs.append(
-                {
-                    "job_name": f"serviceMonitor/{NAMESPACE}/{monitor['metadata']['name']}/{index}",
-                    "scrape_interval": endpoint["interval"],
-                    "scrape_timeout": endpoint["scrapeTimeout"],
-                    "metrics_path": endpoint["path"],
-                    "static_configs": [
-                        {
-                            "targets": [httpx.URL(url).netloc.decode()],
-                            "labels": {
-                                "job": job,
-                                "namespace": NAMESPACE,
-                                "service": service["metadata"]["name"],
-                                "endpoint": endpoint["port"],
-                                "pod": system.pods[component].name,
-                            },
-                        }
-                    ],
-                }
-            )
+    scrape_configs, jobs = monitor_scrape_configs(
+        rendered,
+        NAMESPACE,
+        system.containers,
+        {component: pod.name for component, pod in system.pods.items()},
+    )
     (rule,) = rendered.of_kind("PrometheusRule")
     groups = rule["spec"]["groups"]
     (system.folder / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
@@ -624,15 +569,10 @@ def prometheus(system: System) -> Iterator[Prometheus]:
         "rule_files": [str(system.folder / "rules.yml")],
         "scrape_configs": scrape_configs,
     }
-    process, url = _start_prometheus(system.folder, config, "prometheus")
+    process, url = start_prometheus(system.folder, config, "prometheus")
     rules = [r for g in groups for r in g["rules"] if "alert" in r]
     yield Prometheus(url, rules, jobs)
     process.stop()
-
-
-def _service_port(service: dict[str, Any], name: str) -> int:
-    (port,) = [p for p in service["spec"]["ports"] if p["name"] == name]
-    return int(port["port"])
 
 
 def _probed(prober: Prober) -> bool:
@@ -774,7 +714,7 @@ def test_the_annotation_scrape_config_gives_the_same_jobs(system: System) -> Non
     scrape["static_configs"] = targets
     scrape["scrape_interval"] = "1s"
     config = {"scrape_configs": [scrape]}
-    process, url = _start_prometheus(system.folder, config, "prometheus-annotations")
+    process, url = start_prometheus(system.folder, config, "prometheus-annotations")
     try:
         prometheus = Prometheus(url, [], {})
         wanted = operator_jobs(system.rendered)
