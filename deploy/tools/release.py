@@ -136,27 +136,22 @@ def record_pushed(entries: dict[str, str]) -> None:
     PUSHED.write_text(json.dumps(pushed, indent=2, sort_keys=True) + "\n")
 
 
-def podman_push(
-    engine: build_images.Engine,
-    local: str,
-    remote: str,
-    sign: tuple[Path, Path] | None = None,
-    env: dict[str, str] | None = None,
-) -> str:
-    """Push ``local`` to ``remote`` (signed with (key, passphrase file) when given); its
-    manifest digest."""
+def podman_push(engine: build_images.Engine, local: str, remote: str) -> str:
+    """Push ``local`` to ``remote``; its manifest digest."""
     with tempfile.TemporaryDirectory() as folder:
         digestfile = Path(folder) / "digest"
-        argv = [engine.name, "push", "--digestfile", str(digestfile)]
-        if engine.name == "podman" and loopback(remote):
-            argv.append("--tls-verify=false")
-        if sign:
-            argv += ["--sign-by-sigstore-private-key", str(sign[0])]
-            argv += ["--sign-passphrase-file", str(sign[1])]
-        argv += [local, remote] if engine.name == "podman" else [remote]
         if engine.name == "docker":
             run(["docker", "tag", local, remote])
-        run(argv, env=env or engine.env)
+            result = run(["docker", "push", remote], capture_output=True)
+            print(result.stdout, end="")
+            match = re.search(r"digest: (sha256:[0-9a-f]{64})", result.stdout)
+            if not match:
+                raise SystemExit(f"release: docker push printed no digest for {remote}")
+            return match.group(1)
+        argv = [engine.name, "push", "--digestfile", str(digestfile)]
+        if loopback(remote):
+            argv.append("--tls-verify=false")
+        run([*argv, local, remote], env=engine.env)
         return digestfile.read_text().strip()
 
 
@@ -396,20 +391,6 @@ def _private_key(key: Path, passphrase_file: Path) -> object:
 def blobs_to_sign() -> list[Path]:
     name, version = chart_meta()
     return [DIST / f"{name}-{version}.tgz", *sorted(SBOM_DIR.glob("*.cdx.json"))]
-
-
-def _sigstore_home(folder: Path) -> dict[str, str]:
-    """An environment whose containers/image configuration (registries.d, found under
-    $HOME/.config/containers) stores and reads signatures as sigstore attachments in the
-    registry, as cosign does."""
-    registries_d = folder / ".config" / "containers" / "registries.d"
-    registries_d.mkdir(parents=True, exist_ok=True)
-    (registries_d / "sigstore.yaml").write_text(
-        "default-docker:\n  use-sigstore-attachments: true\n"
-    )
-    env = dict(os.environ, HOME=str(folder))
-    env["CONTAINERS_CONF"] = str(build_images.CONTAINERS_CONF)
-    return env
 
 
 def cmd_sign(options: argparse.Namespace) -> None:
