@@ -24,15 +24,16 @@ Python (cryptography, PyNaCl, cyclonedx-py); .github/workflows/release.yaml runs
 - SBOMs: CycloneDX 1.5 JSON per image, `cyclonedx-py requirements` of the pinned file its
   Dockerfile installs (IMAGE_REQUIREMENTS), into dist/sbom/<repository>.cdx.json.
 - Signing with a key (here, and wherever a key is kept): each pushed image and the pushed
-  chart get a signature stored in their repository exactly as cosign stores one
+  chart get a signature stored in their repository in cosign's layout
   (`sha256-<digest>.sig`: the simple-signing payload naming the repository and digest, its
-  ECDSA P-256 / SHA-256 signature in the layer's annotation), so `cosign verify --key` checks
-  them; the chart archive and the SBOMs are signed as blobs in `cosign sign-blob`'s format
-  (base64 signature, `<file>.sig`). Written over the registry API here, because Debian's
-  podman 4.3 is built with sigstore disabled ("Debian-local change: sigstore disabled", for
-  `push --sign-by-sigstore-private-key` and for `sigstoreSigned` policies alike). The key is
-  cosign's format (ECDSA P-256, PKCS#8, encrypted with scrypt + nacl/secretbox), made by
-  `keygen`. `verify` checks what `cosign verify --key` checks, the signatures by openssl.
+  ECDSA P-256 / SHA-256 signature in the layer's annotation), which `cosign verify --key`
+  reads (no cosign runs here to show it); the chart archive and the SBOMs are signed as
+  blobs in `cosign sign-blob`'s format (base64 signature, `<file>.sig`). Written over the
+  registry API here, because Debian's podman 4.3 is built with sigstore disabled
+  ("Debian-local change: sigstore disabled", for `push --sign-by-sigstore-private-key` and
+  for `sigstoreSigned` policies alike). The key is cosign's format (ECDSA P-256, PKCS#8,
+  encrypted with scrypt + nacl/secretbox), made by `keygen`. `verify` checks what `cosign
+  verify --key` checks, the signatures by openssl.
 - Keyless (the release workflow): cosign with GitHub's OIDC identity signs each pushed
   image and the chart by digest and attests each image's SBOM (`cosign attest --type
   cyclonedx`). It needs cosign and an OIDC token, so it runs only in the workflow.
@@ -478,7 +479,8 @@ def attach_signature(ref: str, digest: str, sign_bytes: Callable[[bytes], bytes]
     payload = json.dumps(
         {
             "critical": {
-                "identity": {"docker-reference": ref},
+                # the repository, without the tag, as cosign writes it
+                "identity": {"docker-reference": f"{base.split('://', 1)[1]}/{repository}"},
                 "image": {"docker-manifest-digest": digest},
                 "type": "cosign container image signature",
             },
@@ -614,12 +616,12 @@ def verify_image(ref: str, digest: str, public: Path) -> None:
         if "sha256:" + hashlib.sha256(payload).hexdigest() != layer["digest"]:
             continue
         critical = json.loads(payload)["critical"]
-        named = critical["identity"]["docker-reference"].rsplit(":", 1)[0]
+        named = critical["identity"]["docker-reference"]
         signature = layer.get("annotations", {}).get(SIGNATURE_ANNOTATION, "")
         if (
             critical["type"] == "cosign container image signature"
             and critical["image"]["docker-manifest-digest"] == digest
-            and named == ref.rsplit(":", 1)[0]
+            and named == f"{base.split('://', 1)[1]}/{repository}"
             and signature
             and _openssl_verify(public, payload, signature)
         ):
