@@ -24,15 +24,16 @@ Python (cryptography, PyNaCl, cyclonedx-py); .github/workflows/release.yaml runs
 - SBOMs: CycloneDX 1.5 JSON per image, `cyclonedx-py requirements` of the pinned file its
   Dockerfile installs (IMAGE_REQUIREMENTS), into dist/sbom/<repository>.cdx.json.
 - Signing with a key (here, and wherever a key is kept): each pushed image and the pushed
-  chart get a signature stored in their repository exactly as cosign stores one
+  chart get a signature stored in their repository in cosign's layout
   (`sha256-<digest>.sig`: the simple-signing payload naming the repository and digest, its
-  ECDSA P-256 / SHA-256 signature in the layer's annotation), so `cosign verify --key` checks
-  them; the chart archive and the SBOMs are signed as blobs in `cosign sign-blob`'s format
-  (base64 signature, `<file>.sig`). Written over the registry API here, because Debian's
-  podman 4.3 is built with sigstore disabled ("Debian-local change: sigstore disabled", for
-  `push --sign-by-sigstore-private-key` and for `sigstoreSigned` policies alike). The key is
-  cosign's format (ECDSA P-256, PKCS#8, encrypted with scrypt + nacl/secretbox), made by
-  `keygen`. `verify` checks what `cosign verify --key` checks, the signatures by openssl.
+  ECDSA P-256 / SHA-256 signature in the layer's annotation), which `cosign verify --key`
+  reads (no cosign runs here to show it); the chart archive and the SBOMs are signed as
+  blobs in `cosign sign-blob`'s format (base64 signature, `<file>.sig`). Written over the
+  registry API here, because Debian's podman 4.3 is built with sigstore disabled
+  ("Debian-local change: sigstore disabled", for `push --sign-by-sigstore-private-key` and
+  for `sigstoreSigned` policies alike). The key is cosign's format (ECDSA P-256, PKCS#8,
+  encrypted with scrypt + nacl/secretbox), made by `keygen`. `verify` checks what `cosign
+  verify --key` checks, the signatures by openssl.
 - Keyless (the release workflow): cosign with GitHub's OIDC identity signs each pushed
   image and the chart by digest and attests each image's SBOM (`cosign attest --type
   cyclonedx`). It needs cosign and an OIDC token, so it runs only in the workflow.
@@ -136,27 +137,22 @@ def record_pushed(entries: dict[str, str]) -> None:
     PUSHED.write_text(json.dumps(pushed, indent=2, sort_keys=True) + "\n")
 
 
-def podman_push(
-    engine: build_images.Engine,
-    local: str,
-    remote: str,
-    sign: tuple[Path, Path] | None = None,
-    env: dict[str, str] | None = None,
-) -> str:
-    """Push ``local`` to ``remote`` (signed with (key, passphrase file) when given); its
-    manifest digest."""
+def podman_push(engine: build_images.Engine, local: str, remote: str) -> str:
+    """Push ``local`` to ``remote``; its manifest digest."""
     with tempfile.TemporaryDirectory() as folder:
         digestfile = Path(folder) / "digest"
-        argv = [engine.name, "push", "--digestfile", str(digestfile)]
-        if engine.name == "podman" and loopback(remote):
-            argv.append("--tls-verify=false")
-        if sign:
-            argv += ["--sign-by-sigstore-private-key", str(sign[0])]
-            argv += ["--sign-passphrase-file", str(sign[1])]
-        argv += [local, remote] if engine.name == "podman" else [remote]
         if engine.name == "docker":
             run(["docker", "tag", local, remote])
-        run(argv, env=env or engine.env)
+            result = run(["docker", "push", remote], capture_output=True)
+            print(result.stdout, end="")
+            match = re.search(r"digest: (sha256:[0-9a-f]{64})", result.stdout)
+            if not match:
+                raise SystemExit(f"release: docker push printed no digest for {remote}")
+            return match.group(1)
+        argv = [engine.name, "push", "--digestfile", str(digestfile)]
+        if loopback(remote):
+            argv.append("--tls-verify=false")
+        run([*argv, local, remote], env=engine.env)
         return digestfile.read_text().strip()
 
 
@@ -398,20 +394,6 @@ def blobs_to_sign() -> list[Path]:
     return [DIST / f"{name}-{version}.tgz", *sorted(SBOM_DIR.glob("*.cdx.json"))]
 
 
-def _sigstore_home(folder: Path) -> dict[str, str]:
-    """An environment whose containers/image configuration (registries.d, found under
-    $HOME/.config/containers) stores and reads signatures as sigstore attachments in the
-    registry, as cosign does."""
-    registries_d = folder / ".config" / "containers" / "registries.d"
-    registries_d.mkdir(parents=True, exist_ok=True)
-    (registries_d / "sigstore.yaml").write_text(
-        "default-docker:\n  use-sigstore-attachments: true\n"
-    )
-    env = dict(os.environ, HOME=str(folder))
-    env["CONTAINERS_CONF"] = str(build_images.CONTAINERS_CONF)
-    return env
-
-
 def cmd_sign(options: argparse.Namespace) -> None:
     pushed = load_pushed()
     images = [remote for _, remote in image_targets(options.registry, options.tag).values()]
@@ -497,7 +479,8 @@ def attach_signature(ref: str, digest: str, sign_bytes: Callable[[bytes], bytes]
     payload = json.dumps(
         {
             "critical": {
-                "identity": {"docker-reference": ref},
+                # the repository, without the tag, as cosign writes it
+                "identity": {"docker-reference": f"{base.split('://', 1)[1]}/{repository}"},
                 "image": {"docker-manifest-digest": digest},
                 "type": "cosign container image signature",
             },
@@ -633,12 +616,12 @@ def verify_image(ref: str, digest: str, public: Path) -> None:
         if "sha256:" + hashlib.sha256(payload).hexdigest() != layer["digest"]:
             continue
         critical = json.loads(payload)["critical"]
-        named = critical["identity"]["docker-reference"].rsplit(":", 1)[0]
+        named = critical["identity"]["docker-reference"]
         signature = layer.get("annotations", {}).get(SIGNATURE_ANNOTATION, "")
         if (
             critical["type"] == "cosign container image signature"
             and critical["image"]["docker-manifest-digest"] == digest
-            and named == ref.rsplit(":", 1)[0]
+            and named == f"{base.split('://', 1)[1]}/{repository}"
             and signature
             and _openssl_verify(public, payload, signature)
         ):
