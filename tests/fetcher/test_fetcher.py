@@ -243,6 +243,10 @@ def test_every_fault_keeps_the_last_good_snapshot_and_moves_the_failure_metric(
     }
     fetcher: Fetcher = fetcher_factory(env)
     wait_until(lambda: snapshot_id(redis_url) > 0, 30, what="the first snapshot")
+    for resource in RESOURCES:  # the size of each body read (headroom to UPSTREAM_MAX_BYTES)
+        size = len(upstream.get(resource.upstream_path("json")).content)
+        gauge = "covid_stats_fetcher_upstream_body_bytes"
+        assert fetcher.metric(gauge, resource=resource.key) == size, resource.key
     api = api_factory(service_env)
     good = httpx.get(f"{api}/v1/states/current.json").content
     assert good == upstream.get("/v1/states/current.json").content

@@ -97,3 +97,10 @@ DATA_AGE = Gauge(
     namespace=NAMESPACE,
 )
 DATA_AGE.set_function(_data_age)
+
+UPSTREAM_BODY_BYTES = Gauge(
+    "upstream_body_bytes",
+    "Size of the resource's last upstream body read whole (a 200 within UPSTREAM_MAX_BYTES)",
+    ["resource"],
+    namespace=NAMESPACE,
+)

@@ -166,6 +166,7 @@ class Refresher:
             return Outcome(key, "failed", exc.reason)
         if fetched.not_modified:
             return Outcome(key, "not_modified")
+        metrics.UPSTREAM_BODY_BYTES.labels(key).set(len(fetched.body))
         digest = content_hash(fetched.body)
         if last is not None and digest == last.content_hash:
             return Outcome(key, "unchanged")
