@@ -92,8 +92,8 @@ def test_topology_spread_policies_are_values() -> None:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for name, constraint in _spread_constraints(rendered):
         by_name.setdefault(name, []).append(constraint)
-    api = by_name["covid-stats-api"]
-    fetcher = by_name["covid-stats-stats-fetcher"]
+    api = by_name[f"{RELEASE}-api"]
+    fetcher = by_name[f"{RELEASE}-stats-fetcher"]
     assert {c["nodeTaintsPolicy"] for c in api + fetcher} == {"Ignore"}
     assert {c["nodeAffinityPolicy"] for c in api} == {"Ignore"}
     assert {c["nodeAffinityPolicy"] for c in fetcher} == {"Honor"}
