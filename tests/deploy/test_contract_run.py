@@ -38,6 +38,7 @@ def contract_render() -> Rendered:
         values={
             "replayUpstream.enabled": True,
             "api.port": free_port(),
+            "api.metrics.port": free_port(),
             "statsFetcher.port": free_port(),
         }
     )

@@ -9,9 +9,14 @@ Kubernetes behaviour acts on.
 
 from __future__ import annotations
 
+import copy
+import http.server
 import json
+import os
 import re
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +92,8 @@ def test_topology_spread_policies_are_values() -> None:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for name, constraint in _spread_constraints(rendered):
         by_name.setdefault(name, []).append(constraint)
-    api = by_name["covid-stats-api"]
-    fetcher = by_name["covid-stats-stats-fetcher"]
+    api = by_name[f"{RELEASE}-api"]
+    fetcher = by_name[f"{RELEASE}-stats-fetcher"]
     assert {c["nodeTaintsPolicy"] for c in api + fetcher} == {"Ignore"}
     assert {c["nodeAffinityPolicy"] for c in api} == {"Ignore"}
     assert {c["nodeAffinityPolicy"] for c in fetcher} == {"Honor"}
@@ -428,3 +433,167 @@ def test_no_migration_serviceaccount_outlives_an_uninstall(value_set: str) -> No
     assert job_phases <= phases - {"post-delete"}, (job_phases, phases)
     assert "post-delete" not in job_phases
     assert rendered.pod_spec(job)["serviceAccountName"] == account["metadata"]["name"]
+
+
+# -- a changed claim template, refused where Helm reaches the cluster ----------------------------
+
+
+def _plural(kind: str) -> str:
+    lower = kind.lower()
+    return (
+        lower[:-1] + "ies"
+        if lower.endswith("y")
+        else lower + ("es" if lower.endswith("s") else "s")
+    )
+
+
+def _discovery(rendered: Rendered) -> dict[str, Any]:
+    """The discovery documents client-go asks for, listing the kinds of ``rendered``."""
+    kinds: dict[str, set[str]] = {}
+    for doc in rendered.docs:
+        kinds.setdefault(doc["apiVersion"], set()).add(doc["kind"])
+    documents: dict[str, Any] = {
+        "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0"},
+        "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    }
+    groups = []
+    for group_version, group_kinds in sorted(kinds.items()):
+        resources = [
+            {"name": _plural(k), "singularName": k.lower(), "namespaced": True, "kind": k}
+            for k in sorted(group_kinds)
+        ]
+        for resource in resources:
+            resource["verbs"] = ["get", "list"]
+        if "/" in group_version:
+            group, version = group_version.split("/")
+            entry = {"groupVersion": group_version, "version": version}
+            groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+            path = f"/apis/{group_version}"
+        else:
+            path = "/api/v1"
+        documents[path] = {
+            "kind": "APIResourceList",
+            "groupVersion": group_version,
+            "resources": resources,
+        }
+    documents["/apis"] = {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    return documents
+
+
+class _FakeApiServer(http.server.ThreadingHTTPServer):
+    """A stand-in for a Kubernetes API server (none runs here): the discovery documents client-go
+    asks for (/version, /api, /apis, the resource lists of the kinds the chart renders) and GETs
+    of the objects given; 404 for anything else. Enough for Helm's `lookup` under `helm
+    template --dry-run=server`, nothing more: no OpenAPI, no watch, no write, no admission."""
+
+    def __init__(self, objects: dict[str, Any]) -> None:
+        self.objects = objects
+        super().__init__(("127.0.0.1", 0), _FakeApiHandler)
+
+
+class _FakeApiHandler(http.server.BaseHTTPRequestHandler):
+    server: _FakeApiServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        body = self.server.objects.get(path)
+        status = 200 if body is not None else 404
+        if body is None:
+            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """(the objects the fake API server serves, by path; the environment pointing helm at it)."""
+    objects: dict[str, Any] = _discovery(render())
+    server = _FakeApiServer(objects)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "fake",
+                        "cluster": {"server": f"http://127.0.0.1:{server.server_port}"},
+                    }
+                ],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+                "contexts": [
+                    {
+                        "name": "fake",
+                        "context": {"cluster": "fake", "user": "fake", "namespace": "ns"},
+                    }
+                ],
+                "current-context": "fake",
+            }
+        )
+    )
+    yield objects, {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    server.shutdown()
+    server.server_close()
+
+
+def _as_stored(statefulset: dict[str, Any]) -> dict[str, Any]:
+    """The StatefulSet as the API server would return it after `helm install`: Helm's ownership
+    annotations, defaults filled in its claim template."""
+    stored = copy.deepcopy(statefulset)
+    stored["metadata"].setdefault("annotations", {}).update(
+        {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": "ns"}
+    )
+    for claim in stored["spec"].get("volumeClaimTemplates", []):
+        claim["spec"].setdefault("volumeMode", "Filesystem")
+        claim["status"] = {"phase": "Pending"}
+    return stored
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_changed_claim_template_is_refused_where_helm_reaches_the_cluster(
+    store: str, fake_cluster: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    """Kubernetes forbids changing a StatefulSet's volumeClaimTemplates, so `helm upgrade` with a
+    new size or storage class would fail half-way ("Forbidden: updates to statefulset spec").
+    The chart looks the StatefulSet up and refuses first, naming the procedure; the same
+    values upgrade, and a first install (nothing to look up) renders. The API server is a fake
+    (see _FakeApiServer): Helm's `lookup` is real."""
+    objects, env = fake_cluster
+    name = f"{RELEASE}-{store}"
+    installed = render().get("StatefulSet", name)
+    path = f"/apis/apps/v1/namespaces/ns/statefulsets/{name}"
+
+    def template(values: dict[str, object]) -> Any:
+        argv: list[str | Path] = [tool("helm"), "template", RELEASE, CHART, "--namespace", "ns"]
+        # The fake serves no OpenAPI document to validate against.
+        argv += ["--dry-run=server", "--disable-openapi-validation"]
+        argv += ["-s", f"templates/{store}/statefulset.yaml"]
+        argv += set_args(values)
+        return run(argv, check=False, env=env)
+
+    assert template({}).returncode == 0  # nothing installed yet
+    objects[path] = _as_stored(installed)
+    same = template({})
+    assert same.returncode == 0, same.stderr
+    changes: list[dict[str, object]] = [
+        {f"{store}.persistence.size": "50Gi"},
+        {f"{store}.persistence.storageClass": "fast-ssd"},
+        {f"{store}.persistence.accessModes": ["ReadWriteOncePod"]},
+    ]
+    for change in changes:
+        refused = template(change)
+        assert refused.returncode != 0, change
+        assert "--cascade=orphan" in refused.stderr, refused.stderr
+        assert f"{store}.persistence" in refused.stderr
+    # An existing claim of your own has no claim template to compare.
+    assert template({f"{store}.persistence.existingClaim": "mine"}).returncode == 0

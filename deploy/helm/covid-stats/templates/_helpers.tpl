@@ -77,8 +77,8 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 {{- $existing := lookup "apps/v1" "StatefulSet" $ctx.Release.Namespace $name }}
 {{- range ($existing.spec | default dict).volumeClaimTemplates | default list }}
 {{- if eq .metadata.name "data" }}
-{{- $old := dict "size" (toString .spec.resources.requests.storage) "storageClass" (toString (.spec.storageClassName | default "")) "accessModes" (toJson .spec.accessModes) }}
-{{- $new := dict "size" (toString $p.size) "storageClass" (toString ($p.storageClass | default "")) "accessModes" (toJson $p.accessModes) }}
+{{- $old := dict "size" (toString .spec.resources.requests.storage) "storageClass" (toString (.spec.storageClassName | default "")) "accessModes" .spec.accessModes }}
+{{- $new := dict "size" (toString $p.size) "storageClass" (toString ($p.storageClass | default "")) "accessModes" $p.accessModes }}
 {{- if ne (toJson $old) (toJson $new) }}
 {{- fail (printf "%s.persistence: the StatefulSet %s has the claim template %s, the values ask for %s; Kubernetes refuses to change a StatefulSet's volumeClaimTemplates. Follow \"A changed claim template\" in the chart README: kubectl delete statefulset %s --cascade=orphan, then upgrade (and expand the PersistentVolumeClaim itself for a new size)." $component $name (toJson $old) (toJson $new) $name) }}
 {{- end }}
