@@ -97,9 +97,9 @@ def test_cluster_smoke(tmp_path: Path) -> None:
                 values_path,
                 "--wait",
                 "--timeout",
-                "10m",
+                "15m",  # the migration hook may run for its activeDeadlineSeconds (900 s)
             ],
-            timeout=900,
+            timeout=1200,
         )
         for name in (f"{RELEASE}-api", f"{RELEASE}-stats-fetcher"):
             deployment = apps.read_namespaced_deployment_status(name, namespace)
