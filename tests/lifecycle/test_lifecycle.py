@@ -85,8 +85,13 @@ FIRST = "lc-one"  # the release upgraded and rolled back
 SECOND = "lc-two"  # the release installed beside it
 NAMESPACE = "covid-stats"  # both releases' (one namespace, as the issue's case)
 LOAD_PATHS = ["/v1/us/current.json", "/v1/states/current.json", "/covid-stats"]
-LOAD_RATE = 100.0  # requests per second, steady, through the front
+LOAD_RATE = 100.0  # requests per second, steady, through the front, on kept-alive connections
 LOAD_CLIENTS = 8
+# And clients that open a new connection for every request (`Connection: close`): kept-alive
+# clients only reconnect when a pod closes their connection, so without them a front that
+# sent new connections to a pod not ready yet would go unseen.
+FRESH_RATE = 20.0
+FRESH_CLIENTS = 2
 COMPONENTS = ("stats-fetcher", "api")  # the Deployments, in the order they are rolled
 
 
@@ -139,7 +144,7 @@ class Stage:
     postgres: LocalPostgres
     upstream: str
     front: Front
-    load: Load | None = None
+    loads: list[Load] = field(default_factory=list)  # kept-alive, fresh connections
     first: Release | None = None  # what runs as the first release now
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # podman secrets' data
     played: list[Played] = field(default_factory=list)  # every pod, for the teardown
@@ -214,8 +219,8 @@ def stage(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         try:
             yield stage
         finally:
-            if stage.load is not None:
-                stage.load.stop()
+            for load in stage.loads:
+                load.stop()
             for played in stage.played:
                 for prober in played.probers.values():
                     prober.stop()
@@ -424,8 +429,15 @@ def _image_revision(stage: Stage, played: Played) -> str:
 
 def _outcomes(stage: Stage, step: str) -> list[Outcome]:
     start, end = stage.steps[step]
-    assert stage.load is not None
-    return [o for o in stage.load.outcomes() if start <= o.started <= end]
+    assert stage.loads, "the load never started"
+    return [o for load in stage.loads for o in load.outcomes() if start <= o.started <= end]
+
+
+def _settle(stage: Stage) -> None:
+    """Requests of every client kind finished after the step's last change."""
+    now = time.monotonic()
+    for load in stage.loads:
+        load.wait_requests(40, 60, since=now)
 
 
 def _describe(outcomes: list[Outcome]) -> str:
@@ -472,9 +484,20 @@ def test_1_install_the_previous_release_and_start_the_load(stage: Stage) -> None
         interval=0.5,
         what="the first snapshot served through the front",
     )
-    stage.load = Load(stage.front.url, LOAD_PATHS, clients=LOAD_CLIENTS, rate=LOAD_RATE)
-    stage.load.start()
-    stage.load.wait_requests(200, 60)
+    stage.loads = [
+        Load(stage.front.url, LOAD_PATHS, clients=LOAD_CLIENTS, rate=LOAD_RATE),
+        Load(
+            stage.front.url,
+            LOAD_PATHS,
+            clients=FRESH_CLIENTS,
+            rate=FRESH_RATE,
+            headers={"Connection": "close"},
+        ),
+    ]
+    for load in stage.loads:
+        load.start()
+    for load in stage.loads:
+        load.wait_requests(40, 60)
     stage.steps["install"] = (started, time.monotonic())
     outcomes = _outcomes(stage, "install")
     assert [o for o in outcomes if not o.ok] == [], _describe(outcomes)
@@ -489,12 +512,12 @@ def test_2_upgrade_to_this_commit_fails_no_request(stage: Stage) -> None:
     request fails; afterwards every answer comes from the new api pod through the front."""
     old = stage.first
     assert old is not None, "the install did not complete"
-    assert stage.load is not None
+    assert stage.loads, "the install did not complete"
     started = time.monotonic()
     new = _release(stage, FIRST, current=True)
     took = _roll(stage, old, new, hook=True)
     stage.first = new
-    stage.load.wait_requests(200, 60, since=time.monotonic())
+    _settle(stage)
     stage.steps["upgrade"] = (started, time.monotonic())
     outcomes = _outcomes(stage, "upgrade")
     failed = [o for o in outcomes if not o.ok]
@@ -666,12 +689,12 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
     current = stage.first
     assert current is not None, "the install did not complete"
     assert current.label == "current", "the upgrade did not complete"
-    assert stage.load is not None
+    assert stage.loads, "the install did not complete"
     started = time.monotonic()
     previous = _release(stage, FIRST, current=False)
     took = _roll(stage, current, previous, hook=False)
     stage.first = previous
-    stage.load.wait_requests(200, 60, since=time.monotonic())
+    _settle(stage)
     stage.steps["rollback"] = (started, time.monotonic())
     outcomes = _outcomes(stage, "rollback")
     failed = [o for o in outcomes if not o.ok]
@@ -685,11 +708,11 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
         outcomes,
         _ready_figures(previous) + "; " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()),
     )
-    assert stage.load is not None
-    every = stage.load.outcomes()
+    every = [o for load in stage.loads for o in load.outcomes()]
     summary(
-        f"lifecycle: in all {len(every)} requests through the front at {LOAD_RATE:.0f}/s "
-        f"({LOAD_CLIENTS} keep-alive clients), {len([o for o in every if not o.ok])} failed; "
+        f"lifecycle: in all {len(every)} requests through the front ({LOAD_CLIENTS} kept-alive "
+        f"clients at {LOAD_RATE:.0f}/s, {FRESH_CLIENTS} with a new connection per request at "
+        f"{FRESH_RATE:.0f}/s), {len([o for o in every if not o.ok])} failed; "
         f"connections per api pod port: {dict(stage.front.connections)}; "
         f"refused by the front: {stage.front.refused}"
     )
