@@ -675,6 +675,25 @@ def test_3_a_second_release_beside_the_first_does_not_mix_with_it(stage: Stage) 
     assert len(set(uids.values())) == 2, f"both dashboards have the uid {uids}"
 
 
+def _previous_migrations(previous: Previous) -> set[int]:
+    """The migration versions the previous release ships (its migrations folder)."""
+    folder = previous.root / "libs" / "covid-stats-contract" / "src" / "covid_stats_contract"
+    return {
+        int(path.name.split("_", 1)[0]) for path in (folder / "migrations").glob("[0-9]*_*.sql")
+    }
+
+
+async def _applied_versions(url: str) -> list[int]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [
+            row["version"]
+            for row in await connection.fetch("SELECT version FROM schema_migrations")
+        ]
+    finally:
+        await connection.close()
+
+
 # -- 4. roll back to the previous release ----------------------------------------------------------
 
 
@@ -690,6 +709,15 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
     assert current is not None, "the install did not complete"
     assert current.label == "current", "the upgrade did not complete"
     assert stage.loads, "the install did not complete"
+    # The rollback must cross a migration: the database holds versions the previous
+    # release's code does not ship (its own migrations folder says which it knows).
+    known = _previous_migrations(stage.previous)
+    applied = asyncio.run(_applied_versions(stage.postgres.url))
+    newer = sorted(set(applied) - known)
+    assert newer, (
+        f"the database has no migration newer than {stage.previous.commit}'s ({sorted(known)}): "
+        "the rollback would cross none; name an older PREVIOUS_COMMIT (tests/lifecycle/previous.py)"
+    )
     started = time.monotonic()
     previous = _release(stage, FIRST, current=False)
     took = _roll(stage, current, previous, hook=False)
@@ -706,7 +734,10 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
         stage,
         "rollback",
         outcomes,
-        _ready_figures(previous) + "; " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()),
+        _ready_figures(previous)
+        + "; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in took.items())
+        + f"; across the migrations {newer} the previous release does not know",
     )
     every = [o for load in stage.loads for o in load.outcomes()]
     summary(
