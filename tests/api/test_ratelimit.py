@@ -23,9 +23,9 @@ import redis
 
 from covid_stats_api.core.config import Settings
 from covid_stats_api.main import create_asgi
-from covid_stats_api.serving.fastpath import FastPath
-from covid_stats_api.serving.ratelimit import EXEMPT_PATHS, RateLimit
-from covid_stats_api.serving.request_metrics import RequestMetrics
+from covid_stats_api.serving.asgi.fastpath import FastPath
+from covid_stats_api.serving.asgi.ratelimit import EXEMPT_PATHS, RateLimit
+from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
 from devstack.procs import wait_until
 from devstack.servers import LocalRedis
 from support import (
