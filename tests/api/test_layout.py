@@ -77,7 +77,8 @@ def test_only_the_server_adapter_imports_uvicorn_and_the_asgi_layers_not_the_ser
     web or data layers."""
     serving = PACKAGE / "serving"
     server, asgi = serving / "server", serving / "asgi"
-    assert modules(server) and modules(asgi), "no serving/server or serving/asgi package"
+    assert modules(server), "no serving/server package"
+    assert modules(asgi), "no serving/asgi package"
     servers = ("uvicorn", "uvicorn_worker", "gunicorn")
     counting = tuple(
         f"{NAME}.serving.asgi.{path.stem}"
@@ -96,7 +97,12 @@ def test_only_the_server_adapter_imports_uvicorn_and_the_asgi_layers_not_the_ser
         if path == serving / "handoff.py":
             found += [f"{where}: {n}" for n in names if n.startswith(f"{NAME}.serving.asgi")]
         if path.is_relative_to(server):
-            banned = (f"{NAME}.metrics", f"{NAME}.api", f"{NAME}.reads", f"{NAME}.main")
+            banned: tuple[str, ...] = (
+                f"{NAME}.metrics",
+                f"{NAME}.api",
+                f"{NAME}.reads",
+                f"{NAME}.main",
+            )
             banned += counting  # the ASGI layers that import the metrics module
             found += [f"{where}: {n}" for n in names if n.startswith(banned)]
     assert found == []

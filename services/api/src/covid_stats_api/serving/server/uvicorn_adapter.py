@@ -83,6 +83,8 @@ import structlog
 import uvicorn_worker
 from gunicorn.arbiter import Arbiter
 from uvicorn.config import Config
+from uvicorn.lifespan.on import LifespanOn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server, ServerState
 
@@ -145,7 +147,9 @@ UVICORN_INTERNALS: dict[type, tuple[str, ...]] = {
         "waiting_for_100_continue",  # written by a direct answer
         "message_event",  # set by a direct answer
     ),
+    FlowControl: ("read_paused", "write_paused"),
     ServerState: ("connections", "default_headers"),
+    LifespanOn: ("state",),  # the app's lifespan state: where it offers direct answers
     Config: ("app", "http_protocol_class", "ssl"),
     Server: (
         "config",
