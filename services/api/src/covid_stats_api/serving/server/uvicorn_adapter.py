@@ -476,7 +476,7 @@ class DrainingServer(Server):
         await super().startup(sockets=[])  # the app's lifespan; no server of uvicorn's
         if not self.started:
             return
-        self._guard_direct_answers()
+        self.guard_direct_answers()
         loop = asyncio.get_running_loop()
         config, state, app_state = self.config, self.server_state, self.lifespan.state
 
@@ -491,7 +491,7 @@ class DrainingServer(Server):
             server.start()
             self.servers.append(server)  # type: ignore[arg-type]  # close(), wait_closed()
 
-    def _guard_direct_answers(self) -> None:
+    def guard_direct_answers(self) -> None:
         """Once per worker: when this uvicorn cannot write direct answers, one log line
         says why, and the app's offer is turned down (the requests take the ASGI path, and
         ``covid_stats_api_direct_answers_enabled`` reads 0)."""
