@@ -1,4 +1,4 @@
-"""The worker's accept loop (``covid_stats_api.serving.accept``) on a real uvloop loop and
+"""The worker's accept loop (``covid_stats_api.serving.server.accept``) on a real uvloop loop and
 real sockets: a listen queue is emptied in one turn of the loop (uvloop's own server takes
 one connection per turn), every connection reaches its protocol, and ``close()`` stops
 accepting while the connections already accepted go on."""
@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 import uvloop
 
-from covid_stats_api.serving.accept import ACCEPT_BATCH, AcceptServer
+from covid_stats_api.serving.server.accept import ACCEPT_BATCH, AcceptServer
 
 QUEUED = 50  # fewer than ACCEPT_BATCH: one turn takes them all
 assert QUEUED < ACCEPT_BATCH

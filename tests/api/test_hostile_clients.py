@@ -1,9 +1,10 @@
 """Hostile clients against the real api (gunicorn, 2 uvicorn workers), over raw sockets.
 
 Oversized request heads, huge query strings, clients that trickle bytes (slowloris) and
-hundreds of idle connections are bounded by ``covid_stats_api.serving.http_limits``: the client gets
-a 4xx in the api's error shape or a closed connection, and the workers neither crash (their
-pids stay the same) nor stop serving everyone else.
+hundreds of idle connections are bounded by the server adapter's protocol
+(``covid_stats_api.serving.server.uvicorn_adapter``): the client gets a 4xx in the api's
+error shape or a closed connection, and the workers neither crash (their pids stay the same)
+nor stop serving everyone else.
 """
 
 from __future__ import annotations

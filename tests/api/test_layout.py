@@ -1,4 +1,5 @@
-"""The api package's layout holds: data access never imports the web or serving layers, every
+"""The api package's layout holds: data access never imports the web or serving layers, the
+ASGI layers never import the server adapter and only the adapter imports uvicorn, every
 metric is defined in the one metrics module, and every HTTP answer's error body, ETag and
 representation headers are built by the one HTTP module (``covid_stats_runtime.http``), and
 the fast path's table of document paths comes from the app's routes.
@@ -23,7 +24,7 @@ import covid_stats_api
 from covid_stats_api import metrics
 from covid_stats_api.api.routes import v1
 from covid_stats_api.main import ROUTERS, ROUTES
-from covid_stats_api.serving.fastpath import document_paths
+from covid_stats_api.serving.asgi.fastpath import document_paths
 from covid_stats_contract.documents import STATE_PLACEHOLDER, document_families
 from covid_stats_runtime import http
 
@@ -66,6 +67,45 @@ def test_data_access_imports_neither_the_web_nor_the_serving_layer() -> None:
         for path in modules(reads)
     }
     assert {path: names for path, names in offending.items() if names} == {}
+
+
+def test_only_the_server_adapter_imports_uvicorn_and_the_asgi_layers_not_the_server() -> None:
+    """``serving/server/`` adapts uvicorn, uvicorn-worker and gunicorn: no other module of
+    the package imports them; the ASGI layers (``serving/asgi/``) and what both share
+    (``serving/handoff.py``) import nothing of the server's; the server imports no module
+    that defines metrics (the gunicorn master loads it: see the test below) and none of the
+    web or data layers."""
+    serving = PACKAGE / "serving"
+    server, asgi = serving / "server", serving / "asgi"
+    assert modules(server), "no serving/server package"
+    assert modules(asgi), "no serving/asgi package"
+    servers = ("uvicorn", "uvicorn_worker", "gunicorn")
+    counting = tuple(
+        f"{NAME}.serving.asgi.{path.stem}"
+        for path in modules(asgi)
+        if any(name.startswith(f"{NAME}.metrics") for name in imported(path))
+    )
+    assert f"{NAME}.serving.asgi.direct" in counting
+    found = []
+    for path in modules(PACKAGE):
+        names = imported(path)
+        where = str(path.relative_to(PACKAGE))
+        if not path.is_relative_to(server):
+            found += [f"{where}: {n}" for n in names if n.split(".")[0] in servers]
+        if path.is_relative_to(asgi) or path == serving / "handoff.py":
+            found += [f"{where}: {n}" for n in names if n.startswith(f"{NAME}.serving.server")]
+        if path == serving / "handoff.py":
+            found += [f"{where}: {n}" for n in names if n.startswith(f"{NAME}.serving.asgi")]
+        if path.is_relative_to(server):
+            banned: tuple[str, ...] = (
+                f"{NAME}.metrics",
+                f"{NAME}.api",
+                f"{NAME}.reads",
+                f"{NAME}.main",
+            )
+            banned += counting  # the ASGI layers that import the metrics module
+            found += [f"{where}: {n}" for n in names if n.startswith(banned)]
+    assert found == []
 
 
 def test_every_metric_is_defined_in_the_metrics_module() -> None:

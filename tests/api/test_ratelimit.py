@@ -23,9 +23,9 @@ import redis
 
 from covid_stats_api.core.config import Settings
 from covid_stats_api.main import create_asgi
-from covid_stats_api.serving.fastpath import FastPath
-from covid_stats_api.serving.ratelimit import EXEMPT_PATHS, RateLimit
-from covid_stats_api.serving.request_metrics import RequestMetrics
+from covid_stats_api.serving.asgi.fastpath import FastPath
+from covid_stats_api.serving.asgi.ratelimit import EXEMPT_PATHS, RateLimit
+from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
 from devstack.procs import wait_until
 from devstack.servers import LocalRedis
 from support import (
@@ -153,6 +153,9 @@ def test_the_limit_holds_across_workers_and_answers_429_with_retry_after_and_cor
     limited = _metric(base, "covid_stats_api_rate_limit_checks_total", result="limited")
     assert limited == 6 + 1 + 3  # counted over both workers
     assert _metric(base, "covid_stats_api_requests_total", status="429") == limited
+    # The limit must see every request: the server writes no answer itself.
+    samples = metric_samples(httpx.get(base.metrics).text)
+    assert samples[("covid_stats_api_direct_answers_enabled", frozenset())] == 0
 
     # Probes never are (the scraper's /metrics is on another port); another client is not
     # limited by this one.

@@ -78,7 +78,7 @@ def error_headers(body: bytes, *extra: tuple[bytes, bytes]) -> Headers:
     ]
 
 
-def error_response(
+def starlette_error_response(
     status: int,
     code: str,
     message: str,
@@ -105,7 +105,7 @@ async def http_error_response(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and message == "Not Found":
         message = f"No such path: {request.url.path}"
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    return starlette_error_response(exc.status_code, code, message, headers=exc.headers)
 
 
 # -- entity tags -------------------------------------------------------------------------

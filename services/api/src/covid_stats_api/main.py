@@ -34,11 +34,11 @@ from covid_stats_api.reads.derived import DerivedRecord, DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
-from covid_stats_api.serving.direct import direct_answers
-from covid_stats_api.serving.fastpath import FastPath, document_paths
-from covid_stats_api.serving.http_limits import DIRECT_ANSWERS_KEY
-from covid_stats_api.serving.ratelimit import RateLimit
-from covid_stats_api.serving.request_metrics import RequestMetrics
+from covid_stats_api.serving.asgi.direct import direct_answers
+from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
+from covid_stats_api.serving.asgi.ratelimit import RateLimit
+from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY
 from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware

@@ -6,9 +6,11 @@ when the master starts; a dead worker's gauges are dropped by its ``child_exit``
 master's listener on its own port (``serving.metrics_server``) adds them all up, so after K
 requests the request counter reads K whichever worker answered them.
 
-Who counts what: ``serving.request_metrics`` the requests and their durations, the hot tier
-(``serving.fastpath``) and the readers (``reads``) the cache lookups, ``serving.ratelimit``
-its decisions, :func:`sample_gauges` (one task per worker) the pools and the snapshot served.
+Who counts what: ``serving.asgi.request_metrics`` the requests and their durations (and
+``serving.asgi.direct`` those the server answers itself, and whether it does), the hot tier
+(``serving.asgi.fastpath``) and the readers (``reads``) the cache lookups,
+``serving.asgi.ratelimit`` its decisions, :func:`sample_gauges` (one task per worker) the
+pools and the snapshot served.
 
 Route labels are route templates (``/v1/states/{state}/daily.{fmt}``), never raw paths, so
 their number is bounded; paths that match no route are ``unmatched``.
@@ -72,6 +74,14 @@ RATE_LIMIT = Counter(
     "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
     ["result"],
 )
+DIRECT_ANSWERS_ENABLED = Gauge(
+    "covid_stats_api_direct_answers_enabled",
+    "1 when every worker's HTTP protocol writes hot documents' answers itself (direct "
+    "answers), 0 when they take the ASGI path: turned off by a setting (rate limit, tracing, "
+    "access log) or because the installed uvicorn lacks a hook the server adapter relies on "
+    "(a log line says which)",
+    multiprocess_mode="livemin",
+)
 BUILD = Gauge(
     "covid_stats_api_build_info",
     "Version of the api (always 1)",
@@ -79,6 +89,14 @@ BUILD = Gauge(
     multiprocess_mode="max",
 )
 BUILD.labels(__version__).set(1)
+
+
+# redis-py's internals :func:`sample_gauges` relies on, by the class that has them (no public
+# API counts a pool's connections in use): tests/api/test_uvicorn_compat.py checks each
+# against the installed redis-py, and that this module uses no other private name.
+REDIS_INTERNALS: dict[str, tuple[str, ...]] = {
+    "redis.asyncio.BlockingConnectionPool": ("_get_in_use_connections",),  # Stores.redis_pool
+}
 
 
 # The labelled children the request path counts with, made once each: ``labels()`` checks

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from covid_stats_runtime.http import SERVER_HEADERS, error_response, http_error_response
+from covid_stats_runtime.http import SERVER_HEADERS, http_error_response, starlette_error_response
 from covid_stats_runtime.tracing import trace_asgi
 from stats_fetcher.config import Settings
 
@@ -67,20 +67,20 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
 
     async def refresh(request: Request) -> Response:
         if refresh_token is None:
-            return error_response(
+            return starlette_error_response(
                 403, "disabled", "POST /refresh is off: no REFRESH_TOKEN is configured"
             )
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         expected = refresh_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-            return error_response(
+            return starlette_error_response(
                 401,
                 "unauthorized",
                 "a valid bearer token is required",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not await service.request_refresh():
-            return error_response(
+            return starlette_error_response(
                 503, "unavailable", "Redis is unreachable: cannot reach the leader"
             )
         return JSONResponse({"status": "accepted"}, status_code=202)

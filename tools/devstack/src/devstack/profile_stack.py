@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from covid_stats_api.core.config import Settings
     from covid_stats_api.main import create_asgi
-    from covid_stats_api.serving.fastpath import FastPath
-    from covid_stats_api.serving.request_metrics import RequestMetrics
+    from covid_stats_api.serving.asgi.fastpath import FastPath
+    from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
     from covid_stats_contract.documents import compress, compress_br, etag_for
 
     settings = Settings()

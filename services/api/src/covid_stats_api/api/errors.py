@@ -49,8 +49,8 @@ def no_data(retry_after_seconds: int) -> ApiError:
     )
 
 
-def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -> Response:
-    return http.error_response(
+def error_detail_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -> Response:
+    return http.starlette_error_response(
         detail.status, detail.code, detail.message, detail.parameter, headers
     )
 
@@ -59,7 +59,7 @@ def error_response(detail: ErrorDetail, headers: dict[str, str] | None = None) -
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Not found"},
     422: {"model": ErrorBody, "description": "A parameter is malformed; `parameter` names it"},
-    # Answered by the server before any route (covid_stats_api.serving.http_limits, ratelimit).
+    # Answered by the server before any route (serving.server.uvicorn_adapter, the rate limit).
     414: {"model": ErrorBody, "description": "The request line is over the head size limit"},
     429: {
         "model": ErrorBody,
@@ -76,7 +76,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.detail, exc.headers)
+        return error_detail_response(exc.detail, exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http.http_error_response)
 
@@ -90,10 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = ErrorDetail(
             status=422, code="invalid_parameter", message=message, parameter=parameter
         )
-        return error_response(detail)
+        return error_detail_response(detail)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, exc_info=exc)
         detail = ErrorDetail(status=500, code="internal_error", message="Internal server error")
-        return error_response(detail)
+        return error_detail_response(detail)

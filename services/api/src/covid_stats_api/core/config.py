@@ -89,7 +89,7 @@ class Settings(StoreSettings):
         ge=0,
         description="random extra, so workers do not recycle together",
     )
-    # Bounds of every connection (see covid_stats_api.serving.http_limits).
+    # Bounds of every connection (see covid_stats_api.serving.server.uvicorn_adapter).
     http_max_request_head_bytes: int = Field(
         default=16384,
         ge=1024,

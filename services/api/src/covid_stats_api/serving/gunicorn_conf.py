@@ -16,15 +16,15 @@ _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.web_concurrency
-# uvicorn-worker's class (uvloop, httptools) serving through covid_stats_api.serving.http_limits
-# (uvicorn's httptools protocol with a bounded request head, HTTP_MAX_REQUEST_HEAD_BYTES, a
-# request deadline, HTTP_REQUEST_TIMEOUT_SECONDS, and an idle timer on new connections), with
-# a drain on shutdown that drops no request on a stop, a reload or a recycle, and an accept
-# loop that empties the listen queue each turn (uvloop's takes one connection per turn: see
-# covid_stats_api.serving.accept and covid_stats_api.serving.worker). gunicorn's own
-# limit_request_line / limit_request_fields / limit_request_field_size bound only gunicorn's
-# sync-style workers' parser: they do nothing for uvicorn workers.
-worker_class = "covid_stats_api.serving.worker.DrainingUvicornWorker"
+# uvicorn-worker's class (uvloop, httptools) serving through the server adapter
+# (covid_stats_api.serving.server.uvicorn_adapter: uvicorn's httptools protocol with a bounded
+# request head, HTTP_MAX_REQUEST_HEAD_BYTES, a request deadline, HTTP_REQUEST_TIMEOUT_SECONDS,
+# and an idle timer on new connections), with a drain on shutdown that drops no request on a
+# stop, a reload or a recycle, and an accept loop that empties the listen queue each turn
+# (uvloop's takes one connection per turn: see covid_stats_api.serving.server.accept).
+# gunicorn's own limit_request_line / limit_request_fields / limit_request_field_size bound
+# only gunicorn's sync-style workers' parser: they do nothing for uvicorn workers.
+worker_class = "covid_stats_api.serving.server.uvicorn_adapter.DrainingUvicornWorker"
 
 # A worker silent for this long is killed and replaced.
 timeout = _settings.gunicorn_timeout_seconds
@@ -33,7 +33,7 @@ timeout = _settings.gunicorn_timeout_seconds
 graceful_timeout = _settings.gunicorn_graceful_timeout_seconds
 # Idle keep-alive connections are held this long (65 s): longer than a load balancer's own
 # idle timeout (60 s for ALB and ingress-nginx) is what avoids resets on reused connections.
-# A new connection that sends nothing gets HTTP_NEW_CONNECTION_TIMEOUT_SECONDS (http_limits).
+# A new connection that sends nothing gets HTTP_NEW_CONNECTION_TIMEOUT_SECONDS (the adapter).
 keepalive = _settings.gunicorn_keepalive_seconds
 # Peers trusted to name the client in X-Forwarded-For (uvicorn's proxy headers middleware
 # then sets the client address the rate limit counts by). Only the ingress or load balancer.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
-log = structlog.get_logger("covid_stats_api.serving.accept")
+log = structlog.get_logger("covid_stats_api.serving.server.accept")
 
 # At most this many connections are accepted per turn of the loop: enough to empty the
 # listen queue after a burst in a few turns, small enough that one worker's turn does not

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from covid_stats_api.metrics import rate_limit_check
 from covid_stats_runtime.http import error_body, error_headers
 
-log = structlog.get_logger("covid_stats_api.serving.ratelimit")
+log = structlog.get_logger("covid_stats_api.serving.asgi.ratelimit")
 
 # Never limited: the orchestrator's probes.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
