@@ -12,9 +12,11 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from covid_stats_api.serving.metrics_server import METRICS_PATH
@@ -277,6 +279,41 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
+    }
+
+
+# The sample names of a metric family of each type, after the family's own name.
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "enum": ("",),
+}
+
+
+def defined_metrics(module: ModuleType) -> dict[str, tuple[str, ...]]:
+    """The metrics a module defines (every prometheus_client collector among its names):
+    {family name: the names of its samples}, as the exposition names them."""
+    families: dict[str, tuple[str, ...]] = {}
+    for value in vars(module).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                suffixes = _SAMPLE_SUFFIXES[family.type]
+                families[family.name] = tuple(family.name + suffix for suffix in suffixes)
+    return families
+
+
+def metric_names(*modules: ModuleType) -> set[str]:
+    """The names of the series the modules' metrics export: what a PromQL expression may
+    select (a counter's ``_total``, a histogram's ``_bucket``, ``_count`` and ``_sum``, ...)."""
+    return {
+        sample
+        for module in modules
+        for samples in defined_metrics(module).values()
+        for sample in samples
     }
 
 
