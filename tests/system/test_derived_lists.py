@@ -1,9 +1,12 @@
 """Lists the tests and the code derive from one definition rather than keep by hand: the
 variables the tests scrub from the environment (from the settings classes and the code's own
-reads), and a value spelled once across the services and libraries."""
+reads), and values spelled once across the services, libraries and tools (the JSON media
+type, the state-code pattern)."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,9 @@ from pydantic_settings import SettingsConfigDict
 
 import support
 from covid_stats_api.core.config import Settings as ApiSettings
-from covid_stats_runtime import tracing
+from covid_stats_contract import documents
+from covid_stats_contract.resources import state_code_pattern
+from covid_stats_runtime import http, tracing
 from covid_stats_runtime.settings import StoreSettings
 from devstack.config_docs import SERVICES
 from stats_fetcher.config import Settings as FetcherSettings
@@ -111,3 +116,42 @@ def test_the_environment_reads_are_found_in_the_source(tmp_path: Path) -> None:
     )
     assert support.environ_reads(module) == {"BY_INDEX", "BY_GET", "BY_CONSTANT", "BY_PARAMETER"}
     assert tracing.OTEL_ENV_PREFIX == "OTEL_"
+
+
+# -- values spelled once -----------------------------------------------------------------------
+
+# The replay upstream stands for the third party (the COVID Tracking Project's API): it ships
+# alone, with none of the project's packages, and spells the upstream's own values.
+_OWN_SOURCES = ("services/*/src/**/*.py", "libs/*/src/**/*.py", "tools/devstack/src/**/*.py")
+
+
+def _string_constants() -> list[tuple[str, str]]:
+    """(file:line, text) of every string constant in the project's own Python sources."""
+    found = []
+    for pattern in _OWN_SOURCES:
+        for path in sorted(support.REPO.glob(pattern)):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    where = f"{path.relative_to(support.REPO)}:{node.lineno}"
+                    found.append((where, node.value))
+    return found
+
+
+def test_the_json_media_type_is_written_once() -> None:
+    written = [where for where, text in _string_constants() if text.startswith("application/json")]
+    assert len(written) == 1, written
+    assert written[0].startswith("libs/covid-stats-contract/src/covid_stats_contract/documents.py:")
+    assert dict(http.error_headers(b"{}"))[b"content-type"] == documents.JSON_CONTENT_TYPE.encode()
+
+
+_STATE_CODE_TEXT = re.compile(r"\[(A-Za-z|A-Z|a-z)\]\{2\}")
+
+
+def test_the_state_code_pattern_is_written_once() -> None:
+    """``resources.state_code_pattern`` builds it; nothing else writes it (the migrations'
+    CHECK constraints excepted: migrations are never edited)."""
+    written = [where for where, text in _string_constants() if _STATE_CODE_TEXT.search(text)]
+    assert written == []
+    assert _STATE_CODE_TEXT.fullmatch(state_code_pattern("upper"))
+    assert _STATE_CODE_TEXT.fullmatch(state_code_pattern("lower"))
+    assert _STATE_CODE_TEXT.fullmatch(state_code_pattern())

@@ -18,12 +18,12 @@ from pydantic import BaseModel, Field
 
 from covid_stats_api.api.errors import ApiError
 from covid_stats_api.reads.queries import Query
-from covid_stats_contract.resources import Format, Resource
+from covid_stats_contract.resources import Format, Resource, state_code_pattern
 
 # ASCII only, matched whole (fullmatch): no Unicode digits, no trailing newline.
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9]*", re.ASCII)
 _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY-MM-DD
-_STATE = re.compile(r"[A-Za-z]{2}", re.ASCII)
+_STATE = re.compile(state_code_pattern(), re.ASCII)
 
 
 def fields_param(example: str) -> Any:

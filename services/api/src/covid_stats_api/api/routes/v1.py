@@ -42,6 +42,7 @@ from covid_stats_contract.resources import (
     US_CURRENT,
     US_DAILY,
     Resource,
+    state_code_pattern,
 )
 from covid_stats_runtime.http import DATA_SOURCE_HEADER
 
@@ -51,7 +52,7 @@ Fmt = Annotated[Literal["json", "csv"], Path(description="`json` or `csv`")]
 StateCode = Annotated[
     str,
     Path(
-        pattern="^[A-Za-z]{2}$",
+        pattern=f"^{state_code_pattern()}$",
         description="Two-letter state or territory code, any case",
         examples=["ca"],
     ),
