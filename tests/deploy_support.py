@@ -26,8 +26,9 @@ import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from covid_stats_runtime import tracing
 from devstack.procs import wait_until
-from support import REPO, Process
+from support import REPO, Process, environ_reads
 
 CHART = REPO / "deploy" / "helm" / "covid-stats"
 VALUE_SETS = ("default", "external", "ha", "dev", "gitops")
@@ -325,10 +326,18 @@ def service_settings() -> dict[str, set[str]]:
     return {service: set(settings.env_vars()) for service, settings in SERVICES.items()}
 
 
-# Variables the services' libraries read, not their settings: prometheus_client's
-# multiprocess folder (the api), and OpenTelemetry's OTEL_* (both services).
-LIBRARY_ENV = {"api": {"PROMETHEUS_MULTIPROC_DIR"}, "stats-fetcher": set[str]()}
-LIBRARY_ENV_PREFIX = "OTEL_"
+# Variables the services read that are not their settings: those each one's own code reads
+# (found in its source: prometheus_client's multiprocess folder, the api's), and
+# OpenTelemetry's OTEL_* (both services, through covid_stats_runtime.tracing).
+LIBRARY_ENV = {
+    service: {
+        variable
+        for path in (REPO / "services" / service / "src").rglob("*.py")
+        for variable in environ_reads(path)
+    }
+    for service in ("api", "stats-fetcher")
+}
+LIBRARY_ENV_PREFIX = tracing.OTEL_ENV_PREFIX
 
 
 COMPONENT_LABEL = "app.kubernetes.io/component"

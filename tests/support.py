@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import socket
 import subprocess
@@ -10,34 +12,122 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from covid_stats_api.serving.metrics_server import METRICS_PATH
+from covid_stats_runtime import tracing
 from covid_stats_runtime.http import ErrorBody, ErrorDetail, error_body
+from covid_stats_runtime.settings import StoreSettings
+from devstack.config_docs import SERVICES
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "covidtracking" / "ctp_v1_api_snapshot_20200902"
 
-# Settings a developer's shell may carry that must not leak into the processes under test.
-_PROJECT_VARS = (
-    "REDIS_URL",
-    "DATABASE_URL",
-    "REDIS_PASSWORD",
-    "DATABASE_PASSWORD",
-    "UPSTREAM_BASE_URL",
-    "API_HOST",
-    "API_PORT",
-    "WEB_CONCURRENCY",
-    "FETCH_INTERVAL_SECONDS",
-    "REDIS_KEY_PREFIX",
-    "REFRESH_TOKEN",
-    "FETCHER_PORT",
-    "UPSTREAM_FORMAT",
+# The sources of the processes the tests start (the services, their libraries, the replay
+# upstream): the environment variables they read themselves are found in them (`environ_reads`).
+PRODUCT_SOURCES = (
+    "services/*/src/**/*.py",
+    "libs/*/src/**/*.py",
+    "tools/replay-upstream/src/**/*.py",
 )
+
+
+def _is_os_environ(node: ast.expr | None) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    )
+
+
+def environ_reads(path: Path) -> set[str]:
+    """The variables a module reads from the environment by name: ``os.environ[...]``,
+    ``os.environ.get(...)``, ``os.getenv(...)``, and the same on a parameter that defaults
+    to ``os.environ``; the name given as a string or as a module-level string constant."""
+    tree = ast.parse(path.read_text(), str(path))
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+    def name(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return constants.get(node.id) if isinstance(node, ast.Name) else None
+
+    def reads(scope: ast.AST, parameters: set[str]) -> set[str]:
+        def is_environ(node: ast.expr) -> bool:
+            return _is_os_environ(node) or (isinstance(node, ast.Name) and node.id in parameters)
+
+        found: set[str] = set()
+        for node in ast.walk(scope):
+            key = None
+            if isinstance(node, ast.Subscript) and is_environ(node.value):
+                key = node.slice
+            elif isinstance(node, ast.Call) and node.args:
+                func = node.func
+                if isinstance(func, ast.Attribute) and (
+                    (func.attr == "get" and is_environ(func.value))
+                    or (
+                        func.attr == "getenv"
+                        and isinstance(func.value, ast.Name)
+                        and func.value.id == "os"
+                    )
+                ):
+                    key = node.args[0]
+            if key is not None and (variable := name(key)) is not None:
+                found.add(variable)
+        return found
+
+    found = reads(tree, set())
+    for node in ast.walk(tree):  # parameters that stand for it: ``environ: ... = os.environ``
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            positional = [*args.posonlyargs, *args.args]
+            pairs = [
+                *zip(
+                    positional[len(positional) - len(args.defaults) :], args.defaults, strict=True
+                ),
+                *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+            ]
+            parameters = {arg.arg for arg, default in pairs if _is_os_environ(default)}
+            if parameters:
+                found |= reads(node, parameters)
+    return found
+
+
+@functools.cache
+def project_vars(
+    settings: tuple[type[StoreSettings], ...] = tuple(SERVICES.values()),
+) -> frozenset[str]:
+    """Every variable a developer's shell may carry that must not leak into the processes
+    under test: each setting of the services' settings classes (as pydantic-settings names
+    them, ``StoreSettings.env_vars``), and each variable the product's code reads itself."""
+    read = {
+        variable
+        for pattern in PRODUCT_SOURCES
+        for path in REPO.glob(pattern)
+        for variable in environ_reads(path)
+    }
+    return frozenset(read.union(*(cls.env_vars() for cls in settings)))
+
+
+def scrubbed(variable: str) -> bool:
+    """Whether ``clean_env`` drops a variable: a project variable, or any of OpenTelemetry's
+    (the SDK reads the ``OTEL_*`` family, see ``covid_stats_runtime.tracing``)."""
+    return variable in project_vars() or variable.startswith(tracing.OTEL_ENV_PREFIX)
 
 
 def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
@@ -48,7 +138,7 @@ def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _PROJECT_VARS}
+    env = {k: v for k, v in os.environ.items() if not scrubbed(k)}
     env["LOG_LEVEL"] = "WARNING"
     env.update(overrides)
     return env
@@ -189,6 +279,41 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
+    }
+
+
+# The sample names of a metric family of each type, after the family's own name.
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "enum": ("",),
+}
+
+
+def defined_metrics(module: ModuleType) -> dict[str, tuple[str, ...]]:
+    """The metrics a module defines (every prometheus_client collector among its names):
+    {family name: the names of its samples}, as the exposition names them."""
+    families: dict[str, tuple[str, ...]] = {}
+    for value in vars(module).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                suffixes = _SAMPLE_SUFFIXES[family.type]
+                families[family.name] = tuple(family.name + suffix for suffix in suffixes)
+    return families
+
+
+def metric_names(*modules: ModuleType) -> set[str]:
+    """The names of the series the modules' metrics export: what a PromQL expression may
+    select (a counter's ``_total``, a histogram's ``_bucket``, ``_count`` and ``_sum``, ...)."""
+    return {
+        sample
+        for module in modules
+        for samples in defined_metrics(module).values()
+        for sample in samples
     }
 
 

@@ -15,11 +15,24 @@ from urllib.parse import urlsplit
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from covid_stats_api import metrics as api_metrics
 from covid_stats_api.core.config import Settings
 from devstack.procs import free_port, wait_until
-from support import ApiUrl, Fetcher, check_error_body, metric_samples, run_fetcher, spawn, start_api
+from stats_fetcher import metrics as fetcher_metrics
+from support import (
+    ApiUrl,
+    Fetcher,
+    check_error_body,
+    defined_metrics,
+    metric_names,
+    metric_samples,
+    run_fetcher,
+    spawn,
+    start_api,
+)
 
 ApiFactory = Callable[[dict[str, str]], ApiUrl]
 
@@ -175,6 +188,25 @@ def test_both_services_metrics_pass_promtool(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_scraped_series_is_one_its_metrics_module_defines(
+    loaded: ApiUrl, service_env: dict[str, str], fetcher_factory: Any
+) -> None:
+    """Every series each service exports is one its metrics module defines, by the names the
+    tests derive from it (``support.metric_names``: the alert and dashboard tests' list)."""
+    fetcher: Fetcher = fetcher_factory(service_env)
+    _send(loaded, {"/v1/us/current.json": 1, "/nope": 1})
+    for url, module in ((loaded.metrics, api_metrics), (f"{fetcher.url}/metrics", fetcher_metrics)):
+        scraped = {
+            sample.name
+            for family in text_string_to_metric_families(httpx.get(url).text)
+            for sample in family.samples
+            if sample.name.startswith("covid_stats_")
+        }
+        assert scraped, url
+        assert scraped - metric_names(module) == set(), url
+    assert "covid_stats_api_requests" in defined_metrics(api_metrics)
 
 
 @pytest.fixture

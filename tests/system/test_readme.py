@@ -45,7 +45,7 @@ def test_every_setting_is_in_the_table_with_its_default(
     assert documented == set(settings.env_vars())
     for name, field in settings.model_fields.items():
         documented_default = "(unset)" if field.default is None else f"`{field.default}`"
-        assert table[(service, name.upper())] == documented_default, name
+        assert table[(service, settings.env_var(name))] == documented_default, name
         assert field.description, f"{name}: the table's meaning is the field's description"
 
 

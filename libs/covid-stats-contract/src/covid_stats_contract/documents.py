@@ -25,7 +25,7 @@ from typing import Any
 
 import brotli  # type: ignore[import-untyped]  # no stubs published
 
-from covid_stats_contract.resources import FORMATS, RESOURCES, Format
+from covid_stats_contract.resources import FORMATS, RESOURCES, Format, state_code_pattern
 from covid_stats_contract.resources import STATES_CURRENT as _STATES_CURRENT
 from covid_stats_contract.resources import STATES_DAILY as _STATES_DAILY
 
@@ -37,7 +37,7 @@ US_CURRENT = "v1/us/current.json"
 STATES_CURRENT = "v1/states/current.json"
 STATUS = "v1/status.json"
 
-STATE_CODE_RE = re.compile(r"^[A-Za-z]{2}$")
+STATE_CODE_RE = re.compile(f"^{state_code_pattern()}$")
 
 # Where a state's code goes in a per-state document's name (``document_families``).
 STATE_PLACEHOLDER = "{state}"

@@ -28,7 +28,13 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from covid_stats_contract.resources import STATES_INFO, US_CURRENT, US_DAILY, Resource
+from covid_stats_contract.resources import (
+    STATES_INFO,
+    US_CURRENT,
+    US_DAILY,
+    Resource,
+    state_code_pattern,
+)
 
 _TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?Z$")
 
@@ -55,7 +61,7 @@ def _check_timestamp(value: str) -> str:
 
 YYYYMMDD = Annotated[int, AfterValidator(_check_date)]
 Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
-StateCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+StateCode = Annotated[str, Field(pattern=f"^{state_code_pattern('upper')}$")]
 Count = Annotated[int, Field(ge=0)]
 Fips = Annotated[str, Field(pattern=r"^\d{2}$")]
 

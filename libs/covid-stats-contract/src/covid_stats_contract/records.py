@@ -18,6 +18,7 @@ from typing import Any
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
     JSON_CONTENT_TYPE,
+    STATE_PLACEHOLDER,
     STATUS,
     DocumentBody,
     content_hash,
@@ -26,13 +27,47 @@ from covid_stats_contract.documents import (
     render_csv,
     render_object,
 )
-from covid_stats_contract.resources import BY_KEY, FORMATS, RESOURCES, Format, Resource
+from covid_stats_contract.resources import (
+    FORMATS,
+    RESOURCES,
+    Format,
+    Resource,
+    state_code_pattern,
+)
 from covid_stats_contract.schema import Executor
 
 Record = Mapping[str, Any]
 
-_LIST_RE = re.compile(r"^v1/([a-z]+/[a-z]+)\.(json|csv)$")
-_STATE_RE = re.compile(r"^v1/states/([a-z]{2})/([a-z]+)\.(json|csv)$")
+# The documents ``load_document`` renders, from the resources (as ``document_families``
+# names them): each list by its name, each state's document by its family's name around the
+# state's code (lower case, as the names carry it).
+_LISTS: dict[str, tuple[Resource, Format]] = {
+    resource.document(fmt): (resource, fmt) for resource in RESOURCES for fmt in FORMATS
+}
+_STATE_FAMILIES: tuple[tuple[str, str, Resource, Format], ...] = tuple(
+    (before, after, resource, fmt)
+    for resource in RESOURCES
+    if resource.per_state is not None
+    for fmt in FORMATS
+    for before, _, after in [
+        resource.state_document(STATE_PLACEHOLDER, fmt).partition(STATE_PLACEHOLDER)
+    ]
+)
+_STATE_IN_NAME = re.compile(state_code_pattern("lower"))
+
+
+def document_of(name: str) -> tuple[Resource, Format, str | None]:
+    """The resource, format and state (upper case; None for a list) a document's name
+    names; ValueError for a name that is no resource's document."""
+    found = _LISTS.get(name)
+    if found is not None:
+        return (*found, None)
+    for before, after, resource, fmt in _STATE_FAMILIES:
+        if name.startswith(before) and name.endswith(after):
+            code = name[len(before) : len(name) - len(after)]
+            if _STATE_IN_NAME.fullmatch(code):
+                return resource, fmt, code.upper()
+    raise ValueError(f"unknown document {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,23 +251,14 @@ async def load_document(conn: Executor, name: str) -> DocumentBody | None:
     Raises ValueError for a name that is no document."""
     if name == STATUS:
         return _status(await upstream_states(conn))
-    if match := _LIST_RE.match(name):
-        resource, fmt, state, as_list = BY_KEY.get(match[1]), match[2], None, True
-    elif match := _STATE_RE.match(name):
-        kind, fmt, state = match[2], match[3], match[1].upper()
-        resource = next((r for r in RESOURCES if r.per_state == kind), None)
-        as_list = resource is not None and resource.per_state_is_list
-    else:
-        raise ValueError(f"unknown document {name!r}")
-    if resource is None:
-        raise ValueError(f"unknown document {name!r}")
+    resource, fmt, state = document_of(name)
+    as_list = state is None or resource.per_state_is_list
     rows = await _rows(conn, resource, state)
     if not rows:
         return None
     texts = [row["record"] for row in rows]
-    fmt_: Format = "csv" if fmt == "csv" else "json"
-    body = await asyncio.to_thread(_render, texts, fmt_, as_list)
-    return DocumentBody(name, body, CONTENT_TYPES[fmt_])
+    body = await asyncio.to_thread(_render, texts, fmt, as_list)
+    return DocumentBody(name, body, CONTENT_TYPES[fmt])
 
 
 async def has_states(conn: Executor) -> bool:

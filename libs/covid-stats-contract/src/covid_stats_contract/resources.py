@@ -13,6 +13,17 @@ from typing import Literal
 Format = Literal["json", "csv"]
 FORMATS: tuple[Format, ...] = ("json", "csv")
 
+# A state's (or territory's) code: two ASCII letters.
+STATE_CODE_LETTERS = 2
+_STATE_CODE_CASES = {"any": "A-Za-z", "upper": "A-Z", "lower": "a-z"}
+
+
+def state_code_pattern(case: Literal["any", "upper", "lower"] = "any") -> str:
+    """The regular expression of a state's code, unanchored: ``upper`` as the records and
+    tables hold it, ``lower`` as document names carry it, ``any`` as a request may give it.
+    The one definition (the migrations' CHECK constraints spell it too, and stay as run)."""
+    return f"[{_STATE_CODE_CASES[case]}]{{{STATE_CODE_LETTERS}}}"
+
 
 @dataclass(frozen=True, slots=True)
 class Resource:

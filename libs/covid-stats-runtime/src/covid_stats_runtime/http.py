@@ -35,9 +35,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from covid_stats_contract.documents import JSON_CONTENT_TYPE
+
 Headers = list[tuple[bytes, bytes]]
 
-JSON_CONTENT_TYPE = "application/json"
 DATA_SOURCE_HEADER = "X-Data-Source"  # "cache" (Redis) or "database" (PostgreSQL)
 # The headers of a data answer a page on another origin may read (CORS).
 EXPOSED_HEADERS: tuple[str, ...] = ("ETag", DATA_SOURCE_HEADER)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from covid_stats_runtime.urls import apply_passwords
@@ -57,6 +57,26 @@ class StoreSettings(BaseSettings):
         return apply_passwords(data, defaults)
 
     @classmethod
+    def env_var_names(cls, name: str) -> tuple[str, ...]:
+        """The environment variables pydantic-settings reads a field from, in capitals (it
+        matches them in any case): the field's alias or alias choices when it has them,
+        else ``env_prefix`` + its name."""
+        field = cls.model_fields[name]
+        alias = field.validation_alias or field.alias
+        if isinstance(alias, str):
+            names = [alias]
+        elif isinstance(alias, AliasChoices):
+            names = [choice for choice in alias.choices if isinstance(choice, str)]
+        else:
+            names = [cls.model_config.get("env_prefix", "") + name]
+        return tuple(dict.fromkeys(n.upper() for n in names))
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The (first) environment variable of a field: ``redis_url``: ``REDIS_URL``."""
+        return cls.env_var_names(name)[0]
+
+    @classmethod
     def env_vars(cls) -> dict[str, str]:
         """{environment variable: field name} of every setting of the class."""
-        return {name.upper(): name for name in cls.model_fields}
+        return {env: name for name in cls.model_fields for env in cls.env_var_names(name)}

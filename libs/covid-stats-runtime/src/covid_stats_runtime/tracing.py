@@ -43,6 +43,8 @@ from starlette.types import ASGIApp
 log = structlog.get_logger("covid_stats_runtime.tracing")
 
 SUPPORTED_PROTOCOL = "http/protobuf"
+# Every variable this module and the OpenTelemetry SDK read starts with it.
+OTEL_ENV_PREFIX = "OTEL_"
 
 # Probes and scrapes: frequent, uninteresting, and they would drown the traces that matter.
 # OTEL_PYTHON_EXCLUDED_URLS (or OTEL_PYTHON_ASGI_EXCLUDED_URLS) replaces this list.

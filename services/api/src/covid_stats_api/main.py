@@ -26,11 +26,12 @@ from covid_stats_api import __version__, metrics
 from covid_stats_api.api import page
 from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
+from covid_stats_api.api.responses import referenced_models
 from covid_stats_api.api.routes import covid_stats, health, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache
-from covid_stats_api.reads.derived import DerivedRecord, DerivedService
+from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
@@ -39,33 +40,16 @@ from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
 from covid_stats_api.serving.asgi.ratelimit import RateLimit
 from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
 from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY
-from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
-
-
-class Status(BaseModel):
-    """``/v1/status.json``: when the data this service holds was fetched, and its version."""
-
-    buildTime: str
-    production: bool
-    runNumber: str
-
-
-RECORD_MODELS: tuple[type[BaseModel], ...] = (
-    UsRecord,
-    StateRecord,
-    StateInfo,
-    DerivedRecord,
-    Status,
-)
-
 
 # The app's routers, in the order the app matches them (one file per resource in api/routes).
 ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router)
 # Their routes, in that order (what the fast path's table of document paths is built from).
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)
+# The models whose schemas the OpenAPI document's components hold: those the routes refer to.
+RECORD_MODELS: tuple[type[BaseModel], ...] = referenced_models(ROUTES)
 
 
 def record_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -58,10 +58,10 @@ def accepts(field: FieldInfo) -> str:
     return ", ".join(bounds) or "-"
 
 
-def _row(name: str, service: str, field: FieldInfo) -> str:
+def _row(variable: str, service: str, field: FieldInfo) -> str:
     if not field.description:
-        raise SystemExit(f"{service}: the setting {name} has no description")
-    cells = (f"`{name.upper()}`", service, default(field), accepts(field), field.description)
+        raise SystemExit(f"{service}: the setting {variable} has no description")
+    cells = (f"`{variable}`", service, default(field), accepts(field), field.description)
     return "| " + " | ".join(cells) + " |"
 
 
@@ -84,11 +84,11 @@ def table() -> str:
     lines = [
         "| Variable | Service | Default | Accepts | Meaning |",
         "|---|---|---|---|---|",
-        *(_row(name, ", ".join(SERVICES), first[name]) for name in shared),
+        *(_row(classes[0].env_var(name), ", ".join(SERVICES), first[name]) for name in shared),
     ]
     for service, settings in SERVICES.items():
         lines += [
-            _row(name, service, field)
+            _row(settings.env_var(name), service, field)
             for name, field in settings.model_fields.items()
             if name not in shared
         ]

@@ -112,7 +112,7 @@ def _profile(args: argparse.Namespace) -> int:
     from covid_stats_api.main import create_asgi
     from covid_stats_api.serving.asgi.fastpath import FastPath
     from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
-    from covid_stats_contract.documents import compress, compress_br, etag_for
+    from covid_stats_contract.documents import JSON_CONTENT_TYPE, compress, compress_br, etag_for
 
     settings = Settings()
     served: Any = create_asgi(settings, tracer_provider=None)
@@ -126,7 +126,7 @@ def _profile(args: argparse.Namespace) -> int:
     fast: FastPath = app
     for name, body in _documents().items():
         fast.hot.put(name, body, compress(body), compress_br(body), etag_for(body),
-                     "application/json", "cache", "1")  # fmt: skip
+                     JSON_CONTENT_TYPE, "cache", "1")  # fmt: skip
 
     print(f"# the api's ASGI stack in process ({sys.version.split()[0]}, {args.requests:,} "
           f"requests per run, best of 5); stack: {' > '.join(n for n, _ in layers)}\n")  # fmt: skip

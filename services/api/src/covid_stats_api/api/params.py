@@ -15,15 +15,34 @@ from typing import Annotated, Any
 
 from fastapi import Query as Param
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from covid_stats_api.api.errors import ApiError
 from covid_stats_api.reads.queries import Query
-from covid_stats_contract.resources import Format, Resource
+from covid_stats_contract.resources import Format, Resource, state_code_pattern
 
 # ASCII only, matched whole (fullmatch): no Unicode digits, no trailing newline.
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9]*", re.ASCII)
 _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY-MM-DD
-_STATE = re.compile(r"[A-Za-z]{2}", re.ASCII)
+_STATE = re.compile(state_code_pattern(), re.ASCII)
+
+
+class DateConvertor(Convertor[str]):
+    """A date in a path, ``{date:date}``: a segment of digits and dashes, a date or an attempt
+    at one (``20200401``; ``2020-04-01`` and ``2020041`` reach the route, which answers 422
+    naming the date). Any other segment is no date, so a date route never shadows a route
+    declared after it (``/v1/us/{date:date}.{fmt}`` leaves ``/v1/us/summary.json`` alone)."""
+
+    regex = "[0-9][0-9-]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("date", DateConvertor())
 
 
 def fields_param(example: str) -> Any:

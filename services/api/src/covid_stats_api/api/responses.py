@@ -4,11 +4,13 @@ the GET + HEAD registration of every route."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from covid_stats_api.reads.documents import Served
 from covid_stats_runtime.http import Representation, RepresentationResponse, data_headers
@@ -40,3 +42,35 @@ def get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[Endp
         return endpoint
 
     return register
+
+
+class SchemaRef(dict[str, str]):
+    """A ``$ref`` to a model's schema in the OpenAPI document's components, as a route's
+    ``responses`` name it; it holds the model, so the app's components are the models its
+    routes refer to (``referenced_models``), never a list kept beside them."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        super().__init__({"$ref": f"#/components/schemas/{model.__name__}"})
+        self.model = model
+
+
+def referenced_models(routes: Iterable[Any]) -> tuple[type[BaseModel], ...]:
+    """Every model the routes' documented responses refer to (``SchemaRef``), in order."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SchemaRef):
+            known = found.setdefault(value.model.__name__, value.model)
+            if known is not value.model:
+                raise ValueError(f"two models are named {known.__name__}")
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            walk(route.responses)
+    return tuple(found.values())

@@ -12,10 +12,11 @@ from fastapi.responses import Response
 
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES
-from covid_stats_api.api.responses import get_and_head
+from covid_stats_api.api.responses import SchemaRef, get_and_head
 from covid_stats_api.reads.documents import Served
 from covid_stats_api.reads.hot import envelope_bodies, envelope_etag
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
+from covid_stats_contract.models import UsRecord
 
 router = APIRouter(tags=["covid-stats"])
 
@@ -36,7 +37,7 @@ router = APIRouter(tags=["covid-stats"])
                             "source": {"type": "string", "enum": ["cache", "database"]},
                             "data": {
                                 "type": "array",
-                                "items": {"$ref": "#/components/schemas/UsRecord"},
+                                "items": SchemaRef(UsRecord),
                             },
                         },
                         "required": ["source", "data"],

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
@@ -28,13 +29,15 @@ from covid_stats_api.api.params import (
     UsFields,
     UsSeries,
 )
-from covid_stats_api.api.responses import get_and_head
+from covid_stats_api.api.responses import SchemaRef, get_and_head
+from covid_stats_api.reads.derived import DerivedRecord
 from covid_stats_contract.documents import (
     CSV_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     STATUS,
     check_state_code,
 )
+from covid_stats_contract.models import StateInfo, StateRecord, UsRecord
 from covid_stats_contract.resources import (
     STATES_CURRENT,
     STATES_DAILY,
@@ -42,16 +45,19 @@ from covid_stats_contract.resources import (
     US_CURRENT,
     US_DAILY,
     Resource,
+    state_code_pattern,
 )
 from covid_stats_runtime.http import DATA_SOURCE_HEADER
 
-router = APIRouter(tags=["v1"])
+# Every path under /v1. A date in a path is a `date` segment (``params.DateConvertor``): a
+# path whose segment is no date attempt goes on to the routes declared after, whatever the order.
+router = APIRouter(prefix="/v1", tags=["v1"])
 
 Fmt = Annotated[Literal["json", "csv"], Path(description="`json` or `csv`")]
 StateCode = Annotated[
     str,
     Path(
-        pattern="^[A-Za-z]{2}$",
+        pattern=f"^{state_code_pattern()}$",
         description="Two-letter state or territory code, any case",
         examples=["ca"],
     ),
@@ -61,8 +67,12 @@ Day = Annotated[
 ]
 
 
-def ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+class Status(BaseModel):
+    """``/v1/status.json``: when the data this service holds was fetched, and its version."""
+
+    buildTime: str
+    production: bool
+    runNumber: str
 
 
 def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
@@ -84,12 +94,12 @@ def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[
     }
 
 
-def array_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
-    return responses({"type": "array", "items": ref(model)}, description)
+def array_of(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    return responses({"type": "array", "items": SchemaRef(model)}, description)
 
 
-def object_of(model: str, description: str) -> dict[int | str, dict[str, Any]]:
-    return responses(ref(model), description)
+def object_of(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    return responses(SchemaRef(model), description)
 
 
 async def _list(
@@ -105,9 +115,9 @@ async def _list(
 
 @get_and_head(
     router,
-    "/v1/us/current.{fmt}",
+    "/us/current.{fmt}",
     summary="US current totals (an array of one record)",
-    responses=array_of("UsRecord", "The upstream's `us/current`"),
+    responses=array_of(UsRecord, "The upstream's `us/current`"),
 )
 async def us_current(api: ApiDep, fmt: Fmt, query: UsFields) -> Response:
     return await _list(api, US_CURRENT, fmt, query)
@@ -115,9 +125,9 @@ async def us_current(api: ApiDep, fmt: Fmt, query: UsFields) -> Response:
 
 @get_and_head(
     router,
-    "/v1/us/daily.{fmt}",
+    "/us/daily.{fmt}",
     summary="US daily totals, newest first",
-    responses=array_of("UsRecord", "The upstream's `us/daily`"),
+    responses=array_of(UsRecord, "The upstream's `us/daily`"),
 )
 async def us_daily(api: ApiDep, fmt: Fmt, query: UsSeries) -> Response:
     return await _list(api, US_DAILY, fmt, query)
@@ -125,9 +135,9 @@ async def us_daily(api: ApiDep, fmt: Fmt, query: UsSeries) -> Response:
 
 @get_and_head(
     router,
-    "/v1/us/derived.{fmt}",
+    "/us/derived.{fmt}",
     summary="US derived series: 7-day averages of the daily increases, test positivity",
-    responses=array_of("DerivedRecord", "One record per date, newest first"),
+    responses=array_of(DerivedRecord, "One record per date, newest first"),
 )
 async def us_derived(api: ApiDep, fmt: Fmt, query: Derived) -> Response:
     question = params.build(US_DAILY, fmt, query)
@@ -136,9 +146,9 @@ async def us_derived(api: ApiDep, fmt: Fmt, query: Derived) -> Response:
 
 @get_and_head(
     router,
-    "/v1/us/{date}.{fmt}",
+    "/us/{date:date}.{fmt}",
     summary="US totals of one date (an object)",
-    responses=object_of("UsRecord", "The `us/daily` record of that date"),
+    responses=object_of(UsRecord, "The `us/daily` record of that date"),
 )
 async def us_date(api: ApiDep, date: Day, fmt: Fmt, query: UsFields) -> Response:
     day = params.parse_date(date, "date")
@@ -147,9 +157,9 @@ async def us_date(api: ApiDep, date: Day, fmt: Fmt, query: UsFields) -> Response
 
 @get_and_head(
     router,
-    "/v1/states/current.{fmt}",
+    "/states/current.{fmt}",
     summary="Current values of every state, states A..Z",
-    responses=array_of("StateRecord", "The upstream's `states/current`"),
+    responses=array_of(StateRecord, "The upstream's `states/current`"),
 )
 async def states_current(api: ApiDep, fmt: Fmt, query: Listed) -> Response:
     return await _list(api, STATES_CURRENT, fmt, query)
@@ -157,9 +167,9 @@ async def states_current(api: ApiDep, fmt: Fmt, query: Listed) -> Response:
 
 @get_and_head(
     router,
-    "/v1/states/daily.{fmt}",
+    "/states/daily.{fmt}",
     summary="Daily values of every state, newest first, then states A..Z",
-    responses=array_of("StateRecord", "The upstream's `states/daily`"),
+    responses=array_of(StateRecord, "The upstream's `states/daily`"),
 )
 async def states_daily(api: ApiDep, fmt: Fmt, query: StatesSeries) -> Response:
     return await _list(api, STATES_DAILY, fmt, query)
@@ -167,9 +177,9 @@ async def states_daily(api: ApiDep, fmt: Fmt, query: StatesSeries) -> Response:
 
 @get_and_head(
     router,
-    "/v1/states/info.{fmt}",
+    "/states/info.{fmt}",
     summary="Where each state publishes its data, states A..Z",
-    responses=array_of("StateInfo", "The upstream's `states/info`"),
+    responses=array_of(StateInfo, "The upstream's `states/info`"),
 )
 async def states_info(api: ApiDep, fmt: Fmt, query: InfoListed) -> Response:
     return await _list(api, STATES_INFO, fmt, query)
@@ -192,9 +202,9 @@ async def _state(
 
 @get_and_head(
     router,
-    "/v1/states/{state}/current.{fmt}",
+    "/states/{state}/current.{fmt}",
     summary="Current values of one state (an object)",
-    responses=object_of("StateRecord", "The state's record of `states/current`"),
+    responses=object_of(StateRecord, "The state's record of `states/current`"),
 )
 async def state_current(api: ApiDep, state: StateCode, fmt: Fmt, query: Fields) -> Response:
     return await _state(api, STATES_CURRENT, state, fmt, query)
@@ -202,9 +212,9 @@ async def state_current(api: ApiDep, state: StateCode, fmt: Fmt, query: Fields) 
 
 @get_and_head(
     router,
-    "/v1/states/{state}/daily.{fmt}",
+    "/states/{state}/daily.{fmt}",
     summary="Daily values of one state, newest first",
-    responses=array_of("StateRecord", "The state's records of `states/daily`"),
+    responses=array_of(StateRecord, "The state's records of `states/daily`"),
 )
 async def state_daily(api: ApiDep, state: StateCode, fmt: Fmt, query: Series) -> Response:
     return await _state(api, STATES_DAILY, state, fmt, query)
@@ -212,9 +222,9 @@ async def state_daily(api: ApiDep, state: StateCode, fmt: Fmt, query: Series) ->
 
 @get_and_head(
     router,
-    "/v1/states/{state}/info.{fmt}",
+    "/states/{state}/info.{fmt}",
     summary="Where one state publishes its data (an object)",
-    responses=object_of("StateInfo", "The state's record of `states/info`"),
+    responses=object_of(StateInfo, "The state's record of `states/info`"),
 )
 async def state_info(api: ApiDep, state: StateCode, fmt: Fmt, query: InfoFields) -> Response:
     return await _state(api, STATES_INFO, state, fmt, query)
@@ -222,9 +232,9 @@ async def state_info(api: ApiDep, state: StateCode, fmt: Fmt, query: InfoFields)
 
 @get_and_head(
     router,
-    "/v1/states/{state}/derived.{fmt}",
+    "/states/{state}/derived.{fmt}",
     summary="One state's derived series: 7-day averages of the daily increases, positivity",
-    responses=array_of("DerivedRecord", "One record per date, newest first"),
+    responses=array_of(DerivedRecord, "One record per date, newest first"),
 )
 async def state_derived(api: ApiDep, state: StateCode, fmt: Fmt, query: Derived) -> Response:
     code = check_state_code(state)
@@ -234,9 +244,9 @@ async def state_derived(api: ApiDep, state: StateCode, fmt: Fmt, query: Derived)
 
 @get_and_head(
     router,
-    "/v1/states/{state}/{date}.{fmt}",
+    "/states/{state}/{date:date}.{fmt}",
     summary="One state's values of one date (an object)",
-    responses=object_of("StateRecord", "The state's `states/daily` record of that date"),
+    responses=object_of(StateRecord, "The state's `states/daily` record of that date"),
 )
 async def state_date(
     api: ApiDep,
@@ -253,12 +263,12 @@ async def state_date(
 
 @get_and_head(
     router,
-    "/v1/status.json",
+    "/status.json",
     summary="When the data was built: `buildTime` (newest fetch), `runNumber` (data version)",
     responses={
         200: {
             "description": "Describes the data this service holds",
-            "content": {JSON_CONTENT_TYPE: {"schema": ref("Status")}},
+            "content": {JSON_CONTENT_TYPE: {"schema": SchemaRef(Status)}},
         },
         304: {"description": "Not modified"},
         **ERROR_RESPONSES,

@@ -81,7 +81,7 @@ def _route_of(routes: Sequence[BaseRoute], path: str) -> str:
     for route in routes:
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return str(route.path)  # type: ignore[attr-defined]  # a Route, with a template
+            return str(route.path_format)  # type: ignore[attr-defined]  # a Route: its template
     raise LookupError(f"no route answers the published document at {path}")
 
 

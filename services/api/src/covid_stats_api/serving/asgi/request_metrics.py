@@ -72,7 +72,7 @@ def route_of(scope: Scope) -> str:
     route = scope.get("route_template")
     if route is None:
         matched = scope.get("route")
-        route = getattr(matched, "path", None) or "unmatched"
+        route = getattr(matched, "path_format", None) or "unmatched"  # as OpenAPI: no convertor
     return str(route)
 
 
