@@ -22,8 +22,8 @@ from covid_stats_api.api.params import DateConvertor
 from covid_stats_api.api.responses import SchemaRef, referenced_models
 from covid_stats_api.api.routes import v1
 from covid_stats_api.main import RECORD_MODELS, ROUTERS, ROUTES, create_app
-from covid_stats_api.serving.fastpath import document_paths
-from covid_stats_api.serving.request_metrics import route_of
+from covid_stats_api.serving.asgi.fastpath import document_paths
+from covid_stats_api.serving.asgi.request_metrics import route_of
 from covid_stats_contract.documents import STATE_PLACEHOLDER, document_families
 
 
