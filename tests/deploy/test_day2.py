@@ -396,6 +396,41 @@ def test_two_releases_in_one_namespace_keep_their_series_alerts_and_dashboards_a
     }
 
 
+# A series selector in PromQL: a metric name, then its matchers if any. Names are the project's
+# (covid_stats_*) and any other name written with matchers (up{...}, process_start_time_...{...}).
+_SELECTOR = re.compile(r"\b(covid_stats_[a-z_]+|[a-z_:]+(?=\{))(\{[^}]*\})?")
+_JOB_MATCHER = re.compile(r'\bjob\s*(=~?)\s*"([^"]*)"')
+
+
+def _queries(rendered: Rendered) -> list[str]:
+    """Every rule expression of the PrometheusRule and every dashboard panel query."""
+    (rule,) = rendered.of_kind("PrometheusRule")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    panels = _dashboard(rendered)["panels"]
+    exprs += [t["expr"] for panel in panels for t in panel.get("targets", []) if "expr" in t]
+    return exprs
+
+
+def test_every_rule_and_dashboard_selector_names_its_own_release_jobs() -> None:
+    """Two releases in one namespace: a selector without a job matcher (a bare
+    covid_stats_* name, aggregated by namespace) would add up both releases' series, so
+    every series selector of each release's rules and dashboard names that release's jobs
+    and no other."""
+    for name in ("shop", "stats"):
+        rendered = _release(name)
+        own = set(operator_jobs(rendered).values())
+        checked = 0
+        for expr in _queries(rendered):
+            for match in _SELECTOR.finditer(expr):
+                matchers = match[2] or ""
+                job = _JOB_MATCHER.search(matchers)
+                assert job, f"{name}: {match[0]!r} in {expr!r} names no job"
+                selected = set(job[2].split("|")) if job[1] == "=~" else {job[2]}
+                assert selected <= own, f"{name}: {match[0]!r} selects {selected}, not {own}"
+                checked += 1
+        assert checked > 20, checked
+
+
 def _dashboard(rendered: Rendered) -> dict[str, Any]:
     (config,) = [
         c for c in rendered.of_kind("ConfigMap") if "covid-stats.json" in c.get("data", {})
