@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml  # type: ignore[import-untyped]
 
 from deploy_support import (
@@ -79,6 +80,17 @@ class Podman:
         if info.returncode != 0:
             return None, f"podman cannot run containers here: {info.stderr.strip()[-500:]}"
         return podman, ""
+
+    @classmethod
+    def for_suite(cls) -> Podman:
+        """podman for a suite of pods: the suite fails in CI where none can run, and is
+        skipped, saying why, elsewhere."""
+        found, why = cls.find()
+        if found is None:
+            if os.environ.get("CI"):
+                pytest.fail(why)
+            pytest.skip(why)
+        return found
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 180, stdin: str | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import secrets
 import ssl
@@ -91,12 +90,7 @@ LOAD_REQUESTS = 20_000
 
 @pytest.fixture(scope="module")
 def podman() -> Podman:
-    found, why = Podman.find()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return found
+    return Podman.for_suite()
 
 
 @dataclass

@@ -41,6 +41,7 @@ from deploy_support import (
     wait_200,
 )
 from devstack.procs import free_port, wait_until
+from pods import start_prometheus
 from support import Process, Upstream, spawn
 
 # kube-prometheus-stack installed as `helm install kps prometheus-community/kube-prometheus-stack`:
@@ -142,30 +143,14 @@ def _promtool_checks(folder: Path, config: dict[str, Any]) -> None:
 
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Any]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is not installed: run .ci/install-tools")
     started: list[Process] = []
 
     def start(config: dict[str, Any], name: str) -> str:
         folder = tmp_path / name
         folder.mkdir()
         _promtool_checks(folder, config)
-        port = free_port()
-        process = spawn(
-            name,
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            {"PATH": "/usr/bin:/bin"},
-            folder,
-        )
+        process, url = start_prometheus(folder, config, name)
         started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        process.wait_http(f"{url}/-/ready", timeout=60)
         return url
 
     yield start

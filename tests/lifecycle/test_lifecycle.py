@@ -39,7 +39,6 @@ import asyncio
 import copy
 import json
 import math
-import os
 import re
 import secrets
 import time
@@ -100,12 +99,7 @@ COMPONENTS = ("stats-fetcher", "api")  # the Deployments, in the order they are 
 
 @pytest.fixture(scope="module")
 def podman() -> Podman:
-    found, why = Podman.find()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return found
+    return Podman.for_suite()
 
 
 @dataclass
