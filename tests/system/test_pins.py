@@ -73,12 +73,12 @@ def pins(in_file: Path) -> dict[str, str]:
 
 
 # The workspace's own packages: {canonical name: (pyproject, version)}.
-WORKSPACE = {
+WORKSPACE: dict[str, tuple[Path, str]] = {
     canonicalize_name(str(_project(path)["name"])): (path, str(_project(path)["version"]))
     for path in PYPROJECTS
 }
 # The services: {canonical package name: its requirements .in, named after its folder}.
-SERVICES = {
+SERVICES: dict[str, Path] = {
     canonicalize_name(str(_project(path)["name"])): REQUIREMENTS / f"{path.parent.name}.in"
     for path in PYPROJECTS
     if path.parent.parent.name == "services"
