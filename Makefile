@@ -38,6 +38,11 @@ test: $(STAMP) ## Run the tests against real local servers, all but deploy/conta
 	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: $(STAMP) ## Run the unit-level tests only (marker unit: no gunicorn, no load, no browser)
+	$(BIN)/python -m pytest -m unit --ignore=tests/deploy --ignore=tests/containers \
+		--ignore=tests/lifecycle $(PYTEST_ARGS)
+
 .PHONY: bench
 bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
 	$(BIN)/python -m devstack.bench_api

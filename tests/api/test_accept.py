@@ -16,6 +16,8 @@ import uvloop
 
 from covid_stats_api.serving.server.accept import ACCEPT_BATCH, AcceptServer
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 QUEUED = 50  # fewer than ACCEPT_BATCH: one turn takes them all
 assert QUEUED < ACCEPT_BATCH
 

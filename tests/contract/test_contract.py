@@ -30,6 +30,8 @@ from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.snapshots import PENDING_TTL_SECONDS, SnapshotStore
 from support import ARCHIVE
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 T = TypeVar("T")
 
 

@@ -13,6 +13,8 @@ from covid_stats_contract.records import UpstreamState
 from covid_stats_contract.resources import STATES_CURRENT, STATES_DAILY
 from stats_fetcher.validation import Rejected, parse_payload
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 STATE = {"date": 20210306, "state": "CA", "positive": 10, "fips": "06"}
 
 

@@ -21,7 +21,7 @@ from devstack import LocalPostgres, LocalRedis, ServerStartError
 from devstack.procs import is_alive, wait_until
 from devstack.servers import pg_bin_dir
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.unit]  # unit: `make test-fast`
 
 
 def _server_pids(directory: Path, name: str) -> list[int]:

@@ -19,6 +19,8 @@ from replay_support import (
     serve_synthetic,
 )
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def synthetic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -38,6 +38,8 @@ from replay_upstream.synthetic import (
     synthetic_files,
 )
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def archive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

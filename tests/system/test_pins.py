@@ -26,6 +26,8 @@ from packaging.utils import canonicalize_name
 
 from support import REPO
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 REQUIREMENTS = REPO / "requirements"
 PYPROJECTS = sorted(
     path

@@ -14,6 +14,8 @@ from covid_stats_runtime.settings import StoreSettings
 from devstack import config_docs
 from support import REPO
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 CONFIGURATION = REPO / "docs" / "configuration.md"
 _ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z ,-]+) \| (.+?) \| .+ \|$")
 README_MAX_LINES = 200
