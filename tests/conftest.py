@@ -28,12 +28,11 @@ from support import (
     Fetcher,
     Process,
     Upstream,
-    clean_env,
-    python_module,
+    fail_fast_env,
     scratch_dir,
-    spawn,
     start_api,
     start_fetcher,
+    start_upstream,
 )
 
 
@@ -169,19 +168,8 @@ def empty_database_url(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The replay upstream, with its fault-injection control API on."""
-    port = free_port()
-    source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
-    process = spawn(
-        "upstream",
-        python_module(
-            "replay_upstream", "--host", "127.0.0.1", "--port", str(port), "--control", *source
-        ),
-        clean_env(),
-        tmp_path_factory.mktemp("upstream-logs"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_http(f"{url}/v1/status.json")
-    yield Upstream(url, ARCHIVE.is_dir())
+    process, upstream = start_upstream("upstream", tmp_path_factory.mktemp("upstream-logs"))
+    yield upstream
     process.stop()
 
 
@@ -195,15 +183,7 @@ def upstream(upstream_server: Upstream) -> Upstream:
 @pytest.fixture
 def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[str, str]:
     """Environment for the fetcher and the api, pointed at the test servers."""
-    return clean_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        UPSTREAM_BASE_URL=upstream.url,
-        # Fail fast in tests: one quick retry, short timeouts.
-        UPSTREAM_RETRIES="1",
-        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
-        UPSTREAM_TIMEOUT_SECONDS="2",
-    )
+    return fail_fast_env(redis_url, database_url, upstream.url)
 
 
 @pytest.fixture

@@ -273,6 +273,46 @@ class Upstream:
         self.reset_requests()
 
 
+def start_upstream(
+    name: str, log_dir: Path, *options: str, ready_path: str = ""
+) -> tuple[Process, Upstream]:
+    """The replay upstream (the real archive when it is here, else the synthetic dataset)
+    with its control API on, started with ``options``, once it answers
+    ``<ready_path>/v1/status.json``."""
+    port = free_port()
+    source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
+    process = spawn(
+        name,
+        python_module(
+            "replay_upstream",
+            *("--host", "127.0.0.1", "--port", str(port), "--control"),
+            *options,
+            *source,
+        ),
+        clean_env(),
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}{ready_path}/v1/status.json")
+    return process, Upstream(url, ARCHIVE.is_dir())
+
+
+def fail_fast_env(
+    redis_url: str, database_url: str, upstream_url: str, **more: str
+) -> dict[str, str]:
+    """Environment for the fetcher and the api pointed at test servers, failing fast: one
+    quick upstream retry, short timeouts."""
+    return clean_env(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        UPSTREAM_BASE_URL=upstream_url,
+        UPSTREAM_RETRIES="1",
+        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+        UPSTREAM_TIMEOUT_SECONDS="2",
+        **more,
+    )
+
+
 def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Prometheus text format -> {(sample name, labels): value}."""
     return {

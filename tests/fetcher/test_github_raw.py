@@ -15,10 +15,16 @@ import httpx
 import pytest
 
 from covid_stats_contract.resources import FORMATS, RESOURCES, STATES_DAILY, Format
-from devstack.procs import free_port, wait_until
+from devstack.procs import wait_until
 from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX
 from stats_fetcher.config import DEFAULT_UPSTREAM_BASE_URL, Settings
-from support import ARCHIVE, Fetcher, Upstream, clean_env, python_module, run_fetcher, spawn
+from support import (
+    Fetcher,
+    Upstream,
+    clean_env,
+    run_fetcher,
+    start_upstream,
+)
 from test_fetcher import TOKEN, body, query, refresh, snapshot_id
 
 
@@ -26,21 +32,13 @@ from test_fetcher import TOKEN, body, query, refresh, snapshot_id
 def github_raw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The replay upstream in the default upstream's shape, with its control API; its
     ``url`` is the root (the control API's), the data is under GITHUB_RAW_PREFIX."""
-    port = free_port()
-    source = ["--dataset", str(ARCHIVE)] if ARCHIVE.is_dir() else ["--synthetic"]
-    process = spawn(
+    process, upstream = start_upstream(
         "github-raw",
-        python_module(
-            "replay_upstream",
-            *("--host", "127.0.0.1", "--port", str(port), "--control", "--github-raw"),
-            *source,
-        ),
-        clean_env(),
         tmp_path_factory.mktemp("github-raw-logs"),
+        "--github-raw",
+        ready_path=GITHUB_RAW_PREFIX,
     )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_http(f"{url}{GITHUB_RAW_PREFIX}/v1/status.json")
-    yield Upstream(url, ARCHIVE.is_dir())
+    yield upstream
     process.stop()
 
 

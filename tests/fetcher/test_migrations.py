@@ -14,7 +14,7 @@ import httpx
 
 from covid_stats_contract import schema
 from devstack.procs import wait_until
-from support import Fetcher, Upstream, clean_env, run_fetcher
+from support import Fetcher, Upstream, clean_env, fail_fast_env, run_fetcher
 
 TOKEN = "test-refresh-token"
 NEWER = schema.LATEST_VERSION + 1  # the first version this release does not know
@@ -107,13 +107,10 @@ def test_this_release_runs_on_a_database_a_newer_release_migrated_additively(
     fetcher_factory: Any,
     api_factory: Any,
 ) -> None:
-    env = clean_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=empty_database_url,
-        UPSTREAM_BASE_URL=upstream.url,
-        UPSTREAM_RETRIES="1",
-        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
-        UPSTREAM_TIMEOUT_SECONDS="2",
+    env = fail_fast_env(
+        redis_url,
+        empty_database_url,
+        upstream.url,
         REFRESH_TOKEN=TOKEN,
         FETCH_INTERVAL_SECONDS="3600",
     )

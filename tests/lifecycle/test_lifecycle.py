@@ -498,6 +498,26 @@ def test_1_install_the_previous_release_and_start_the_load(stage: Stage) -> None
     _step_summary(stage, "install", outcomes, _ready_figures(release))
 
 
+def _rolling_step(
+    stage: Stage, step: str, old: Release, *, current: bool
+) -> tuple[Release, list[Outcome], str]:
+    """`helm upgrade` (to this commit, ``current``: its pre-upgrade migration Job first) or
+    `helm rollback` (to the previous release: no hook) of the first release, as a rolling
+    update under the steady load: not one request fails, and afterwards the front's only
+    endpoint is the new api pod. The new release, the step's outcomes and its roll times."""
+    started = time.monotonic()
+    new = _release(stage, FIRST, current=current)
+    took = _roll(stage, old, new, hook=current)
+    stage.first = new
+    _settle(stage)
+    stage.steps[step] = (started, time.monotonic())
+    outcomes = _outcomes(stage, step)
+    failed = [o for o in outcomes if not o.ok]
+    assert failed == [], _describe(failed)
+    assert stage.front.endpoints() == [new.pods["api"].port]
+    return new, outcomes, ", ".join(f"{k} {v:.1f} s" for k, v in took.items())
+
+
 # -- 2. upgrade to this commit ---------------------------------------------------------------------
 
 
@@ -507,23 +527,9 @@ def test_2_upgrade_to_this_commit_fails_no_request(stage: Stage) -> None:
     old = stage.first
     assert old is not None, "the install did not complete"
     assert stage.loads, "the install did not complete"
-    started = time.monotonic()
-    new = _release(stage, FIRST, current=True)
-    took = _roll(stage, old, new, hook=True)
-    stage.first = new
-    _settle(stage)
-    stage.steps["upgrade"] = (started, time.monotonic())
-    outcomes = _outcomes(stage, "upgrade")
-    failed = [o for o in outcomes if not o.ok]
-    assert failed == [], _describe(failed)
-    assert stage.front.endpoints() == [new.pods["api"].port]
+    new, outcomes, took = _rolling_step(stage, "upgrade", old, current=True)
     assert stage.front.connections[new.pods["api"].port] > 0
-    _step_summary(
-        stage,
-        "upgrade",
-        outcomes,
-        _ready_figures(new) + "; " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()),
-    )
+    _step_summary(stage, "upgrade", outcomes, f"{_ready_figures(new)}; {took}")
 
 
 # -- 3. a second release beside the first ---------------------------------------------------------
@@ -712,26 +718,15 @@ def test_4_rollback_to_the_previous_release_on_the_migrated_database_fails_no_re
         f"the database has no migration newer than {stage.previous.commit}'s ({sorted(known)}): "
         "the rollback would cross none; name an older PREVIOUS_COMMIT (tests/lifecycle/previous.py)"
     )
-    started = time.monotonic()
-    previous = _release(stage, FIRST, current=False)
-    took = _roll(stage, current, previous, hook=False)
-    stage.first = previous
-    _settle(stage)
-    stage.steps["rollback"] = (started, time.monotonic())
-    outcomes = _outcomes(stage, "rollback")
-    failed = [o for o in outcomes if not o.ok]
-    assert failed == [], _describe(failed)
-    assert stage.front.endpoints() == [previous.pods["api"].port]
+    previous, outcomes, took = _rolling_step(stage, "rollback", current, current=False)
     for played in previous.pods.values():
         assert _image_revision(stage, played) == stage.previous.commit
     _step_summary(
         stage,
         "rollback",
         outcomes,
-        _ready_figures(previous)
-        + "; "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in took.items())
-        + f"; across the migrations {newer} the previous release does not know",
+        f"{_ready_figures(previous)}; {took}; across the migrations {newer} the previous "
+        "release does not know",
     )
     every = [o for load in stage.loads for o in load.outcomes()]
     summary(
