@@ -30,6 +30,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
+from covid_stats_runtime.http import error_cache_control
 from devstack.procs import free_port, wait_until
 from support import REPO, Upstream, run_fetcher, start_api, summary
 from test_api_properties import loaded_stack
@@ -170,10 +171,12 @@ def test_the_page_and_its_assets_are_fixed_bytes_with_etag_gzip_and_a_strict_csp
             assert zipped.headers["content-encoding"] == "gzip", url
         raw_gzip = int(zipped.headers["content-length"])
         assert zipped.content == plain.content
-        for tag in {etag, zipped.headers["etag"]}:
-            again = stack.get(url, **{"If-None-Match": tag})
+        for tag, accept in ((etag, "identity"), (zipped.headers["etag"], "gzip")):
+            # A 304 carries the tag of the representation the 200 would send.
+            again = stack.get(url, **{"If-None-Match": tag, "Accept-Encoding": accept})
             assert again.status_code == 304, url
             assert again.content == b""
+            assert again.headers["etag"] == tag, url
         head = httpx.head(f"{stack.base}{url}")
         assert head.status_code == 200
         assert head.content == b""
@@ -257,7 +260,7 @@ def _raw(base: str, request: bytes) -> tuple[int, dict[str, list[str]]]:
 
 def test_every_answer_carries_nosniff_and_no_server_banner(stack: Stack) -> None:
     """Whoever writes the answer: the fast path, FastAPI (data, errors, docs, metrics, the
-    page), the protocol's own errors, the rate limit."""
+    page), the protocol's own errors, the rate limit; and every error its Cache-Control."""
     answers: dict[str, tuple[int, dict[str, list[str]]]] = {}
 
     def record(name: str, response: httpx.Response) -> None:
@@ -296,6 +299,8 @@ def test_every_answer_carries_nosniff_and_no_server_banner(stack: Stack) -> None
         assert status == expected.get(name, 404 if name.startswith("404") else 200), name
         assert headers.get("x-content-type-options") == ["nosniff"], name
         assert "server" not in headers, (name, headers.get("server"))
+        if status >= 400:  # every error says how long it may be cached
+            assert headers.get("cache-control") == [error_cache_control(status).decode()], name
 
 
 # -- in a browser ----------------------------------------------------------------------------

@@ -107,6 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="COVID-19 statistics in the COVID Tracking Project v1 API's shape, "
         "served from Redis with PostgreSQL behind it.",
         lifespan=lifespan,
+        # No redirect from a path with (or without) a trailing slash to the route's: such a
+        # path answers 404. Starlette builds that redirect's Location from the Host header
+        # (a client naming another host got a redirect there).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

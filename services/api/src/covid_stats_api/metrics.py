@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 REQUESTS = Counter(
     "covid_stats_api_requests",
-    "HTTP requests answered, by route template, method and status",
+    "HTTP requests answered, by route template, method (GET, HEAD, OPTIONS, other) and status",
     ["route", "method", "status"],
 )
 DURATION = Histogram(
     "covid_stats_api_request_duration_seconds",
-    "Time to answer a request, by route template and method",
+    "Time to answer a request, by route template and method (GET, HEAD, OPTIONS, other)",
     ["route", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -99,6 +99,12 @@ REDIS_INTERNALS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The methods the api answers, which label the request metrics as they are: its routes'
+# (GET and HEAD) and CORS preflights' (OPTIONS). Any other method httptools parses (some
+# thirty: PROPFIND, MKCOL, ...) is counted as ``other``, so unusual methods add no series.
+LABELLED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OTHER_METHOD = "other"
+
 # The labelled children the request path counts with, made once each: ``labels()`` checks
 # its arguments and takes a lock on every call, a cached child costs a dict lookup. Their
 # number is bounded (route templates, the methods httptools parses, statuses).
@@ -106,7 +112,10 @@ REDIS_INTERNALS: dict[str, tuple[str, ...]] = {
 
 @functools.cache
 def request_series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
-    """The request counter and duration histogram of one route, method and status."""
+    """The request counter and duration histogram of one route, method (``other`` when
+    not in ``LABELLED_METHODS``) and status."""
+    if method not in LABELLED_METHODS:
+        method = OTHER_METHOD
     return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
 
 

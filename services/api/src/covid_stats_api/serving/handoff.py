@@ -49,7 +49,7 @@ def closing_error_answer(
     """The bytes of a complete HTTP/1.1 answer in the api's error shape (JSON, CORS) that
     closes the connection: the protocol's own refusals (400, 408, 414, 431)."""
     body = error_body(status, code, message)
-    extra = error_headers(body, (b"access-control-allow-origin", b"*"), CONNECTION_CLOSE)
+    extra = error_headers(status, body, (b"access-control-allow-origin", b"*"), CONNECTION_CLOSE)
     return http_head(status, [*default_headers, *extra]) + body
 
 

@@ -72,7 +72,7 @@ def metrics_app(registry: CollectorRegistry) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != METRICS_PATH:
             body = _not_found(environ.get("PATH_INFO", ""))
-            headers = error_headers(body)
+            headers = error_headers(404, body)
             start_response("404 Not Found", [(k.decode(), v.decode()) for k, v in headers])
             return [body]
         return exposition(environ, start_response)  # type: ignore[no-any-return]

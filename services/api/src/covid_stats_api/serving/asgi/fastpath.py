@@ -12,12 +12,16 @@ same status, headers and bytes. The page and its assets (``page``), fixed bytes 
 memory from start-up, are answered here too, whatever their query string.
 ``FastPath.find`` is the one place that decides: under gunicorn the HTTP protocol asks it
 first and writes the answer itself (``direct``); this layer answers what reaches the app.
+It is also where the path to route is settled (``routed_path``): an encoded slash (``%2F``)
+stays encoded, part of its segment, for the fast path and FastAPI alike.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +33,15 @@ from covid_stats_runtime.http import Representation, send_representation
 
 # A code put in a family's name to ask the routes which one answers it (any valid code).
 _SAMPLE_STATE = "zz"
+_ENCODED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
+
+
+def routed_path(raw_path: bytes) -> str:
+    """The path to route from the request's raw (percent-encoded) path: decoded as the
+    server decodes it, except each ``%2F``, kept as the text ``%2F``: a slash sent encoded
+    belongs to its segment and never separates two (uvicorn decodes it, so
+    ``/v1/states/ca%2fcurrent.json`` would be routed as ``/v1/states/ca/current.json``)."""
+    return "%2F".join(unquote(part.decode("latin-1")) for part in _ENCODED_SLASH.split(raw_path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +119,11 @@ class FastPath:
     def find(self, scope: Scope) -> tuple[str, Representation] | None:
         """The answer this layer has for an HTTP request, with its route template (the
         metrics' label), or None when FastAPI must answer it. Counts the memory tier's
-        lookups."""
+        lookups. A raw path with an encoded slash has its ``path`` set to
+        :func:`routed_path` first (so FastAPI, answering after, routes that too)."""
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw and _ENCODED_SLASH.search(raw):
+            scope["path"] = routed_path(raw)
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return None

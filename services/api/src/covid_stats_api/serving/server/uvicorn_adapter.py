@@ -35,8 +35,14 @@ httptools one with three bounds added, closes those holes:
   after this long (``GUNICORN_KEEPALIVE_SECONDS``, longer to outlast a load balancer's own
   idle timeout, bounds only a connection idle after an answer).
 
+And a request whose ``Transfer-Encoding`` is not exactly ``chunked`` (RFC 9112 §6) is
+refused before the app sees it: 400 when ``chunked`` is not its last coding, or is given
+twice (its body's length cannot be known: httptools would say so only after the head, once
+the app had answered), 501 for a coding the server does not implement (``gzip, chunked``).
+
 These answers, and the 400 for bytes that are not HTTP/1.1, have the api's error shape (JSON,
-``Access-Control-Allow-Origin: *``) and close the connection "lingering": the answer is sent
+``Access-Control-Allow-Origin: *``, ``Cache-Control``) and close the connection
+"lingering": the answer is sent
 with a FIN, then what the client still sends is read and dropped for up to
 ``_LINGER_SECONDS``, so that it reads the answer instead of a connection reset.
 
@@ -227,6 +233,34 @@ class _Rejected(Exception):
     """Raised in a parser callback to stop parsing a request that is refused."""
 
 
+def transfer_coding_refusal(headers: list[tuple[bytes, bytes]]) -> tuple[int, str, str] | None:
+    """The refusal of a request whose ``Transfer-Encoding`` (its lines together) is not
+    exactly ``chunked``, or None: 400 when ``chunked`` is not the last coding or is given
+    more than once (the body's length cannot be known), else 501 (a coding not
+    implemented)."""
+    codings = [
+        coding.strip().lower()
+        for name, value in headers
+        if name == b"transfer-encoding"
+        for coding in value.split(b",")
+    ]
+    if codings == [b"chunked"]:
+        return None
+    shown = ", ".join(c.decode("latin-1") for c in codings)[:100]
+    if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        return (
+            400,
+            "bad_transfer_encoding",
+            f"Transfer-Encoding '{shown}' does not end with one 'chunked': the body's length "
+            "cannot be known.",
+        )
+    return (
+        501,
+        "transfer_coding_not_implemented",
+        f"Transfer-Encoding '{shown}': only 'chunked' is implemented.",
+    )
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bounded request head, a request deadline and an
     idle timer on new connections. Use :func:`protocol_class` to set the bounds.
@@ -316,6 +350,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         ) > self.max_head_bytes:
             self._rejection = self._too_large(size)
             raise _Rejected
+        for name, _ in self.headers:
+            if name == b"transfer-encoding":
+                self._rejection = transfer_coding_refusal(self.headers)
+                if self._rejection is not None:
+                    raise _Rejected
+                break
         super().on_headers_complete()
 
     def _head_size(self) -> int:
