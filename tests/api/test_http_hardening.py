@@ -321,6 +321,15 @@ def test_every_error_carries_cache_control(api: Api) -> None:
         400: (_parse(_raw(api.port, b"NOT HTTP AT ALL\r\n\r\n")), "bad_request"),
         408: (_parse(_raw(api.port, b"GET " + DOCUMENT.encode())), "request_timeout"),
     }
+    refused_preflight = request(
+        api,
+        "OPTIONS",
+        DOCUMENT,
+        ("Origin", "https://elsewhere.example"),
+        ("Access-Control-Request-Method", "DELETE"),
+    )
+    error(refused_preflight, 400, "cors_preflight_refused")
+    assert refused_preflight.header("cache-control") == "no-store"
     for status, (answer, code) in found.items():
         error(answer, status, code)
         kept = answer.header("cache-control")

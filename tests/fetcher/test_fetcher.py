@@ -18,7 +18,7 @@ from covid_stats_contract.documents import Document
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import RESOURCES, STATES_CURRENT, STATES_DAILY, US_CURRENT
 from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.http import SERVER_HEADERS
+from covid_stats_runtime.http import SERVER_HEADERS, error_cache_control
 from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from support import Fetcher, Upstream, check_error_body, clean_env, run_fetcher
@@ -338,10 +338,18 @@ def test_the_fetchers_port_answers_errors_in_the_shared_shape(
     assert wrong_method.status_code == 405
     check_error_body(wrong_method.content, 405, "method_not_allowed")
     assert "POST" in wrong_method.headers["allow"]
-    for answer in (unknown, wrong_method, httpx.get(f"{fetcher.url}/healthz")):
+    # A trailing slash: no redirect built from Host, an unknown path.
+    slashed = httpx.get(f"{fetcher.url}/healthz/", headers={"Host": "evil.example"})
+    assert slashed.status_code == 404
+    assert "location" not in slashed.headers
+    check_error_body(slashed.content, 404, "not_found")
+    for answer in (unknown, wrong_method, slashed, httpx.get(f"{fetcher.url}/healthz")):
         assert "server" not in answer.headers
         for name, value in SERVER_HEADERS:
             assert answer.headers[name] == value
+        if answer.status_code >= 400:  # how long each error may be cached
+            expected = error_cache_control(answer.status_code).decode()
+            assert answer.headers["cache-control"] == expected
 
 
 def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(

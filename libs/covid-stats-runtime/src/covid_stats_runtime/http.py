@@ -225,6 +225,22 @@ class CORSMiddleware(cors.CORSMiddleware):
     for every origin) is sent as it is: Starlette would add ``Vary: Origin`` to it, which the
     fast path, answering without this middleware, does not send."""
 
+    def preflight_response(self, request_headers: StarletteHeaders) -> Response:
+        """Starlette's answer to a preflight, except a refused one (Starlette's plain-text
+        400) is in the error shape, with its ``Cache-Control``."""
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        message = bytes(response.body).decode()  # "Disallowed CORS method", ...
+        return starlette_error_response(
+            response.status_code, "cors_preflight_refused", message, headers=kept
+        )
+
     async def send(self, message: Message, send: Send, request_headers: StarletteHeaders) -> None:
         if message["type"] == "http.response.start" and all(
             header in message.get("headers", ()) for header in _OPEN_TO_EVERY_ORIGIN

@@ -85,7 +85,7 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             )
         return JSONResponse({"status": "accepted"}, status_code=202)
 
-    return Starlette(
+    app = Starlette(
         exception_handlers={HTTPException: http_error_response},
         routes=[
             Route("/healthz", healthz),
@@ -94,6 +94,9 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             Route("/refresh", refresh, methods=["POST"]),
         ],
     )
+    # A trailing slash is an unknown path (404): Starlette's redirect is built from Host.
+    app.router.redirect_slashes = False
+    return app
 
 
 class _EmbeddedServer(uvicorn.Server):
