@@ -89,7 +89,10 @@ def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[
                 DATA_SOURCE_HEADER: {"schema": {"type": "string", "enum": ["cache", "database"]}},
             },
         },
-        304: {"description": "Not modified: the `If-None-Match` tag is current"},
+        304: {
+            "description": "Not modified: `If-None-Match` names the tag of the representation "
+            "a 200 would send (its `Accept-Encoding`); the 304 carries that tag"
+        },
         **ERROR_RESPONSES,
     }
 
