@@ -46,8 +46,9 @@ def http_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
 def closing_error_answer(
     status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
-    """The bytes of a complete HTTP/1.1 answer in the api's error shape (JSON, CORS) that
-    closes the connection: the protocol's own refusals (400, 408, 414, 431)."""
+    """The bytes of a complete HTTP/1.1 answer in the api's error shape (JSON, CORS,
+    Cache-Control) that closes the connection: the protocol's own refusals (400, 408, 414,
+    431, 501)."""
     body = error_body(status, code, message)
     extra = error_headers(status, body, (b"access-control-allow-origin", b"*"), CONNECTION_CLOSE)
     return http_head(status, [*default_headers, *extra]) + body
