@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute
 
 from covid_stats_api.main import ROUTES
 from covid_stats_api.metrics import LABELLED_METHODS, OTHER_METHOD
+from covid_stats_api.serving.asgi.fastpath import routed_path
 from covid_stats_runtime.http import error_cache_control
 from support import (
     ApiUrl,
@@ -380,3 +381,11 @@ def test_an_encoded_slash_does_not_separate_segments(api: Api) -> None:
         for extra in ((), (VIA_ASGI,)):
             answer = request(api, "GET", target, ("Accept-Encoding", "identity"), *extra)
             error(answer, 404, "not_found")
+
+
+def test_routed_path_decodes_all_but_encoded_slashes() -> None:
+    """As uvicorn decodes a path, but ``%2F`` (any case) kept; a query string some ASGI
+    clients leave in ``raw_path`` (httpx's transport) is not part of the path."""
+    assert routed_path(b"/v1/states/%63a/current.json") == "/v1/states/ca/current.json"
+    assert routed_path(b"/v1/states/ca%2fcurrent.json") == "/v1/states/ca%2Fcurrent.json"
+    assert routed_path(b"/v1%2F%2fus?x=%2f") == "/v1%2F%2Fus"

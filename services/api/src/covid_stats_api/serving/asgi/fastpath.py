@@ -40,8 +40,10 @@ def routed_path(raw_path: bytes) -> str:
     """The path to route from the request's raw (percent-encoded) path: decoded as the
     server decodes it, except each ``%2F``, kept as the text ``%2F``: a slash sent encoded
     belongs to its segment and never separates two (uvicorn decodes it, so
-    ``/v1/states/ca%2fcurrent.json`` would be routed as ``/v1/states/ca/current.json``)."""
-    return "%2F".join(unquote(part.decode("latin-1")) for part in _ENCODED_SLASH.split(raw_path))
+    ``/v1/states/ca%2fcurrent.json`` would be routed as ``/v1/states/ca/current.json``).
+    A query string some clients leave in ``raw_path`` (httpx's ASGI transport) is dropped."""
+    path = raw_path.partition(b"?")[0]
+    return "%2F".join(unquote(part.decode("latin-1")) for part in _ENCODED_SLASH.split(path))
 
 
 @dataclass(frozen=True, slots=True)
