@@ -6,17 +6,21 @@ details for the token only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from covid_stats_runtime.protocol import (
     REFUSALS_LOGGED_PER_INTERVAL,
     UVICORN_INVALID_REQUEST_MESSAGE,
+    RefusalLog,
 )
 from covid_stats_runtime.settings import PortSettings
 from devstack.procs import wait_until
@@ -128,3 +132,32 @@ def test_readyz_details_need_the_token(fetcher: Fetcher) -> None:
     detailed = fetcher.ready()
     assert detailed["status"] == "ready"
     assert {"leader", "redis", "postgres"} <= set(detailed)
+
+
+def test_the_refusal_log_sums_up_what_it_did_not_write() -> None:
+    """The sampling itself, on a real event loop with a short interval: the first
+    ``per_interval`` refusals a line each, the rest one summary line when the interval ends,
+    then a new interval logs again."""
+
+    async def scenario() -> list[MutableMapping[str, Any]]:
+        loop = asyncio.get_running_loop()
+        refusals = RefusalLog(per_interval=2, interval=0.2)
+        with structlog.testing.capture_logs() as captured:
+            for status in (400, 400, 431, 400, 408):
+                refusals.refused(loop, status, "x", "192.0.2.1")
+            deadline = loop.time() + 5
+            while not any(e["event"] == "invalid_requests_suppressed" for e in captured):
+                assert loop.time() < deadline, captured
+                await asyncio.sleep(0.02)
+            refusals.refused(loop, 400, "x", "192.0.2.1")
+        return captured
+
+    events = asyncio.run(scenario())
+    assert [e["event"] for e in events] == [
+        "invalid_request",
+        "invalid_request",
+        "invalid_requests_suppressed",
+        "invalid_request",
+    ]
+    assert events[2]["count"] == 3
+    assert events[2]["by_status"] == {"400": 1, "408": 1, "431": 1}

@@ -315,8 +315,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         self._unset_keepalive_if_required()
         self.count_refusal(status)
-        client = self.client[0] if self.client else None
-        self.refusal_log.refused(self.loop, status, code, client)
+        peer = self.client[0] if self.client else None
+        self.refusal_log.refused(self.loop, status, code, peer)
         if self.cycle is not None and not self.cycle.response_complete:
             # A pipelined request is refused while the previous one's response is being
             # sent: that response finishes, then the connection closes.
