@@ -35,7 +35,8 @@ Refusals: counted, logged sampled
 ---------------------------------
 
 Every refusal (400, 408, 414, 431) is counted (the ``count`` hook given to
-:func:`limited_protocol`: each service's ``..._invalid_requests_total{status}``), and logged
+:func:`limited_protocol`, or a subclass's ``count_refusal``: each service's
+``..._invalid_requests_total{status}``), and logged
 by :class:`RefusalLog`: per process, the first ``REFUSALS_LOGGED_PER_INTERVAL`` of each
 ``REFUSAL_LOG_INTERVAL_SECONDS`` get a line each (``invalid_request``: status, code,
 client), the rest only one ``invalid_requests_suppressed`` line with their count when the
@@ -167,10 +168,6 @@ class RefusalLog:
 
 class _Rejected(Exception):
     """Raised in a parser callback to stop parsing a request that is refused."""
-
-
-def _no_count(status: int) -> None:
-    pass
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -339,12 +336,15 @@ def limited_protocol(
     max_head_bytes: int,
     request_timeout_seconds: float,
     new_connection_timeout_seconds: float,
-    count: Callable[[int], None] = _no_count,
+    count: Callable[[int], None] | None = None,
     base: type[LimitedHttpToolsProtocol] = LimitedHttpToolsProtocol,
     **attributes: Any,
 ) -> type[LimitedHttpToolsProtocol]:
     """``base`` (the limited protocol or a subclass) with these bounds, counting each refusal
-    by its status with ``count``; ``attributes``: more class attributes of the subclass's."""
+    by its status with ``count`` (None: ``base.count_refusal``); ``attributes``: more class
+    attributes of the subclass's."""
+    if count is not None:
+        attributes["count_refusal"] = lambda self, status: count(status)
     return type(
         "LimitedHttpToolsProtocol",
         (base,),
@@ -352,7 +352,6 @@ def limited_protocol(
             "max_head_bytes": max_head_bytes,
             "request_timeout_seconds": request_timeout_seconds,
             "new_connection_timeout_seconds": new_connection_timeout_seconds,
-            "count_refusal": lambda self, status: count(status),
             **attributes,
         },
     )

@@ -40,7 +40,7 @@ from covid_stats_api.serving.asgi.direct import direct_answers
 from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
 from covid_stats_api.serving.asgi.ratelimit import RateLimit
 from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
-from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
@@ -98,7 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # lifespan state: only the app the server runs offers it.
         direct = getattr(app.state, "direct_answers", None)
         try:
-            yield {DIRECT_ANSWERS_KEY: direct} if direct is not None else None
+            offered: dict[str, Any] = {REFUSALS_KEY: metrics.count_refusal}
+            if direct is not None:
+                offered[DIRECT_ANSWERS_KEY] = direct
+            yield offered
         finally:
             gauges.cancel()
             await watcher.stop()

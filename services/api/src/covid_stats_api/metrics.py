@@ -80,6 +80,14 @@ INVALID_REQUESTS = Counter(
     " 408 too slow, 414/431 head too large); logged sampled (docs/limits.md)",
     ["status"],
 )
+
+
+def count_refusal(status: int) -> None:
+    """A request the protocol refused (offered to the server adapter in the lifespan state,
+    ``serving.handoff.REFUSALS_KEY``)."""
+    INVALID_REQUESTS.labels(status=str(status)).inc()
+
+
 DIRECT_ANSWERS_ENABLED = Gauge(
     "covid_stats_api_direct_answers_enabled",
     "1 when every worker's HTTP protocol writes hot documents' answers itself (direct "

@@ -1,6 +1,7 @@
 """What the app's ASGI layers (``serving.asgi``) and the server adapter
 (``serving.server.uvicorn_adapter``) share: the bytes of an HTTP/1.1 head as uvicorn writes
-them, and the interface of the direct answers the app offers the server.
+them, and the interface of the direct answers (and the refusal counter) the app offers the
+server.
 
 A leaf: it imports neither half, nor uvicorn, nor any module that defines metrics (the
 gunicorn master loads the server adapter, which imports this, before
@@ -21,6 +22,9 @@ from covid_stats_runtime.http import http_head as http_head
 # The key of the lifespan state (the ASGI lifespan "state" extension) under which the app
 # offers the answers the server's protocol writes itself (``serving.asgi.direct``).
 DIRECT_ANSWERS_KEY = "covid_stats.direct_answers"
+# The key under which it offers the counter of the protocol's refusals (a callable taking the
+# status: ``metrics.count_refusal``): the server adapter imports no module defining metrics.
+REFUSALS_KEY = "covid_stats.count_refusal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ from uvicorn.server import Server, ServerState
 
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.serving.asgi.drain import Drain
-from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, DirectAnswerSource
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY, DirectAnswerSource
 from covid_stats_api.serving.server.accept import AcceptServer
 from covid_stats_runtime import protocol as limits
 from covid_stats_runtime.http import SERVER_HEADERS
@@ -215,6 +215,13 @@ class LimitedHttpToolsProtocol(limits.LimitedHttpToolsProtocol):
     # Why this protocol writes no direct answers (``protocol_class``), or None.
     direct_answers_off: ClassVar[str | None] = "not a DirectAnsweringProtocol"
 
+    def count_refusal(self, status: int) -> None:
+        """In ``covid_stats_api_invalid_requests_total``, through the counter the app offers
+        in its lifespan state (this module imports no module defining metrics)."""
+        count = self.app_state.get(REFUSALS_KEY)
+        if count is not None:
+            count(status)
+
 
 class DirectAnsweringProtocol(LimitedHttpToolsProtocol):
     """The limited protocol writing the app's direct answers (``serving.asgi.direct``):
@@ -271,21 +278,11 @@ def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
         settings.http_max_request_head_bytes,
         settings.http_request_timeout_seconds,
         settings.http_new_connection_timeout_seconds,
-        count=_count_refusal,
         base=LimitedHttpToolsProtocol if missing else DirectAnsweringProtocol,
         direct_answers_off=missing,
     )
     assert issubclass(cls, LimitedHttpToolsProtocol)  # a subclass of ``base``
     return cls
-
-
-def _count_refusal(status: int) -> None:
-    """A protocol refusal (400, 408, 414, 431) in the request worker's metrics. Imported
-    here, when a worker refuses one: the master, which loads this module, defines no
-    metrics."""
-    from covid_stats_api import metrics
-
-    metrics.INVALID_REQUESTS.labels(status=str(status)).inc()
 
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]  # untyped package
