@@ -212,8 +212,8 @@ def fetcher_factory(tmp_path: Path) -> Iterator[Callable[..., Fetcher]]:
     """Starts `stats-fetcher run` processes with a given environment; stops them after."""
     started: list[Fetcher] = []
 
-    def start(env: dict[str, str], name: str = "fetcher") -> Fetcher:
-        fetcher = start_fetcher(env, tmp_path, name)
+    def start(env: dict[str, str], name: str = "fetcher", token: bool = True) -> Fetcher:
+        fetcher = start_fetcher(env, tmp_path, name, token)
         started.append(fetcher)
         return fetcher
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -363,6 +365,7 @@ class Fetcher:
 
     process: Process
     url: str
+    token: str | None = None  # its REFRESH_TOKEN: what /readyz's details need
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return metric_samples(httpx.get(f"{self.url}/metrics").text)
@@ -377,7 +380,9 @@ class Fetcher:
         )
 
     def ready(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.url}/readyz").json()
+        """``/readyz``'s body, with its details (the token's)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body: dict[str, Any] = httpx.get(f"{self.url}/readyz", headers=headers).json()
         return body
 
     def is_leader(self) -> bool:
@@ -387,17 +392,20 @@ class Fetcher:
             return False
 
 
-def start_fetcher(env: Mapping[str, str], log_dir: Path, name: str = "fetcher") -> Fetcher:
+def start_fetcher(
+    env: Mapping[str, str], log_dir: Path, name: str = "fetcher", token: bool = True
+) -> Fetcher:
+    """A fetcher on a free port, with a random ``REFRESH_TOKEN`` unless ``env`` names one
+    (``/readyz`` shows its details to the token only) or ``token`` is False (none: the
+    endpoint is off)."""
     port = free_port()
-    process = spawn(
-        f"{name}-{port}",
-        python_module("stats_fetcher", "run"),
-        {**env, "FETCHER_HOST": "127.0.0.1", "FETCHER_PORT": str(port)},
-        log_dir,
-    )
+    env = {**env, "FETCHER_HOST": "127.0.0.1", "FETCHER_PORT": str(port)}
+    if token and "REFRESH_TOKEN" not in env:
+        env["REFRESH_TOKEN"] = secrets.token_urlsafe(24)
+    process = spawn(f"{name}-{port}", python_module("stats_fetcher", "run"), env, log_dir)
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz")
-    return Fetcher(process, url)
+    return Fetcher(process, url, env.get("REFRESH_TOKEN"))
 
 
 # Lines a test wants in the terminal summary (printed by conftest's pytest_terminal_summary,
@@ -440,3 +448,36 @@ def receive_answer(sock: socket.socket) -> bytes:
         assert chunk, "closed in the middle of a body"
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+@dataclass
+class RawAnswer:
+    """What a raw-socket client read: ``status`` None when the connection closed (or was
+    reset) without an answer; header names in lower case."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    raw: bytes
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> RawAnswer:
+    """Send ``data`` on a new connection to 127.0.0.1:``port``, read until the server closes
+    it (a server that refuses may close before all of ``data`` is sent)."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        return RawAnswer(None, {}, b"", raw)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawAnswer(int(status_line.split()[1]), headers, body, raw)

@@ -318,7 +318,7 @@ def test_post_refresh_needs_the_bearer_token(
     assert TOKEN not in wrong.text
     assert httpx.post(url, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     _trigger_and_wait(fetcher)
-    off: Fetcher = fetcher_factory(service_env, name="no-token")
+    off: Fetcher = fetcher_factory(service_env, name="no-token", token=False)
     disabled = httpx.post(f"{off.url}/refresh", headers={"Authorization": "Bearer x"})
     assert disabled.status_code == 403
     check_error_body(disabled.content, 403, "disabled")
@@ -575,5 +575,5 @@ def test_the_fetcher_keeps_running_while_postgres_is_unreachable_at_start(
     assert fetcher.process.proc.poll() is None
     ready = httpx.get(f"{fetcher.url}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["postgres"] == "down"
+    assert fetcher.ready()["postgres"] == "down"
     assert httpx.get(f"{fetcher.url}/healthz").status_code == 200

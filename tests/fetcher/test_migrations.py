@@ -208,8 +208,8 @@ def test_a_newer_breaking_migration_is_refused_by_migrate_and_by_the_fetcher(
     wait_until(lambda: "schema" in fetcher.ready(), 30, what="the fetcher's schema verdict")
     ready = httpx.get(f"{fetcher.url}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["postgres"] == "down"
-    assert f"{NEWER}_newer_breaking" in ready.json()["schema"]
+    assert fetcher.ready()["postgres"] == "down"
+    assert f"{NEWER}_newer_breaking" in fetcher.ready()["schema"]
     wait_until(
         lambda: any(
             f"{NEWER}_newer_breaking" in entry["error"]

@@ -518,6 +518,16 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- end }}
 {{- end }}
 
+{{/* The bounds of every connection to an HTTP port, the same for the api's and the fetcher's
+     (one protocol for both, covid_stats_runtime.protocol; docs/limits.md): from api.http. */}}
+{{- define "covid-stats.httpLimits.env" -}}
+{{- with .Values.api.http -}}
+HTTP_MAX_REQUEST_HEAD_BYTES: {{ .maxRequestHeadBytes | int | quote }}
+HTTP_REQUEST_TIMEOUT_SECONDS: {{ .requestTimeoutSeconds | toString | quote }}
+HTTP_NEW_CONNECTION_TIMEOUT_SECONDS: {{ .newConnectionTimeoutSeconds | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Prometheus job names: metrics.jobs decides them, by default "<fullname>-api" and
      "<fullname>-fetcher" (one release's series never mix with another's); every place that
      names a job takes it from here. include "covid-stats.metricsJob" (list $ "api") */}}

@@ -28,6 +28,7 @@ conditional requests, the headers of a data answer, and the headers on every ans
 
 from __future__ import annotations
 
+import http
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -135,6 +136,42 @@ async def http_error_response(request: Request, exc: Exception) -> Response:
         message = f"No such path: {request.url.path}"
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return starlette_error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+# -- the bytes of an answer written by the protocol itself ----------------------------
+
+# The header that ends a connection after its answer.
+CONNECTION_CLOSE = (b"connection", b"close")
+
+
+def _status_line(status: int) -> bytes:
+    """uvicorn's status line: ``HTTP/1.1``, the code, its phrase (none when unknown)."""
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def http_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A status line and headers as uvicorn writes them (names in lower case), with the
+    blank line that ends them: for the answers the server writes itself."""
+    lines = b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers)
+    return _STATUS_LINES[status] + lines + b"\r\n"
+
+
+def closing_error_answer(
+    status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """The bytes of a complete HTTP/1.1 answer in the error shape (JSON, CORS,
+    Cache-Control) that closes the connection: the protocol's own refusals
+    (400, 408, 414, 431, 501: ``covid_stats_runtime.protocol``)."""
+    body = error_body(status, code, message)
+    extra = error_headers(status, body, (b"access-control-allow-origin", b"*"), CONNECTION_CLOSE)
+    return http_head(status, [*default_headers, *extra]) + body
 
 
 # -- entity tags -------------------------------------------------------------------------

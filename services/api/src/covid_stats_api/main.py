@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from covid_stats_api import __version__, metrics
 from covid_stats_api.api import page
 from covid_stats_api.api.deps import Api
+from covid_stats_api.api.docs_policy import DocsPolicy
 from covid_stats_api.api.errors import install_error_handlers
 from covid_stats_api.api.responses import referenced_models
 from covid_stats_api.api.routes import covid_stats, health, v1
@@ -39,7 +40,7 @@ from covid_stats_api.serving.asgi.direct import direct_answers
 from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
 from covid_stats_api.serving.asgi.ratelimit import RateLimit
 from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
-from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
@@ -48,6 +49,8 @@ from covid_stats_runtime.logs import configure_logging
 ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router)
 # Their routes, in that order (what the fast path's table of document paths is built from).
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)
+# The documentation pages (fastapi-offline's; FastAPI's own attributes for them stay None).
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
 # The models whose schemas the OpenAPI document's components hold: those the routes refer to.
 RECORD_MODELS: tuple[type[BaseModel], ...] = referenced_models(ROUTES)
 
@@ -95,7 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # lifespan state: only the app the server runs offers it.
         direct = getattr(app.state, "direct_answers", None)
         try:
-            yield {DIRECT_ANSWERS_KEY: direct} if direct is not None else None
+            offered: dict[str, Any] = {REFUSALS_KEY: metrics.count_refusal}
+            if direct is not None:
+                offered[DIRECT_ANSWERS_KEY] = direct
+            yield offered
         finally:
             gauges.cancel()
             await watcher.stop()
@@ -111,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # path answers 404. Starlette builds that redirect's Location from the Host header
         # (a client naming another host got a redirect there).
         redirect_slashes=False,
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -122,9 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    # The documentation pages' Content-Security-Policy (their inline scripts by hash).
+    docs = (DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(DocsPolicy, paths=[path for path in docs if path], inline_styles=[REDOC_URL])
 
     # The page at / and its assets, in memory from now on (served by the fast path).
-    app.state.page = page.load(app.url_path_for, app.docs_url or "/docs")
+    app.state.page = page.load(app.url_path_for, DOCS_URL)
     for path, entry in app.state.page.items():
         app.add_api_route(
             path,

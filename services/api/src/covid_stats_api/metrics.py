@@ -74,6 +74,20 @@ RATE_LIMIT = Counter(
     "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
     ["result"],
 )
+INVALID_REQUESTS = Counter(
+    "covid_stats_api_invalid_requests",
+    "Requests the HTTP protocol refused before the app saw them, by status (400 not HTTP/1.1,"
+    " 408 too slow, 414/431 head too large); logged sampled (docs/limits.md)",
+    ["status"],
+)
+
+
+def count_refusal(status: int) -> None:
+    """A request the protocol refused (offered to the server adapter in the lifespan state,
+    ``serving.handoff.REFUSALS_KEY``)."""
+    INVALID_REQUESTS.labels(status=str(status)).inc()
+
+
 DIRECT_ANSWERS_ENABLED = Gauge(
     "covid_stats_api_direct_answers_enabled",
     "1 when every worker's HTTP protocol writes hot documents' answers itself (direct "

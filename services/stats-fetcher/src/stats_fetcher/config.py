@@ -1,5 +1,5 @@
 """Settings of the stats-fetcher, read from the environment (docs/configuration.md's table,
-which ``make config-docs`` generates from this class and the shared ``StoreSettings``)."""
+which ``make config-docs`` generates from this class and the shared ``PortSettings``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, HttpUrl, SecretStr
 
-from covid_stats_runtime.settings import StoreSettings
+from covid_stats_runtime.settings import PortSettings
 
 # The COVID Tracking Project's API stopped answering in 2021; its final files stay public in
 # the archived repository COVID19Tracking/covid-public-api, at the same `v1/...` paths, served
@@ -20,7 +20,7 @@ DEFAULT_UPSTREAM_BASE_URL = (
 DEFAULT_UPSTREAM_MAX_BYTES = 128 * 1024 * 1024
 
 
-class Settings(StoreSettings):
+class Settings(PortSettings):
     upstream_base_url: HttpUrl = Field(
         default=HttpUrl(DEFAULT_UPSTREAM_BASE_URL),
         description="upstream API: the CTP's final files in the archived GitHub repository"

@@ -20,6 +20,13 @@ FETCHES = Counter(
     ["resource", "outcome"],
     namespace=NAMESPACE,
 )
+INVALID_REQUESTS = Counter(
+    "invalid_requests",
+    "Requests the port's HTTP protocol refused before the app saw them, by status (400 not"
+    " HTTP/1.1, 408 too slow, 414/431 head too large); logged sampled (docs/limits.md)",
+    ["status"],
+    namespace=NAMESPACE,
+)
 FETCH_ERRORS = Counter(
     "fetch_errors",
     "Fetches that failed or whose payload was rejected, by resource and reason",

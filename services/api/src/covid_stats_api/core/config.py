@@ -1,5 +1,5 @@
 """Settings of the api, read from the environment (docs/configuration.md's table, which
-``make config-docs`` generates from this class and the shared ``StoreSettings``)."""
+``make config-docs`` generates from this class and the shared ``PortSettings``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
-from covid_stats_runtime.settings import StoreSettings
+from covid_stats_runtime.settings import PortSettings
 
 
-class Settings(StoreSettings):
+class Settings(PortSettings):
     api_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - a container's server listens on all interfaces
         description="address gunicorn binds (`make run`: `127.0.0.1`)",
@@ -88,24 +88,6 @@ class Settings(StoreSettings):
         default=100_000,
         ge=0,
         description="random extra, so workers do not recycle together",
-    )
-    # Bounds of every connection (see covid_stats_api.serving.server.uvicorn_adapter).
-    http_max_request_head_bytes: int = Field(
-        default=16384,
-        ge=1024,
-        description="longest request head (request line and headers): longer gets 414 or 431"
-        " (see [Limits](limits.md#limits-and-hostile-clients))",
-    )
-    http_request_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description="a request must arrive whole within this time of its first byte, else 408",
-    )
-    # Keep-alive is for reuse, not for connections that never send a request.
-    http_new_connection_timeout_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        description="a new connection that sends nothing this long is closed",
     )
     # gunicorn's own FORWARDED_ALLOW_IPS, with its default.
     forwarded_allow_ips: str = Field(
