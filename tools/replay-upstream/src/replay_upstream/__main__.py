@@ -1,7 +1,7 @@
 """Command line: run the replay upstream server, or write the synthetic dataset to a folder.
 
-    replay-upstream [--dataset DIR | --synthetic] [--control] [--github-raw] [--host H]
-                    [--port P] [--log-level L]
+    replay-upstream [--dataset DIR | --synthetic | --editions DIR... | --ctp-editions]
+                    [--control] [--github-raw] [--host H] [--port P] [--log-level L]
     replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
 
 Without ``--dataset`` or ``--synthetic`` the server picks, in order: ``$REPLAY_DATASET_DIR``,
@@ -24,6 +24,7 @@ import uvicorn
 
 from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX, create_app
 from replay_upstream.dataset import Dataset, default_archive_dir, load_dataset
+from replay_upstream.editions import Editions, ctp_editions
 from replay_upstream.synthetic import (
     DEFAULT_END,
     DEFAULT_SEED,
@@ -61,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--synthetic", action="store_true", help="serve the synthetic dataset (in memory)"
+    )
+    source.add_argument(
+        "--editions",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help=(
+            "serve these dataset folders one after the other, from the first: the control "
+            "API (--control) moves to the next (POST /_control/edition) or to any (PUT "
+            '/_control/edition {"edition": N}); an edition lacking a kind of records keeps '
+            "the previous edition's"
+        ),
+    )
+    source.add_argument(
+        "--ctp-editions",
+        action="store_true",
+        help=(
+            "--editions with the COVID Tracking Project's three real editions of the states "
+            "history in <repo root>/../shared/covidtracking: 2020-09-02, 2020-12-06, 2021-03-07"
+        ),
     )
     parser.add_argument(
         "--control",
@@ -127,6 +148,15 @@ def _synthetic_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     )
 
 
+def choose_editions(args: argparse.Namespace) -> Editions | None:
+    """The editions the arguments ask for (None: one dataset)."""
+    if args.ctp_editions:
+        return Editions(ctp_editions())
+    if args.editions:
+        return Editions(args.editions)
+    return None
+
+
 def choose_dataset(args: argparse.Namespace) -> Dataset:
     """The dataset the arguments (or, failing them, the environment) ask for."""
     if args.dataset is not None:
@@ -152,11 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{_PROG}: wrote {len(written)} files to {args.directory}", file=sys.stderr)
             return 0
-        dataset = choose_dataset(args)
+        editions = choose_editions(args)
+        dataset = editions.current if editions is not None else choose_dataset(args)
     except (OSError, ValueError) as error:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2
-    app = create_app(dataset, control=args.control, github_raw=args.github_raw)
+    if editions is not None and not args.control:
+        print(f"{_PROG}: error: editions are moved through --control", file=sys.stderr)
+        return 2
+    app = create_app(dataset, control=args.control, github_raw=args.github_raw, editions=editions)
     control = f", control API at http://{args.host}:{args.port}/_control/" if args.control else ""
     print(
         f"{_PROG}: serving {dataset.source} ({dataset.layout}, {len(app.state.paths)} paths) "
