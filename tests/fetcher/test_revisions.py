@@ -1,0 +1,279 @@
+"""The data's own history, end to end: the replay upstream serves the COVID Tracking
+Project's real editions one after the other, the fetcher refreshes after each, and the api's
+revisions are checked against what a small reader of this test computes from the raw files
+(the csv module on the editions' bytes; not the replay upstream's nor the fetcher's code).
+Real PostgreSQL, Redis, replay upstream, `stats-fetcher refresh-once` and the api under
+gunicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from conftest import archive_only
+from covid_stats_contract import history
+from devstack.procs import free_port
+from replay_upstream.editions import CTP_EDITIONS_FROM_REPO_ROOT
+from support import (
+    REPO,
+    ApiUrl,
+    Upstream,
+    check_error_body,
+    clean_env,
+    fail_fast_env,
+    python_module,
+    run_fetcher,
+    spawn,
+)
+
+pytestmark = archive_only
+
+EDITIONS = [(REPO / folder).resolve() for folder in CTP_EDITIONS_FROM_REPO_ROOT]
+# The states daily file of each of the first two editions (the raw bytes the reader reads).
+STATES_DAILY_FILES = [
+    EDITIONS[0] / "states_daily.csv",
+    EDITIONS[1] / "states_daily_4pm_et__as_of_20201206.csv",
+]
+HEADLINE = (
+    "positive",
+    "negative",
+    "death",
+    "hospitalizedCurrently",
+    "totalTestResults",
+    "recovered",
+)
+
+
+def read_states_daily(path: Path) -> tuple[list[str], dict[tuple[str, int], dict[str, str]]]:
+    """The test's own reader: header, and (state, YYYYMMDD) -> {column: cell text}; a
+    repeated column is read from its first occurrence, ISO dates become YYYYMMDD."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        header = next(rows)
+        found = {}
+        for row in rows:
+            cells: dict[str, str] = {}
+            for column, cell in zip(header, row, strict=True):
+                cells.setdefault(column, cell)
+            found[(cells["state"], int(cells["date"].replace("-", "")))] = cells
+    return header, found
+
+
+def expected_revisions(fields: tuple[str, ...]) -> set[tuple[str, int, str, str, str]]:
+    """(state, date, field, old, new) of every value of ``fields`` that differs between the
+    first two editions, for the state-days both have (cell texts; an empty cell: '')."""
+    (_, first), (_, second) = (read_states_daily(path) for path in STATES_DAILY_FILES)
+    changed = set()
+    for key, old in first.items():
+        new = second.get(key)
+        if new is None:
+            continue
+        for field in fields:
+            if field in old and field in new and old[field] != new[field]:
+                changed.add((*key, field, old[field], new[field]))
+    return changed
+
+
+def cell(value: Any) -> str:
+    """A JSON value of the api as the CSV files write it."""
+    return "" if value is None else str(value)
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def version_sizes(database_url: str) -> list[history.TableSize]:
+    async def run() -> list[history.TableSize]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("CHECKPOINT")
+            return await history.sizes(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def editions_upstream(tmp_path: Path) -> Iterator[Upstream]:
+    """The replay upstream serving the real editions (edition 1 first), control API on."""
+    port = free_port()
+    process = spawn(
+        "upstream-editions",
+        python_module(
+            "replay_upstream",
+            *("--host", "127.0.0.1", "--port", str(port), "--control", "--ctp-editions"),
+        ),
+        clean_env(),
+        tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/v1/states/daily.json", timeout=120)
+    yield Upstream(url, True)
+    process.stop()
+
+
+def next_edition(upstream: Upstream) -> dict[str, Any]:
+    response = httpx.post(f"{upstream.url}/_control/edition", timeout=120)
+    response.raise_for_status()
+    state: dict[str, Any] = response.json()
+    return state
+
+
+def refresh(env: dict[str, str]) -> None:
+    result = run_fetcher("refresh-once", env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+
+def get(base: str, path: str, **params: str) -> httpx.Response:
+    return httpx.get(f"{base}{path}", params=params, timeout=60)
+
+
+def revisions_by_state(base: ApiUrl, states: set[str]) -> list[dict[str, Any]]:
+    found = []
+    for state in sorted(states):
+        response = get(base, f"/v1/states/{state.lower()}/revisions.json")
+        assert response.status_code == 200, (state, response.text)
+        found += response.json()
+    return found
+
+
+def test_revisions_of_the_real_editions(
+    editions_upstream: Upstream,
+    redis_url: str,
+    database_url: str,
+    api_factory: Callable[[dict[str, str]], ApiUrl],
+) -> None:
+    env = {
+        **fail_fast_env(redis_url, database_url, editions_upstream.url),
+        "UPSTREAM_TIMEOUT_SECONDS": "60",
+    }
+    refresh(env)
+    base = api_factory(env)
+    (_, first), (_, second) = (read_states_daily(path) for path in STATES_DAILY_FILES)
+    states = {state for state, _ in first} | {state for state, _ in second}
+    # One edition: every record has one version, nothing is revised.
+    assert get(base, "/v1/states/mi/revisions.json").json() == []
+    assert get(base, "/v1/us/revisions.json").json() == []
+    stored = {
+        row["count"] for row in sql(database_url, "SELECT count(*) FROM states_daily_versions")
+    }
+    assert stored == {len(first)}
+
+    before = datetime.now(UTC)
+    assert next_edition(editions_upstream)["edition"] == 2
+    refresh(env)
+    after = datetime.now(UTC)
+
+    served = revisions_by_state(base, states)
+    got = {
+        (r["state"], r["date"], r["field"], cell(r["old"]), cell(r["new"]))
+        for r in served
+        if r["field"] in HEADLINE
+    }
+    expected = expected_revisions(HEADLINE)
+    assert got == expected
+    # The issue's figures, from the api's answers.
+    per_field = {field: sum(1 for r in got if r[2] == field) for field in HEADLINE}
+    assert per_field == {
+        "positive": 1202,
+        "negative": 872,
+        "death": 546,
+        "hospitalizedCurrently": 506,
+        "totalTestResults": 4118,
+        "recovered": 394,
+    }
+    state_days = {(r[0], r[1]) for r in got}
+    assert len(state_days) == 4526
+    assert len({state for state, _ in state_days}) == 37
+    # Every revision was first seen in the second refresh and published in one snapshot.
+    seen = {datetime.fromisoformat(r["firstSeen"].replace("Z", "+00:00")) for r in served}
+    assert all(before <= moment <= after for moment in seen)
+    assert len({r["snapshotId"] for r in served}) == 1
+    assert None not in {r["snapshotId"] for r in served}
+    # Newest first: by first seen, then date descending.
+    order = [(r["firstSeen"], r["date"]) for r in served if r["state"] == "MI"]
+    assert order == sorted(order, key=lambda o: (o[0], o[1]), reverse=True)
+
+    # Michigan's positive for 2020-03-01: 9, then 14.
+    mi = get(
+        base,
+        "/v1/states/MI/revisions.json",
+        field="positive",
+        **{"from": "20200301", "to": "2020-03-01"},
+    )
+    assert [(r["date"], r["field"], r["old"], r["new"]) for r in mi.json()] == [
+        (20200301, "positive", 9, 14)
+    ]
+    assert mi.headers["content-type"].startswith("application/json")
+    assert get(base, "/v1/states/mi/revisions.json", since=after.isoformat()).json() == []
+    since_before = get(base, "/v1/states/mi/revisions.json", since=before.isoformat()).json()
+    assert since_before == [r for r in served if r["state"] == "MI"]
+    # CSV: the same rows.
+    as_csv = get(base, "/v1/states/mi/revisions.csv", field="positive")
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    as_json = get(base, "/v1/states/mi/revisions.json", field="positive").json()
+    assert [(int(r["date"]), r["old"], r["new"]) for r in rows] == [
+        (r["date"], cell(r["old"]), cell(r["new"])) for r in as_json
+    ]
+
+    # The US daily totals were revised too (edition 2 carries the 2021 us_daily file).
+    us = get(base, "/v1/us/revisions.json", field="positive").json()
+    us_expected = us_revisions("positive")
+    assert {(r["date"], cell(r["old"]), cell(r["new"])) for r in us} == us_expected
+    assert all("state" not in r for r in us)
+
+    # Hostile and malformed filters get the error shape, naming the parameter.
+    bad: list[tuple[dict[str, str], str]] = [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2020-01-01T00:00:00"}, "since"),  # no offset: not an instant
+        ({"since": "2020-13-01T00:00:00Z"}, "since"),
+        ({"since": "\uff12020-01-01T00:00:00Z"}, "since"),
+        ({"since": "2020-01-01T00:00:00Z" + "0" * 40}, "since"),
+        ({"from": "2020-02-30"}, "from"),
+        ({"to": "2020030100000"}, "to"),
+        ({"from": "20200302", "to": "20200301"}, "from"),
+        ({"field": "pos itive"}, "field"),
+        ({"field": "positive'--"}, "field"),
+        ({"field": "x" * 101}, "field"),
+    ]
+    for params, parameter in bad:
+        for path in ("/v1/states/mi/revisions.json", "/v1/us/revisions.csv"):
+            response = get(base, path, **params)
+            detail = check_error_body(response.content, 422, "invalid_parameter")
+            assert detail.parameter == parameter, (params, response.text)
+    response = get(base, "/v1/states/zz/revisions.json")
+    check_error_body(response.content, 404, "unknown_state")
+
+
+def us_revisions(field: str) -> set[tuple[int, str, str]]:
+    """(date, old, new) of ``field`` between the editions' us_daily.csv files."""
+
+    def read(path: Path) -> dict[int, dict[str, str]]:
+        with path.open(newline="", encoding="utf-8") as f:
+            return {int(row["date"]): row for row in csv.DictReader(f)}
+
+    old, new = read(EDITIONS[0] / "us_daily.csv"), read(EDITIONS[1] / "us_daily.csv")
+    return {
+        (day, old[day][field], new[day][field])
+        for day in old.keys() & new.keys()
+        if old[day][field] != new[day][field]
+    }
