@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 
 from conftest import archive_only
 from covid_stats_contract import history
+from covid_stats_contract.resources import RESOURCES
 from devstack.procs import free_port
 from replay_upstream.editions import CTP_EDITIONS_FROM_REPO_ROOT
 from support import (
@@ -33,6 +36,7 @@ from support import (
     python_module,
     run_fetcher,
     spawn,
+    summary,
 )
 
 pytestmark = archive_only
@@ -103,7 +107,6 @@ def version_sizes(database_url: str) -> list[history.TableSize]:
     async def run() -> list[history.TableSize]:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute("CHECKPOINT")
             return await history.sizes(conn)
         finally:
             await conn.close()
@@ -176,6 +179,7 @@ def test_revisions_of_the_real_editions(
         row["count"] for row in sql(database_url, "SELECT count(*) FROM states_daily_versions")
     }
     assert stored == {len(first)}
+    sizes = {1: version_sizes(database_url)}
 
     before = datetime.now(UTC)
     assert next_edition(editions_upstream)["edition"] == 2
@@ -263,6 +267,27 @@ def test_revisions_of_the_real_editions(
     response = get(base, "/v1/states/zz/revisions.json")
     check_error_body(response.content, 404, "unknown_state")
 
+    # Edition 3, the website's download (ISO dates, another column order, no hash or fips):
+    # edition 2's revisions stay, a new column order or a dropped field is no revision.
+    sizes[2] = version_sizes(database_url)
+    assert next_edition(editions_upstream)["edition"] == 3
+    refresh(env)
+    sizes[3] = version_sizes(database_url)
+    third = get(base, "/v1/states/mi/revisions.json", **{"from": "20200301", "to": "20200301"})
+    fields = {r["field"] for r in third.json()}
+    assert {"hash", "fips"}.isdisjoint(fields)
+    assert (20200301, "positive", 9, 14) in {
+        (r["date"], r["field"], r["old"], r["new"]) for r in third.json()
+    }
+    for edition, found in sizes.items():
+        rows, size = sum(s.rows for s in found), sum(s.bytes for s in found)
+        daily = next(s for s in found if s.table == "states_daily_versions")
+        summary(
+            f"record versions after edition {edition}: {rows} rows, {size} bytes "
+            f"(states_daily_versions {daily.rows} rows, {daily.bytes} bytes)"
+        )
+    assert sizes[1] != sizes[2] != sizes[3]
+
 
 def us_revisions(field: str) -> set[tuple[int, str, str]]:
     """(date, old, new) of ``field`` between the editions' us_daily.csv files."""
@@ -277,3 +302,57 @@ def us_revisions(field: str) -> set[tuple[int, str, str]]:
         for day in old.keys() & new.keys()
         if old[day][field] != new[day][field]
     }
+
+
+UNCHANGED_REFRESHES = 1000
+FORCED_SYNCS = 3
+
+
+def test_unchanged_refreshes_add_no_version(
+    upstream: Upstream, service_env: dict[str, str], database_url: str, redis_url: str
+) -> None:
+    """1,000 refreshes of an unchanged upstream (each: five conditional requests answered
+    304) add 0 rows and 0 bytes to the version tables; so do syncs that store every resource
+    again with the same records (a body that differs but holds the same records: the upsert
+    and the delete run and change nothing)."""
+    refresh(service_env)
+    before = version_sizes(database_url)
+    assert sum(size.rows for size in before) > 0
+    upstream.reset_requests()
+
+    async def run() -> None:
+        from covid_stats_contract import records as store
+        from stats_fetcher.config import Settings
+        from stats_fetcher.refresh import Refresher
+        from stats_fetcher.stores import Stores
+
+        stores = Stores(
+            Settings(redis_url=redis_url, database_url=database_url, upstream_base_url=upstream.url)
+        )
+        try:
+            pool = await stores.pool()
+            refresher = Refresher(stores.upstream, pool, stores.snapshots)
+            for _ in range(UNCHANGED_REFRESHES):
+                result = await refresher.refresh()
+                assert {o.outcome for o in result.outcomes} == {"not_modified"}
+                assert result.snapshot_id is None
+            async with pool.acquire() as conn:
+                last = await store.upstream_states(conn)
+                for attempt in range(FORCED_SYNCS):
+                    for resource in RESOURCES:
+                        rows = await conn.fetch(
+                            f"SELECT record::text FROM {resource.table}"  # noqa: S608
+                        )
+                        records = [json.loads(row[0]) for row in rows]
+                        state = replace(last[resource.key], content_hash=f"forced-{attempt}")
+                        synced = await store.sync_resource(conn, resource, records, state)
+                        assert (synced.written, synced.deleted) == (0, 0)
+        finally:
+            await stores.close()
+
+    asyncio.run(run())
+    counts = upstream.requests()
+    not_modified = sum(c["status"].get("304", 0) for c in counts.values())
+    assert not_modified == UNCHANGED_REFRESHES * len(RESOURCES)
+    after = version_sizes(database_url)
+    assert after == before
