@@ -125,6 +125,7 @@ class Refresher:
 
     async def _publish(self, result: RefreshResult, fence: str) -> None:
         async with self.pool.acquire() as conn:
+            marks = await history.version_marks(conn)  # the versions these documents serve
             documents = await store.load_documents(conn)
             states = await store.upstream_states(conn)
         if not documents:
@@ -134,7 +135,7 @@ class Refresher:
             # Staged, the versions it serves stamped with its id, then activated: an answer
             # computed for the new snapshot already names it (covid_stats_contract.history).
             snapshot_id = await self.snapshots.stage(documents, meta)
-            await self._versions(history.stamp_snapshot, snapshot_id)
+            await self._versions(history.stamp_snapshot, snapshot_id, marks)
             await self.snapshots.activate(snapshot_id, fence)
             result.snapshot_id = snapshot_id
         except ResponseError as exc:
