@@ -30,7 +30,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from replay_upstream.control import CONTROL_PREFIX, Control, EditionSwitch, control_endpoint
+from replay_upstream.control import (
+    CONTROL_PREFIX,
+    EDITION_PATH,
+    Control,
+    EditionSwitch,
+    control_endpoint,
+    edition_endpoint,
+)
 from replay_upstream.dataset import Dataset
 from replay_upstream.editions import Editions
 from replay_upstream.faults import faulty_response
@@ -65,8 +72,8 @@ def create_app(
     ``/_control/``; the app's ``state.control`` is then its :class:`Control` (else None).
     ``github_raw``: answer in raw.githubusercontent.com's shape (the module's docstring).
     ``editions``: the datasets served one after the other (``dataset`` is the current one);
-    the control API's ``/_control/edition`` moves between them, building the next edition's
-    bytes before it replaces the current ones in one step.
+    ``/_control/edition`` (with or without ``control``) moves between them, building the next
+    edition's bytes before it replaces the current ones in one step.
     """
     resources = build_resources(dataset)
     last_modified = dataset.last_modified
@@ -80,8 +87,7 @@ def create_app(
         app.state.dataset = served
         app.state.paths = frozenset(built)
 
-    if controller is not None and editions is not None:
-        controller.editions = EditionSwitch(editions, serve_dataset)
+    switch = EditionSwitch(editions, serve_dataset) if editions is not None else None
 
     async def serve(request: Request) -> Response:
         response = await answer(request)
@@ -89,6 +95,8 @@ def create_app(
 
     async def answer(request: Request) -> Response:
         path, method = request.url.path, request.method
+        if switch is not None and path == EDITION_PATH:
+            return await edition_endpoint(switch, request)
         if controller is not None and path.startswith(CONTROL_PREFIX):
             return await control_endpoint(controller, request)
         if method == "OPTIONS":

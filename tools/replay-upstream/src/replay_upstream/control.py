@@ -16,7 +16,8 @@ what the client asked for, over HTTP, against the real server:
   counts a request as it arrives, ``status`` as it is answered (a client that left during a
   ``delay`` is never answered).
 - ``DELETE /_control/requests``: reset the counts (204).
-- ``GET /_control/edition`` (when serving editions, ``--editions``/``--ctp-editions``):
+- ``GET /_control/edition`` (served whenever the server serves editions, ``--editions``,
+  ``--ctp-editions``, with or without ``--control``: :func:`edition_endpoint`):
   ``{"edition": n, "editions": N, "folders": [...], "last_modified": ...}``;
   ``POST /_control/edition``: serve the next edition (409 at the last one);
   ``PUT /_control/edition`` with ``{"edition": n}``: serve edition n (1..N). Both answer
@@ -126,11 +127,10 @@ class EditionSwitch:
 
 @dataclass
 class Control:
-    """The faults in force and the request counts of one server (and its editions)."""
+    """The faults in force and the request counts of one server."""
 
     faults: dict[str, Fault] = field(default_factory=dict)
     requests: dict[str, PathCounts] = field(default_factory=dict)
-    editions: EditionSwitch | None = None
 
     def take_fault(self, path: str) -> Fault | None:
         """The fault for a GET of ``path``, if any, using up one of its ``times``."""
@@ -217,12 +217,11 @@ async def control_endpoint(control: Control, request: Request) -> Response:
             control.requests.clear()
             return Response(status_code=204)
         return _not_allowed(path, "GET, DELETE")
-    if path == EDITION_PATH and control.editions is not None:
-        return await _edition(control.editions, request)
     return error_resource(404, "not found", path).response()
 
 
-async def _edition(switch: EditionSwitch, request: Request) -> Response:
+async def edition_endpoint(switch: EditionSwitch, request: Request) -> Response:
+    """Answer a request of ``/_control/edition``."""
     method, editions = request.method, switch.editions
     if method == "GET":
         return _json(editions.describe())

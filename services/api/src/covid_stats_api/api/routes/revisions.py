@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
 from covid_stats_api.api.errors import ERROR_RESPONSES, ApiError
-from covid_stats_api.api.responses import SchemaRef, get_and_head
+from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.reads.queries import StoreUnavailable
 from covid_stats_api.reads.revisions import RevisionsQuery, RevisionsService
 from covid_stats_contract.documents import CSV_CONTENT_TYPE, JSON_CONTENT_TYPE, check_state_code
@@ -65,6 +65,9 @@ class Revision(BaseModel):
     snapshotId: str | None = Field(
         description="The snapshot that first served it (null until published)", examples=["7"]
     )
+
+
+REVISION_SCHEMA = Revision.model_json_schema()
 
 
 class RevisionsParams(BaseModel):
@@ -134,7 +137,8 @@ def _responses(by_state: bool) -> dict[int | str, dict[str, object]]:
         200: {
             "description": DESCRIPTION + (" (with each record's `state`)" if by_state else ""),
             "content": {
-                JSON_CONTENT_TYPE: {"schema": {"type": "array", "items": SchemaRef(Revision)}},
+                # Inline (not a component): the components are the records' schemas.
+                JSON_CONTENT_TYPE: {"schema": {"type": "array", "items": REVISION_SCHEMA}},
                 CSV_CONTENT_TYPE: {"schema": {"type": "string"}},
             },
             "headers": {
