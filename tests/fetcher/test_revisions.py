@@ -296,10 +296,10 @@ def test_revisions_of_the_real_editions(
         (r["date"], r["field"], r["old"], r["new"]) for r in third.json()
     }
     for edition, found in sizes.items():
-        rows, size = sum(s.rows for s in found), sum(s.bytes for s in found)
+        total_rows, total_bytes = sum(s.rows for s in found), sum(s.bytes for s in found)
         daily = next(s for s in found if s.table == "states_daily_versions")
         summary(
-            f"record versions after edition {edition}: {rows} rows, {size} bytes "
+            f"record versions after edition {edition}: {total_rows} rows, {total_bytes} bytes "
             f"(states_daily_versions {daily.rows} rows, {daily.bytes} bytes; "
             f"states_daily now {current[edition]} bytes)"
         )
@@ -339,13 +339,19 @@ def test_unchanged_refreshes_add_no_version(
     upstream.reset_requests()
 
     async def run() -> None:
+        from pydantic import HttpUrl
+
         from covid_stats_contract import records as store
         from stats_fetcher.config import Settings
         from stats_fetcher.refresh import Refresher
         from stats_fetcher.stores import Stores
 
         stores = Stores(
-            Settings(redis_url=redis_url, database_url=database_url, upstream_base_url=upstream.url)
+            Settings(
+                redis_url=redis_url,
+                database_url=database_url,
+                upstream_base_url=HttpUrl(upstream.url),
+            )
         )
         try:
             pool = await stores.pool()
