@@ -98,7 +98,7 @@ async def sizes(conn: Executor) -> list[TableSize]:
 @cache
 def revisions_statement(resource: Resource) -> str:
     """The revisions of ``resource``'s records, newest first (by when first seen, then
-    date descending, then field): each row a field whose value differs between two
+    date descending, then field, then state): each row a field whose value differs between two
     consecutive versions of a record, both present (a removal or a re-appearance is no
     revision), the field being in both (a field the upstream added or dropped is none).
     Columns: ``state`` (NULL for US records), ``date``, ``field``, ``old``, ``new``
@@ -132,6 +132,6 @@ def revisions_statement(resource: Resource) -> str:
           AND ($5::timestamptz IS NULL OR v.first_seen > $5)
           AND ($4::text IS NULL OR f.key = $4)
           AND v.prev ? f.key AND (v.prev -> f.key) IS DISTINCT FROM f.value
-        ORDER BY v.first_seen DESC, v.date DESC, v.state, f.key
+        ORDER BY v.first_seen DESC, v.date DESC, f.key, v.state
         LIMIT $6
     """  # noqa: S608 - the table is a fixed name
