@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,11 +24,13 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError, ResponseError
 
+from covid_stats_contract import history
 from covid_stats_contract import records as store
 from covid_stats_contract.documents import content_hash
 from covid_stats_contract.records import UpstreamState
 from covid_stats_contract.resources import RESOURCES, Resource
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher import metrics
 from stats_fetcher.upstream import FetchFailed, UpstreamClient
 from stats_fetcher.validation import Rejected, jurisdictions, parse_payload
@@ -121,13 +125,19 @@ class Refresher:
 
     async def _publish(self, result: RefreshResult, fence: str) -> None:
         async with self.pool.acquire() as conn:
+            marks = await history.version_marks(conn)  # the versions these documents serve
             documents = await store.load_documents(conn)
             states = await store.upstream_states(conn)
         if not documents:
             return
         meta = {"published_at": _iso_now(), "resources": json.dumps(_sources(states))}
         try:
-            result.snapshot_id = await self.snapshots.publish(documents, meta, fence)
+            # Staged, the versions it serves stamped with its id, then activated: an answer
+            # computed for the new snapshot already names it (covid_stats_contract.history).
+            snapshot_id = await self.snapshots.stage(documents, meta)
+            await self._versions(history.stamp_snapshot, snapshot_id, marks)
+            await self.snapshots.activate(snapshot_id, fence)
+            result.snapshot_id = snapshot_id
         except ResponseError as exc:
             reason = "fenced" if "FENCED" in str(exc) else "redis"
             result.publish_error = reason
@@ -139,9 +149,19 @@ class Refresher:
             metrics.PUBLISH_ERRORS.labels("redis").inc()
             log.error("publish_failed", error=repr(exc))
             return
+        await self._versions(history.confirm_published, result.snapshot_id, datetime.now(UTC))
         metrics.SNAPSHOTS_PUBLISHED.inc()
         metrics.SNAPSHOT_ID.set(int(result.snapshot_id))
         log.info("snapshot_published", snapshot_id=result.snapshot_id, documents=len(documents))
+
+    async def _versions(self, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A step of the records' history at publish; a database error is logged, never
+        stops the publish (the next publish stamps the versions left unconfirmed)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await step(conn, *args)
+        except DATABASE_ERRORS as exc:
+            log.warning("versions_stamp_failed", step=step.__name__, error=repr(exc))
 
     async def _refresh_resource(self, resource: Resource, last: UpstreamState | None) -> Outcome:
         with tracer.start_as_current_span(f"refresh {resource.key}") as span:

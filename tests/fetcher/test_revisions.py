@@ -1,0 +1,383 @@
+"""The data's own history, end to end: the replay upstream serves the COVID Tracking
+Project's real editions one after the other, the fetcher refreshes after each, and the api's
+revisions are checked against what a small reader of this test computes from the raw files
+(the csv module on the editions' bytes; not the replay upstream's nor the fetcher's code).
+Real PostgreSQL, Redis, replay upstream, `stats-fetcher refresh-once` and the api under
+gunicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from conftest import archive_only
+from covid_stats_contract import history
+from covid_stats_contract.resources import RESOURCES
+from devstack.procs import free_port
+from replay_upstream.editions import CTP_EDITIONS_FROM_REPO_ROOT
+from support import (
+    REPO,
+    ApiUrl,
+    Upstream,
+    check_error_body,
+    clean_env,
+    fail_fast_env,
+    python_module,
+    run_fetcher,
+    spawn,
+    summary,
+)
+
+pytestmark = archive_only
+
+EDITIONS = [(REPO / folder).resolve() for folder in CTP_EDITIONS_FROM_REPO_ROOT]
+# The states daily file of each of the first two editions (the raw bytes the reader reads).
+STATES_DAILY_FILES = [
+    EDITIONS[0] / "states_daily.csv",
+    EDITIONS[1] / "states_daily_4pm_et__as_of_20201206.csv",
+]
+HEADLINE = (
+    "positive",
+    "negative",
+    "death",
+    "hospitalizedCurrently",
+    "totalTestResults",
+    "recovered",
+)
+
+
+def read_states_daily(path: Path) -> tuple[list[str], dict[tuple[str, int], dict[str, str]]]:
+    """The test's own reader: header, and (state, YYYYMMDD) -> {column: cell text}; a
+    repeated column is read from its first occurrence, ISO dates become YYYYMMDD."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        header = next(rows)
+        found = {}
+        for row in rows:
+            cells: dict[str, str] = {}
+            for column, cell in zip(header, row, strict=True):
+                cells.setdefault(column, cell)
+            found[(cells["state"], int(cells["date"].replace("-", "")))] = cells
+    return header, found
+
+
+def expected_revisions(fields: tuple[str, ...]) -> set[tuple[str, int, str, str, str]]:
+    """(state, date, field, old, new) of every value of ``fields`` that differs between the
+    first two editions, for the state-days both have (cell texts; an empty cell: '')."""
+    (_, first), (_, second) = (read_states_daily(path) for path in STATES_DAILY_FILES)
+    changed = set()
+    for key, old in first.items():
+        new = second.get(key)
+        if new is None:
+            continue
+        for field in fields:
+            if field in old and field in new and old[field] != new[field]:
+                changed.add((*key, field, old[field], new[field]))
+    return changed
+
+
+def cell(value: Any) -> str:
+    """A JSON value of the api as the CSV files write it."""
+    return "" if value is None else str(value)
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def version_sizes(database_url: str, vacuum: bool = False) -> list[history.TableSize]:
+    """Rows and bytes of the version tables; ``vacuum``: after VACUUM ANALYZE (which adds
+    their free space and visibility maps once: autovacuum would, at any time)."""
+
+    async def run() -> list[history.TableSize]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            if vacuum:
+                for resource in RESOURCES:
+                    await conn.execute(f"VACUUM ANALYZE {history.versions_table(resource)}")
+            return await history.sizes(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def table_bytes(database_url: str, table: str) -> int:
+    found = sql(database_url, "SELECT pg_total_relation_size($1::regclass)", table)
+    return int(found[0][0])
+
+
+@pytest.fixture
+def editions_upstream(tmp_path: Path) -> Iterator[Upstream]:
+    """The replay upstream serving the real editions (edition 1 first), control API on."""
+    port = free_port()
+    process = spawn(
+        "upstream-editions",
+        python_module(
+            "replay_upstream",
+            *("--host", "127.0.0.1", "--port", str(port), "--control", "--ctp-editions"),
+        ),
+        clean_env(),
+        tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/v1/states/daily.json", timeout=120)
+    yield Upstream(url, True)
+    process.stop()
+
+
+def next_edition(upstream: Upstream) -> dict[str, Any]:
+    response = httpx.post(f"{upstream.url}/_control/edition", timeout=120)
+    response.raise_for_status()
+    state: dict[str, Any] = response.json()
+    return state
+
+
+def refresh(env: dict[str, str]) -> None:
+    result = run_fetcher("refresh-once", env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+
+def get(base: str, path: str, **params: str) -> httpx.Response:
+    return httpx.get(f"{base}{path}", params=params, timeout=60)
+
+
+def revisions_by_state(base: ApiUrl, states: set[str]) -> list[dict[str, Any]]:
+    found = []
+    for state in sorted(states):
+        response = get(base, f"/v1/states/{state.lower()}/revisions.json")
+        assert response.status_code == 200, (state, response.text)
+        found += response.json()
+    return found
+
+
+def test_revisions_of_the_real_editions(
+    editions_upstream: Upstream,
+    redis_url: str,
+    database_url: str,
+    api_factory: Callable[[dict[str, str]], ApiUrl],
+) -> None:
+    env = {
+        **fail_fast_env(redis_url, database_url, editions_upstream.url),
+        "UPSTREAM_TIMEOUT_SECONDS": "60",
+    }
+    refresh(env)
+    base = api_factory(env)
+    (_, first), (_, second) = (read_states_daily(path) for path in STATES_DAILY_FILES)
+    states = {state for state, _ in first} | {state for state, _ in second}
+    # One edition: every record has one version, nothing is revised.
+    assert get(base, "/v1/states/mi/revisions.json").json() == []
+    assert get(base, "/v1/us/revisions.json").json() == []
+    stored = {
+        row["count"] for row in sql(database_url, "SELECT count(*) FROM states_daily_versions")
+    }
+    assert stored == {len(first)}
+    sizes = {1: version_sizes(database_url)}
+    current = {1: table_bytes(database_url, "states_daily")}
+
+    before = datetime.now(UTC)
+    assert next_edition(editions_upstream)["edition"] == 2
+    refresh(env)
+    after = datetime.now(UTC)
+
+    served = revisions_by_state(base, states)
+    got = {
+        (r["state"], r["date"], r["field"], cell(r["old"]), cell(r["new"]))
+        for r in served
+        if r["field"] in HEADLINE
+    }
+    expected = expected_revisions(HEADLINE)
+    assert got == expected
+    # The issue's figures, from the api's answers.
+    per_field = {field: sum(1 for r in got if r[2] == field) for field in HEADLINE}
+    assert per_field == {
+        "positive": 1202,
+        "negative": 872,
+        "death": 546,
+        "hospitalizedCurrently": 506,
+        "totalTestResults": 4118,
+        "recovered": 394,
+    }
+    state_days = {(r[0], r[1]) for r in got}
+    assert len(state_days) == 4526
+    assert len({state for state, _ in state_days}) == 37
+    # Every revision was first seen in the second refresh and published in one snapshot.
+    seen = {datetime.fromisoformat(r["firstSeen"].replace("Z", "+00:00")) for r in served}
+    assert all(before <= moment <= after for moment in seen)
+    assert len({r["snapshotId"] for r in served}) == 1
+    assert None not in {r["snapshotId"] for r in served}
+    # Newest first: by first seen, then date descending.
+    order = [(r["firstSeen"], r["date"]) for r in served if r["state"] == "MI"]
+    assert order == sorted(order, key=lambda o: (o[0], o[1]), reverse=True)
+
+    # Michigan's positive for 2020-03-01: 9, then 14.
+    mi = get(
+        base,
+        "/v1/states/MI/revisions.json",
+        field="positive",
+        **{"from": "20200301", "to": "2020-03-01"},
+    )
+    assert [(r["date"], r["field"], r["old"], r["new"]) for r in mi.json()] == [
+        (20200301, "positive", 9, 14)
+    ]
+    assert mi.headers["content-type"].startswith("application/json")
+    assert get(base, "/v1/states/mi/revisions.json", since=after.isoformat()).json() == []
+    since_before = get(base, "/v1/states/mi/revisions.json", since=before.isoformat()).json()
+    assert since_before == [r for r in served if r["state"] == "MI"]
+    # CSV: the same rows.
+    as_csv = get(base, "/v1/states/mi/revisions.csv", field="positive")
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    as_json = get(base, "/v1/states/mi/revisions.json", field="positive").json()
+    assert [(int(r["date"]), r["old"], r["new"]) for r in rows] == [
+        (r["date"], cell(r["old"]), cell(r["new"])) for r in as_json
+    ]
+
+    # The US daily totals were revised too (edition 2 carries the 2021 us_daily file).
+    us = get(base, "/v1/us/revisions.json", field="positive").json()
+    us_expected = us_revisions("positive")
+    assert {(r["date"], cell(r["old"]), cell(r["new"])) for r in us} == us_expected
+    assert all("state" not in r for r in us)
+
+    # Hostile and malformed filters get the error shape, naming the parameter.
+    bad: list[tuple[dict[str, str], str]] = [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2020-01-01T00:00:00"}, "since"),  # no offset: not an instant
+        ({"since": "2020-13-01T00:00:00Z"}, "since"),
+        ({"since": "\uff12020-01-01T00:00:00Z"}, "since"),
+        ({"since": "2020-01-01T00:00:00Z" + "0" * 40}, "since"),
+        ({"from": "2020-02-30"}, "from"),
+        ({"to": "2020030100000"}, "to"),
+        ({"from": "20200302", "to": "20200301"}, "from"),
+        ({"field": "pos itive"}, "field"),
+        ({"field": "positive'--"}, "field"),
+        ({"field": "x" * 101}, "field"),
+    ]
+    for params, parameter in bad:
+        for path in ("/v1/states/mi/revisions.json", "/v1/us/revisions.csv"):
+            response = get(base, path, **params)
+            detail = check_error_body(response.content, 422, "invalid_parameter")
+            assert detail.parameter == parameter, (params, response.text)
+    response = get(base, "/v1/states/zz/revisions.json")
+    check_error_body(response.content, 404, "unknown_state")
+
+    # Edition 3, the website's download (ISO dates, another column order, no hash or fips):
+    # edition 2's revisions stay, a new column order or a dropped field is no revision.
+    sizes[2] = version_sizes(database_url)
+    current[2] = table_bytes(database_url, "states_daily")
+    assert next_edition(editions_upstream)["edition"] == 3
+    third_seen = datetime.now(UTC)
+    refresh(env)
+    sizes[3] = version_sizes(database_url)
+    current[3] = table_bytes(database_url, "states_daily")
+    since_third = get(base, "/v1/states/mi/revisions.json", since=third_seen.isoformat()).json()
+    assert since_third  # the final edition revised Michigan's history again
+    assert {"hash", "fips"}.isdisjoint({r["field"] for r in since_third})
+    third = get(base, "/v1/states/mi/revisions.json", **{"from": "20200301", "to": "20200301"})
+    assert (20200301, "positive", 9, 14) in {
+        (r["date"], r["field"], r["old"], r["new"]) for r in third.json()
+    }
+    for edition, found in sizes.items():
+        total_rows, total_bytes = sum(s.rows for s in found), sum(s.bytes for s in found)
+        daily = next(s for s in found if s.table == "states_daily_versions")
+        summary(
+            f"record versions after edition {edition}: {total_rows} rows, {total_bytes} bytes "
+            f"(states_daily_versions {daily.rows} rows, {daily.bytes} bytes; "
+            f"states_daily now {current[edition]} bytes)"
+        )
+    assert sizes[1] != sizes[2] != sizes[3]
+
+
+def us_revisions(field: str) -> set[tuple[int, str, str]]:
+    """(date, old, new) of ``field`` between the editions' us_daily.csv files."""
+
+    def read(path: Path) -> dict[int, dict[str, str]]:
+        with path.open(newline="", encoding="utf-8") as f:
+            return {int(row["date"]): row for row in csv.DictReader(f)}
+
+    old, new = read(EDITIONS[0] / "us_daily.csv"), read(EDITIONS[1] / "us_daily.csv")
+    return {
+        (day, old[day][field], new[day][field])
+        for day in old.keys() & new.keys()
+        if old[day][field] != new[day][field]
+    }
+
+
+UNCHANGED_REFRESHES = 1000
+FORCED_SYNCS = 3
+
+
+def test_unchanged_refreshes_add_no_version(
+    upstream: Upstream, service_env: dict[str, str], database_url: str, redis_url: str
+) -> None:
+    """1,000 refreshes of an unchanged upstream (each: five conditional requests answered
+    304) add 0 rows and 0 bytes to the version tables; so do syncs that store every resource
+    again with the same records (a body that differs but holds the same records: the upsert
+    and the delete run and change nothing)."""
+    refresh(service_env)
+    before = version_sizes(database_url, vacuum=True)
+    published = sql(database_url, f"SELECT count(*) FROM {history.PUBLISHED}")  # noqa: S608
+    assert sum(size.rows for size in before) > 0
+    upstream.reset_requests()
+
+    async def run() -> None:
+        from pydantic import HttpUrl
+
+        from covid_stats_contract import records as store
+        from stats_fetcher.config import Settings
+        from stats_fetcher.refresh import Refresher
+        from stats_fetcher.stores import Stores
+
+        stores = Stores(
+            Settings(
+                redis_url=redis_url,
+                database_url=database_url,
+                upstream_base_url=HttpUrl(upstream.url),
+            )
+        )
+        try:
+            pool = await stores.pool()
+            refresher = Refresher(stores.upstream, pool, stores.snapshots)
+            for _ in range(UNCHANGED_REFRESHES):
+                result = await refresher.refresh()
+                assert {o.outcome for o in result.outcomes} == {"not_modified"}
+                assert result.snapshot_id is None
+            async with pool.acquire() as conn:
+                last = await store.upstream_states(conn)
+                for attempt in range(FORCED_SYNCS):
+                    for resource in RESOURCES:
+                        rows = await conn.fetch(
+                            f"SELECT record::text FROM {resource.table}"  # noqa: S608
+                        )
+                        records = [json.loads(row[0]) for row in rows]
+                        state = replace(last[resource.key], content_hash=f"forced-{attempt}")
+                        synced = await store.sync_resource(conn, resource, records, state)
+                        assert (synced.written, synced.deleted) == (0, 0)
+        finally:
+            await stores.close()
+
+    asyncio.run(run())
+    counts = upstream.requests()
+    not_modified = sum(c["status"].get("304", 0) for c in counts.values())
+    assert not_modified == UNCHANGED_REFRESHES * len(RESOURCES)
+    after = version_sizes(database_url)
+    assert after == before
+    assert sql(database_url, f"SELECT count(*) FROM {history.PUBLISHED}") == published  # noqa: S608
