@@ -209,7 +209,7 @@ def test_migrations_apply_once_and_refuse_edited_ones(empty_database_url: str) -
             with pytest.raises(schema.SchemaBehind, match="stats-fetcher migrate"):
                 await schema.check(conn)
             migrated = await schema.migrate(conn)
-            assert migrated.applied == list(range(1, schema.LATEST_VERSION + 1))
+            assert migrated.applied == [m.version for m in schema.migrations()]
             assert migrated.newer == []
             assert (await schema.migrate(conn)).applied == []
             assert await schema.current_version(conn) == schema.LATEST_VERSION

@@ -86,12 +86,14 @@ def migrations() -> list[Migration]:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions must be 1..N without gaps, found {versions}")
+    # Distinct and from 1. A gap is allowed: branches developed side by side each take their
+    # own number (e.g. 0004 and 0005), and one may be merged before the other.
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(f"migration versions must be distinct, from 1, found {versions}")
     return found
 
 
-LATEST_VERSION = len(migrations())
+LATEST_VERSION = migrations()[-1].version
 
 
 class MigrationError(RuntimeError):

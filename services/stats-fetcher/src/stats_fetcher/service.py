@@ -42,6 +42,7 @@ from stats_fetcher.leader import LeaderLease
 from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
 from stats_fetcher.stores import SchemaNotReady, Stores
+from stats_fetcher.webhooks import WebhookSender
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)
@@ -58,6 +59,7 @@ class FetcherService:
             f"{socket.gethostname()}/{os.getpid()}",
             settings.leader_lease_seconds,
         )
+        self.webhooks = WebhookSender(settings, self.stores, self.lease)
         self._busy = asyncio.Lock()  # one refresh or rebuild at a time
         self._wake = asyncio.Event()
         self._requested = False
@@ -67,6 +69,7 @@ class FetcherService:
     # -- stores -----------------------------------------------------------------------------
 
     async def close(self) -> None:
+        await self.webhooks.close()
         await self.stores.close()
 
     async def readiness(self) -> dict[str, Any]:
@@ -103,9 +106,13 @@ class FetcherService:
                 self.stores.snapshots,
                 max_future_days=self.settings.max_future_days,
                 min_ratio=self.settings.min_jurisdictions_ratio,
+                webhook_urls=self.settings.webhook_url_list,
             )
             async with self._busy:
-                return await work(refresher)
+                result = await work(refresher)
+            if result is not None and result.logged is not None:
+                self.webhooks.wake()  # the sender posts in the background: no wait here
+            return result
         except SchemaNotReady as exc:
             log.error("schema_not_ready", error=str(exc))
         except DATABASE_ERRORS as exc:
@@ -241,6 +248,7 @@ class FetcherService:
                 self._schedule(),
                 self._watch_redis(),
                 self._listen(),
+                self.webhooks.run(self._stopping),
             )
         ]
         await self._stopping.wait()
