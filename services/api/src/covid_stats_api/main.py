@@ -27,7 +27,7 @@ from covid_stats_api.api import page
 from covid_stats_api.api.deps import Api
 from covid_stats_api.api.errors import install_error_handlers
 from covid_stats_api.api.responses import referenced_models
-from covid_stats_api.api.routes import covid_stats, health, v1
+from covid_stats_api.api.routes import changes, covid_stats, health, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache
@@ -45,7 +45,7 @@ from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
 
 # The app's routers, in the order the app matches them (one file per resource in api/routes).
-ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router)
+ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router, changes.router)
 # Their routes, in that order (what the fast path's table of document paths is built from).
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)
 # The models whose schemas the OpenAPI document's components hold: those the routes refer to.
