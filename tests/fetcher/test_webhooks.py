@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -256,7 +257,62 @@ def test_a_failing_receiver_gets_the_event_again_and_the_publish_never_waits(
     assert (row["state"], row["attempts"], row["last_error"]) == ("delivered", 3, None)
 
 
-def test_leadership_moving_mid_delivery_repeats_it_at_most_once_with_the_same_id(
+def _two_fetchers(
+    env: dict[str, str],
+    receiver: Receiver,
+    fetcher_factory: Callable[..., Fetcher],
+    timeout_seconds: str,
+) -> tuple[Fetcher, Fetcher]:
+    """A leader that delivered the first publish's event, and a follower."""
+    ha = {**env, "LEADER_LEASE_SECONDS": "1.5", "WEBHOOK_TIMEOUT_SECONDS": timeout_seconds}
+    first = fetcher_factory(ha, "first")
+    until(first.is_leader, "the first fetcher to lead")
+    until(lambda: len(receiver.events()) == 1, "the first publish's event")
+    second = fetcher_factory(ha, "second")
+    assert not second.is_leader()
+    return first, second
+
+
+def test_a_leader_stalled_mid_delivery_keeps_its_claim_so_nothing_is_sent_twice(
+    env: dict[str, str],
+    receiver: Receiver,
+    fetcher_factory: Callable[..., Fetcher],
+    upstream: Upstream,
+    database_url: str,
+) -> None:
+    """The leader stalls (SIGSTOP) while its POST is in flight; the follower takes the lease
+    but not the delivery the stalled leader claimed. The old leader resumes, gets the answer
+    and records it within its claim: the event reached the receiver exactly once."""
+    first, second = _two_fetchers(env, receiver, fetcher_factory, "10")  # a 25 s claim
+    receiver.hold.clear()
+    change_us_current(upstream)
+    request_refresh(second)  # relayed to the leader
+    until(receiver.holding.is_set, "the leader's delivery to be in flight")
+    os.kill(first.process.proc.pid, signal.SIGSTOP)
+    try:
+        until(second.is_leader, "the follower to lead")
+        # the new leader's sender has looked at the deliveries (and found one pending)
+        until(
+            lambda: second.metric("covid_stats_fetcher_webhook_deliveries_pending") == 1,
+            "a pass of the new leader's sender",
+        )
+    finally:
+        os.kill(first.process.proc.pid, signal.SIGCONT)
+    receiver.hold.set()
+    until(
+        lambda: [r["state"] for r in query(database_url, DELIVERIES)] == ["delivered"] * 2,
+        "the stalled leader to record its delivery",
+    )
+    rows = query(database_url, DELIVERIES)
+    assert [r["attempts"] for r in rows] == [1, 1]
+    assert len(receiver.events()) == 2
+    assert len(set(receiver.ids())) == 2
+
+
+DELIVERIES = "SELECT state, attempts, claimed_by FROM webhook_deliveries ORDER BY publish_id"
+
+
+def test_a_leader_dying_mid_delivery_repeats_it_once_with_the_same_id(
     env: dict[str, str],
     receiver: Receiver,
     fetcher_factory: Callable[..., Fetcher],
@@ -265,15 +321,9 @@ def test_leadership_moving_mid_delivery_repeats_it_at_most_once_with_the_same_id
 ) -> None:
     """The leader dies while its POST is in flight (the receiver got it, the answer never
     reached the sender). The follower takes the lease, waits for the dead leader's claim to
-    end, and sends the event once more, with the same webhook-id; delivered events are never
-    sent again."""
-    ha = {**env, "LEADER_LEASE_SECONDS": "1.5", "WEBHOOK_TIMEOUT_SECONDS": "2"}
-    first = fetcher_factory(ha, "first")
-    until(first.is_leader, "the first fetcher to lead")
-    until(lambda: len(receiver.events()) == 1, "the first publish's event")
-    second = fetcher_factory(ha, "second")
-    assert not second.is_leader()
-
+    end, and sends the event once more, with the same webhook-id (the documented bound: one
+    extra POST per leadership change mid-delivery); delivered events are never sent again."""
+    first, second = _two_fetchers(env, receiver, fetcher_factory, "2")  # a 9 s claim
     receiver.hold.clear()
     change_us_current(upstream)
     request_refresh(second)  # relayed to the leader
@@ -293,10 +343,7 @@ def test_leadership_moving_mid_delivery_repeats_it_at_most_once_with_the_same_id
     request_refresh(second)
     until(lambda: refreshes(second) > before, "an unchanged refresh by the new leader")
     assert second.metric("covid_stats_fetcher_webhook_deliveries_total", outcome="delivered") == 1
-    rows = query(
-        database_url,
-        "SELECT state, attempts, claimed_by FROM webhook_deliveries ORDER BY publish_id",
-    )
+    rows = query(database_url, DELIVERIES)
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 2)]
     assert rows[0]["claimed_by"] != rows[1]["claimed_by"]  # each leader's own fence
     assert len(receiver.events()) == 3
