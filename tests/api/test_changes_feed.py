@@ -26,7 +26,7 @@ def refresh(env: dict[str, str]) -> str:
     assert result.returncode == 0, result.stdout.decode()
     raw = redis.Redis.from_url(env["REDIS_URL"]).get(RedisKeys().current_snapshot)
     assert raw is not None
-    return str(raw.decode())
+    return str(int(raw))
 
 
 def get(url: str, **headers: str) -> httpx.Response:

@@ -131,7 +131,7 @@ def query(database_url: str, sql: str, *args: Any) -> list[Any]:
 
 def current_snapshot(redis_url: str) -> str:
     raw = redis.Redis.from_url(redis_url).get(RedisKeys().current_snapshot)
-    return "" if raw is None else raw.decode()
+    return "" if raw is None else str(int(raw))
 
 
 def refreshes(fetcher: Fetcher) -> float:
