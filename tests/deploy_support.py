@@ -233,6 +233,8 @@ def container_env(
             secret, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
             value = rendered.secret_value(secret, key)
             if value is None:
+                if ref["secretKeyRef"].get("optional") and (secret, key) not in (secrets or {}):
+                    continue  # the kubelet leaves an optional variable of no Secret unset
                 value = (secrets or {})[(secret, key)]
             env[name] = value
         elif "configMapKeyRef" in ref:
