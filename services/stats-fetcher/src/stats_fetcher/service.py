@@ -9,6 +9,8 @@ requests) and its signal handling. Its connections are in ``stores``, its HTTP p
 - Every ``REDIS_CHECK_INTERVAL_SECONDS`` the leader checks that Redis has a current snapshot
   of PostgreSQL's data and rebuilds it from PostgreSQL if not (Redis restarted or flushed; a
   refresh stored records, then died or could not publish): no upstream needed.
+- While it leads, the webhook sender (``webhooks``) delivers the events the publishes queued,
+  in the background: a publish never waits for a receiver.
 - SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
   finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
   activated and expires); the lease is released so a follower takes over at once.
