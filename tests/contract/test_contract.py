@@ -337,7 +337,7 @@ def test_concurrent_migrators_serialize(empty_database_url: str) -> None:
         conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
         try:
             applied = await asyncio.gather(*(schema.migrate(c) for c in conns))
-            assert sorted(len(a.applied) for a in applied) == [0, 0, 0, schema.LATEST_VERSION]
+            assert sorted(len(a.applied) for a in applied) == [0, 0, 0, len(schema.migrations())]
         finally:
             for c in conns:
                 await c.close()
