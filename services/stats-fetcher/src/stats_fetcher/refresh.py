@@ -156,6 +156,7 @@ class Refresher:
         The snapshot is current already: a failure here is logged, and the changes are
         logged with the next publish (compared with the last logged digests)."""
         assert result.snapshot_id is not None
+        started = time.perf_counter()
         digests = await asyncio.to_thread(
             lambda: {doc.name: content_hash(doc.body) for doc in documents}
         )
@@ -188,6 +189,7 @@ class Refresher:
                 resources=list(changes.resources),
                 states=len(changes.states),
                 documents=len(changes.documents),
+                seconds=round(time.perf_counter() - started, 3),
             )
 
     async def _refresh_resource(self, resource: Resource, last: UpstreamState | None) -> Outcome:
