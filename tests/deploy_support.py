@@ -447,7 +447,12 @@ def fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
         for c in spec.get("initContainers", []) + spec["containers"]:
             for item in c.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
-                if ref and rendered.maybe("Secret", ref["name"]) is None:
+                # an optional one of no Secret is left unset, as the kubelet does
+                if (
+                    ref
+                    and not ref.get("optional")
+                    and rendered.maybe("Secret", ref["name"]) is None
+                ):
                     short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
                     fake[(ref["name"], ref["key"])] = f"{short}-secret"
     return fake
