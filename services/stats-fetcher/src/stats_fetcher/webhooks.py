@@ -9,10 +9,10 @@
 - **Claims**: a due row is claimed in one statement (``claimed_by`` the lease value, until
   ``claimed_until``: twice ``WEBHOOK_TIMEOUT_SECONDS`` plus 5 s, longer than an attempt can
   last) and settled only by its claimer. A new leader cannot claim a row its predecessor
-  holds until the claim ends. So an event reaches a URL more than once only when its
-  claimer lost the lease (died, stalled, shut down) after the receiver took the POST and
-  before the row was settled: at most one extra POST per such leadership change, with the
-  same ``webhook-id`` (derived from the snapshot and publish ids), by which the receiver
+  holds until the claim ends. So an event reaches a URL more than once only when the
+  receiver took the POST and the row was never settled (its claimer died, stalled past the
+  claim or shut down, or PostgreSQL failed): at most one extra POST per such failure, with
+  the same ``webhook-id`` (derived from the snapshot and publish ids), by which the receiver
   dedupes.
 - **Signing**: the Standard Webhooks scheme (``standardwebhooks``): ``webhook-id``,
   ``webhook-timestamp`` (the attempt's Unix time), ``webhook-signature``
