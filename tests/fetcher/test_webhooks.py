@@ -347,3 +347,22 @@ def test_a_leader_dying_mid_delivery_repeats_it_once_with_the_same_id(
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 2)]
     assert rows[0]["claimed_by"] != rows[1]["claimed_by"]  # each leader's own fence
     assert len(receiver.events()) == 3
+
+
+def test_webhook_settings_refuse_a_malformed_secret_without_echoing_it(secret: str) -> None:
+    from pydantic import ValidationError
+
+    from stats_fetcher.config import Settings
+
+    url = "https://hooks.example.com/covid"
+    ok = Settings.model_validate({"webhook_urls": f"{url}, {url}", "webhook_secret": secret})
+    assert ok.webhook_url_list == (url,)
+    for bad in ("not-a-secret-Xq93", "whsec_" + "QUJD" * 2, "whsec_%%%%" + "QUJD" * 8):
+        with pytest.raises(ValidationError) as refused:
+            Settings.model_validate({"webhook_urls": url, "webhook_secret": bad})
+        assert "whsec_" in str(refused.value)
+        assert bad not in str(refused.value)
+    with pytest.raises(ValidationError, match="WEBHOOK_URLS needs WEBHOOK_SECRET"):
+        Settings.model_validate({"webhook_urls": url})
+    with pytest.raises(ValidationError, match="not an http"):
+        Settings.model_validate({"webhook_urls": "ftp://x/y", "webhook_secret": secret})
