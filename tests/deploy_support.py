@@ -233,6 +233,8 @@ def container_env(
             secret, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
             value = rendered.secret_value(secret, key)
             if value is None:
+                if ref["secretKeyRef"].get("optional") and (secret, key) not in (secrets or {}):
+                    continue  # the kubelet leaves an optional variable of no Secret unset
                 value = (secrets or {})[(secret, key)]
             env[name] = value
         elif "configMapKeyRef" in ref:
@@ -445,7 +447,12 @@ def fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
         for c in spec.get("initContainers", []) + spec["containers"]:
             for item in c.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
-                if ref and rendered.maybe("Secret", ref["name"]) is None:
+                # an optional one of no Secret is left unset, as the kubelet does
+                if (
+                    ref
+                    and not ref.get("optional")
+                    and rendered.maybe("Secret", ref["name"]) is None
+                ):
                     short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
                     fake[(ref["name"], ref["key"])] = f"{short}-secret"
     return fake

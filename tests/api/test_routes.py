@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Match
 
 from covid_stats_api.api.params import DateConvertor
 from covid_stats_api.api.responses import SchemaRef, referenced_models
-from covid_stats_api.api.routes import revisions, v1
+from covid_stats_api.api.routes import changes, revisions, v1
 from covid_stats_api.main import RECORD_MODELS, ROUTERS, ROUTES, create_app
 from covid_stats_api.serving.asgi.fastpath import document_paths
 from covid_stats_api.serving.asgi.request_metrics import route_of
@@ -85,12 +85,16 @@ def test_date_routes_take_date_segments_only() -> None:
 
 
 def test_every_v1_route_is_under_the_prefix() -> None:
-    routers = (v1.router, revisions.router)
-    assert {router.prefix for router in routers} == {"/v1"}
-    routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    # the /v1 routers (the upstream's paths, the revisions, the changes feed) hold every
+    # /v1 path, and no other router has one
+    prefixed = [router for router in ROUTERS if router.prefix == "/v1"]
+    assert {v1.router, revisions.router, changes.router} <= set(prefixed)
+    routes = [r for router in prefixed for r in router.routes if isinstance(r, APIRoute)]
     paths = {r.path for r in routes}
     assert paths
     assert all(p.startswith("/v1/") for p in paths)
+    others = [r for router in ROUTERS if router.prefix != "/v1" for r in router.routes]
+    assert not [r.path for r in others if isinstance(r, APIRoute) and r.path.startswith("/v1")]
     assert {p for p in _openapi()["paths"] if p.startswith("/v1/")} == {
         r.path_format for r in routes
     }

@@ -495,6 +495,11 @@ topologySpreadConstraints:
 {{- join "\n" $parts | sha256sum -}}
 {{- end -}}
 
+{{/* The Secret holding WEBHOOK_SECRET: yours (existingSecret), else the chart's. */}}
+{{- define "covid-stats.webhooks.secretName" -}}
+{{- default (include "covid-stats.componentName" (list . "webhooks")) .Values.statsFetcher.webhooks.existingSecret -}}
+{{- end -}}
+
 {{- define "covid-stats.refreshToken.secretName" -}}
 {{- default (include "covid-stats.componentName" (list . "refresh-token")) .Values.statsFetcher.refreshToken.existingSecret -}}
 {{- end -}}
@@ -658,6 +663,17 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- define "covid-stats.egress.tracing" -}}
 {{- with .Values.tracing.otlpEndpoint -}}
 {{- include "covid-stats.egress.external" (list $.Values.networkPolicy.egress.tracing.to (list (include "covid-stats.urlPort" . | int))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The fetcher to its webhooks' receivers: each URL's port (none without URLs). */}}
+{{- define "covid-stats.egress.webhooks" -}}
+{{- $ports := list -}}
+{{- range .Values.statsFetcher.webhooks.urls -}}
+{{- $ports = append $ports (include "covid-stats.urlPort" . | int) -}}
+{{- end -}}
+{{- with $ports -}}
+{{- include "covid-stats.egress.external" (list $.Values.networkPolicy.egress.webhooks.to (uniq .)) -}}
 {{- end -}}
 {{- end -}}
 

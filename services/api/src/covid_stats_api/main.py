@@ -28,7 +28,7 @@ from covid_stats_api.api.deps import Api
 from covid_stats_api.api.docs_policy import DocsPolicy
 from covid_stats_api.api.errors import install_error_handlers
 from covid_stats_api.api.responses import referenced_models
-from covid_stats_api.api.routes import covid_stats, health, revisions, v1
+from covid_stats_api.api.routes import changes, covid_stats, health, revisions, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache
@@ -51,6 +51,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     covid_stats.router,
     v1.router,
     revisions.router,
+    changes.router,
 )
 # Their routes, in that order (what the fast path's table of document paths is built from).
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)

@@ -3,10 +3,13 @@ which ``make config-docs`` generates from this class and the shared ``PortSettin
 
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from covid_stats_runtime.settings import PortSettings
 
@@ -21,6 +24,9 @@ DEFAULT_UPSTREAM_MAX_BYTES = 128 * 1024 * 1024
 
 
 class Settings(PortSettings):
+    # A refused value stays out of the error (WEBHOOK_SECRET, a URL's password).
+    model_config = SettingsConfigDict(**PortSettings.model_config, hide_input_in_errors=True)
+
     upstream_base_url: HttpUrl = Field(
         default=HttpUrl(DEFAULT_UPSTREAM_BASE_URL),
         description="upstream API: the CTP's final files in the archived GitHub repository"
@@ -100,6 +106,66 @@ class Settings(PortSettings):
     shutdown_grace_seconds: float = Field(
         default=20.0, ge=0, description="on SIGTERM, how long a refresh in flight may finish"
     )
+
+    webhook_urls: str = Field(
+        default="",
+        description="comma-separated http(s) URLs POSTed a signed event after each publish"
+        " that changed data (docs/pipeline.md, Webhooks); empty: none",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="the webhooks' signing secret in the Standard Webhooks format (`whsec_` +"
+        " base64 of 24 to 64 random bytes); needed with `WEBHOOK_URLS`",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="timeout of one webhook delivery attempt"
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="attempts of one delivery before it is given up"
+    )
+    webhook_retry_initial_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="wait before a delivery's second attempt; doubles each attempt, with jitter",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=600.0, gt=0, description="longest wait between a delivery's attempts"
+    )
+
+    @property
+    def webhook_url_list(self) -> tuple[str, ...]:
+        """``WEBHOOK_URLS`` split, each once."""
+        return tuple(dict.fromkeys(u.strip() for u in self.webhook_urls.split(",") if u.strip()))
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_webhook_urls(cls, value: str) -> str:
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if url.strip() and (parts.scheme not in ("http", "https") or not parts.hostname):
+                raise ValueError(f"not an http(s) URL: {url.strip()!r}")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+            # The value stays out of the message (it is a secret).
+            raise ValueError("expected `whsec_` + base64 of 24 to 64 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> Self:
+        if self.webhook_url_list and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET (the events are signed)")
+        return self
 
 
 @lru_cache

@@ -111,3 +111,22 @@ UPSTREAM_BODY_BYTES = Gauge(
     ["resource"],
     namespace=NAMESPACE,
 )
+
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (a 2xx), retry (failed, tried again"
+    " later), given_up (failed its WEBHOOK_MAX_ATTEMPTS-th attempt)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    "webhook_delivery_duration_seconds",
+    "Time of one webhook delivery attempt (the POST, until its answer or failure)",
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WEBHOOK_PENDING = Gauge(
+    "webhook_deliveries_pending",
+    "Webhook deliveries not yet delivered nor given up, as the leader last counted them",
+    namespace=NAMESPACE,
+)

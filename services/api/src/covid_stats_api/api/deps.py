@@ -12,6 +12,7 @@ from covid_stats_api.api.errors import ApiError, no_data
 from covid_stats_api.api.responses import send
 from covid_stats_api.core.config import Settings
 from covid_stats_api.core.stores import Stores
+from covid_stats_api.reads.changes import ChangesFeed
 from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import (
@@ -39,6 +40,7 @@ class Api:
         self.reader = reader
         self.queries = queries
         self.derived = derived
+        self.changes = ChangesFeed(stores)  # GET /v1/changes.json
 
     def send(self, served: Served) -> Response:
         return send(served, self.settings.cache_max_age_seconds)

@@ -193,7 +193,7 @@ class _Handler(WSGIRequestHandler):
         body = error_body(code, name, message or status.phrase)
         self.close_connection = True
         self.send_response(code)
-        for key, value in error_headers(body, CONNECTION_CLOSE):
+        for key, value in error_headers(code, body, CONNECTION_CLOSE):
             self.send_header(key.decode(), value.decode())
         self.end_headers()
         if self.command != "HEAD":
