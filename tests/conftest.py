@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 import redis
 
-from covid_stats_contract import schema
 from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
+from stacks import Stack, Template, loaded_stack, migrate, published_template
 from support import (
     ARCHIVE,
     SUMMARY_LINES,
@@ -99,17 +99,6 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield server.url
 
 
-def migrate(url: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await schema.migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture(scope="session")
 def migrated_database_url(postgres_server_url: str) -> str:
     migrate(postgres_server_url)
@@ -180,10 +169,46 @@ def upstream(upstream_server: Upstream) -> Upstream:
     return upstream_server
 
 
+@pytest.fixture(scope="session")
+def template(
+    redis_server_url: str, postgres_server_url: str, upstream_server: Upstream
+) -> Iterator[Template]:
+    """What one real ``refresh-once`` of the session upstream left in the stores, made once
+    per session and cloned by ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
+    with published_template(redis_server_url, postgres_server_url, upstream_server) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def shared_api(
+    template: Template,
+    redis_server_url: str,
+    upstream_server: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """One api under gunicorn over a clone of the template, for the whole session: for the
+    tests that only read (they must not change its stores, its settings or what it counts
+    in a way another test asserts). Stores of its own: no other test's flush reaches it."""
+    log_dir = tmp_path_factory.mktemp("shared-api")
+    with loaded_stack(template, redis_server_url, upstream_server, log_dir) as (base, env):
+        yield Stack(base, env, upstream_server, log_dir)
+
+
 @pytest.fixture
 def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[str, str]:
     """Environment for the fetcher and the api, pointed at the test servers."""
     return fail_fast_env(redis_url, database_url, upstream.url)
+
+
+@pytest.fixture
+def published_env(
+    service_env: dict[str, str], template: Template, redis_url: str
+) -> Iterator[dict[str, str]]:
+    """``service_env`` with the session upstream's data published, as one ``refresh-once``
+    leaves it: the template cloned into the test's Redis database and into a PostgreSQL
+    database of the test's own (``DATABASE_URL``; dropped after)."""
+    with template.clone(redis_url) as database_url:
+        yield {**service_env, "DATABASE_URL": database_url}
 
 
 @pytest.fixture
