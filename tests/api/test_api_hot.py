@@ -159,7 +159,7 @@ def test_brotli_bodies_are_the_fetchers_and_served_when_preferred(
 @pytest.fixture
 def logging_postgres() -> Iterator[LocalPostgres]:
     """A migrated PostgreSQL that logs every statement it executes."""
-    from conftest import migrate
+    from stacks import migrate
 
     with (
         scratch_dir("test-pg-log") as d,
