@@ -184,6 +184,7 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
         return await asyncio.gather(*(client.get(url) for _ in range(count)))
 
 
+@pytest.mark.load
 def test_a_thousand_concurrent_misses_cost_one_postgres_query(
     service_env: dict[str, str], logging_postgres: LocalPostgres, api_factory: ApiFactory
 ) -> None:
@@ -198,6 +199,7 @@ def test_a_thousand_concurrent_misses_cost_one_postgres_query(
     assert _executions(logging_postgres.log_path, since, "states_daily") == 1
 
 
+@pytest.mark.load
 def test_512_concurrent_connections_get_no_server_error(
     published_env: dict[str, str], api_factory: ApiFactory
 ) -> None:
