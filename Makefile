@@ -33,9 +33,14 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # The tests are grouped by part, one folder and one marker each: tests/{contract,api,fetcher,
 # devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
+# They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
+# starts its own servers, tests/conftest.py); a test marked `load` runs alone. TEST_WORKERS=0:
+# one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 .PHONY: test
-test: $(STAMP) ## Run the tests against real local servers, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
-	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers \
+test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (2) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
+	$(BIN)/python -m pytest $(XDIST) --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
 .PHONY: test-fast

@@ -255,6 +255,7 @@ async def _normal_requests(base: str, count: int) -> list[float]:
     return latencies
 
 
+@pytest.mark.load
 def test_slowloris_clients_are_cut_off_and_others_are_still_served(
     api: Api, same_workers: None
 ) -> None:
@@ -294,6 +295,7 @@ def test_slowloris_clients_are_cut_off_and_others_are_still_served(
     )
 
 
+@pytest.mark.load
 def test_many_idle_connections_do_not_stop_a_normal_client_and_are_closed(
     api: Api, same_workers: None
 ) -> None:
