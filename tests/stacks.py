@@ -194,40 +194,13 @@ _STACK_REDIS_DBS = list(range(1, TEMPLATE_REDIS_DB))
 
 
 @contextmanager
-def loaded_stack(
-    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path
-) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
-    """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
-    database and a Redis database number of its own (dropped and flushed after), so the other
-    tests' truncations and flushes never meet it; yields its base URL and the environment of
-    its services (to run the fetcher or another api over the same stores)."""
+def redis_database(redis_server_url: str) -> Iterator[str]:
+    """A Redis database number of its own on the server of ``redis_server_url`` (flushed
+    after), which no test's flush reaches; yields its URL."""
     db = _STACK_REDIS_DBS.pop()
     redis_url = with_redis_db(redis_server_url, db)
-    process = None
     try:
-        with template.clone(redis_url) as database_url:
-            env = clean_env(
-                REDIS_URL=redis_url,
-                DATABASE_URL=database_url,
-                UPSTREAM_BASE_URL=upstream.url,
-                UPSTREAM_RETRIES="1",
-                UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
-                UPSTREAM_TIMEOUT_SECONDS="5",
-            )
-            try:
-                process, base = start_api(env, log_dir)
-
-                def ready() -> bool:
-                    try:
-                        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                wait_until(ready, 30, interval=0.1, what="the api ready")
-                yield base, env
-            finally:
-                if process is not None:
-                    process.stop()
+        yield redis_url
     finally:
         client = redis.Redis.from_url(redis_url)
         try:
@@ -235,3 +208,37 @@ def loaded_stack(
         finally:
             client.close()
         _STACK_REDIS_DBS.append(db)
+
+
+@contextmanager
+def loaded_stack(
+    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path
+) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
+    """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
+    database and a Redis database number of its own (dropped and flushed after), so the other
+    tests' truncations and flushes never meet it; yields its base URL and the environment of
+    its services (to run the fetcher or another api over the same stores)."""
+    process = None
+    with redis_database(redis_server_url) as redis_url, template.clone(redis_url) as database_url:
+        env = clean_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            UPSTREAM_BASE_URL=upstream.url,
+            UPSTREAM_RETRIES="1",
+            UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+            UPSTREAM_TIMEOUT_SECONDS="5",
+        )
+        try:
+            process, base = start_api(env, log_dir)
+
+            def ready() -> bool:
+                try:
+                    return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(ready, 30, interval=0.1, what="the api ready")
+            yield base, env
+        finally:
+            if process is not None:
+                process.stop()
