@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.answers import AnswerCache, Uncached
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
@@ -45,8 +45,8 @@ class Query:
     resource: Resource
     fmt: Format
     fields: tuple[str, ...] = ()
-    sort: str | None = None
-    descending: bool = False
+    # The sort keys, in order: (field, descending); then the resource's own order.
+    sort: tuple[tuple[str, bool], ...] = ()
     date_from: int | None = None
     date_to: int | None = None
     last_days: int | None = None
@@ -61,7 +61,7 @@ class Query:
             self.fmt,
             "single" if self.single else "list",
             ",".join(sorted(self.fields)),  # the answer keeps the records' order anyway
-            ("-" if self.descending else "") + (self.sort or ""),
+            ",".join(("-" if descending else "") + name for name, descending in self.sort),
             str(self.date_from or ""),
             str(self.date_to or ""),
             str(self.last_days or ""),
@@ -85,10 +85,21 @@ class StoreUnavailable(Exception):
     """Neither the cache nor PostgreSQL could answer."""
 
 
+class TooLarge(Exception):
+    """The answer is (or would surely be) over ``QUERY_ANSWER_MAX_BYTES``."""
+
+    def __init__(self, size: int, limit: int, document: str) -> None:
+        super().__init__(f"{size} > {limit}")
+        self.size = size
+        self.limit = limit
+        self.document = document  # the published document of the whole resource
+
+
 @cache
-def statement(resource: Resource, sort: bool, descending: bool) -> str:
-    """The SQL of a question to ``resource``. Parameters, in order: first date, last date,
-    states, last N dates, sort field (only the ones the resource's table has)."""
+def statement(resource: Resource, directions: tuple[bool, ...]) -> str:
+    """The SQL of a question to ``resource`` sorted by ``len(directions)`` fields (True:
+    descending). Parameters, in order: first date, last date, states, last N dates, the sort
+    fields (only the ones the resource's table has)."""
     columns = resource.key_columns
     table = resource.table
     params: list[str] = []
@@ -116,15 +127,16 @@ def statement(resource: Resource, sort: bool, descending: bool) -> str:
             f"WHERE {state_condition} ORDER BY d DESC LIMIT {n}) recent"
         )
         conditions.append(f"({n}::int IS NULL OR date >= ({recent}))")
-    order = resource.order_by
-    if sort:
+    keys = []
+    for descending in directions:
         field = param("sort")
         direction = "DESC" if descending else "ASC"
-        order = (
+        keys += [
             f"CASE WHEN json_typeof(record->({field}::text)) = 'number' "
-            f"THEN (record->>({field}::text))::numeric END {direction} NULLS LAST, "
-            f"record->>({field}::text) {direction} NULLS LAST, {order}"
-        )
+            f"THEN (record->>({field}::text))::numeric END {direction} NULLS LAST",
+            f"record->>({field}::text) {direction} NULLS LAST",
+        ]
+    order = ", ".join([*keys, resource.order_by])
     where = " AND ".join(conditions) or "TRUE"
     return f"SELECT record::text FROM {table} WHERE {where} ORDER BY {order}"  # noqa: S608
 
@@ -138,8 +150,7 @@ def _arguments(query: Query) -> list[Any]:
         args.append(list(query.states) or None)
     if "date" in columns:
         args.append(query.last_days)
-    if query.sort:
-        args.append(query.sort)
+    args += [name for name, _ in query.sort]
     return args
 
 
@@ -152,8 +163,9 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     for record in records:
         present.update(dict.fromkeys(record))
     known = present.keys() | model_of(query.resource).model_fields.keys()
-    if query.sort and query.sort not in known:
-        raise UnknownField("sort", query.sort)
+    for name, _ in query.sort:
+        if name not in known:
+            raise UnknownField("sort", name)
     for name in query.fields:
         if name not in known:
             raise UnknownField("fields", name)
@@ -167,13 +179,21 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     return render_array(encode_record(r) for r in records)
 
 
+def empty(query: Query) -> Served:
+    """The answer to a question that selects no record (a list: ``[]``, or a CSV header)."""
+    body = render(query, [])
+    return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+
+
 class QueryService:
-    def __init__(self, stores: Stores, answers: AnswerCache) -> None:
+    def __init__(self, stores: Stores, answers: AnswerCache, max_bytes: int) -> None:
         self.stores = stores
         self.answers = answers
+        self.max_bytes = max_bytes
 
     async def answer(self, query: Query) -> Served:
-        """Raises NoRecords, UnknownField or StoreUnavailable."""
+        """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable. An empty answer is
+        served, never cached."""
         return await self.answers.get(query.key, lambda: self._compute(query))
 
     async def _compute(self, query: Query) -> Served:
@@ -184,13 +204,18 @@ class QueryService:
             body = await asyncio.to_thread(render, query, texts)
         else:
             body = render(query, texts)
-        return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+        if len(body) > self.max_bytes:
+            raise TooLarge(len(body), self.max_bytes, query.resource.document(query.fmt))
+        served = Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+        if not texts:
+            raise Uncached(served)
+        return served
 
     async def _fetch(self, query: Query) -> list[str]:
         pool = self.stores.pg_pool
         if pool is None:
             raise StoreUnavailable
-        sql = statement(query.resource, bool(query.sort), query.descending)
+        sql = statement(query.resource, tuple(descending for _, descending in query.sort))
         try:
             async with pool.acquire() as conn:
                 rows = await conn.fetch(sql, *_arguments(query))
