@@ -36,6 +36,10 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 
 # Answers with more records than this are rendered in a thread, off the event loop.
 _RENDER_INLINE_MAX = 200
+# Questions a worker computes at once (the others wait their turn): what a computation holds
+# (the records' texts, parsed for a projection or a CSV, the body) is a few times its input,
+# and many at once would grow the worker's memory for good and starve its event loop.
+COMPUTE_SLOTS = 2
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,17 @@ def _arguments(query: Query) -> list[Any]:
 
 def render(query: Query, texts: Sequence[str]) -> bytes:
     """The answer's body. Without a projection, JSON is the stored text as it is."""
-    if not query.fields and query.fmt == "json" and not query.sort and texts:
+    modelled = model_of(query.resource).model_fields.keys()
+    # Sorted by PostgreSQL already: the records need parsing only to tell whether a sort
+    # field the model lacks is in any record.
+    sorted_by_model = all(name in modelled for name, _ in query.sort)
+    if not query.fields and query.fmt == "json" and texts and sorted_by_model:
         return render_object(texts[0]) if query.single else render_array(texts)
     records: list[dict[str, Any]] = [json.loads(text) for text in texts]
     present: dict[str, None] = {}
     for record in records:
         present.update(dict.fromkeys(record))
-    known = present.keys() | model_of(query.resource).model_fields.keys()
+    known = present.keys() | modelled
     for name, _ in query.sort:
         if name not in known:
             raise UnknownField("sort", name)
@@ -190,6 +198,7 @@ class QueryService:
         self.stores = stores
         self.answers = answers
         self.max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(COMPUTE_SLOTS)
 
     async def answer(self, query: Query) -> Served:
         """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable. An empty answer is
@@ -197,6 +206,10 @@ class QueryService:
         return await self.answers.get(query.key, lambda: self._compute(query))
 
     async def _compute(self, query: Query) -> Served:
+        async with self._slots:
+            return await self._compute_now(query)
+
+    async def _compute_now(self, query: Query) -> Served:
         texts = await self._fetch(query)
         if not texts and query.single:
             raise NoRecords
