@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from covid_stats_api.reads.canonical import UnknownState, canonical, dates_of, default_order
-from covid_stats_api.reads.queries import Query, TooLarge
+from covid_stats_api.reads.queries import Query, TooLarge, UnknownField
 from covid_stats_api.reads.span import US, Span
 from covid_stats_contract.resources import STATES_CURRENT, STATES_DAILY, US_DAILY
 
@@ -22,6 +22,7 @@ SPAN = Span(
     {"CA": CA, "NY": NY, US: CA},
     {r.key: 10 for r in (US_DAILY, STATES_DAILY, STATES_CURRENT)},
     {r.key: 1000.0 for r in (US_DAILY, STATES_DAILY, STATES_CURRENT)},
+    {STATES_DAILY.key: frozenset({"date", "state", "positive", "newField"})},
 )
 LIMIT = 1_000_000
 
@@ -88,3 +89,13 @@ def test_documents_empties_unknown_states_and_size() -> None:
     with pytest.raises(TooLarge):
         canonical(asked, SPAN, 5000)
     assert canonical(asked, SPAN, 8000).query.sort == (("positive", False),)
+    # Fields are checked before the size: the model's, and those the records have.
+    newer = Query(STATES_DAILY, "json", fields=("newField",), sort=(("death", False),))
+    assert canonical(newer, SPAN, 8000).query == newer
+    for parameter, bad in (
+        ("sort", Query(STATES_DAILY, "json", sort=(("nope", False),))),
+        ("fields", Query(STATES_DAILY, "json", fields=("date", "nope"))),
+    ):
+        with pytest.raises(UnknownField) as unknown_field:
+            canonical(bad, SPAN, 5000)
+        assert (unknown_field.value.parameter, unknown_field.value.name) == (parameter, "nope")

@@ -75,6 +75,8 @@ class Api:
             raise ApiError(
                 422, "unknown_state", f"states: no data for {codes}", parameter="states"
             ) from None
+        except UnknownField as exc:
+            raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
         except TooLarge as exc:
             raise too_large(exc) from None
 

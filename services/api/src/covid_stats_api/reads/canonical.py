@@ -14,7 +14,8 @@ Here the question is measured against the data's span (``reads.span``):
   ``empty``: answered without PostgreSQL and never cached.
 - a question that is a published document's (nothing left to narrow, project or sort) is
   answered with that document (``document``): its bytes, from memory.
-- an unknown state raises ``UnknownState``; an answer that is surely over the size limit
+- a field no record has (``fields``, ``sort``) raises ``UnknownField``, an unknown state
+  ``UnknownState``; an answer that is surely over the size limit
   raises ``TooLarge`` before anything is computed (``QueryService`` checks the real size
   after computing, for the ones the estimate cannot tell).
 """
@@ -24,8 +25,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 
-from covid_stats_api.reads.queries import Query, TooLarge
+from covid_stats_api.reads.queries import Query, TooLarge, UnknownField
 from covid_stats_api.reads.span import Span
+from covid_stats_contract.models import model_of
 from covid_stats_contract.resources import STATES_DAILY, US_DAILY, Resource
 
 # Lower bounds of an answer's bytes per record, by format: the bytes of a JSON record
@@ -129,6 +131,11 @@ def canonical(query: Query, span: Span | None, max_bytes: int) -> Canonical:
     query = replace(query, sort=sort)
     if span is None:
         return Canonical(query)
+    known = span.fields.get(resource.key, frozenset()) | model_of(resource).model_fields.keys()
+    for parameter, names in (("sort", [name for name, _ in sort]), ("fields", query.fields)):
+        for name in names:
+            if name not in known:
+                raise UnknownField(parameter, name)
     if resource.by_state and query.states:
         unknown = [code for code in query.states if code not in span.states]
         if unknown:

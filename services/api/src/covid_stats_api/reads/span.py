@@ -2,7 +2,7 @@
 answered or cached.
 
 For each snapshot: the states the data knows, the dates of the US series and of each state's
-series, and each table's record count and mean record size. ``reads.canonical`` uses them to
+series, and each table's record count, mean record size and fields. ``reads.canonical`` uses them to
 key an answer by what the question selects (``lastdays=300`` and ``lastdays=5000`` over 224
 days are the question without ``lastdays``), to answer a question that selects nothing
 without PostgreSQL or Redis, to refuse an unknown state and to refuse an answer over
@@ -44,6 +44,7 @@ class Span:
     dates: dict[str, tuple[int, ...]]  # ascending dates: of us/daily (key ""), of each state
     records: dict[str, int]  # resource key -> record count
     record_bytes: dict[str, float]  # resource key -> mean bytes of a record's JSON text
+    fields: dict[str, frozenset[str]]  # resource key -> every field any record has
 
     def series(self, states: tuple[str, ...] | None) -> tuple[int, ...]:
         """The ascending dates of the US series (None) or of the states' series together
@@ -72,6 +73,7 @@ class Span:
                 "dates": self.dates,
                 "records": self.records,
                 "record_bytes": self.record_bytes,
+                "fields": {k: sorted(v) for k, v in self.fields.items()},
             },
             separators=(",", ":"),
         ).encode()
@@ -84,6 +86,7 @@ class Span:
             {k: tuple(v) for k, v in data["dates"].items()},
             {k: int(v) for k, v in data["records"].items()},
             {k: float(v) for k, v in data["record_bytes"].items()},
+            {k: frozenset(v) for k, v in data["fields"].items()},
         )
 
 
@@ -107,11 +110,15 @@ async def _read_span(stores: Stores) -> Span | None:
                     if r.by_state
                 )
             )
-            sizes = {}
+            sizes, fields = {}, {}
             for resource in RESOURCES:
                 sizes[resource.key] = await conn.fetchrow(
                     f"SELECT count(*), coalesce(avg(length(record::text)), 0) "  # noqa: S608
                     f"FROM {resource.table}"
+                )
+                fields[resource.key] = await conn.fetchval(
+                    "SELECT coalesce(array_agg(DISTINCT k), '{}') FROM "  # noqa: S608
+                    f"(SELECT json_object_keys(record) AS k FROM {resource.table}) keys"
                 )
     except DATABASE_ERRORS as exc:
         log.warning("postgres_span_failed", error=repr(exc))
@@ -123,6 +130,7 @@ async def _read_span(stores: Stores) -> Span | None:
         dates,
         {key: int(row[0]) for key, row in sizes.items()},
         {key: float(row[1]) for key, row in sizes.items()},
+        {key: frozenset(names) for key, names in fields.items()},
     )
 
 
