@@ -179,6 +179,7 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) ->
             paths = questions(count, seed)
             for path in (HOT, "/v1/states/daily.json?states=ca&lastdays=7"):
                 httpx.get(f"{base}{path}", timeout=30)
+            _hot_p99(base, 2, 32)  # warm-up: the connections' and workers' first requests
             before = figures()
             p99_before, rps_before = _hot_p99(base, seconds, 32)
             during: dict[str, tuple[float, float]] = {}

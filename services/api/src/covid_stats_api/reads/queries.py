@@ -9,8 +9,10 @@ connection and reuses it; a large body is rendered off the event loop.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -40,6 +42,9 @@ _RENDER_INLINE_MAX = 200
 # (the records' texts, parsed for a projection or a CSV, the body) is a few times its input,
 # and many at once would grow the worker's memory for good and starve its event loop.
 COMPUTE_SLOTS = 2
+# After a large computation, free heap memory is handed back to the system (glibc keeps it
+# otherwise: a worker's RSS would stay at its peak), at most this often.
+_TRIM_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,24 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     return render_array(encode_record(r) for r in records)
 
 
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def empty(query: Query) -> Served:
     """The answer to a question that selects no record (a list: ``[]``, or a CSV header)."""
     body = render(query, [])
@@ -199,6 +222,8 @@ class QueryService:
         self.answers = answers
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(COMPUTE_SLOTS)
+        self._trimmed = 0.0  # loop time of the last trim
+        self._large = False  # a large computation since
 
     async def answer(self, query: Query) -> Served:
         """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable. An empty answer is
@@ -207,13 +232,20 @@ class QueryService:
 
     async def _compute(self, query: Query) -> Served:
         async with self._slots:
-            return await self._compute_now(query)
+            try:
+                return await self._compute_now(query)
+            finally:
+                now = asyncio.get_running_loop().time()
+                if self._large and now - self._trimmed >= _TRIM_EVERY_SECONDS:
+                    self._large, self._trimmed = False, now
+                    await asyncio.to_thread(trim_heap)
 
     async def _compute_now(self, query: Query) -> Served:
         texts = await self._fetch(query)
         if not texts and query.single:
             raise NoRecords
         if len(texts) > _RENDER_INLINE_MAX:
+            self._large = True
             body = await asyncio.to_thread(render, query, texts)
         else:
             body = render(query, texts)
