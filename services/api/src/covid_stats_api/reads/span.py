@@ -123,6 +123,8 @@ async def _read_span(stores: Stores) -> Span | None:
     except DATABASE_ERRORS as exc:
         log.warning("postgres_span_failed", error=repr(exc))
         return None
+    if not any(row[0] for row in sizes.values()):
+        return None  # no data yet: nothing to measure a question against (503s follow)
     dates = {row[0]: tuple(row[1]) for row in per_state}
     dates[US] = tuple(us or ())
     return Span(
