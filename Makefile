@@ -60,6 +60,10 @@ profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents,
 bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document's raw/gzip/br size, and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher
 
+.PHONY: bench-queries
+bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk)
+	$(BIN)/python -m devstack.bench_queries
+
 .PHONY: soak
 soak: $(STAMP) ## Whole system at a fixed rate for long, watching memory, fds, errors (SOAK_SECONDS=600 SOAK_RATE=500 SOAK_CLIENTS=32)
 	$(BIN)/python -m devstack.soak

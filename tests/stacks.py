@@ -212,12 +212,13 @@ def redis_database(redis_server_url: str) -> Iterator[str]:
 
 @contextmanager
 def loaded_stack(
-    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path
+    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path, **settings: str
 ) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
     """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
     database and a Redis database number of its own (dropped and flushed after), so the other
     tests' truncations and flushes never meet it; yields its base URL and the environment of
-    its services (to run the fetcher or another api over the same stores)."""
+    its services (to run the fetcher or another api over the same stores), ``settings`` added
+    to it."""
     process = None
     with redis_database(redis_server_url) as redis_url, template.clone(redis_url) as database_url:
         env = clean_env(
@@ -227,6 +228,7 @@ def loaded_stack(
             UPSTREAM_RETRIES="1",
             UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
             UPSTREAM_TIMEOUT_SECONDS="5",
+            **settings,
         )
         try:
             process, base = start_api(env, log_dir)
