@@ -17,6 +17,7 @@ from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import (
     NoRecords,
+    NotPublishedYet,
     Query,
     QueryService,
     StoreUnavailable,
@@ -72,6 +73,8 @@ class Api:
             raise ApiError(404, "not_found", f"No record{where}{day}") from None
         except StoreUnavailable:
             raise self.no_data() from None
+        except NotPublishedYet as exc:
+            raise not_published(exc) from None
         if state is not None and served.body in (b"[]\n", b"\n"):  # empty array / CSV
             await self.require_state(state)
         return self.send(served)
@@ -79,7 +82,16 @@ class Api:
     async def series(self, daily_document: str, query: Query, state: str | None = None) -> Response:
         """The derived series of a daily document, the dates and fields ``query`` asks."""
         try:
-            served = await self.derived.series(daily_document, query)
+            daily = None
+            if query.as_of is not None:  # the daily series as served then (its JSON list)
+                states = (state.upper(),) if state is not None else ()
+                asked = Query(query.resource, "json", states=states, as_of=query.as_of)
+                daily = await self.queries.answer(asked)
+                if state is not None and daily.body == b"[]\n":
+                    await self.require_state(state)
+            served = await self.derived.series(daily_document, query, daily)
+        except NotPublishedYet as exc:
+            raise not_published(exc) from None
         except UnknownField as exc:
             raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
         except StoreUnavailable:
@@ -96,6 +108,18 @@ class Api:
         if await self.reader.has_state_data():
             raise ApiError(404, "unknown_state", f"No data for state {code!r}", parameter="state")
         raise self.no_data()
+
+
+def not_published(exc: NotPublishedYet) -> ApiError:
+    """404 naming ``as_of``: the instant is before the first publish."""
+    first = exc.first_published
+    when = f"the first was at {first.isoformat()}" if first else "nothing is published yet"
+    return ApiError(
+        404,
+        "not_published",
+        f"as_of: this api served no data at that instant ({when})",
+        parameter="as_of",
+    )
 
 
 def get_api(request: Request) -> Api:
