@@ -202,9 +202,7 @@ NOT_AS_OF_DESCRIPTION = "Not accepted here (422 naming it): {why}."
 
 def not_as_of(why: str) -> Any:
     """An ``as_of`` parameter a path refuses (``refuse_as_of``), documented with the reason."""
-    return Param(
-        None, alias=AS_OF, description=NOT_AS_OF_DESCRIPTION.format(why=why), max_length=40
-    )
+    return Param(alias=AS_OF, description=NOT_AS_OF_DESCRIPTION.format(why=why), max_length=40)
 
 
 def parse_instant(value: str, parameter: str) -> datetime:
