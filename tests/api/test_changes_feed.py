@@ -157,7 +157,7 @@ def test_malformed_parameters_get_the_error_shape_and_openapi_describes_the_feed
     operation = spec["paths"][FEED]["get"]
     parameters = {p["name"]: p for p in operation["parameters"]}
     assert parameters["since"]["required"] is True
-    assert set(parameters) == {"since", "cursor", "limit"}
+    assert set(parameters) == {"since", "cursor", "limit", "as_of"}  # as_of: refused (422)
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"since", "changes", "next"}
     assert "422" in operation["responses"]

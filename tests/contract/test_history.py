@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 
 from covid_stats_contract import history
+from covid_stats_contract.documents import encode_record
 from covid_stats_contract.records import UpstreamState, sync_resource
-from covid_stats_contract.resources import STATES_DAILY
+from covid_stats_contract.resources import STATES_DAILY, US_DAILY
 
 T0 = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
 
@@ -123,6 +124,52 @@ def test_a_publish_names_the_versions_it_first_served(database_url: str) -> None
                 history.revisions_statement(STATES_DAILY), "MI", None, None, None, None, None
             )
             assert [(json.loads(r["new"]), r["snapshot_id"]) for r in rows] == [(20, 10), (14, 8)]
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_records_as_of_an_instant(database_url: str) -> None:
+    """``served_mark`` finds the newest publish at or before an instant (staged publishes not
+    counted), and ``as_of_source`` reads the records it served: a revised value as it was, a
+    removed record while it was there."""
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+
+            async def as_of(instant: datetime) -> list[tuple[str, str]] | None:
+                mark = await history.served_mark(conn, STATES_DAILY, instant)
+                assert mark.first_published == T0
+                if mark.up_to is None:
+                    return None
+                source = history.as_of_source(STATES_DAILY, "$1")
+                rows = await conn.fetch(
+                    f"SELECT state, record::text FROM {source} ORDER BY state",  # noqa: S608
+                    mark.up_to,
+                )
+                return [(r["state"], r["record"]) for r in rows]
+
+            other = {"date": 20200301, "state": "NY", "positive": 1}
+            await sync_resource(conn, STATES_DAILY, [mi(positive=9), other], state_at(0))
+            await history.stamp_snapshot(conn, "1", await history.version_marks(conn))
+            await history.confirm_published(conn, "1", T0)
+            first = [("MI", encode_record(mi(positive=9))), ("NY", encode_record(other))]
+            # NY removed, MI revised, staged but not current yet: not what was served.
+            await sync_resource(conn, STATES_DAILY, [mi(positive=14)], state_at(1))
+            await history.stamp_snapshot(conn, "2", await history.version_marks(conn))
+            hour = timedelta(hours=1)
+            assert await as_of(T0 - timedelta(microseconds=1)) is None
+            assert await as_of(T0) == first
+            assert await as_of(T0 + 3 * hour) == first
+            await history.confirm_published(conn, "2", T0 + 2 * hour)
+            assert await as_of(T0 + 2 * hour - timedelta(microseconds=1)) == first
+            second = [("MI", encode_record(mi(positive=14)))]
+            assert await as_of(T0 + 2 * hour) == second
+            assert await as_of(T0 + 3 * hour) == second
+            # A resource no publish served versions of: no records (mark 0), not "before".
+            assert (await history.served_mark(conn, US_DAILY, T0)).up_to == 0
         finally:
             await conn.close()
 

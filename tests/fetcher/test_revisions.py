@@ -11,9 +11,10 @@ import asyncio
 import csv
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from conftest import archive_only
 from covid_stats_contract import history
 from covid_stats_contract.resources import RESOURCES
+from covid_stats_runtime.http import DATA_SOURCE_HEADER
 from devstack.procs import free_port
 from replay_upstream.editions import CTP_EDITIONS_FROM_REPO_ROOT
 from support import (
@@ -381,3 +383,155 @@ def test_unchanged_refreshes_add_no_version(
     after = version_sizes(database_url)
     assert after == before
     assert sql(database_url, f"SELECT count(*) FROM {history.PUBLISHED}") == published  # noqa: S608
+
+
+# Paths whose answers the as_of test saves after edition 1's publish: documents (lists, a
+# state's, JSON and CSV), a date's path, derived series, and questions with parameters.
+AS_OF_PATHS: list[tuple[str, dict[str, str]]] = [
+    ("/v1/states/daily.json", {}),
+    ("/v1/states/daily.csv", {}),
+    ("/v1/states/mi/daily.json", {}),
+    ("/v1/states/mi/daily.csv", {}),
+    ("/v1/states/mi/20200301.json", {}),
+    ("/v1/states/mi/20200301.csv", {"fields": "date,state,positive"}),
+    ("/v1/us/daily.json", {}),
+    ("/v1/us/daily.csv", {"from": "2020-03-01", "to": "20200331", "fields": "date,positive"}),
+    ("/v1/us/20200315.json", {}),
+    ("/v1/us/current.json", {}),
+    ("/v1/states/current.json", {}),
+    ("/v1/states/mi/current.csv", {}),
+    ("/v1/states/info.csv", {}),
+    ("/v1/states/mi/info.json", {}),
+    (
+        "/v1/states/daily.json",
+        {"states": "mi,NY", "fields": "date,state,positive", "sort": "-positive", "lastdays": "30"},
+    ),
+    ("/v1/states/mi/daily.csv", {"lastdays": "14", "sort": "positive"}),
+    ("/v1/states/mi/derived.json", {}),
+    ("/v1/us/derived.csv", {"lastdays": "10"}),
+]
+
+
+def saved_answers(base: ApiUrl, **extra: str) -> dict[int, tuple[int, str, bytes]]:
+    """Status, content type and body of every AS_OF_PATHS question (``extra`` added)."""
+    found = {}
+    for index, (path, params) in enumerate(AS_OF_PATHS):
+        response = get(base, path, **params, **extra)
+        found[index] = (response.status_code, response.headers["content-type"], response.content)
+    return found
+
+
+def wait_for_new_status(base: ApiUrl, old: bytes) -> None:
+    """Until every worker serves a status other than ``old`` (the hot documents' tier checks
+    for a new snapshot every HOT_CACHE_CHECK_SECONDS): ten answers in a row, 60 s at most."""
+    deadline = time.monotonic() + 60
+    in_a_row = 0
+    while in_a_row < 10:
+        assert time.monotonic() < deadline, "the api kept serving the old snapshot"
+        in_a_row = in_a_row + 1 if get(base, "/v1/status.json").content != old else 0
+
+
+def test_as_of_answers_as_served_then(
+    editions_upstream: Upstream,
+    redis_url: str,
+    database_url: str,
+    api_factory: Callable[[dict[str, str]], ApiUrl],
+) -> None:
+    """Answers saved after edition 1's publish come back byte for byte with ``as_of`` an
+    instant between edition 1's and edition 2's publishes; ``as_of`` after edition 2's
+    equals the current answers; hostile values get the error shape naming ``as_of``."""
+    env = {
+        **fail_fast_env(redis_url, database_url, editions_upstream.url),
+        "UPSTREAM_TIMEOUT_SECONDS": "60",
+    }
+    before_first = datetime.now(UTC)
+    refresh(env)
+    base = api_factory(env)
+    then = saved_answers(base)
+    assert {status for status, _, _ in then.values()} == {200}
+    first_status = get(base, "/v1/status.json").content
+    between = datetime.now(UTC)
+
+    assert next_edition(editions_upstream)["edition"] == 2
+    refresh(env)
+    wait_for_new_status(base, first_status)
+    after_second = datetime.now(UTC)
+
+    # How long an answer as of an instant takes: computed (the first ask of its snapshot's
+    # versions), then from the answer cache.
+    def timed(path: str, **params: str) -> tuple[float, httpx.Response]:
+        started = time.perf_counter()
+        response = get(base, path, **params)
+        return time.perf_counter() - started, response
+
+    for path in ("/v1/states/daily.json", "/v1/states/mi/daily.json", "/v1/states/mi/daily.csv"):
+        computed, response = timed(path, as_of=between.isoformat())
+        assert response.headers[DATA_SOURCE_HEADER] == "database", path
+        cached = []
+        for _ in range(5):
+            seconds, response = timed(path, as_of=between.isoformat())
+            assert response.headers[DATA_SOURCE_HEADER] == "cache", path
+            cached.append(seconds)
+        current = sorted(timed(path)[0] for _ in range(5))[2]
+        summary(
+            f"as_of {path} ({len(response.content)} bytes): computed {computed * 1000:.0f} ms, "
+            f"cached {sorted(cached)[2] * 1000:.1f} ms (median of 5); the current document "
+            f"{current * 1000:.1f} ms (median of 5; httpx client, decoded)"
+        )
+    now = saved_answers(base)
+    # Edition 2 revised what these answers hold (Michigan's 2020-03-01 among them) ...
+    changed = [AS_OF_PATHS[i] for i in then if then[i] != now[i]]
+    assert len(changed) >= len(AS_OF_PATHS) - 4, changed
+    mi = get(base, "/v1/states/mi/20200301.json").json()
+    assert mi["positive"] == 14
+    # ... and as of an instant between the publishes, every answer is as it was served.
+    for instant in (between, between.astimezone(timezone(timedelta(hours=-5)))):
+        as_of = saved_answers(base, as_of=instant.isoformat())
+        for index, (path, params) in enumerate(AS_OF_PATHS):
+            assert as_of[index] == then[index], (path, params, as_of[index][2][:300])
+    mi_then = get(base, "/v1/states/mi/20200301.json", as_of=between.isoformat()).json()
+    assert mi_then["positive"] == 9
+    # The first publish's own instant is served by it; after the second, as_of is current.
+    first_published = sql(
+        database_url,
+        f"SELECT min(published_at) FROM {history.PUBLISHED}",  # noqa: S608
+    )[0][0]
+    assert first_published > before_first
+    exact = get(base, "/v1/states/mi/daily.json", as_of=first_published.isoformat())
+    assert exact.content == then[2][2]
+    assert saved_answers(base, as_of=after_second.isoformat()) == now
+
+    # Hostile values: the error shape, naming as_of.
+    early = (first_published - timedelta(microseconds=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    bad: list[tuple[str, int, str]] = [
+        ("yesterday", 422, "invalid_parameter"),
+        ("2020-01-01T00:00:00", 422, "invalid_parameter"),  # no offset
+        ("2020-01-01", 422, "invalid_parameter"),
+        ("2020-13-01T00:00:00Z", 422, "invalid_parameter"),
+        ("\uff12020-01-01T00:00:00Z", 422, "invalid_parameter"),
+        ("2020-01-01T00:00:00Z" + "0" * 40, 422, "invalid_parameter"),
+        ("9" * 5000, 422, "invalid_parameter"),
+        ("2020-01-01T00:00:00Z'; DROP TABLE states_daily--", 422, "invalid_parameter"),
+        (future, 422, "invalid_parameter"),
+        ("1970-01-01T00:00:00Z", 404, "not_published"),
+        (early, 404, "not_published"),
+    ]
+    for value, status, code in bad:
+        for path, params in AS_OF_PATHS[:6] + AS_OF_PATHS[-3:]:
+            response = get(base, path, **params, as_of=value)
+            detail = check_error_body(response.content, status, code)
+            assert detail.parameter == "as_of", (path, value, response.text)
+    # Paths that are histories already, or describe the data held now, refuse it.
+    for path, params in [
+        ("/v1/status.json", {}),
+        ("/v1/states/mi/revisions.json", {}),
+        ("/v1/us/revisions.csv", {}),
+        ("/v1/changes.json", {"since": "2020-01-01T00:00:00Z"}),
+    ]:
+        response = get(base, path, **params, as_of=between.isoformat())
+        detail = check_error_body(response.content, 422, "invalid_parameter")
+        assert detail.parameter == "as_of", (path, response.text)
+    # A state no snapshot knew is unknown then too.
+    response = get(base, "/v1/states/zz/daily.json", as_of=between.isoformat())
+    check_error_body(response.content, 404, "unknown_state")

@@ -14,6 +14,10 @@ activates leaves rows without ``published_at``; the next publish replaces them.
 
 Revisions (one row per changed value) are the differences between consecutive versions of
 a key: :func:`revisions_statement`.
+
+What the api served at an instant (``as_of``): the snapshot current then is the newest
+publish whose ``published_at`` is at or before it; its records are, per key, the newest
+version up to that publish's mark (:func:`served_mark`), read by :func:`as_of_source`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,46 @@ async def confirm_published(conn: Executor, snapshot_id: str, published_at: date
         "WHERE snapshot_id = $1 AND published_at IS NULL",
         int(snapshot_id),
         published_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServedMark:
+    """What :func:`served_mark` found: ``up_to`` is the newest version id of the table the
+    snapshot current at the instant served (None: no publish at or before it; 0: that
+    snapshot held no version of the table); ``first_published`` is the first publish's
+    time (None: nothing published yet)."""
+
+    up_to: int | None
+    first_published: datetime | None
+
+
+async def served_mark(conn: Executor, resource: Resource, instant: datetime) -> ServedMark:
+    """Which versions of ``resource``'s records the snapshot current at ``instant`` served."""
+    (row,) = await conn.fetch(
+        f"SELECT count(*) FILTER (WHERE published_at <= $1) AS before, "  # noqa: S608
+        "coalesce(max(up_to) FILTER (WHERE published_at <= $1 AND version_table = $2), 0) "
+        f"AS up_to, min(published_at) AS first FROM {PUBLISHED} WHERE published_at IS NOT NULL",
+        instant,
+        versions_table(resource),
+    )
+    if not row["before"]:
+        return ServedMark(None, row["first"])
+    return ServedMark(int(row["up_to"]), row["first"])
+
+
+@cache
+def as_of_source(resource: Resource, mark: str) -> str:
+    """A FROM item with the columns of ``resource``'s table (its key columns and ``record``)
+    holding the records as of a version mark: per key, its newest version with an id up to
+    the SQL parameter ``mark`` (such as ``$1``), unless that version is a removal. Aliased
+    as the table, so a statement written for the table reads it unchanged."""
+    keys = ", ".join(resource.key_columns)
+    table = versions_table(resource)
+    return (
+        f"(SELECT {keys}, record FROM (SELECT DISTINCT ON ({keys}) {keys}, record "  # noqa: S608
+        f"FROM {table} WHERE version_id <= {mark} ORDER BY {keys}, version_id DESC) latest "
+        f"WHERE record IS NOT NULL) AS {resource.table}"
     )
 
 

@@ -20,6 +20,7 @@ from covid_stats_api.reads.derived import empty as derived_empty
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import (
     NoRecords,
+    NotPublishedYet,
     Query,
     QueryService,
     StoreUnavailable,
@@ -85,7 +86,10 @@ class Api:
     async def answer(self, query: Query, state: str | None = None) -> Response:
         """The answer to a query; 404 for a single record that does not exist, or for an
         unknown state."""
-        asked = await self.canonical(query, state)
+        # Keyed by what it selects in the data held now; a question as of an instant is
+        # keyed by its own (QueryService: the versions it reads), never rewritten with
+        # today's span nor answered with today's document.
+        asked = await self.canonical(query, state) if query.as_of is None else Canonical(query)
         query = asked.query
         try:
             if asked.document is not None:
@@ -110,13 +114,15 @@ class Api:
             raise ApiError(404, "not_found", f"No record{where}{day}") from None
         except StoreUnavailable:
             raise self.no_data() from None
+        except NotPublishedYet as exc:
+            raise not_published(exc) from None
         if state is not None and served.body in (b"[]\n", b"\n"):  # empty array / CSV
             await self.require_state(state)
         return self.send(served)
 
     async def series(self, daily_document: str, query: Query, state: str | None = None) -> Response:
         """The derived series of a daily document, the dates and fields ``query`` asks."""
-        span = await self.span.get()
+        span = await self.span.get() if query.as_of is None else None  # today's dates
         if span is not None and (state is None or state in span.states):
             # Keyed by the dates it selects, as a query is: the series' dates are its daily's.
             query, empty = dates_of(query, span.series(None if state is None else (state,)))
@@ -124,7 +130,16 @@ class Api:
                 query_shortcut("empty").inc()
                 return self.send(derived_empty(query))
         try:
-            served = await self.derived.series(daily_document, query)
+            daily = None
+            if query.as_of is not None:  # the daily series as served then (its JSON list)
+                states = (state.upper(),) if state is not None else ()
+                asked = Query(query.resource, "json", states=states, as_of=query.as_of)
+                daily = await self.queries.answer(asked)
+                if state is not None and daily.body == b"[]\n":
+                    await self.require_state(state)
+            served = await self.derived.series(daily_document, query, daily)
+        except NotPublishedYet as exc:
+            raise not_published(exc) from None
         except UnknownField as exc:
             raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
         except StoreUnavailable:
@@ -151,6 +166,18 @@ def too_large(exc: TooLarge) -> ApiError:
         f"The answer is over {exc.limit} bytes (at least {exc.size}): narrow the question"
         " (from/to or lastdays, states, fields), or fetch the whole published document"
         f" /{exc.document} (no query parameters) and sort it yourself",
+    )
+
+
+def not_published(exc: NotPublishedYet) -> ApiError:
+    """404 naming ``as_of``: the instant is before the first publish."""
+    first = exc.first_published
+    when = f"the first was at {first.isoformat()}" if first else "nothing is published yet"
+    return ApiError(
+        404,
+        "not_published",
+        f"as_of: this api served no data at that instant ({when})",
+        parameter="as_of",
     )
 
 

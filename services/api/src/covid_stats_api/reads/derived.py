@@ -136,20 +136,27 @@ class DerivedService:
         self.reader = reader
         self.answers = answers
 
-    async def series(self, daily_document: str, query: Query) -> Served:
-        """The derived series of ``daily_document``, narrowed and projected as ``query``
-        asks; raises UnknownField for a field a derived record lacks, StoreUnavailable
-        without data."""
+    async def series(
+        self, daily_document: str, query: Query, daily: Served | None = None
+    ) -> Served:
+        """The derived series of ``daily_document`` (or of ``daily``, that document as
+        served at another time: ``as_of``), narrowed and projected as ``query`` asks; raises
+        UnknownField for a field a derived record lacks, StoreUnavailable without data."""
         for name in query.fields:
             if name not in FIELDS:
                 raise UnknownField("fields", name)
         key = f"derived|{daily_document}|{query.fmt}"
         if query != Query(query.resource, query.fmt):  # narrowed or projected
             key += f"|{query.key}"
-        return await self.answers.get(key, lambda: self._compute(daily_document, query))
+        if daily is not None:
+            key += f"|daily:{daily.etag}"
+        return await self.answers.get(key, lambda: self._compute(daily_document, query, daily))
 
-    async def _compute(self, daily_document: str, query: Query) -> Served:
-        daily = await self.reader.read(daily_document)
+    async def _compute(
+        self, daily_document: str, query: Query, daily: Served | None = None
+    ) -> Served:
+        if daily is None:
+            daily = await self.reader.read(daily_document)
         if daily is None:
             raise StoreUnavailable
         body = await asyncio.to_thread(render, daily.body, query)

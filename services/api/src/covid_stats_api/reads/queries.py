@@ -4,6 +4,12 @@ A ``Query`` (built from a request by ``api.params``) is answered through the ``A
 (Redis, per snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
 statement text is fixed per resource and sort direction, so asyncpg prepares it once per
 connection and reuses it; a large body is rendered off the event loop.
+
+A question ``as_of`` an instant reads the records the snapshot current at that instant
+served (``covid_stats_contract.history``: the version tables up to that publish's mark)
+through the same statement and the same rendering, so the bytes are those served then. Its
+cache key names the mark, not the instant: every instant between two publishes shares one
+answer.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import ctypes.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -22,6 +29,7 @@ import structlog
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache, Uncached
 from covid_stats_api.reads.documents import Served
+from covid_stats_contract import history
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
     encode_record,
@@ -61,10 +69,12 @@ class Query:
     last_days: int | None = None
     states: tuple[str, ...] = ()
     single: bool = False  # a single record (one state's current/info, one date): an object
+    as_of: datetime | None = None  # answer as served at this instant (None: now)
 
     @property
     def key(self) -> str:
-        """Canonical text of the question (the cache key's source)."""
+        """Canonical text of the question (the cache key's source), ``as_of`` left out:
+        ``QueryService`` keys an answer as of an instant by the versions it reads."""
         parts = [
             self.resource.key,
             self.fmt,
@@ -104,18 +114,28 @@ class TooLarge(Exception):
         self.document = document  # the published document of the whole resource
 
 
+class NotPublishedYet(Exception):
+    """The question is ``as_of`` an instant before the first publish."""
+
+    def __init__(self, first_published: datetime | None) -> None:
+        super().__init__("no publish at or before the instant")
+        self.first_published = first_published
+
+
 @cache
-def statement(resource: Resource, directions: tuple[bool, ...]) -> str:
+def statement(resource: Resource, directions: tuple[bool, ...], as_of: bool = False) -> str:
     """The SQL of a question to ``resource`` sorted by ``len(directions)`` fields (True:
-    descending). Parameters, in order: first date, last date, states, last N dates, the sort
-    fields (only the ones the resource's table has)."""
+    descending). Parameters, in order: the version mark (only ``as_of``: the records as of
+    that mark, ``history.as_of_source``), first date, last date, states, last N dates, the
+    sort fields (only the ones the resource's table has)."""
     columns = resource.key_columns
-    table = resource.table
     params: list[str] = []
 
     def param(name: str) -> str:
         params.append(name)
         return f"${len(params)}"
+
+    table = history.as_of_source(resource, param("mark")) if as_of else resource.table
 
     conditions = []
     state_condition = "TRUE"
@@ -150,9 +170,9 @@ def statement(resource: Resource, directions: tuple[bool, ...]) -> str:
     return f"SELECT record::text FROM {table} WHERE {where} ORDER BY {order}"  # noqa: S608
 
 
-def _arguments(query: Query) -> list[Any]:
+def _arguments(query: Query, mark: int | None = None) -> list[Any]:
     columns = query.resource.key_columns
-    args: list[Any] = []
+    args: list[Any] = [] if mark is None else [mark]
     if "date" in columns:
         args += [query.date_from, query.date_to]
     if "state" in columns:
@@ -226,22 +246,40 @@ class QueryService:
         self._large = False  # a large computation since
 
     async def answer(self, query: Query) -> Served:
-        """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable. An empty answer is
-        served, never cached."""
-        return await self.answers.get(query.key, lambda: self._compute(query))
+        """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable (and, ``as_of``,
+        NotPublishedYet). An empty answer is served, never cached."""
+        if query.as_of is None:
+            return await self.answers.get(query.key, lambda: self._compute(query))
+        mark = await self._served_mark(query.resource, query.as_of)
+        key = f"{query.key}|as_of:{history.versions_table(query.resource)}<={mark}"
+        return await self.answers.get(key, lambda: self._compute(query, mark))
 
-    async def _compute(self, query: Query) -> Served:
+    async def _served_mark(self, resource: Resource, instant: datetime) -> int:
+        pool = self.stores.pg_pool
+        if pool is None:
+            raise StoreUnavailable
+        try:
+            async with pool.acquire() as conn:
+                found = await history.served_mark(conn, resource, instant)
+        except DATABASE_ERRORS as exc:
+            log.warning("postgres_query_failed", error=repr(exc))
+            raise StoreUnavailable from exc
+        if found.up_to is None:
+            raise NotPublishedYet(found.first_published)
+        return found.up_to
+
+    async def _compute(self, query: Query, mark: int | None = None) -> Served:
         async with self._slots:
             try:
-                return await self._compute_now(query)
+                return await self._compute_now(query, mark)
             finally:
                 now = asyncio.get_running_loop().time()
                 if self._large and now - self._trimmed >= _TRIM_EVERY_SECONDS:
                     self._large, self._trimmed = False, now
                     await asyncio.to_thread(trim_heap)
 
-    async def _compute_now(self, query: Query) -> Served:
-        texts = await self._fetch(query)
+    async def _compute_now(self, query: Query, mark: int | None = None) -> Served:
+        texts = await self._fetch(query, mark)
         if not texts and query.single:
             raise NoRecords
         if len(texts) > _RENDER_INLINE_MAX:
@@ -256,14 +294,15 @@ class QueryService:
             raise Uncached(served)
         return served
 
-    async def _fetch(self, query: Query) -> list[str]:
+    async def _fetch(self, query: Query, mark: int | None = None) -> list[str]:
         pool = self.stores.pg_pool
         if pool is None:
             raise StoreUnavailable
-        sql = statement(query.resource, tuple(descending for _, descending in query.sort))
+        directions = tuple(descending for _, descending in query.sort)
+        sql = statement(query.resource, directions, mark is not None)
         try:
             async with pool.acquire() as conn:
-                rows = await conn.fetch(sql, *_arguments(query))
+                rows = await conn.fetch(sql, *_arguments(query, mark))
         except DATABASE_ERRORS as exc:
             log.warning("postgres_query_failed", error=repr(exc))
             raise StoreUnavailable from exc

@@ -3,16 +3,15 @@ feed), oldest first, a page at a time; ETag and conditional requests like the do
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from covid_stats_api.api import params
 from covid_stats_api.api.deps import ApiDep
-from covid_stats_api.api.errors import ERROR_RESPONSES, ApiError
+from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.reads.changes import FeedUnavailable
 from covid_stats_contract.documents import JSON_CONTENT_TYPE
@@ -25,11 +24,8 @@ from covid_stats_runtime.http import (
 
 router = APIRouter(prefix="/v1", tags=["changes"])
 
-# An ISO 8601 instant with its offset: date, time (seconds and a fraction optional), Z or +hh:mm.
-_INSTANT = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})", re.ASCII
-)
 MAX_LIMIT = 500
+CHANGES_NOT_AS_OF = "the feed is a history already: `since` selects from it"
 
 
 class Change(BaseModel):
@@ -66,22 +62,6 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
     result: dict[str, Any] = walk(schema)
     return result
-
-
-def parse_instant(value: str, parameter: str) -> datetime:
-    """An ISO 8601 instant with its UTC offset (``2026-12-04T23:00:00Z``); 422 otherwise."""
-    try:
-        if not _INSTANT.fullmatch(value):
-            raise ValueError(value)
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(
-            422,
-            "invalid_parameter",
-            f"Invalid {parameter}: expected an ISO 8601 instant with its offset, such as "
-            "2026-12-04T23:00:00Z",
-            parameter=parameter,
-        ) from None
 
 
 @get_and_head(
@@ -124,8 +104,10 @@ async def changes(
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description="Publishes per page at most")
     ] = 100,
+    as_of: Annotated[str | None, params.not_as_of(CHANGES_NOT_AS_OF)] = None,
 ) -> Response:
-    instant = parse_instant(since, "since")
+    params.refuse_as_of(as_of, CHANGES_NOT_AS_OF)
+    instant = params.parse_instant(since, "since")
     try:
         page = await api.changes.page(instant, int(cursor or 0), limit)
     except FeedUnavailable:

@@ -70,6 +70,9 @@ class Revision(BaseModel):
 REVISION_SCHEMA = Revision.model_json_schema()
 
 
+REVISIONS_NOT_AS_OF = "revisions are a history already: `since` selects from it"
+
+
 class RevisionsParams(BaseModel):
     date_from: str | None = Field(
         None,
@@ -97,6 +100,11 @@ class RevisionsParams(BaseModel):
         examples=["2020-01-01T00:00:00Z"],
         max_length=40,
     )
+    as_of: str | None = Field(
+        None,
+        description=params.NOT_AS_OF_DESCRIPTION.format(why=REVISIONS_NOT_AS_OF),
+        max_length=40,
+    )
 
 
 Revisions = Annotated[RevisionsParams, Param()]
@@ -110,6 +118,7 @@ def build(
     resource: Resource, fmt: Literal["json", "csv"], given: RevisionsParams, state: str | None
 ) -> RevisionsQuery:
     """The question of a request, its parameters checked (422 naming the parameter)."""
+    params.refuse_as_of(given.as_of, REVISIONS_NOT_AS_OF)
     start = params.parse_date(given.date_from, "from") if given.date_from is not None else None
     end = params.parse_date(given.to, "to") if given.to is not None else None
     if start is not None and end is not None and start > end:

@@ -264,6 +264,9 @@ async def state_date(
     return await api.answer(question, state=code)
 
 
+STATUS_NOT_AS_OF = "the status describes the data held now"
+
+
 @get_and_head(
     router,
     "/status.json",
@@ -277,5 +280,8 @@ async def state_date(
         **ERROR_RESPONSES,
     },
 )
-async def status(api: ApiDep) -> Response:
+async def status(
+    api: ApiDep, as_of: Annotated[str | None, params.not_as_of(STATUS_NOT_AS_OF)] = None
+) -> Response:
+    params.refuse_as_of(as_of, STATUS_NOT_AS_OF)
     return await api.document(STATUS)
