@@ -72,6 +72,19 @@ class Query:
     as_of: datetime | None = None  # answer as served at this instant (None: now)
 
     @property
+    def asks_document(self) -> bool:
+        """Whether the question is a whole published document (no parameter narrows it)."""
+        return not (
+            self.fields
+            or self.sort
+            or self.states
+            or self.single
+            or self.date_from is not None
+            or self.date_to is not None
+            or self.last_days is not None
+        )
+
+    @property
     def key(self) -> str:
         """Canonical text of the question (the cache key's source), ``as_of`` left out:
         ``QueryService`` keys an answer as of an instant by the versions it reads."""
@@ -287,7 +300,9 @@ class QueryService:
             body = await asyncio.to_thread(render, query, texts)
         else:
             body = render(query, texts)
-        if len(body) > self.max_bytes:
+        # A published document as of an instant (no other parameter) is what this api
+        # served then, whatever its size: one answer per publish, not a question to narrow.
+        if len(body) > self.max_bytes and not (mark is not None and query.asks_document):
             raise TooLarge(len(body), self.max_bytes, query.resource.document(query.fmt))
         served = Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
         if not texts:
