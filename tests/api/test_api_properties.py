@@ -97,10 +97,14 @@ def loaded_api(
 
 @contextmanager
 def loaded_stack(
-    redis_server_url: str, postgres_server_url: str, upstream: Upstream, log_dir: Path
+    redis_server_url: str,
+    postgres_server_url: str,
+    upstream: Upstream,
+    log_dir: Path,
+    **env_overrides: str,
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """``loaded_api``, yielding the environment of its services too (to run the fetcher or
-    another api over the same stores)."""
+    another api over the same stores); ``env_overrides`` replace its settings."""
     name = f"t_{os.getpid()}_{free_port()}"
     prefix = f"covid-stats-{uuid.uuid4().hex[:12]}"
     _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
@@ -118,7 +122,8 @@ def loaded_stack(
             UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
             UPSTREAM_TIMEOUT_SECONDS="5",
         )
-        result = run_fetcher("refresh-once", env)
+        env.update(env_overrides)
+        result = run_fetcher("refresh-once", env, timeout=300)
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
         process, base = start_api(env, log_dir)
 
