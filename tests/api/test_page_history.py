@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -212,21 +213,27 @@ def test_as_of_redraws_the_view_as_published_then(
         assert seen.problems() == []
 
 
+@pytest.mark.parametrize(
+    ("instant", "status"),
+    [("2000-01-01T00:00:00Z", 404), ("2999-01-01T00:00:00Z", 422)],
+    ids=["before-the-first-publish", "in-the-future"],
+)
 def test_an_as_of_the_api_refuses_is_shown_as_its_error(
-    editions_stack: EditionsStack, browser: Browser
+    editions_stack: EditionsStack, browser: Browser, instant: str, status: int
 ) -> None:
-    """NEEDS the api's as_of (branch i24-asof): an instant before the first snapshot is
-    answered 422 naming as_of; the page shows the api's message in its notices."""
+    """NEEDS the api's as_of (branch i24-asof): an instant before the first publish (404
+    not_published) or in the future (422) is answered in the error shape naming as_of; the
+    page shows the api's message in its notices, and stays on the place asked."""
     stack = editions_stack
-    instant = "2000-01-01T00:00:00Z"
     with visit(browser, stack.base, f"/?state=mi&as_of={instant}", viewport=DESKTOP) as seen:
         seen.page.wait_for_selector("#main[aria-busy='false']")
         seen.page.wait_for_selector("#notices p")
         daily = next(r for r in _data_requests(seen) if "/daily.json" in r.url)
         answer = httpx.get(daily.url, timeout=30)
-        assert answer.status_code == 422, answer.text
+        assert answer.status_code == status, answer.text
         error = answer.json()["error"]
         assert error["parameter"] == "as_of"
-        notices = seen.page.locator("#notices p").all_text_contents()
-        assert f"Could not load the data: {error['message']}" in notices
-        assert _shown_instant(seen.page) == "2000-01-01T00:00:00"
+        seen.page.get_by_text(f"Could not load the data: {error['message']}").wait_for()
+        assert parse_qs(urlsplit(seen.page.url).query) == {"state": ["mi"], "as_of": [instant]}
+        assert _shown_instant(seen.page) == instant.removesuffix("Z")
+        assert "/states/mi/" in daily.url  # no fallback to the US: the place is known

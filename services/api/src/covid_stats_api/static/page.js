@@ -2,7 +2,10 @@
 // no library. Everything from the URL or the data reaches the page as text (textContent,
 // setAttribute of numbers), never as markup. The api's URLs come from the page's <body>
 // (data-* attributes the server writes from its routes). With an "as of" instant in the view,
-// every request for data carries as_of=<instant>: the api answers what it served then.
+// every request for a document (the series, the list of places) carries as_of=<instant>: the
+// api answers what it served then. The revisions and the status refuse as_of (the revisions
+// are a history already: those first seen after the instant are left out here; the status
+// is the data held now).
 "use strict";
 
 (() => {
@@ -64,7 +67,6 @@
   let states = new Map(); // "ca" -> "California"
   let shown = null; // { view, rows, revised } of the charts on screen
   let generation = 0; // the latest load: an older one's answer is dropped
-  let statusAsOf = null; // the as_of of the status shown
 
   // -- the view: place and dates, read from and written to the URL ---------------------------
 
@@ -146,18 +148,12 @@
     return path + "?" + withAsOf(query, view).toString();
   }
 
-  // The revisions of one field of the view's place, for the dates shown.
+  // The revisions of one field of the view's place, for the dates shown (never as_of).
   function revisionsUrl(view, field, first, last) {
     const path = view.state ? api.stateRevisions.replace("{state}", encodeURIComponent(view.state))
       : api.usRevisions;
     const query = new URLSearchParams({ field, from: String(first), to: String(last) });
-    return path + "?" + withAsOf(query, view).toString();
-  }
-
-  // Another api path (the list of places, the status) as of the view's instant.
-  function asOfUrl(path, view, query = new URLSearchParams()) {
-    const text = withAsOf(query, view).toString();
-    return path + (text ? "?" + text : "");
+    return path + "?" + query.toString();
   }
 
   function placeName(state) {
@@ -168,23 +164,25 @@
   // -- loading ---------------------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, code) {
       super(message);
       this.status = status;
+      this.code = code;
     }
   }
 
   async function getJson(url) {
     const response = await fetch(url, { headers: { Accept: "application/json" } });
     if (!response.ok) {
-      let message = `${response.status} ${response.statusText}`;
+      let message = `${response.status} ${response.statusText}`, code = "";
       try {
         const body = await response.json();
         if (body && body.error && typeof body.error.message === "string") {
           message = body.error.message;
+          code = String(body.error.code);
         }
       } catch (_) { /* not the api's error shape */ }
-      throw new ApiError(response.status, message);
+      throw new ApiError(response.status, message, code);
     }
     return response.json();
   }
@@ -197,10 +195,6 @@
 
   async function show(view) {
     const mine = ++generation;
-    if (view.asOf !== statusAsOf) {
-      statusAsOf = view.asOf;
-      loadStatus(view);
-    }
     $("main").setAttribute("aria-busy", "true");
     try {
       const [daily, derived] = await Promise.all([
@@ -212,7 +206,7 @@
       await showRevisions(mine);
     } catch (error) {
       if (mine !== generation) return;
-      if (error instanceof ApiError && error.status === 404 && view.state) {
+      if (error instanceof ApiError && error.code === "unknown_state" && view.state) {
         notice(`No data for “${view.state.toUpperCase()}”: showing the United States.`);
         const us = { ...view, state: "" };
         history.replaceState(null, "", pageUrl(us));
@@ -230,6 +224,7 @@
   // for the dates on screen; then the marks, the summary line and the list.
   async function showRevisions(mine) {
     const { view, rows } = shown;
+    const asOf = view.asOf ? Date.parse(view.asOf) : Infinity; // what was known then
     const fields = CHARTS.filter((spec) => spec.revised).map((spec) => spec.revised);
     const revised = new Map(fields.map((f) => [f, new Map()])); // field -> date -> [revision]
     if (rows.length) {
@@ -246,6 +241,7 @@
       answers.forEach((list, i) => {
         for (const r of Array.isArray(list) ? list : []) {
           if (!r || r.field !== fields[i] || !dates.has(r.date)) continue;
+          if (!(Date.parse(r.firstSeen) <= asOf)) continue;
           const byDate = revised.get(fields[i]);
           if (!byDate.has(r.date)) byDate.set(r.date, []);
           byDate.get(r.date).push(r);
@@ -298,8 +294,8 @@
 
   async function loadStates() {
     try {
-      const list = await getJson(asOfUrl(api.states, currentView(),
-        new URLSearchParams({ fields: "state,name" })));
+      const query = withAsOf(new URLSearchParams({ fields: "state,name" }), currentView());
+      const list = await getJson(api.states + "?" + query.toString());
       const select = $("state");
       for (const record of Array.isArray(list) ? list : []) {
         const code = typeof record.state === "string" ? record.state : "";
@@ -318,10 +314,9 @@
     }
   }
 
-  async function loadStatus(view) {
+  async function loadStatus() {
     try {
-      const status = await getJson(asOfUrl(api.status, view));
-      if (view.asOf !== statusAsOf) return;
+      const status = await getJson(api.status);
       const built = new Date(status.buildTime);
       $("fetched").textContent = Number.isNaN(built.getTime())
         ? String(status.buildTime)
@@ -783,6 +778,7 @@
       });
     });
     loadStates();
+    loadStatus();
     show(view);
   }
 
