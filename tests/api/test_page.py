@@ -21,11 +21,11 @@ import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -732,6 +732,11 @@ def _shown_instant(page: Page) -> str:
     return datetime.fromisoformat(value).isoformat() if value else ""
 
 
+def _second(moment: datetime) -> str:
+    """An instant as the page writes it: UTC, to the second, with Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _settled(seen: Visit, selector: str) -> None:
     seen.page.wait_for_selector(selector)
     seen.page.wait_for_selector("#main[aria-busy='false']")
@@ -746,13 +751,19 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
     new instant is pushed to the URL and asked; "Latest" drops it. (What the api answers as
     of an instant: test_page_history.py.)"""
     start, end = _view_dates(stack, "ca")
-    instant = "2020-12-01T00:00:00Z"
+    # Instants the api served data at (after its first publish, not in the future): the
+    # first publish's time from the changes feed, rounded up to a second, then a later one.
+    published = stack.json("/v1/changes.json?since=2000-01-01T00:00:00Z")["changes"][0]
+    first = datetime.fromisoformat(published["published_at"].replace("Z", "+00:00"))
+    instant = _second(first.replace(microsecond=0) + timedelta(seconds=1))
+    wait_until(lambda: _second(datetime.now(UTC)) > instant, 5, interval=0.05, what="a second")
+    wall = instant.removesuffix("Z")  # the input's value: UTC, to the second
     path = f"/?state=ca&from={start}&to={end}&as_of={instant}"
     with visit(browser, stack.base, path, viewport=DESKTOP) as seen:
         seen.ready()
         page = seen.page
         _settled(seen, "#daily-json[href*='as_of=']")
-        assert _shown_instant(page) == "2020-12-01T00:00:00"  # in UTC
+        assert _shown_instant(page) == wall
         asked = _data_requests(seen)
         kinds = {urlsplit(r.url).path.rsplit("/", 1)[-1] for r in asked}
         assert {"status.json", "info.json", "daily.json", "derived.json", "revisions.json"} <= kinds
@@ -761,18 +772,18 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
             href = page.get_attribute(f"#{link}", "href") or ""
             assert parse_qs(urlsplit(href).query)["as_of"] == [instant], link
         assert_charts_match(seen, shown_series(seen))
-        assert "As published at 2020-12-01 00:00:00 UTC." in (
+        assert f"As published at {wall.replace('T', ' ')} UTC." in (
             page.locator("#lede").text_content() or ""
         )
 
         # Another instant from the control: pushed to the URL, asked by every request.
         seen.requests.clear()
+        later = _second(datetime.now(UTC))
         with page.expect_response(
-            lambda r: "/derived.json" in r.url and "as_of=2021-01-02" in r.url
+            lambda r: "/derived.json" in r.url and f"as_of={quote(later, safe='')}" in r.url
         ):
-            page.fill("#as-of", "2021-01-02T03:04:05")  # input and change events
-        later = "2021-01-02T03:04:05Z"
-        _settled(seen, f"#daily-json[href*='as_of={later.replace(':', '%3A')}']")
+            page.fill("#as-of", later.removesuffix("Z"))  # input and change events
+        _settled(seen, f"#daily-json[href*='as_of={quote(later, safe='')}']")
         assert parse_qs(urlsplit(page.url).query) == {
             "state": ["ca"],
             "from": [start],
@@ -789,8 +800,8 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
 
         # Back: the first instant again, from the URL.
         page.go_back()
-        _settled(seen, "#daily-json[href*='as_of=2020-12-01']")
-        assert _shown_instant(page) == "2020-12-01T00:00:00"
+        _settled(seen, f"#daily-json[href*='as_of={quote(instant, safe='')}']")
+        assert _shown_instant(page) == wall
 
         # "Latest": no instant in the URL nor in any request.
         seen.requests.clear()
@@ -805,7 +816,10 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
 
     # An instant with another offset is kept as given (the api takes it); a time without an
     # offset names no instant and is ignored, with a notice.
-    for given, kept in (("2020-12-01T01:00:00+01:00", True), ("2020-12-01T00:00:00", False)):
+    plus_one = (
+        datetime.fromisoformat(wall).replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=1)))
+    )
+    for given, kept in ((plus_one.isoformat(), True), (wall, False)):
         query = httpx.QueryParams({"as_of": given})
         with visit(browser, stack.base, f"/?{query}", viewport=DESKTOP) as seen:
             seen.ready()
@@ -818,5 +832,5 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
             ignored = f"Ignored as_of=“{given}”: not an instant (YYYY-MM-DDThh:mm:ssZ)."
             assert (ignored in notices) is not kept
             if kept:
-                assert _shown_instant(seen.page) == "2020-12-01T00:00:00"
+                assert _shown_instant(seen.page) == wall
             assert seen.problems() == []
