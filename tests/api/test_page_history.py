@@ -25,6 +25,7 @@ from support import ARCHIVE, Upstream, clean_env, python_module, run_fetcher, sp
 from test_api_properties import loaded_stack
 from test_page import (
     DESKTOP,
+    PHONE,
     REVISED,
     Stack,
     _data_requests,
@@ -163,7 +164,21 @@ def test_revised_values_are_marked_on_the_charts(
         readout = page.locator("#cases-readout").text_content() or ""
         assert f"◆ revised: first {_number(revisions[-1]['old'])}" in readout, readout
         page.click("#revised summary")
+        assert page.locator("#revised-list").is_visible()
         _screenshot(page, "page-revisions.png")
+        assert seen.problems() == []
+
+    # At phone width in the dark scheme: nothing overflows, and the list opens by keyboard.
+    with visit(browser, stack.base, MICHIGAN_SPRING, viewport=PHONE, color_scheme="dark") as seen:
+        seen.ready()
+        page = seen.page
+        page.wait_for_selector("#revised:not([hidden])")
+        assert page.locator("#chart-cases path.revised").count() == len(expected["cases"])
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+        page.focus("#revised summary")
+        page.keyboard.press("Enter")
+        assert page.locator("#revised-list").is_visible()
+        _screenshot(page, "page-revisions-phone-dark.png")
         assert seen.problems() == []
 
 
