@@ -33,9 +33,14 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # The tests are grouped by part, one folder and one marker each: tests/{contract,api,fetcher,
 # devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
+# They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
+# starts its own servers, tests/conftest.py); a test marked `load` runs alone. TEST_WORKERS=0:
+# one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 .PHONY: test
-test: $(STAMP) ## Run the tests against real local servers, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
-	$(BIN)/python -m pytest --ignore=tests/deploy --ignore=tests/containers \
+test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (2) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
+	$(BIN)/python -m pytest $(XDIST) --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
 .PHONY: test-fast
@@ -54,6 +59,10 @@ profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents,
 .PHONY: bench-fetcher
 bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document's raw/gzip/br size, and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher
+
+.PHONY: bench-queries
+bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk)
+	$(BIN)/python -m devstack.bench_queries
 
 .PHONY: soak
 soak: $(STAMP) ## Whole system at a fixed rate for long, watching memory, fds, errors (SOAK_SECONDS=600 SOAK_RATE=500 SOAK_CLIENTS=32)

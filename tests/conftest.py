@@ -4,13 +4,23 @@ Redis and PostgreSQL are throwaway local servers (tools/devstack) unless TEST_RE
 TEST_DATABASE_URL name servers to use instead; the tests flush and truncate them, so never
 point those at data you care about. The replay upstream serves the real archive in
 ../shared/covidtracking when it exists, else the synthetic dataset.
+
+`make test` runs the tests on several processes (pytest-xdist, ``-n``, ``--dist loadfile``: a
+file's tests on one worker, so its module-scoped servers start once): each worker is a pytest
+session of its own, so it starts its own session servers (and its own template of published
+data, tests/stacks.py) and no test flushes or truncates another worker's data. Tests marked
+``load`` (they apply load and count failed requests, or time a drain) run each alone
+(pytest_runtest_protocol's lock). TEST_REDIS_URL / TEST_DATABASE_URL need one process.
+`pytest tests/api/test_x.py` alone runs on one process, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +28,9 @@ import asyncpg
 import pytest
 import redis
 
-from covid_stats_contract import schema
 from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
+from stacks import Stack, Template, loaded_stack, migrate, published_template
 from support import (
     ARCHIVE,
     SUMMARY_LINES,
@@ -45,12 +55,86 @@ def pytest_report_header() -> str:
     )
 
 
+# The figures tests measured (support.summary) travel on their test's report, as user
+# properties named MEASURED: under xdist a worker's reports reach the controller, which prints
+# the "measured" section; alone, the same path. _MEASURED: the lines the reports brought.
+MEASURED = "measured"
+_MEASURED: list[str] = []
+_attached = [0]  # how many of this process's SUMMARY_LINES are on a report already
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    new = SUMMARY_LINES[_attached[0] :]
+    _attached[0] = len(SUMMARY_LINES)
+    if new:  # a new list: the item's own user_properties stay as they are
+        report.user_properties = [*report.user_properties, *((MEASURED, line) for line in new)]
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _MEASURED.extend(str(value) for name, value in report.user_properties if name == MEASURED)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Figures the tests measured (support.summary), e.g. the fault scenarios'."""
-    if SUMMARY_LINES:
+    lines = _MEASURED + SUMMARY_LINES[_attached[0] :]  # and any said outside a test
+    if lines:
         terminalreporter.section("measured")
-        for line in SUMMARY_LINES:
+        for line in lines:
             terminalreporter.write_line(line)
+
+
+def xdist_worker() -> str | None:
+    """This process's pytest-xdist worker name (``gw0``), None when pytest runs alone."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if xdist_worker() is None:
+        return
+    named = [v for v in ("TEST_REDIS_URL", "TEST_DATABASE_URL") if os.environ.get(v)]
+    if named:  # the workers would flush and truncate each other's data
+        pytest.exit(
+            f"{' and '.join(named)} name one server for every xdist worker: run the tests on "
+            "one process (`make test TEST_WORKERS=0`, or pytest without -n)",
+            returncode=4,
+        )
+
+
+@contextlib.contextmanager
+def _flock(path: Path, operation: int) -> Iterator[None]:
+    with path.open("a") as file:
+        fcntl.flock(file, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under xdist a ``load`` test runs alone: it takes the run's lock exclusively, every other
+    test shared, so no other worker's test takes CPU from a load that counts failed requests
+    or times a drain. The lock covers the test's setup and teardown (its servers) too. A gate
+    before it keeps the other workers, waiting, from taking the shared lock back between
+    their tests while a load test waits for it."""
+    if xdist_worker() is None:
+        return (yield)
+    # pytest-N/, this run's (each worker's basetemp is pytest-N/popen-gwN/).
+    run_dir = Path(item.config.option.basetemp).parent
+    gate, lock = run_dir / "load-gate.lock", run_dir / "load.lock"
+    with contextlib.ExitStack() as held:
+        if item.get_closest_marker("load"):
+            with _flock(gate, fcntl.LOCK_EX):
+                held.enter_context(_flock(lock, fcntl.LOCK_EX))
+        else:
+            with _flock(gate, fcntl.LOCK_SH):
+                held.enter_context(_flock(lock, fcntl.LOCK_SH))
+        return (yield)
 
 
 # The folders of tests/, each one a part of the system and a marker of the same name
@@ -97,17 +181,6 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         LocalPostgres(Path(d)) as server,
     ):
         yield server.url
-
-
-def migrate(url: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await schema.migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 @pytest.fixture(scope="session")
@@ -180,10 +253,46 @@ def upstream(upstream_server: Upstream) -> Upstream:
     return upstream_server
 
 
+@pytest.fixture(scope="session")
+def template(
+    redis_server_url: str, postgres_server_url: str, upstream_server: Upstream
+) -> Iterator[Template]:
+    """What one real ``refresh-once`` of the session upstream left in the stores, made once
+    per session and cloned by ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
+    with published_template(redis_server_url, postgres_server_url, upstream_server) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def shared_api(
+    template: Template,
+    redis_server_url: str,
+    upstream_server: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """One api under gunicorn over a clone of the template, for the whole session: for the
+    tests that only read (they must not change its stores, its settings or what it counts
+    in a way another test asserts). Stores of its own: no other test's flush reaches it."""
+    log_dir = tmp_path_factory.mktemp("shared-api")
+    with loaded_stack(template, redis_server_url, upstream_server, log_dir) as (base, env):
+        yield Stack(base, env, upstream_server, log_dir)
+
+
 @pytest.fixture
 def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[str, str]:
     """Environment for the fetcher and the api, pointed at the test servers."""
     return fail_fast_env(redis_url, database_url, upstream.url)
+
+
+@pytest.fixture
+def published_env(
+    service_env: dict[str, str], template: Template, redis_url: str
+) -> Iterator[dict[str, str]]:
+    """``service_env`` with the session upstream's data published, as one ``refresh-once``
+    leaves it: the template cloned into the test's Redis database and into a PostgreSQL
+    database of the test's own (``DATABASE_URL``; dropped after)."""
+    with template.clone(redis_url) as database_url:
+        yield {**service_env, "DATABASE_URL": database_url}
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import redis
 
 from conftest import archive_only
 from devstack.procs import free_port
+from stacks import Stack
 from support import ARCHIVE, Upstream, check_error_body, run_fetcher
 
 ApiFactory = Callable[[dict[str, str]], str]
@@ -61,11 +62,8 @@ def test_end_to_end_the_api_serves_exactly_what_the_upstream_served(
 
 
 @archive_only
-def test_the_archive_records_come_back_unchanged(
-    service_env: dict[str, str], api_factory: ApiFactory
-) -> None:
-    _refresh(service_env)
-    base = api_factory(service_env)
+def test_the_archive_records_come_back_unchanged(shared_api: Stack) -> None:
+    base = shared_api.base
     assert httpx.get(f"{base}/covid-stats").json()["data"] == json.loads(
         (ARCHIVE / "us_current.json").read_bytes()
     )
@@ -77,10 +75,9 @@ def test_the_archive_records_come_back_unchanged(
 
 
 def test_when_redis_misses_postgres_serves_the_same_bytes(
-    service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
+    published_env: dict[str, str], redis_url: str, api_factory: ApiFactory
 ) -> None:
-    _refresh(service_env)
-    base = api_factory({**service_env, "HOT_CACHE_MAX_BYTES": "0"})  # no in-process tier
+    base = api_factory({**published_env, "HOT_CACHE_MAX_BYTES": "0"})  # no in-process tier
     paths = ["v1/us/current.json", "v1/states/current.json", "v1/states/ca/current.json"]
     identity = {"Accept-Encoding": "identity"}
     cached = {path: httpx.get(f"{base}/{path}", headers=identity) for path in paths}
@@ -98,10 +95,9 @@ def test_when_redis_misses_postgres_serves_the_same_bytes(
 
 
 def test_when_redis_is_down_postgres_serves_and_the_api_stays_ready(
-    service_env: dict[str, str], api_factory: ApiFactory
+    published_env: dict[str, str], api_factory: ApiFactory
 ) -> None:
-    _refresh(service_env)
-    base = api_factory({**service_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    base = api_factory({**published_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     response = httpx.get(f"{base}/covid-stats")
     assert response.status_code == 200
     assert response.json()["source"] == "database"
@@ -118,11 +114,10 @@ def test_when_redis_is_down_postgres_serves_and_the_api_stays_ready(
 
 
 def test_when_postgres_is_down_redis_serves(
-    service_env: dict[str, str], api_factory: ApiFactory
+    published_env: dict[str, str], api_factory: ApiFactory
 ) -> None:
-    _refresh(service_env)
     dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/covid_stats"
-    base = api_factory({**service_env, "DATABASE_URL": dead_db})
+    base = api_factory({**published_env, "DATABASE_URL": dead_db})
     for _ in range(20):  # several requests, so both workers answer (and hold it in memory)
         assert httpx.get(f"{base}/covid-stats").json()["source"] == "cache"
     assert httpx.get(f"{base}/v1/states/tx/current.json").status_code == 200
@@ -189,11 +184,8 @@ BAD_REQUESTS = [
 ]
 
 
-def test_bad_requests_get_a_clear_json_error(
-    service_env: dict[str, str], api_factory: ApiFactory, subtests: pytest.Subtests
-) -> None:
-    _refresh(service_env)
-    base = api_factory(service_env)
+def test_bad_requests_get_a_clear_json_error(shared_api: Stack, subtests: pytest.Subtests) -> None:
+    base = shared_api.base
     for method, path, status, code, parameter in BAD_REQUESTS:
         with subtests.test(msg=f"{method} {path[:60]}"):
             error = _assert_error(httpx.request(method, base + path), status, code)

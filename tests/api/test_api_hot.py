@@ -25,6 +25,7 @@ from covid_stats_contract.resources import FORMATS
 from covid_stats_runtime.http import br_etag, gzip_etag
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
+from stacks import Template
 from support import Upstream, metric_samples, run_fetcher, scratch_dir, start_api
 
 ApiFactory = Callable[[dict[str, str]], str]
@@ -39,10 +40,19 @@ def _warm(api: str, paths: list[str], rounds: int = 20) -> None:
 
 
 def test_hot_documents_answer_from_memory_while_redis_is_down(
-    service_env: dict[str, str], private_redis: LocalRedis, api_factory: ApiFactory
+    service_env: dict[str, str],
+    template: Template,
+    private_redis: LocalRedis,
+    api_factory: ApiFactory,
 ) -> None:
-    env = {**service_env, "REDIS_URL": private_redis.url}
-    assert run_fetcher("refresh-once", env).returncode == 0
+    with template.clone(private_redis.url) as database_url:
+        env = {**service_env, "REDIS_URL": private_redis.url, "DATABASE_URL": database_url}
+        _hot_documents_answer_from_memory_while_redis_is_down(env, private_redis, api_factory)
+
+
+def _hot_documents_answer_from_memory_while_redis_is_down(
+    env: dict[str, str], private_redis: LocalRedis, api_factory: ApiFactory
+) -> None:
     api = api_factory(env)
     _warm(api, HOT)
     before = {path: httpx.get(f"{api}/{path}") for path in HOT}
@@ -62,15 +72,14 @@ def test_hot_documents_answer_from_memory_while_redis_is_down(
 
 
 def test_a_new_snapshot_reaches_every_worker(
-    service_env: dict[str, str], redis_url: str, upstream: Upstream, api_factory: ApiFactory
+    published_env: dict[str, str], upstream: Upstream, api_factory: ApiFactory
 ) -> None:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    api = api_factory(service_env)
+    api = api_factory(published_env)
     _warm(api, ["v1/us/current.json"])
     changed = json.loads(upstream.get("/v1/us/current.json").content)
     changed[0]["positive"] += 1
     upstream.fault("/v1/us/current.json", "body", body=changed)
-    assert run_fetcher("refresh-once", service_env).returncode == 0
+    assert run_fetcher("refresh-once", published_env).returncode == 0
     published = time.monotonic()
 
     def all_new() -> bool:  # 20 requests on fresh connections: both workers answer
@@ -83,10 +92,9 @@ def test_a_new_snapshot_reaches_every_worker(
 
 
 def test_gzip_bodies_are_the_fetchers_and_served_when_accepted(
-    service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
+    published_env: dict[str, str], redis_url: str, api_factory: ApiFactory
 ) -> None:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    api = api_factory(service_env)
+    api = api_factory(published_env)
     # A cold worker renders /covid-stats around the document and compresses it as the hot
     # tier does (a small body); warm workers serve that gzip body from memory.
     _warm(api, ["covid-stats"])
@@ -109,12 +117,11 @@ def test_gzip_bodies_are_the_fetchers_and_served_when_accepted(
 
 
 def test_brotli_bodies_are_the_fetchers_and_served_when_preferred(
-    service_env: dict[str, str], redis_url: str, api_factory: ApiFactory
+    published_env: dict[str, str], redis_url: str, api_factory: ApiFactory
 ) -> None:
     """A client that prefers Brotli gets the fetcher's Brotli bytes, under their own strong
     tag, from both paths; q-values decide between br and gzip; a 304 answers any tag."""
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    api = api_factory(service_env)
+    api = api_factory(published_env)
     client = redis.Redis.from_url(redis_url)
     raw_snapshot = client.get(RedisKeys().current_snapshot)
     assert isinstance(raw_snapshot, bytes)
@@ -152,7 +159,7 @@ def test_brotli_bodies_are_the_fetchers_and_served_when_preferred(
 @pytest.fixture
 def logging_postgres() -> Iterator[LocalPostgres]:
     """A migrated PostgreSQL that logs every statement it executes."""
-    from conftest import migrate
+    from stacks import migrate
 
     with (
         scratch_dir("test-pg-log") as d,
@@ -177,6 +184,7 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
         return await asyncio.gather(*(client.get(url) for _ in range(count)))
 
 
+@pytest.mark.load
 def test_a_thousand_concurrent_misses_cost_one_postgres_query(
     service_env: dict[str, str], logging_postgres: LocalPostgres, api_factory: ApiFactory
 ) -> None:
@@ -191,11 +199,11 @@ def test_a_thousand_concurrent_misses_cost_one_postgres_query(
     assert _executions(logging_postgres.log_path, since, "states_daily") == 1
 
 
+@pytest.mark.load
 def test_512_concurrent_connections_get_no_server_error(
-    service_env: dict[str, str], api_factory: ApiFactory
+    published_env: dict[str, str], api_factory: ApiFactory
 ) -> None:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    api = api_factory(service_env)
+    api = api_factory(published_env)
 
     async def mixed() -> list[httpx.Response]:
         paths = [
@@ -239,7 +247,7 @@ def _answer(response: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], b
 
 
 def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
-    service_env: dict[str, str], redis_url: str, tmp_path: Path
+    published_env: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:
     """Every route of the app that serves a published document, at every format and two of
     the snapshot's states (one in upper case): the fast path answers it from memory (the
@@ -248,7 +256,6 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
     goes there): identity, gzip, Brotli, 304 for each tag, HEAD, a cross-origin request.
     Both ways the fast path answers: written by the HTTP protocol itself (``direct``), and
     by the ASGI layer (which a request with a ``Content-Length`` header, even 0, takes)."""
-    assert run_fetcher("refresh-once", service_env).returncode == 0
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys()
     raw_snapshot = client.get(keys.current_snapshot)
@@ -259,7 +266,7 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
     held = sorted({name.split("/")[2] for name in published if name.count("/") == 3})
     assert len(held) >= 2
     states = [held[0], held[-1].upper()]  # two of them, one in upper case
-    master, api = start_api(service_env, tmp_path, workers=1)  # one worker: one fill each
+    master, api = start_api(published_env, tmp_path, workers=1)  # one worker: one fill each
     hits_name = next(iter(CACHE_LOOKUPS.describe())).name + "_total"
 
     def memory_hits() -> float:

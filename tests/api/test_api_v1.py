@@ -18,17 +18,17 @@ import redis
 from conftest import archive_only
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres
+from stacks import Stack
 from support import ARCHIVE, Upstream, run_fetcher
 
 ApiFactory = Callable[[dict[str, str]], str]
 
 
 @pytest.fixture
-def api(service_env: dict[str, str], api_factory: ApiFactory) -> str:
-    """The api, after one refresh of the whole upstream."""
-    result = run_fetcher("refresh-once", service_env)
-    assert result.returncode == 0, result.stdout.decode()
-    return api_factory(service_env)
+def api(shared_api: Stack) -> str:
+    """The api after one refresh of the whole upstream: the session's shared one (these tests
+    only read)."""
+    return shared_api.base
 
 
 def get(url: str, **headers: str) -> httpx.Response:
@@ -132,10 +132,9 @@ SAME_ANSWER_PATHS = [
 
 
 def test_redis_and_postgres_answer_with_identical_bodies(
-    service_env: dict[str, str], api_factory: ApiFactory, redis_url: str, subtests: Any
+    published_env: dict[str, str], api_factory: ApiFactory, redis_url: str, subtests: Any
 ) -> None:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    api = api_factory({**service_env, "HOT_CACHE_MAX_BYTES": "0"})  # Redis, not memory
+    api = api_factory({**published_env, "HOT_CACHE_MAX_BYTES": "0"})  # Redis, not memory
     from_cache = {}
     for path in SAME_ANSWER_PATHS:
         get(f"{api}/{path}")  # a query's first answer fills the cache

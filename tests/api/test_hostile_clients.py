@@ -21,16 +21,15 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
-import redis
 
 from devstack.procs import wait_until
+from stacks import Template, redis_database
 from support import (
     Process,
     Upstream,
     check_error_body,
     clean_env,
     receive_answer,
-    run_fetcher,
     start_api,
 )
 
@@ -53,28 +52,28 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(
+    template: Template,
     redis_server_url: str,
-    migrated_database_url: str,
     upstream_server: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    """One api with published data for the module (its tests run one after the other)."""
-    client = redis.Redis.from_url(redis_server_url)
-    client.flushdb()
-    client.close()
-    upstream_server.reset()
-    env = clean_env(
-        REDIS_URL=redis_server_url,
-        DATABASE_URL=migrated_database_url,
-        UPSTREAM_BASE_URL=upstream_server.url,
-        HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
-        GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
-        HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
-    )
-    assert run_fetcher("refresh-once", env).returncode == 0
-    process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
-    yield Api(process, base, int(base.rsplit(":", 1)[1]))
-    process.stop()
+    """One api over the session's published data (a clone: tests/stacks.py) for the module
+    (its tests run one after the other)."""
+    with (
+        redis_database(redis_server_url) as redis_url,
+        template.clone(redis_url) as database_url,
+    ):
+        env = clean_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            UPSTREAM_BASE_URL=upstream_server.url,
+            HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
+            GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
+            HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
+        )
+        process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
+        yield Api(process, base, int(base.rsplit(":", 1)[1]))
+        process.stop()
 
 
 @pytest.fixture
@@ -255,6 +254,7 @@ async def _normal_requests(base: str, count: int) -> list[float]:
     return latencies
 
 
+@pytest.mark.load
 def test_slowloris_clients_are_cut_off_and_others_are_still_served(
     api: Api, same_workers: None
 ) -> None:
@@ -294,6 +294,7 @@ def test_slowloris_clients_are_cut_off_and_others_are_still_served(
     )
 
 
+@pytest.mark.load
 def test_many_idle_connections_do_not_stop_a_normal_client_and_are_closed(
     api: Api, same_workers: None
 ) -> None:

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import redis
 from fastapi.routing import APIRoute
 
 from covid_stats_api.main import ROUTES
 from covid_stats_api.metrics import LABELLED_METHODS, OTHER_METHOD
 from covid_stats_api.serving.asgi.fastpath import routed_path
 from covid_stats_runtime.http import br_etag, error_cache_control, gzip_etag
+from stacks import Template, redis_database
 from support import (
     ApiUrl,
     Process,
@@ -38,7 +38,6 @@ from support import (
     check_error_body,
     clean_env,
     metric_samples,
-    run_fetcher,
     start_api,
 )
 
@@ -59,27 +58,26 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(
+    template: Template,
     redis_server_url: str,
-    migrated_database_url: str,
     upstream_server: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    """One api with published data for the module."""
-    client = redis.Redis.from_url(redis_server_url)
-    client.flushdb()
-    client.close()
-    upstream_server.reset()
-    env = clean_env(
-        REDIS_URL=redis_server_url,
-        DATABASE_URL=migrated_database_url,
-        UPSTREAM_BASE_URL=upstream_server.url,
-        HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
-    )
-    assert run_fetcher("refresh-once", env).returncode == 0
-    process, base = start_api(env, tmp_path_factory.mktemp("hardening"))
-    yield Api(process, base, int(base.rsplit(":", 1)[1]))
-    assert "Traceback" not in process.output()
-    process.stop()
+    """One api over the session's published data (a clone: tests/stacks.py) for the module."""
+    with (
+        redis_database(redis_server_url) as redis_url,
+        template.clone(redis_url) as database_url,
+    ):
+        env = clean_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            UPSTREAM_BASE_URL=upstream_server.url,
+            HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
+        )
+        process, base = start_api(env, tmp_path_factory.mktemp("hardening"))
+        yield Api(process, base, int(base.rsplit(":", 1)[1]))
+        assert "Traceback" not in process.output()
+        process.stop()
 
 
 @dataclass

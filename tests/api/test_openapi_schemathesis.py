@@ -1,7 +1,7 @@
 """The api against its own OpenAPI document, with schemathesis, and its offline docs.
 
-One stack for the module (see ``test_api_properties.loaded_api``): the real api under
-gunicorn over the data the fetcher loaded from the replay upstream. schemathesis runs as its
+The session's shared api (``shared_api``, tests/conftest.py): the real api under gunicorn over
+the data the fetcher loaded from the replay upstream. schemathesis runs as its
 CLI, with a fixed seed and a bounded number of examples, and its report is the assertion
 message when it finds failures (each with a curl line to reproduce it).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from support import Upstream
-from test_api_properties import loaded_api
+from stacks import Stack
 
 SEED = "20200902"
 CHECKS = ",".join(
@@ -34,16 +32,9 @@ CHECKS = ",".join(
 )
 
 
-@pytest.fixture(scope="module")
-def api(
-    redis_server_url: str,
-    postgres_server_url: str,
-    upstream_server: Upstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    log_dir = tmp_path_factory.mktemp("api-schemathesis")
-    with loaded_api(redis_server_url, postgres_server_url, upstream_server, log_dir) as base:
-        yield base
+@pytest.fixture
+def api(shared_api: Stack) -> str:
+    return shared_api.base
 
 
 def schemathesis(base: str, workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:

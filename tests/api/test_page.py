@@ -1,6 +1,6 @@
 """The page for people at ``/``, over HTTP and in a real browser.
 
-One stack for the module (``test_api_properties.loaded_stack``): the api under gunicorn over
+One stack for the module (``stacks.loaded_stack``): the api under gunicorn over a clone of
 the data one ``refresh-once`` loaded from the replay upstream (the real archive when
 ../shared/covidtracking is there, else the synthetic dataset). The browser is Debian's
 Chromium (``/usr/bin/chromium``, installed by .ci/install-tools) driven by Playwright for
@@ -33,14 +33,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_pla
 
 from covid_stats_runtime.http import error_cache_control
 from devstack.procs import free_port, wait_until
-from support import (
-    REPO,
-    Upstream,
-    run_fetcher,
-    start_api,
-    summary,
-)
-from test_api_properties import loaded_stack
+from stacks import Stack, Template, loaded_stack
+from support import REPO, Upstream, run_fetcher, start_api, summary
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium as root, headless, with nothing that reaches out to the network.
@@ -79,34 +73,15 @@ CHARTS: dict[str, tuple[tuple[str, str] | None, tuple[str, str]]] = {
 }
 
 
-@dataclass
-class Stack:
-    base: str
-    env: dict[str, str]
-    upstream: Upstream
-    log_dir: Path
-
-    def get(self, path: str, **headers: str) -> httpx.Response:
-        return httpx.get(f"{self.base}{path}", headers=headers, timeout=30)
-
-    def json(self, path: str) -> Any:
-        response = self.get(path)
-        assert response.status_code == 200, (path, response.text[:300])
-        return response.json()
-
-
 @pytest.fixture(scope="module")
 def stack(
+    template: Template,
     redis_server_url: str,
-    postgres_server_url: str,
     upstream_server: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("page")
-    with loaded_stack(redis_server_url, postgres_server_url, upstream_server, log_dir) as (
-        base,
-        env,
-    ):
+    with loaded_stack(template, redis_server_url, upstream_server, log_dir) as (base, env):
         yield Stack(base, env, upstream_server, log_dir)
 
 

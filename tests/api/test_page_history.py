@@ -11,8 +11,10 @@ fetcher's migrations run an event loop, which Playwright's running one forbids).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,13 +23,22 @@ import pytest
 from playwright.sync_api import Browser
 
 from devstack.procs import free_port, wait_until
-from support import ARCHIVE, Upstream, clean_env, python_module, run_fetcher, spawn
-from test_api_properties import loaded_stack
+from stacks import Stack, migrate, new_database, redis_database
+from support import (
+    ARCHIVE,
+    ApiUrl,
+    Upstream,
+    clean_env,
+    fail_fast_env,
+    python_module,
+    run_fetcher,
+    spawn,
+    start_api,
+)
 from test_page import (
     DESKTOP,
     PHONE,
     REVISED,
-    Stack,
     _data_requests,
     _iso,
     _screenshot,
@@ -45,7 +56,7 @@ __all__ = ["browser"]  # the module's browser fixture (started after the stack)
 # -- the real editions: revised values and the view as published then ------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditionsStack(Stack):
     """The page's stack over the COVID Tracking Project's real editions: edition 1 loaded
     and served at ``first_served``, then edition 2 loaded."""
@@ -68,13 +79,7 @@ def editions_stack(
     try:
         upstream = Upstream(f"http://127.0.0.1:{port}", True)
         process.wait_http(f"{upstream.url}/v1/states/daily.json", timeout=120)
-        with loaded_stack(
-            redis_server_url,
-            postgres_server_url,
-            upstream,
-            log_dir,
-            UPSTREAM_TIMEOUT_SECONDS="60",
-        ) as (base, env):
+        with fresh_stack(redis_server_url, postgres_server_url, upstream, log_dir) as (base, env):
             first = httpx.get(f"{base}/v1/states/mi/daily.json", timeout=30)
             assert first.status_code == 200
             first_served = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -99,6 +104,38 @@ def editions_stack(
             yield EditionsStack(base, env, upstream, log_dir, first_served)
     finally:
         process.stop()
+
+
+@contextmanager
+def fresh_stack(
+    redis_server_url: str, postgres_server_url: str, upstream: Upstream, log_dir: Path
+) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
+    """Stores of their own (not the session's template: the editions are another upstream)
+    loaded by one ``refresh-once`` of ``upstream``, and the api under gunicorn over them."""
+    with (
+        redis_database(redis_server_url) as redis_url,
+        new_database(postgres_server_url, "page_editions") as database_url,
+    ):
+        migrate(database_url)
+        env = {
+            **fail_fast_env(redis_url, database_url, upstream.url),
+            "UPSTREAM_TIMEOUT_SECONDS": "60",  # the editions are built when first asked
+        }
+        result = run_fetcher("refresh-once", env, timeout=300)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        process, base = start_api(env, log_dir)
+        try:
+
+            def ready() -> bool:
+                try:
+                    return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(ready, 30, interval=0.1, what="the api ready")
+            yield base, env
+        finally:
+            process.stop()
 
 
 MICHIGAN_SPRING = "/?state=mi&from=2020-03-01&to=2020-04-30"  # hospitalizations from April 9

@@ -36,7 +36,6 @@ from covid_stats_api.serving.server.uvicorn_adapter import (
     protocol_class,
 )
 from covid_stats_runtime.http import SERVER_HEADERS
-from support import run_fetcher
 
 DOCUMENT = "v1/us/current.json"
 REQUEST = b"GET /" + DOCUMENT.encode() + b" HTTP/1.1\r\nHost: example.org\r\n\r\n"
@@ -152,12 +151,13 @@ async def answer(
 
 
 @pytest.fixture
-def settings(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(published_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     access = logging.getLogger("uvicorn.access")
     monkeypatch.setattr(access, "handlers", [])
     monkeypatch.setattr(access, "propagate", False)
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    return Settings(redis_url=service_env["REDIS_URL"], database_url=service_env["DATABASE_URL"])
+    return Settings(
+        redis_url=published_env["REDIS_URL"], database_url=published_env["DATABASE_URL"]
+    )
 
 
 def worker_server(app: Any, protocol: type[HttpToolsProtocol]) -> DrainingServer:

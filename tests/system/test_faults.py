@@ -45,6 +45,10 @@ from support import (
     summary,
 )
 
+# Each test applies load and counts failed requests, or times a drain: under xdist each runs
+# alone (tests/conftest.py).
+pytestmark = pytest.mark.load
+
 ApiFactory = Callable[[dict[str, str]], ApiUrl]
 FetcherFactory = Callable[..., Fetcher]
 ApiProcessFactory = Callable[[dict[str, str]], tuple[Process, ApiUrl]]

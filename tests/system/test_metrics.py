@@ -29,7 +29,6 @@ from support import (
     defined_metrics,
     metric_names,
     metric_samples,
-    run_fetcher,
     spawn,
     start_api,
 )
@@ -58,9 +57,9 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def loaded(service_env: dict[str, str], api_factory: ApiFactory) -> ApiUrl:
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    return api_factory(service_env)
+def loaded(published_env: dict[str, str], api_factory: ApiFactory) -> ApiUrl:
+    """The api over the session's published data (``published_env``)."""
+    return api_factory(published_env)
 
 
 def _send(api: str, counts: dict[str, int]) -> None:
@@ -107,13 +106,12 @@ def test_the_request_counter_is_exact_whatever_worker_answers(loaded: ApiUrl) ->
 
 
 def test_metrics_are_served_on_their_own_port_only(
-    service_env: dict[str, str], tmp_path: Path
+    published_env: dict[str, str], tmp_path: Path
 ) -> None:
     """/metrics is the master's, on API_METRICS_PORT: the traffic port (what an Ingress
     publishes) answers it 404 in the error shape, the metrics port serves nothing else, a
     scrape is not a request, and no worker holds the metrics port open."""
-    assert run_fetcher("refresh-once", service_env).returncode == 0
-    master, api = start_api(service_env, tmp_path)
+    master, api = start_api(published_env, tmp_path)
     try:
         _send(api, {"/v1/us/current.json": 3})
         metrics_path = urlsplit(api.metrics).path
@@ -177,10 +175,10 @@ def test_the_metrics_port_is_checked_and_can_be_off(
 
 
 def test_both_services_metrics_pass_promtool(
-    loaded: ApiUrl, service_env: dict[str, str], fetcher_factory: Any
+    loaded: ApiUrl, published_env: dict[str, str], fetcher_factory: Any
 ) -> None:
     promtool = _need("promtool")
-    fetcher: Fetcher = fetcher_factory(service_env)
+    fetcher: Fetcher = fetcher_factory(published_env)
     for url in (loaded.metrics, f"{fetcher.url}/metrics"):
         text = httpx.get(url).text
         assert text
@@ -191,11 +189,11 @@ def test_both_services_metrics_pass_promtool(
 
 
 def test_every_scraped_series_is_one_its_metrics_module_defines(
-    loaded: ApiUrl, service_env: dict[str, str], fetcher_factory: Any
+    loaded: ApiUrl, published_env: dict[str, str], fetcher_factory: Any
 ) -> None:
     """Every series each service exports is one its metrics module defines, by the names the
     tests derive from it (``support.metric_names``: the alert and dashboard tests' list)."""
-    fetcher: Fetcher = fetcher_factory(service_env)
+    fetcher: Fetcher = fetcher_factory(published_env)
     _send(loaded, {"/v1/us/current.json": 1, "/nope": 1})
     for url, module in ((loaded.metrics, api_metrics), (f"{fetcher.url}/metrics", fetcher_metrics)):
         scraped = {
@@ -258,11 +256,11 @@ def _query(prometheus: str, expr: str) -> float | None:
 
 def test_a_real_prometheus_scrapes_the_exact_count(
     loaded: ApiUrl,
-    service_env: dict[str, str],
+    published_env: dict[str, str],
     fetcher_factory: Any,
     prometheus: Callable[[list[str], list[str]], str],
 ) -> None:
-    fetcher: Fetcher = fetcher_factory(service_env)
+    fetcher: Fetcher = fetcher_factory(published_env)
     _send(loaded, {"/v1/us/current.json": 37})
     server = prometheus([urlsplit(loaded.metrics).netloc], [urlsplit(fetcher.url).netloc])
     query = 'sum(covid_stats_api_requests_total{route="/v1/us/current.{fmt}",status="200"})'

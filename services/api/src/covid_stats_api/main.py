@@ -36,6 +36,7 @@ from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
+from covid_stats_api.reads.span import SpanService
 from covid_stats_api.serving.asgi.direct import direct_answers
 from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
 from covid_stats_api.serving.asgi.ratelimit import RateLimit
@@ -88,13 +89,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher.start()
         gauges = asyncio.create_task(metrics.sample_gauges(stores, hot))
         reader = DocumentReader(stores, hot)
-        answers = AnswerCache(stores.snapshots, settings.query_cache_ttl_seconds)
+        answers = AnswerCache(
+            stores.snapshots, settings.query_cache_ttl_seconds, settings.query_cache_max_bytes
+        )
         app.state.api = Api(
             settings,
             stores,
             reader,
-            QueryService(stores, answers),
+            QueryService(stores, answers, settings.query_answer_max_bytes),
             DerivedService(reader, answers),
+            SpanService(stores, settings.query_cache_ttl_seconds),
         )
         # Everything built so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, whose cost grows with the heap (a p99 and throughput win).

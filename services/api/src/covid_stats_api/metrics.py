@@ -69,6 +69,17 @@ DB_POOL = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+QUERY_EVICTIONS = Counter(
+    "covid_stats_api_query_answers_evicted",
+    "Cached query answers deleted from Redis to keep QUERY_CACHE_MAX_BYTES",
+)
+QUERY_SHORTCUTS = Counter(
+    "covid_stats_api_query_shortcuts",
+    "Questions answered without a query: empty (they select nothing; never cached), "
+    "document (they select a published document), too_large (refused, over "
+    "QUERY_ANSWER_MAX_BYTES)",
+    ["outcome"],
+)
 RATE_LIMIT = Counter(
     "covid_stats_api_rate_limit_checks",
     "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
@@ -137,6 +148,16 @@ def request_series(route: str, method: str, status: int) -> tuple[Counter, Histo
 def cache_lookup(tier: str, result: str) -> Counter:
     """The cache lookup counter of one tier and result."""
     return CACHE_LOOKUPS.labels(tier, result)
+
+
+def query_answers_evicted() -> Counter:
+    return QUERY_EVICTIONS
+
+
+@functools.cache
+def query_shortcut(outcome: str) -> Counter:
+    """The counter of questions answered without a query, of one outcome."""
+    return QUERY_SHORTCUTS.labels(outcome)
 
 
 @functools.cache

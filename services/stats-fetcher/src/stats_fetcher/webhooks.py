@@ -37,6 +37,7 @@ import structlog
 from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
+from covid_stats_contract.documents import JSON_CONTENT_TYPE
 from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
@@ -178,7 +179,7 @@ class WebhookSender:
         msg_id = webhook_id(row["snapshot_id"], row["publish_id"])
         now = datetime.now(UTC)
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": JSON_CONTENT_TYPE,
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self.signer.sign(msg_id, now, body),

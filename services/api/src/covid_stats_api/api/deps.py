@@ -12,16 +12,22 @@ from covid_stats_api.api.errors import ApiError, no_data
 from covid_stats_api.api.responses import send
 from covid_stats_api.core.config import Settings
 from covid_stats_api.core.stores import Stores
+from covid_stats_api.metrics import query_shortcut
+from covid_stats_api.reads.canonical import Canonical, UnknownState, canonical, dates_of
 from covid_stats_api.reads.changes import ChangesFeed
 from covid_stats_api.reads.derived import DerivedService
+from covid_stats_api.reads.derived import empty as derived_empty
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import (
     NoRecords,
     Query,
     QueryService,
     StoreUnavailable,
+    TooLarge,
     UnknownField,
+    empty,
 )
+from covid_stats_api.reads.span import SpanService
 from covid_stats_contract.documents import check_state_code
 from covid_stats_contract.resources import STATES_CURRENT
 
@@ -34,6 +40,7 @@ class Api:
         reader: DocumentReader,
         queries: QueryService,
         derived: DerivedService,
+        span: SpanService,
     ) -> None:
         self.settings = settings
         self.stores = stores
@@ -41,6 +48,7 @@ class Api:
         self.queries = queries
         self.derived = derived
         self.changes = ChangesFeed(stores)  # GET /v1/changes.json
+        self.span = span
 
     def send(self, served: Served) -> Response:
         return send(served, self.settings.cache_max_age_seconds)
@@ -57,11 +65,41 @@ class Api:
             raise self.no_data()
         return self.send(served)
 
+    async def canonical(self, query: Query, state: str | None) -> Canonical:
+        """``query`` keyed by what it selects (``reads.canonical``); 404 for an unknown
+        state in the path, 422 in ``states``, 422 ``too_large`` for a surely too large one."""
+        try:
+            return canonical(query, await self.span.get(), self.settings.query_answer_max_bytes)
+        except UnknownState as exc:
+            if state is not None:
+                await self.require_state(state)
+            codes = ", ".join(repr(code) for code in exc.codes)
+            raise ApiError(
+                422, "unknown_state", f"states: no data for {codes}", parameter="states"
+            ) from None
+        except UnknownField as exc:
+            raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
+        except TooLarge as exc:
+            raise too_large(exc) from None
+
     async def answer(self, query: Query, state: str | None = None) -> Response:
         """The answer to a query; 404 for a single record that does not exist, or for an
         unknown state."""
+        asked = await self.canonical(query, state)
+        query = asked.query
         try:
-            served = await self.queries.answer(query)
+            if asked.document is not None:
+                query_shortcut("document").inc()
+                return await self.document(asked.document, state)
+            if asked.empty:
+                query_shortcut("empty").inc()
+                if query.single:
+                    raise NoRecords
+                served = empty(query)
+            else:
+                served = await self.queries.answer(query)
+        except TooLarge as exc:
+            raise too_large(exc) from None
         except UnknownField as exc:
             raise ApiError(422, "invalid_parameter", str(exc), parameter=exc.parameter) from None
         except NoRecords:
@@ -78,6 +116,13 @@ class Api:
 
     async def series(self, daily_document: str, query: Query, state: str | None = None) -> Response:
         """The derived series of a daily document, the dates and fields ``query`` asks."""
+        span = await self.span.get()
+        if span is not None and (state is None or state in span.states):
+            # Keyed by the dates it selects, as a query is: the series' dates are its daily's.
+            query, empty = dates_of(query, span.series(None if state is None else (state,)))
+            if empty:
+                query_shortcut("empty").inc()
+                return self.send(derived_empty(query))
         try:
             served = await self.derived.series(daily_document, query)
         except UnknownField as exc:
@@ -96,6 +141,17 @@ class Api:
         if await self.reader.has_state_data():
             raise ApiError(404, "unknown_state", f"No data for state {code!r}", parameter="state")
         raise self.no_data()
+
+
+def too_large(exc: TooLarge) -> ApiError:
+    query_shortcut("too_large").inc()
+    return ApiError(
+        422,
+        "too_large",
+        f"The answer is over {exc.limit} bytes (at least {exc.size}): narrow the question"
+        " (from/to or lastdays, states, fields), or fetch the whole published document"
+        f" /{exc.document} (no query parameters) and sort it yourself",
+    )
 
 
 def get_api(request: Request) -> Api:

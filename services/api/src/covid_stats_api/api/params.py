@@ -25,6 +25,8 @@ from covid_stats_contract.resources import Format, Resource, state_code_pattern
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9]*", re.ASCII)
 _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY-MM-DD
 _STATE = re.compile(state_code_pattern(), re.ASCII)
+# A question sorts by at most this many fields (each one a statement text per direction).
+MAX_SORT_KEYS = 4
 
 
 class DateConvertor(Convertor[str]):
@@ -60,8 +62,9 @@ def sort_param(example: str) -> Any:
     """The ``sort`` parameter, documented with an example valid for its records."""
     return Field(
         None,
-        description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
-        "nulls last. Default: the upstream's order.",
+        description="Sort by fields, each ascending (`positive`) or descending (`-positive`),"
+        " nulls last; several, comma-separated, sort by each in turn (`-death,positive`: ties"
+        f" of `death` by `positive`), at most {MAX_SORT_KEYS}. Default: the upstream's order.",
         examples=[example],
         max_length=100,
     )
@@ -193,6 +196,29 @@ def _names(value: str, parameter: str) -> tuple[str, ...]:
     return names
 
 
+def _sort_keys(value: str) -> tuple[tuple[str, bool], ...]:
+    """``sort``'s keys in order, each (field, descending); a field given twice counts once
+    (its first place: later ones could not reorder anything)."""
+    keys: dict[str, bool] = {}
+    for part in filter(None, (text.strip() for text in value.split(","))):
+        name = part.removeprefix("-").removeprefix("+") if part[:1] in "-+" else part
+        if not _FIELD.fullmatch(name):
+            raise ApiError(
+                422, "invalid_parameter", f"sort: not a field name: {part!r}", parameter="sort"
+            )
+        keys.setdefault(name, part.startswith("-"))
+    if not keys:
+        raise ApiError(422, "invalid_parameter", f"sort: no field: {value!r}", parameter="sort")
+    if len(keys) > MAX_SORT_KEYS:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"sort: at most {MAX_SORT_KEYS} fields, not {len(keys)}",
+            parameter="sort",
+        )
+    return tuple(keys.items())
+
+
 def build(
     resource: Resource,
     fmt: Format,
@@ -208,10 +234,7 @@ def build(
     fields, sort, states = given.get("fields"), given.get("sort"), given.get("states")
     date_from, date_to, last_days = given.get("date_from"), given.get("to"), given.get("lastdays")
     field_names = _names(fields, "fields") if fields is not None else ()
-    sort_name, descending = None, False
-    if sort is not None:
-        descending = sort.startswith("-")
-        (sort_name,) = _names(sort.removeprefix("-").removeprefix("+"), "sort")[:1]
+    sort_keys = _sort_keys(sort) if sort is not None else ()
     start = parse_date(date_from, "from") if date_from is not None else None
     end = parse_date(date_to, "to") if date_to is not None else None
     if start is not None and end is not None and start > end:
@@ -236,8 +259,7 @@ def build(
         resource=resource,
         fmt=fmt,
         fields=field_names,
-        sort=sort_name,
-        descending=descending,
+        sort=sort_keys,
         date_from=start,
         date_to=end,
         last_days=last_days,

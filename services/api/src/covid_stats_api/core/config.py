@@ -50,6 +50,19 @@ class Settings(PortSettings):
         ge=1,
         description="how long a query's or derived series' answer stays cached in Redis",
     )
+    query_cache_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Redis memory for cached query and derived answers, all workers and pods"
+        " together: past it the least recently used go (0: answers are not cached); see"
+        " [Query answers](limits.md#query-answers)",
+    )
+    query_answer_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest query answer (uncompressed): a larger one is refused with 422"
+        " `too_large` (the published documents are not limited)",
+    )
     hot_cache_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,

@@ -125,6 +125,12 @@ def render(daily_body: bytes, query: Query) -> bytes:
     return render_array(encode_record(r) for r in series)
 
 
+def empty(query: Query) -> Served:
+    """The answer to a question that selects no date (never cached)."""
+    body = render_csv([]) if query.fmt == "csv" else render_array([])
+    return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+
+
 class DerivedService:
     def __init__(self, reader: DocumentReader, answers: AnswerCache) -> None:
         self.reader = reader

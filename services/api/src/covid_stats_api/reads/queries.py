@@ -9,8 +9,10 @@ connection and reuses it; a large body is rendered off the event loop.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import structlog
 
 from covid_stats_api.core.stores import Stores
-from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.answers import AnswerCache, Uncached
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import (
     CONTENT_TYPES,
@@ -36,6 +38,13 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 
 # Answers with more records than this are rendered in a thread, off the event loop.
 _RENDER_INLINE_MAX = 200
+# Questions a worker computes at once (the others wait their turn): what a computation holds
+# (the records' texts, parsed for a projection or a CSV, the body) is a few times its input,
+# and many at once would grow the worker's memory for good and starve its event loop.
+COMPUTE_SLOTS = 2
+# After a large computation, free heap memory is handed back to the system (glibc keeps it
+# otherwise: a worker's RSS would stay at its peak), at most this often.
+_TRIM_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,8 @@ class Query:
     resource: Resource
     fmt: Format
     fields: tuple[str, ...] = ()
-    sort: str | None = None
-    descending: bool = False
+    # The sort keys, in order: (field, descending); then the resource's own order.
+    sort: tuple[tuple[str, bool], ...] = ()
     date_from: int | None = None
     date_to: int | None = None
     last_days: int | None = None
@@ -61,7 +70,7 @@ class Query:
             self.fmt,
             "single" if self.single else "list",
             ",".join(sorted(self.fields)),  # the answer keeps the records' order anyway
-            ("-" if self.descending else "") + (self.sort or ""),
+            ",".join(("-" if descending else "") + name for name, descending in self.sort),
             str(self.date_from or ""),
             str(self.date_to or ""),
             str(self.last_days or ""),
@@ -85,10 +94,21 @@ class StoreUnavailable(Exception):
     """Neither the cache nor PostgreSQL could answer."""
 
 
+class TooLarge(Exception):
+    """The answer is (or would surely be) over ``QUERY_ANSWER_MAX_BYTES``."""
+
+    def __init__(self, size: int, limit: int, document: str) -> None:
+        super().__init__(f"{size} > {limit}")
+        self.size = size
+        self.limit = limit
+        self.document = document  # the published document of the whole resource
+
+
 @cache
-def statement(resource: Resource, sort: bool, descending: bool) -> str:
-    """The SQL of a question to ``resource``. Parameters, in order: first date, last date,
-    states, last N dates, sort field (only the ones the resource's table has)."""
+def statement(resource: Resource, directions: tuple[bool, ...]) -> str:
+    """The SQL of a question to ``resource`` sorted by ``len(directions)`` fields (True:
+    descending). Parameters, in order: first date, last date, states, last N dates, the sort
+    fields (only the ones the resource's table has)."""
     columns = resource.key_columns
     table = resource.table
     params: list[str] = []
@@ -116,15 +136,16 @@ def statement(resource: Resource, sort: bool, descending: bool) -> str:
             f"WHERE {state_condition} ORDER BY d DESC LIMIT {n}) recent"
         )
         conditions.append(f"({n}::int IS NULL OR date >= ({recent}))")
-    order = resource.order_by
-    if sort:
+    keys = []
+    for descending in directions:
         field = param("sort")
         direction = "DESC" if descending else "ASC"
-        order = (
+        keys += [
             f"CASE WHEN json_typeof(record->({field}::text)) = 'number' "
-            f"THEN (record->>({field}::text))::numeric END {direction} NULLS LAST, "
-            f"record->>({field}::text) {direction} NULLS LAST, {order}"
-        )
+            f"THEN (record->>({field}::text))::numeric END {direction} NULLS LAST",
+            f"record->>({field}::text) {direction} NULLS LAST",
+        ]
+    order = ", ".join([*keys, resource.order_by])
     where = " AND ".join(conditions) or "TRUE"
     return f"SELECT record::text FROM {table} WHERE {where} ORDER BY {order}"  # noqa: S608
 
@@ -138,22 +159,26 @@ def _arguments(query: Query) -> list[Any]:
         args.append(list(query.states) or None)
     if "date" in columns:
         args.append(query.last_days)
-    if query.sort:
-        args.append(query.sort)
+    args += [name for name, _ in query.sort]
     return args
 
 
 def render(query: Query, texts: Sequence[str]) -> bytes:
     """The answer's body. Without a projection, JSON is the stored text as it is."""
-    if not query.fields and query.fmt == "json" and not query.sort and texts:
+    modelled = model_of(query.resource).model_fields.keys()
+    # Sorted by PostgreSQL already: the records need parsing only to tell whether a sort
+    # field the model lacks is in any record.
+    sorted_by_model = all(name in modelled for name, _ in query.sort)
+    if not query.fields and query.fmt == "json" and texts and sorted_by_model:
         return render_object(texts[0]) if query.single else render_array(texts)
     records: list[dict[str, Any]] = [json.loads(text) for text in texts]
     present: dict[str, None] = {}
     for record in records:
         present.update(dict.fromkeys(record))
-    known = present.keys() | model_of(query.resource).model_fields.keys()
-    if query.sort and query.sort not in known:
-        raise UnknownField("sort", query.sort)
+    known = present.keys() | modelled
+    for name, _ in query.sort:
+        if name not in known:
+            raise UnknownField("sort", name)
     for name in query.fields:
         if name not in known:
             raise UnknownField("fields", name)
@@ -167,30 +192,75 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     return render_array(encode_record(r) for r in records)
 
 
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def empty(query: Query) -> Served:
+    """The answer to a question that selects no record (a list: ``[]``, or a CSV header)."""
+    body = render(query, [])
+    return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+
+
 class QueryService:
-    def __init__(self, stores: Stores, answers: AnswerCache) -> None:
+    def __init__(self, stores: Stores, answers: AnswerCache, max_bytes: int) -> None:
         self.stores = stores
         self.answers = answers
+        self.max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(COMPUTE_SLOTS)
+        self._trimmed = 0.0  # loop time of the last trim
+        self._large = False  # a large computation since
 
     async def answer(self, query: Query) -> Served:
-        """Raises NoRecords, UnknownField or StoreUnavailable."""
+        """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable. An empty answer is
+        served, never cached."""
         return await self.answers.get(query.key, lambda: self._compute(query))
 
     async def _compute(self, query: Query) -> Served:
+        async with self._slots:
+            try:
+                return await self._compute_now(query)
+            finally:
+                now = asyncio.get_running_loop().time()
+                if self._large and now - self._trimmed >= _TRIM_EVERY_SECONDS:
+                    self._large, self._trimmed = False, now
+                    await asyncio.to_thread(trim_heap)
+
+    async def _compute_now(self, query: Query) -> Served:
         texts = await self._fetch(query)
         if not texts and query.single:
             raise NoRecords
         if len(texts) > _RENDER_INLINE_MAX:
+            self._large = True
             body = await asyncio.to_thread(render, query, texts)
         else:
             body = render(query, texts)
-        return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+        if len(body) > self.max_bytes:
+            raise TooLarge(len(body), self.max_bytes, query.resource.document(query.fmt))
+        served = Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+        if not texts:
+            raise Uncached(served)
+        return served
 
     async def _fetch(self, query: Query) -> list[str]:
         pool = self.stores.pg_pool
         if pool is None:
             raise StoreUnavailable
-        sql = statement(query.resource, bool(query.sort), query.descending)
+        sql = statement(query.resource, tuple(descending for _, descending in query.sort))
         try:
             async with pool.acquire() as conn:
                 rows = await conn.fetch(sql, *_arguments(query))

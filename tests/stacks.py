@@ -1,0 +1,246 @@
+"""Published data for the tests: one real refresh per session, cloned where a test needs data.
+
+Most api and system tests need what one ``stats-fetcher refresh-once`` of the session's replay
+upstream leaves in the stores, and test something else than the refresh (tests/fetcher tests
+the refresh itself). That refresh costs seconds of CPU: the fetcher validates and stores about
+20,000 records and renders and compresses 347 documents, PostgreSQL writes them. Cloning its
+result costs milliseconds. So the session runs it once, for real, into stores of its own (the
+template), and a test clones it into its own:
+
+- PostgreSQL: ``CREATE DATABASE <clone> TEMPLATE <template>`` (a copy of the files);
+- Redis: every key of the template's database number dumped and restored into the test's
+  (TTLs kept).
+
+A clone holds exactly what the refresh left: the records, the upstream's validators (a later
+refresh asks the upstream conditionally and finds it unchanged, as after the real one), the
+snapshot and its documents. Only the clock has moved: the snapshot was published when the
+template was made, earlier in the session.
+
+``loaded_stack`` is the other sharing: the api under gunicorn over such data, for a module or
+the session, when its tests only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+from covid_stats_contract import schema
+from devstack.procs import wait_until
+from support import ApiUrl, Upstream, clean_env, fail_fast_env, run_fetcher, start_api
+
+_names = itertools.count()
+
+
+def admin(url: str, sql: str) -> None:
+    """Run one statement on the PostgreSQL server of ``url`` (CREATE/DROP DATABASE)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def migrate(url: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await schema.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def database_name(kind: str) -> str:
+    """A database name no other test of this session, or other session, takes."""
+    return f"t_{kind}_{os.getpid()}_{next(_names)}"
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` (a PostgreSQL URL) naming database ``name``."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def redis_db(url: str) -> int:
+    path = urllib.parse.urlsplit(url).path.strip("/")
+    return int(path) if path else 0
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """``url`` (a Redis URL) naming database number ``db``."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+
+
+@contextmanager
+def new_database(server_url: str, kind: str, template: str = "") -> Iterator[str]:
+    """A database of its own on the server of ``server_url`` (a copy of ``template`` when
+    named), dropped after; yields its URL."""
+    name = database_name(kind)
+    clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    admin(server_url, f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The Redis database number the session's template keeps its keys in (the tests' own
+# fixtures flush database 0 of the same server, or of TEST_REDIS_URL, before each test).
+TEMPLATE_REDIS_DB = 15
+
+
+@dataclass(frozen=True)
+class Template:
+    """What one ``refresh-once`` of the session upstream left in PostgreSQL and Redis."""
+
+    server_url: str  # the PostgreSQL server's URL
+    database: str  # the template database's name
+    redis_url: str  # the template's Redis database
+
+    def clone_redis(self, redis_url: str) -> int:
+        """Copy every key of the template into the database of ``redis_url`` (emptied
+        first), on the template's server or another one (``DUMP``/``RESTORE``, TTLs kept);
+        returns how many."""
+        source = redis.Redis.from_url(self.redis_url)
+        target = redis.Redis.from_url(redis_url)
+        try:
+            target.flushdb()
+            keys = list(source.scan_iter(count=1000))
+            read = source.pipeline(transaction=False)
+            for key in keys:
+                read.pttl(key)
+                read.dump(key)
+            answers = read.execute()
+            write = target.pipeline(transaction=False)
+            for key, ttl, payload in zip(keys, answers[::2], answers[1::2], strict=True):
+                assert payload is not None, key
+                write.restore(key, max(ttl, 0), payload, replace=True)
+            write.execute()
+            return len(keys)
+        finally:
+            source.close()
+            target.close()
+
+    @contextmanager
+    def clone(self, redis_url: str) -> Iterator[str]:
+        """The template cloned: its keys into ``redis_url``'s database, its database into a
+        new one (dropped after); yields the new database's URL."""
+        self.clone_redis(redis_url)
+        with new_database(self.server_url, "clone", template=self.database) as url:
+            yield url
+
+
+@contextmanager
+def published_template(
+    redis_server_url: str, postgres_server_url: str, upstream: Upstream
+) -> Iterator[Template]:
+    """Run one real ``refresh-once`` of ``upstream`` into stores of its own and keep them as
+    the session's template (dropped after)."""
+    template_redis = with_redis_db(redis_server_url, TEMPLATE_REDIS_DB)
+    redis.Redis.from_url(template_redis).flushdb()
+    with new_database(postgres_server_url, "template") as database_url:
+        migrate(database_url)
+        upstream.reset()
+        result = run_fetcher(
+            "refresh-once", fail_fast_env(template_redis, database_url, upstream.url)
+        )
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+        name = urllib.parse.urlsplit(database_url).path.strip("/")
+        try:
+            yield Template(postgres_server_url, name, template_redis)
+        finally:
+            redis.Redis.from_url(template_redis).flushdb()
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An api over published data: its base URL, its services' environment, the upstream."""
+
+    base: ApiUrl
+    env: dict[str, str]
+    upstream: Upstream
+    log_dir: Path
+
+    def get(self, path: str, **headers: str) -> httpx.Response:
+        return httpx.get(f"{self.base}{path}", headers=headers, timeout=30)
+
+    def json(self, path: str) -> Any:
+        response = self.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text[:300])
+        return response.json()
+
+
+# Redis database numbers for the stacks (the template's excluded): a stack's keys have no prefix
+# of their own (the template's are the default prefix's), so each has a database number.
+_STACK_REDIS_DBS = list(range(1, TEMPLATE_REDIS_DB))
+
+
+@contextmanager
+def redis_database(redis_server_url: str) -> Iterator[str]:
+    """A Redis database number of its own on the server of ``redis_server_url`` (flushed
+    after), which no test's flush reaches; yields its URL."""
+    db = _STACK_REDIS_DBS.pop()
+    redis_url = with_redis_db(redis_server_url, db)
+    try:
+        yield redis_url
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        _STACK_REDIS_DBS.append(db)
+
+
+@contextmanager
+def loaded_stack(
+    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path, **settings: str
+) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
+    """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
+    database and a Redis database number of its own (dropped and flushed after), so the other
+    tests' truncations and flushes never meet it; yields its base URL and the environment of
+    its services (to run the fetcher or another api over the same stores), ``settings`` added
+    to it."""
+    process = None
+    with redis_database(redis_server_url) as redis_url, template.clone(redis_url) as database_url:
+        env = clean_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            UPSTREAM_BASE_URL=upstream.url,
+            UPSTREAM_RETRIES="1",
+            UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+            UPSTREAM_TIMEOUT_SECONDS="5",
+            **settings,
+        )
+        try:
+            process, base = start_api(env, log_dir)
+
+            def ready() -> bool:
+                try:
+                    return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(ready, 30, interval=0.1, what="the api ready")
+            yield base, env
+        finally:
+            if process is not None:
+                process.stop()

@@ -1,0 +1,259 @@
+"""``make bench-queries``: distinct hostile questions against the whole system, and what they
+cost Redis, the workers and the hot documents.
+
+Starts everything as ``make run`` does (``devstack.run``, in ``.local/bench-queries``, the
+services' output in ``bench-queries.log`` there), then:
+
+1. before: Redis ``used_memory``, the bytes the query answers are counted for (the budget's
+   meter, ``QUERY_CACHE_MAX_BYTES``), each worker's RSS, and the p99 of a hot document
+   (wrk on ``/v1/states/current.json``);
+2. during: ``--queries`` distinct questions (default 10,000; each one's text never seen
+   before) from ``--clients`` clients: random ``lastdays`` (1 to 10,000), ``from``/``to``
+   years from 1990 to 2030, sorts by one to three keys, states in any case and order,
+   projections, on the daily series, the states lists and the derived series; while wrk
+   measures the hot document again;
+3. after: the same figures again, the answers' statuses, and the evictions the budget made.
+
+It reports; it asserts nothing about speed. ``QUERY_CACHE_MAX_BYTES`` and
+``QUERY_ANSWER_MAX_BYTES`` from the environment apply (the shipped defaults otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil  # type: ignore[import-untyped]  # no stubs (types-psutil) in the venv
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from covid_stats_contract.keys import RedisKeys
+from covid_stats_runtime.logs import configure_logging
+from devstack.bench_api import wrk
+from devstack.procs import free_port, wait_until
+from devstack.run import Stack, StartupError, api_metrics_url, start
+
+HOT = "/v1/states/current.json"
+STATES = [
+    "AK", "AL", "AR", "AZ", "CA", "CO", "CT", "DC", "DE", "FL", "GA", "HI", "IA", "ID", "IL",
+    "IN", "KS", "KY", "LA", "MA", "MD", "ME", "MI", "MN", "MO", "MS", "MT", "NC", "ND", "NE",
+    "NH", "NJ", "NM", "NV", "NY", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT",
+    "VA", "VT", "WA", "WI", "WV", "WY",
+]  # fmt: skip
+FIELDS = ["positive", "negative", "death", "hospitalizedCurrently", "totalTestResults"]
+INCREASES = ["positiveIncrease", "deathIncrease", "totalTestResultsIncrease"]
+
+
+def _question(rng: random.Random) -> str:
+    """One hostile question: a path and parameters drawn at random."""
+    kind = rng.random()
+    params: list[str] = []
+    if kind < 0.15:
+        path = "/v1/us/daily.json"
+    elif kind < 0.25:
+        path = rng.choice(["/v1/states/current.json", "/v1/states/info.csv"])
+        params.append("states=" + ",".join(rng.sample(STATES, rng.randint(1, 12))))
+    elif kind < 0.35:
+        state = rng.choice(STATES).lower()
+        path = rng.choice(["/v1/us/derived.json", f"/v1/states/{state}/derived.json"])
+    elif kind < 0.5:
+        path = f"/v1/states/{rng.choice(STATES).lower()}/daily.{rng.choice(['json', 'csv'])}"
+    else:
+        path = f"/v1/states/daily.{rng.choice(['json', 'json', 'csv'])}"
+        if rng.random() < 0.8:
+            chosen = rng.sample(STATES, rng.randint(1, 6))
+            codes = [c.lower() if rng.random() < 0.5 else c for c in chosen]
+            params.append("states=" + ",".join(codes))
+    if "derived" not in path and "current" not in path and "info" not in path:
+        roll = rng.random()
+        if roll < 0.4:
+            params.append(f"lastdays={rng.randint(1, 10000)}")
+        elif roll < 0.8:
+            first = rng.randint(1990, 2030)
+            params.append(f"from={first}{rng.choice(['0101', '0315', '0601', '0901'])}")
+            if rng.random() < 0.5:
+                params.append(f"to={rng.randint(first, 2030)}1231")
+    elif "derived" in path and rng.random() < 0.7:
+        params.append(f"lastdays={rng.randint(1, 10000)}")
+    if "derived" not in path and "info" not in path and rng.random() < 0.6:
+        keys = rng.sample(FIELDS + INCREASES, rng.randint(1, 3))
+        params.append("sort=" + ",".join(("-" if rng.random() < 0.5 else "") + k for k in keys))
+    if rng.random() < 0.3 and "info" not in path:
+        names = ["date", *rng.sample(INCREASES if "derived" in path else FIELDS, 2)]
+        if "derived" in path:
+            names = ["date", "positiveIncreaseAvg7d", "testPositivity7d"]
+        params.append("fields=" + ",".join(names))
+    return path + ("?" + "&".join(params) if params else "")
+
+
+def questions(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)  # noqa: S311 - reproducible load, not secrets
+    seen: dict[str, None] = {}
+    while len(seen) < count:
+        seen.setdefault(_question(rng), None)
+    return list(seen)
+
+
+async def _ask(base: str, paths: list[str], clients: int) -> collections.Counter[int]:
+    statuses: collections.Counter[int] = collections.Counter()
+    queue = iter(paths)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            for path in queue:
+                response = await client.get(path, headers={"Accept-Encoding": "gzip"})
+                statuses[response.status_code] += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return statuses
+
+
+def _rss(master: int) -> list[int]:
+    out = []
+    for child in psutil.Process(master).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(child.memory_info().rss)
+    return sorted(out)
+
+
+def _evictions(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "covid_stats_api_query_answers_evicted_total"
+    )
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _hot_p99(base: str, seconds: int, connections: int) -> tuple[float, float]:
+    got = wrk(f"{base}{HOT}", connections, seconds, ["Accept-Encoding: gzip"], pin=False)
+    return got["p99"] * 1000, got["rps"]
+
+
+def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) -> int:
+    log_path = state_dir / "bench-queries.log"
+    env = dict(os.environ)
+    env.setdefault("API_PORT", str(free_port()))
+    env.setdefault("API_METRICS_PORT", str(free_port()))
+    env.setdefault("LOG_LEVEL", "WARNING")
+    stack = Stack(env=env)
+    print(f"bench-queries | starting the system (its output goes to {log_path})", flush=True)
+    with log_path.open("a") as log:
+        try:
+            with contextlib.redirect_stdout(log):
+                base = start(stack, state_dir)
+            master = next(c for c in stack.children if c.name == "api").proc.pid
+            metrics = api_metrics_url(stack.env)
+            client = redis.Redis.from_url(stack.env["REDIS_URL"])
+            keys = RedisKeys(stack.env.get("REDIS_KEY_PREFIX", "covid-stats"))
+            wait_until(
+                lambda: client.get(keys.current_snapshot) is not None,
+                300,
+                what="the first snapshot",
+            )
+
+            def figures() -> tuple[int, int, list[int]]:
+                memory = client.info("memory")
+                return (
+                    int(memory["used_memory"]),
+                    int(client.get(keys.query_used) or 0),
+                    _rss(master),
+                )
+
+            paths = questions(count, seed)
+            for path in (HOT, "/v1/states/daily.json?states=ca&lastdays=7"):
+                httpx.get(f"{base}{path}", timeout=30)
+            _hot_p99(base, 2, 32)  # warm-up: the connections' and workers' first requests
+            before = figures()
+            p99_before, rps_before = _hot_p99(base, seconds, 32)
+            during: dict[str, tuple[float, float]] = {}
+
+            def measure_during() -> None:
+                time.sleep(2)  # the questions are under way
+                during["p99"] = _hot_p99(base, seconds, 32)
+
+            thread = threading.Thread(target=measure_during)
+            began = time.monotonic()
+            thread.start()
+            statuses = asyncio.run(_ask(base, paths, clients))
+            took = time.monotonic() - began
+            thread.join()
+            after = figures()
+            p99_after, rps_after = _hot_p99(base, seconds, 32)
+            answers = sum(
+                1
+                for key in client.scan_iter(match=keys.query("*", "*"), count=1000)
+                if not key.endswith(b":fill")
+            )
+            print(
+                "\n".join(
+                    [
+                        f"bench-queries | {count} distinct questions from {clients} clients in"
+                        f" {took:.0f} s ({count / took:.0f}/s); statuses:"
+                        f" {dict(sorted(statuses.items()))}",
+                        f"Redis used_memory      before {_mib(before[0])}, after"
+                        f" {_mib(after[0])} (+{_mib(after[0] - before[0])})",
+                        f"answers counted bytes  before {_mib(before[1])}, after"
+                        f" {_mib(after[1])}; {answers} answer keys; evicted"
+                        f" {_evictions(metrics):.0f}",
+                        "worker RSS             before "
+                        + ", ".join(_mib(r) for r in before[2])
+                        + "; after "
+                        + ", ".join(_mib(r) for r in after[2]),
+                        f"hot p99 ({HOT}, wrk -c32 {seconds}s) before {p99_before:.1f} ms"
+                        f" ({rps_before:.0f} req/s), during {during['p99'][0]:.1f} ms"
+                        f" ({during['p99'][1]:.0f} req/s), after {p99_after:.1f} ms"
+                        f" ({rps_after:.0f} req/s)",
+                    ]
+                ),
+                flush=True,
+            )
+            return 0
+        except (StartupError, TimeoutError, RuntimeError) as exc:
+            print(f"bench-queries | failed: {exc} (see {log_path})", file=sys.stderr, flush=True)
+            return 2
+        finally:
+            with contextlib.redirect_stdout(log):
+                stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-queries", description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=10_000, help="distinct questions")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("DEVSTACK_STATE_DIR", ".local")) / "bench-queries",
+        help="where the servers' data and the log go (default .local/bench-queries)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk (Debian/Ubuntu)", file=sys.stderr)
+        return 2
+    state_dir: Path = args.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
