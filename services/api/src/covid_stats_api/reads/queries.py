@@ -46,9 +46,9 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 
 # Answers with more records than this are rendered in a thread, off the event loop.
 _RENDER_INLINE_MAX = 200
-# Questions a worker computes at once (the others wait their turn): what a computation holds
-# (the records' texts, parsed for a projection or a CSV, the body) is a few times its input,
-# and many at once would grow the worker's memory for good and starve its event loop.
+# Questions a worker computes at once (the others wait their turn): a computation holds its
+# records' texts and the body (``render`` parses one record at a time), and many at once
+# would grow the worker's memory for good and starve its event loop.
 COMPUTE_SLOTS = 2
 # After a large computation, free heap memory is handed back to the system (glibc keeps it
 # otherwise: a worker's RSS would stay at its peak), at most this often.
