@@ -35,7 +35,7 @@ from covid_stats_contract.documents import (
     encode_record,
     etag_for,
     render_array,
-    render_csv,
+    render_csv_rows,
     render_object,
 )
 from covid_stats_contract.models import model_of
@@ -46,9 +46,9 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 
 # Answers with more records than this are rendered in a thread, off the event loop.
 _RENDER_INLINE_MAX = 200
-# Questions a worker computes at once (the others wait their turn): what a computation holds
-# (the records' texts, parsed for a projection or a CSV, the body) is a few times its input,
-# and many at once would grow the worker's memory for good and starve its event loop.
+# Questions a worker computes at once (the others wait their turn): a computation holds its
+# records' texts and the body (``render`` parses one record at a time), and many at once
+# would grow the worker's memory for good and starve its event loop.
 COMPUTE_SLOTS = 2
 # After a large computation, free heap memory is handed back to the system (glibc keeps it
 # otherwise: a worker's RSS would stay at its peak), at most this often.
@@ -197,17 +197,28 @@ def _arguments(query: Query, mark: int | None = None) -> list[Any]:
 
 
 def render(query: Query, texts: Sequence[str]) -> bytes:
-    """The answer's body. Without a projection, JSON is the stored text as it is."""
+    """The answer's body. Without a projection, JSON is the stored text as it is.
+
+    Otherwise the records are parsed one at a time and each is encoded (or written as a CSV
+    row) before the next is parsed: a computation never holds its records parsed at once,
+    which (a few times their text in Python objects) is what grew a worker's memory for good.
+    A CSV reads the records twice (its header, every key, comes first)."""
     modelled = model_of(query.resource).model_fields.keys()
     # Sorted by PostgreSQL already: the records need parsing only to tell whether a sort
     # field the model lacks is in any record.
     sorted_by_model = all(name in modelled for name, _ in query.sort)
     if not query.fields and query.fmt == "json" and texts and sorted_by_model:
         return render_object(texts[0]) if query.single else render_array(texts)
-    records: list[dict[str, Any]] = [json.loads(text) for text in texts]
+    wanted = set(query.fields)
     present: dict[str, None] = {}
-    for record in records:
+    encoded: list[str] = []
+    for text in texts:
+        record: dict[str, Any] = json.loads(text)
         present.update(dict.fromkeys(record))
+        if query.fmt == "json":
+            if wanted:
+                record = {k: v for k, v in record.items() if k in wanted}
+            encoded.append(encode_record(record))
     known = present.keys() | modelled
     for name, _ in query.sort:
         if name not in known:
@@ -215,14 +226,14 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     for name in query.fields:
         if name not in known:
             raise UnknownField("fields", name)
-    if query.fields:
-        wanted = set(query.fields)
-        records = [{k: v for k, v in r.items() if k in wanted} for r in records]
     if query.fmt == "csv":
-        return render_csv(records)
+        # The header of the projected records: their keys in first-seen order, which is the
+        # whole records' first-seen order without the keys left out.
+        header = [name for name in present if not wanted or name in wanted]
+        return render_csv_rows(header, (json.loads(text) for text in texts))
     if query.single:
-        return render_object(encode_record(records[0]))
-    return render_array(encode_record(r) for r in records)
+        return render_object(encoded[0])
+    return render_array(encoded)
 
 
 @cache
