@@ -62,17 +62,38 @@ QUERIES = [
     "/v1/states/daily.json?states=ca&lastdays=7",
     "/v1/us/daily.json?fields=date,positive&lastdays=30",
 ]
-# A question no cache holds yet: a new one each time.
-UNCACHED = Unique(
-    "uncached query",
-    lambda n: (
-        f"/v1/us/daily.json?lastdays={n % 10000 + 1}"
-        f"&fields=date,{'positive' if n // 10000 % 2 else 'death'}"
-    ),
+# A question no cache holds yet: a new one each time (``Unique`` numbers every request the
+# load sends). The api keys a question by what it selects (reads.canonical: a lastdays beyond
+# the data's span is the same question as none), so each selects other records or fields:
+# lastdays within the span of every dataset the upstream serves, times a set of fields (150 x
+# 255 questions before one comes again).
+US_FIELDS = (
+    "positive",
+    "death",
+    "negative",
+    "hospitalizedCurrently",
+    "totalTestResults",
+    "positiveIncrease",
+    "deathIncrease",
+    "recovered",
 )
-# An uncached question over the whole states/daily table (rendered in a thread): slow
-# enough to be in flight when a signal comes.
-SLOW = Unique("slow query", lambda n: f"/v1/states/daily.json?lastdays={n % 10000 + 1}")
+
+
+def _uncached(n: int) -> str:
+    mask = n // 150 % 255 + 1
+    fields = [name for bit, name in enumerate(US_FIELDS) if mask >> bit & 1]
+    return f"/v1/us/daily.json?lastdays={n % 150 + 1}&fields=date,{','.join(fields)}"
+
+
+def _slow(n: int) -> str:
+    sorts = ["", *(f"&sort={sign}{name}" for name in US_FIELDS for sign in ("", "-"))]
+    return f"/v1/states/daily.json?lastdays={n % 150 + 1}{sorts[n // 150 % len(sorts)]}"
+
+
+UNCACHED = Unique("uncached query", _uncached)
+# An uncached question over most of the states/daily table (rendered in a thread): slow
+# enough to be in flight when a signal comes (the env lifts QUERY_ANSWER_MAX_BYTES for it).
+SLOW = Unique("slow query", _slow)
 
 
 @pytest.fixture
@@ -94,6 +115,8 @@ def env(
         FETCH_INTERVAL_SECONDS="3600",
         # The drain on shutdown lasts at most one keep-alive period.
         GUNICORN_KEEPALIVE_SECONDS="2",
+        # The slow query asks for most of states/daily: never refused for its size here.
+        QUERY_ANSWER_MAX_BYTES=str(2**30),
     )
 
 
