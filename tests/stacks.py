@@ -38,7 +38,15 @@ import redis
 
 from covid_stats_contract import schema
 from devstack.procs import wait_until
-from support import ApiUrl, Upstream, clean_env, fail_fast_env, run_fetcher, start_api
+from support import (
+    ApiUrl,
+    Upstream,
+    clean_env,
+    fail_fast_env,
+    http_ok,
+    run_fetcher,
+    start_api,
+)
 
 _names = itertools.count()
 
@@ -211,36 +219,45 @@ def redis_database(redis_server_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def loaded_stack(
-    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path, **settings: str
-) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
-    """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
-    database and a Redis database number of its own (dropped and flushed after), so the other
-    tests' truncations and flushes never meet it; yields its base URL and the environment of
-    its services (to run the fetcher or another api over the same stores), ``settings`` added
-    to it."""
-    process = None
+def cloned_env(
+    template: Template, redis_server_url: str, upstream: Upstream, **settings: str
+) -> Iterator[dict[str, str]]:
+    """The services' environment over a clone of ``template`` on a PostgreSQL database and a
+    Redis database number of their own (dropped and flushed after), so the other tests'
+    truncations and flushes never meet it; ``settings`` added to it."""
     with redis_database(redis_server_url) as redis_url, template.clone(redis_url) as database_url:
-        env = clean_env(
+        yield clean_env(
             REDIS_URL=redis_url,
             DATABASE_URL=database_url,
             UPSTREAM_BASE_URL=upstream.url,
-            UPSTREAM_RETRIES="1",
-            UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
-            UPSTREAM_TIMEOUT_SECONDS="5",
             **settings,
         )
+
+
+def wait_ready(base: str) -> None:
+    """Wait until the api at ``base`` says it is ready (it serves data)."""
+    wait_until(lambda: http_ok(f"{base}/readyz"), 30, interval=0.1, what="the api ready")
+
+
+@contextmanager
+def loaded_stack(
+    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path, **settings: str
+) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
+    """The api under gunicorn (2 workers) over a clone of ``template`` (``cloned_env``);
+    yields its base URL and the environment of its services (to run the fetcher or another
+    api over the same stores), ``settings`` added to it."""
+    with cloned_env(
+        template,
+        redis_server_url,
+        upstream,
+        UPSTREAM_RETRIES="1",
+        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+        UPSTREAM_TIMEOUT_SECONDS="5",
+        **settings,
+    ) as env:
+        process, base = start_api(env, log_dir)
         try:
-            process, base = start_api(env, log_dir)
-
-            def ready() -> bool:
-                try:
-                    return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_until(ready, 30, interval=0.1, what="the api ready")
+            wait_ready(base)
             yield base, env
         finally:
-            if process is not None:
-                process.stop()
+            process.stop()

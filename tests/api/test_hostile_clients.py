@@ -23,12 +23,11 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from devstack.procs import wait_until
-from stacks import Template, redis_database
+from stacks import Template, cloned_env
 from support import (
     Process,
     Upstream,
     check_error_body,
-    clean_env,
     receive_answer,
     start_api,
 )
@@ -59,18 +58,14 @@ def api(
 ) -> Iterator[Api]:
     """One api over the session's published data (a clone: tests/stacks.py) for the module
     (its tests run one after the other)."""
-    with (
-        redis_database(redis_server_url) as redis_url,
-        template.clone(redis_url) as database_url,
-    ):
-        env = clean_env(
-            REDIS_URL=redis_url,
-            DATABASE_URL=database_url,
-            UPSTREAM_BASE_URL=upstream_server.url,
-            HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
-            GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
-            HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
-        )
+    with cloned_env(
+        template,
+        redis_server_url,
+        upstream_server,
+        HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
+        GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
+        HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
+    ) as env:
         process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
         yield Api(process, base, int(base.rsplit(":", 1)[1]))
         process.stop()

@@ -30,13 +30,12 @@ from covid_stats_api.main import ROUTES
 from covid_stats_api.metrics import LABELLED_METHODS, OTHER_METHOD
 from covid_stats_api.serving.asgi.fastpath import routed_path
 from covid_stats_runtime.http import br_etag, error_cache_control, gzip_etag
-from stacks import Template, redis_database
+from stacks import Template, cloned_env
 from support import (
     ApiUrl,
     Process,
     Upstream,
     check_error_body,
-    clean_env,
     metric_samples,
     start_api,
 )
@@ -64,16 +63,12 @@ def api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
     """One api over the session's published data (a clone: tests/stacks.py) for the module."""
-    with (
-        redis_database(redis_server_url) as redis_url,
-        template.clone(redis_url) as database_url,
-    ):
-        env = clean_env(
-            REDIS_URL=redis_url,
-            DATABASE_URL=database_url,
-            UPSTREAM_BASE_URL=upstream_server.url,
-            HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
-        )
+    with cloned_env(
+        template,
+        redis_server_url,
+        upstream_server,
+        HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
+    ) as env:
         process, base = start_api(env, tmp_path_factory.mktemp("hardening"))
         yield Api(process, base, int(base.rsplit(":", 1)[1]))
         assert "Traceback" not in process.output()

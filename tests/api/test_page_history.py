@@ -23,7 +23,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from devstack.procs import free_port, wait_until
-from stacks import Stack, migrate, new_database, redis_database
+from stacks import Stack, migrate, new_database, redis_database, wait_ready
 from support import (
     ARCHIVE,
     ApiUrl,
@@ -125,14 +125,7 @@ def fresh_stack(
         assert result.returncode == 0, result.stderr.decode()[-3000:]
         process, base = start_api(env, log_dir)
         try:
-
-            def ready() -> bool:
-                try:
-                    return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_until(ready, 30, interval=0.1, what="the api ready")
+            wait_ready(base)
             yield base, env
         finally:
             process.stop()
