@@ -728,9 +728,15 @@ def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
     start, end = _view_dates(stack, "ca")
     # Instants the api served data at (after its first publish, not in the future): the
     # first publish's time from the changes feed, rounded up to a second, then a later one.
+    # The api dates the records' versions by when their snapshot became current, set just
+    # after the feed's entry (docs/pipeline.md): the first whole second it answers as of.
     published = stack.json("/v1/changes.json?since=2000-01-01T00:00:00Z")["changes"][0]
     first = datetime.fromisoformat(published["published_at"].replace("Z", "+00:00"))
-    instant = _second(first.replace(microsecond=0) + timedelta(seconds=1))
+    moment = first.replace(microsecond=0) + timedelta(seconds=1)
+    while stack.get(f"/v1/us/current.json?as_of={_second(moment)}").status_code != 200:
+        assert moment < datetime.now(UTC), "the api answers as of no instant since the publish"
+        moment += timedelta(seconds=1)
+    instant = _second(moment)
     wait_until(lambda: _second(datetime.now(UTC)) > instant, 5, interval=0.05, what="a second")
     wall = instant.removesuffix("Z")  # the input's value: UTC, to the second
     path = f"/?state=ca&from={start}&to={end}&as_of={instant}"
