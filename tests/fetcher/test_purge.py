@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -223,6 +225,37 @@ def test_a_failing_receiver_is_retried_and_a_hanging_one_never_delays_the_publis
     assert len(attempts) == 3
     assert len({p.keys for p in attempts}) == 1  # the same keys, tried again
     assert fetcher.metric(PURGES, outcome="failed") == 2
+
+
+def test_a_new_leader_takes_up_the_purge_a_dead_leader_left(
+    env: dict[str, str],
+    receiver: Receiver,
+    fetcher_factory: Callable[..., Fetcher],
+    upstream: Upstream,
+) -> None:
+    """The leader dies (SIGKILL) while its PURGE hangs: the keys it had yet to purge wait in
+    Redis, and the follower, once it leads, purges them."""
+    ha = {**env, "LEADER_LEASE_SECONDS": "1.5"}
+    first = fetcher_factory(ha, "first")
+    until(first.is_leader, "the first fetcher to lead")
+    until(lambda: first.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
+    until(lambda: first.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
+    second = fetcher_factory(ha, "second")
+    assert not second.is_leader()
+    receiver.hold.clear()
+    before = len(receiver.purges())
+    change_one_state(upstream)
+    request_refresh(second)  # relayed to the leader
+    until(receiver.holding.is_set, "the leader's PURGE to be in flight")
+    held = receiver.purges()[before:]
+    assert len(held) == 1
+    os.kill(first.process.proc.pid, signal.SIGKILL)
+    until(second.is_leader, "the follower to lead")
+    receiver.hold.set()
+    until(lambda: second.metric(PURGES, outcome="purged") > 0, "the follower's purge")
+    until(lambda: second.metric("covid_stats_fetcher_purge_keys_pending") == 0, "its purge")
+    taken_up = receiver.keys(before + 1)
+    assert set(held[0].keys.split(" ")) <= taken_up
 
 
 @pytest.fixture
