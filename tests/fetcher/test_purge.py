@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from covid_stats_contract.edge import (
     CHANGES_KEY,
@@ -339,3 +340,13 @@ def test_refresh_once_sends_its_publishs_purge_before_it_exits(
     keys = receiver.keys()
     assert {"v1/status.json", "v1/states/daily.json", CHANGES_KEY} <= keys
     assert any(key.startswith(STATE_PREFIX) for key in keys)
+
+
+def test_purge_urls_are_http_urls_each_once() -> None:
+    """Each address of a URL's host is sent its PURGE, so no TLS name could be checked: an
+    https URL (or anything but an http URL) is refused at start-up, naming the value."""
+    for bad in ("https://edge.test/", "edge.test", "http://", "ftp://edge.test/"):
+        with pytest.raises(ValidationError, match="not an http URL"):
+            Settings(purge_urls=bad)
+    given = " http://a.test:6081/ , http://b.test/,http://a.test:6081/"
+    assert Settings(purge_urls=given).purge_url_list == ("http://a.test:6081/", "http://b.test/")
