@@ -75,9 +75,11 @@ class Varnish:
                 "varnishd is not installed: apt-get install varnish varnish-modules "
                 "(.ci/install-tools)"
             )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)  # the rendered VCL is read by varnishd's unprivileged user
         vcl = self.workdir / "default.vcl"
         vcl.write_text(render_vcl(self.backend_host, self.backend_port))
-        vcl.chmod(0o644)  # read by varnishd's unprivileged compiler when we are root
+        vcl.chmod(0o644)
         argv = [
             binary,
             "-F",
@@ -100,28 +102,27 @@ class Varnish:
             argv = ["taskset", "-c", str(self.cpu), *argv]
         return argv
 
-    def start(self, *, stdout: int | None = None, timeout: float = 60.0) -> None:
-        """Start varnishd and wait until both listeners answer (its VCL compiled)."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start varnishd (its output to :attr:`log`) and wait until it listens."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o755)
         argv = self.argv()
-        out = self.log.open("ab") if stdout is None else None
-        self.process = subprocess.Popen(
-            argv,
-            stdout=out if out is not None else stdout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=pdeathsig_preexec(),
-        )
-        if out is not None:
-            out.close()
-        process = self.process
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=pdeathsig_preexec(),
+            )
+        self.wait_listening(self.process, timeout)
+
+    def wait_listening(self, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        """Wait until both listeners answer (the VCL compiled and loaded)."""
+        self.process = process
 
         def listening() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"varnishd exited with status {process.returncode} (see {self.log})"
-                )
+                raise RuntimeError(f"varnishd exited with status {process.returncode}")
             return _answers(self.purge_url) and _answers(f"{self.url}/healthz")
 
         wait_until(listening, timeout, interval=0.1, what="varnishd to listen")
