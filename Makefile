@@ -134,6 +134,15 @@ k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifes
 chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)
 	$(BIN)/python deploy/tools/chart_readme.py
 
+# The chart cannot read files outside its folder: its VCL (edgeCache) is a copy of
+# deploy/varnish/default.vcl, which tests/deploy/test_edge_cache.py keeps equal (drift).
+EDGE_VCL := deploy/varnish/default.vcl
+CHART_VCL := deploy/helm/covid-stats/files/varnish/default.vcl
+.PHONY: chart-vcl
+chart-vcl: ## Copy deploy/varnish/default.vcl into the chart (files/varnish/, edgeCache's ConfigMap)
+	mkdir -p $(dir $(CHART_VCL))
+	cp $(EDGE_VCL) $(CHART_VCL)
+
 .PHONY: chart-package
 chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; make chart-push pushes it)
 	$(HELM) package deploy/helm/covid-stats --destination dist
