@@ -85,8 +85,20 @@ def exporter_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str
     workdir = folder / "work"
     cache = spawn(
         "varnishd",
-        [varnishd, "-F", "-j", "none", "-n", str(workdir), "-f", str(folder / "default.vcl"),
-         "-a", f"127.0.0.1:{free_port()}", "-s", "malloc,16m"],
+        [
+            varnishd,
+            "-F",
+            "-j",
+            "none",
+            "-n",
+            str(workdir),
+            "-f",
+            str(folder / "default.vcl"),
+            "-a",
+            f"127.0.0.1:{free_port()}",
+            "-s",
+            "malloc,16m",
+        ],
         os.environ,
         folder,
     )
@@ -112,7 +124,11 @@ def exporter_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str
 
     try:
         wait_until(scraped, 60, interval=0.2, what="the exporter serving varnishd's counters")
-        yield {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+        yield {
+            line.split("{")[0].split(" ")[0]
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
     finally:
         metrics.stop()
         cache.stop()
@@ -141,7 +157,8 @@ def test_every_edge_alert_is_tested_firing_and_not_firing(edge_rules: EdgeRules)
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else silent).add(check["alertname"])
     alerts = {rule["alert"] for rule in edge_rules.rules}
-    assert alerts and alerts == firing == silent
+    assert alerts
+    assert alerts == firing == silent
 
 
 def test_every_selector_names_the_edge_job(edge_rules: EdgeRules) -> None:

@@ -8,6 +8,7 @@ checkov pass on the render; the install-time checks refuse bad combinations.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -62,7 +63,9 @@ def edge_deployment(rendered: Rendered) -> dict[str, Any]:
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    (found,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
     return dict(found)
 
 
@@ -74,7 +77,7 @@ def port_of(item: dict[str, Any], name: str) -> int:
 def listen_args(argv: list[str]) -> dict[str, int]:
     """varnishd's `-a name=:port,PROTO` listeners: {name: port}."""
     listeners = {}
-    for flag, value in zip(argv, argv[1:], strict=False):
+    for flag, value in itertools.pairwise(argv):
         if flag == "-a":
             match = re.fullmatch(r"(\w+)=[^:]*:(\d+)(,\w+)?", value)
             assert match, value
@@ -96,15 +99,17 @@ def vcl_parts(vcl: str) -> tuple[list[str], list[str], list[str]]:
     hosts = re.findall(r'\.host\s*=\s*"([^"]*)"', vcl)
     ports = re.findall(r'\.port\s*=\s*"([^"]*)"', vcl)
     (acl,) = re.findall(r"(?ms)^acl\s+\w+\s*\{(.*?)\}", vcl)
-    entries = [line.strip() for line in acl.splitlines() if line.strip() and not line.strip().startswith("#")]
+    entries = [
+        line.strip()
+        for line in acl.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
     return hosts, ports, entries
 
 
 def rendered_vcl(rendered: Rendered) -> str:
     deployment = edge_deployment(rendered)
-    (volume,) = [
-        v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v
-    ]
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     data: dict[str, str] = rendered.get("ConfigMap", volume["configMap"]["name"])["data"]
     (text,) = data.values()
     return text
@@ -214,7 +219,10 @@ def test_the_edge_runs_the_official_varnish_with_its_listeners_on_its_ports(
     workdir = argv[argv.index("-n") + 1]
     exporter_argv = exporter["command"] + exporter["args"]
     assert exporter_argv[exporter_argv.index("-n") + 1] == workdir
-    mounts = {c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in (varnish, exporter)}
+    mounts = {
+        c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        for c in (varnish, exporter)
+    }
     assert mounts["varnish"][workdir] == mounts["exporter"][workdir]
     assert deployment["spec"]["template"]["spec"]["shareProcessNamespace"] is True
     listen = exporter_argv[exporter_argv.index("-web.listen-address") + 1]
@@ -233,9 +241,10 @@ def test_global_image_registry_retargets_both_edge_images() -> None:
     for name in ("varnish", "exporter"):
         assert container(deployment, name)["image"].startswith("registry.example/team/"), name
     default = edge_deployment(render(EDGE_VALUES))
-    assert container(deployment, "exporter")["image"] == "registry.example/team/" + container(
-        default, "exporter"
-    )["image"]
+    assert (
+        container(deployment, "exporter")["image"]
+        == "registry.example/team/" + container(default, "exporter")["image"]
+    )
 
 
 def test_services_clients_purges_and_metrics(edge: tuple[Rendered, Path]) -> None:
@@ -243,8 +252,7 @@ def test_services_clients_purges_and_metrics(edge: tuple[Rendered, Path]) -> Non
     deployment = edge_deployment(rendered)
     varnish = container(deployment, "varnish")
     by_port = {
-        s["spec"]["ports"][0]["targetPort"]: s
-        for s in services_selecting(rendered, deployment)
+        s["spec"]["ports"][0]["targetPort"]: s for s in services_selecting(rendered, deployment)
     }
     assert set(by_port) == {"http", "purge", "metrics"}
     assert by_port["purge"]["spec"]["clusterIP"] == "None"  # every pod's address
@@ -286,7 +294,11 @@ def test_pdb_and_hpa_target_the_edge(edge: tuple[Rendered, Path]) -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] >= 1
     hpa = rendered.get("HorizontalPodAutoscaler", name)
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": name,
+    }
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     fixed = edge_deployment(render(EDGE_VALUES, values={"edgeCache.autoscaling.enabled": False}))
     assert fixed["spec"]["replicas"] >= 2
@@ -300,7 +312,9 @@ def test_the_edge_is_scraped_under_one_job_both_ways(edge: tuple[Rendered, Path]
     deployment = edge_deployment(rendered)
     annotations = pod_annotations(rendered, deployment["metadata"]["name"])
     assert jobs["edge-cache"] == annotations["prometheus.io/job"]
-    assert int(annotations["prometheus.io/port"]) == port_of(container(deployment, "exporter"), "metrics")
+    assert int(annotations["prometheus.io/port"]) == port_of(
+        container(deployment, "exporter"), "metrics"
+    )
     renamed = render(EDGE_VALUES, values={"metrics.jobs.edgeCache": "shop:edge"})
     assert operator_jobs(renamed)["edge-cache"] == "shop:edge"
 
@@ -318,7 +332,10 @@ def policies_of(rendered: Rendered, labels: dict[str, str], kind: str) -> list[d
 
 
 def selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
-    return set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= labels.items()
+    return (
+        set(peer) == {"podSelector"}
+        and peer["podSelector"]["matchLabels"].items() <= labels.items()
+    )
 
 
 def test_purge_port_only_from_the_fetcher_client_port_from_its_peers(
@@ -328,7 +345,9 @@ def test_purge_port_only_from_the_fetcher_client_port_from_its_peers(
     deployment = edge_deployment(rendered)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     fetcher_labels = rendered.pod_labels(rendered.get("Deployment", FETCHER_DEPLOYMENT))
-    rules = [r for p in policies_of(rendered, labels, "Ingress") for r in p["spec"].get("ingress", [])]
+    rules = [
+        r for p in policies_of(rendered, labels, "Ingress") for r in p["spec"].get("ingress", [])
+    ]
     by_port = {r["ports"][0]["port"]: r for r in rules}
     assert set(by_port) == {"http", "purge", "metrics"}
     (peer,) = by_port["purge"]["from"]
@@ -338,7 +357,9 @@ def test_purge_port_only_from_the_fetcher_client_port_from_its_peers(
     # The api's fenced port admits the edge's pods.
     api_labels = rendered.pod_labels(rendered.get("Deployment", API_DEPLOYMENT))
     api_rules = [
-        r for p in policies_of(rendered, api_labels, "Ingress") for r in p["spec"].get("ingress", [])
+        r
+        for p in policies_of(rendered, api_labels, "Ingress")
+        for r in p["spec"].get("ingress", [])
     ]
     (http,) = [r for r in api_rules if r["ports"][0]["port"] == "http"]
     assert any(selects(peer, labels) for peer in http["from"])
@@ -350,7 +371,9 @@ def test_egress_fetcher_to_the_purge_port_edge_to_the_api(edge: tuple[Rendered, 
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     purge_port = port_of(container(deployment, "varnish"), "purge")
     fetcher_labels = rendered.pod_labels(rendered.get("Deployment", FETCHER_DEPLOYMENT))
-    fetcher_rules = [r for p in policies_of(rendered, fetcher_labels, "Egress") for r in p["spec"]["egress"]]
+    fetcher_rules = [
+        r for p in policies_of(rendered, fetcher_labels, "Egress") for r in p["spec"]["egress"]
+    ]
     assert any(
         any(selects(peer, labels) for peer in r.get("to", []))
         and [p["port"] for p in r["ports"]] == [purge_port]
@@ -380,10 +403,16 @@ def test_the_render_validates_strictly(version: str, edge: tuple[Rendered, Path]
     plain = path.with_name(f"plain-{version}.yaml")
     plain.write_text(
         yaml.safe_dump_all(
-            [d for d in rendered.docs if d["kind"] not in {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}]
+            [
+                d
+                for d in rendered.docs
+                if d["kind"] not in {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+            ]
         )
     )
-    result = run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, plain], check=False)
+    result = run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, plain], check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -397,7 +426,17 @@ def test_checkov_passes_on_the_edge(edge: tuple[Rendered, Path], tmp_path: Path)
     config = REPO / "deploy" / "checkov.yaml"
     shutil.copy(path, tmp_path / path.name)
     result = run(
-        [tool("checkov"), "--config-file", config, "--framework", "kubernetes", "-d", tmp_path, "--compact", "--quiet"],
+        [
+            tool("checkov"),
+            "--config-file",
+            config,
+            "--framework",
+            "kubernetes",
+            "-d",
+            tmp_path,
+            "--compact",
+            "--quiet",
+        ],
         check=False,
         cwd=REPO,
     )
@@ -410,7 +449,10 @@ def test_checkov_passes_on_the_edge(edge: tuple[Rendered, Path], tmp_path: Path)
         ({"edgeCache.purgePort": 8080}, "must differ"),
         ({"edgeCache.metrics.port": 8081}, "must differ"),
         ({"edgeCache.purge.acl": []}, "edgeCache.purge.acl is empty"),
-        ({"edgeCache.terminationGracePeriodSeconds": 5}, "must exceed edgeCache.preStopSleepSeconds"),
+        (
+            {"edgeCache.terminationGracePeriodSeconds": 5},
+            "must exceed edgeCache.preStopSleepSeconds",
+        ),
         ({"edgeCache.autoscaling.minReplicas": 7}, "is above maxReplicas"),
         ({"edgeCache.image.tag": ""}, "edgeCache.metrics.image.tag is empty"),
         ({"edgeCache.storageSize": "lots"}, "storageSize"),
