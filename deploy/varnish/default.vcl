@@ -90,6 +90,10 @@ sub vcl_recv {
     # after a failed fetch, vcl_deliver / vcl_synth).
     if (req.restarts == 0 && std.healthy(req.backend_hint)) {
         set req.grace = 0s;
+    } else {
+        # No limit of ours, the copy's grace (edge_stale_limit) applies; set even so, as
+        # req.grace outlives a restart.
+        set req.grace = 365d;
     }
     return (hash);
 }
