@@ -12,6 +12,7 @@ misses of one URL reach the api once.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from covid_stats_contract import edge as edge_contract
 from covid_stats_contract import resources
 from devstack.procs import free_port, wait_until
 from devstack.varnish import Varnish
@@ -38,6 +40,7 @@ from support import (
     summary,
 )
 
+PURGE, PURGE_KEYS = edge_contract.PURGE_METHOD, edge_contract.PURGE_KEYS_HEADER
 # The state a publish changes, and one it does not.
 CHANGED, UNCHANGED = "MI", "NY"
 
@@ -55,10 +58,12 @@ class Edge:
     def origin(self, path: str, **headers: str) -> httpx.Response:
         return httpx.get(f"{self.api}{path}", headers=headers, timeout=30)
 
-    def purge(self, keys: str, **options: Any) -> httpx.Response:
-        return httpx.request(
-            "PURGE", self.varnish.purge_url, headers={"xkey-purge": keys}, timeout=10, **options
-        )
+    def purge(self, keys: str) -> httpx.Response:
+        return httpx.request(PURGE, self.varnish.purge_url, headers={PURGE_KEYS: keys}, timeout=10)
+
+    def keys(self, path: str) -> str:
+        """The surrogate keys the api serves ``path`` with."""
+        return self.origin(path).headers[edge_contract.SURROGATE_KEY_HEADER]
 
 
 @pytest.fixture
@@ -122,10 +127,42 @@ def test_documents_are_kept_with_the_apis_bytes_and_encodings(edge: Edge) -> Non
             assert response.headers["vary"] == "Accept-Encoding"
             assert response.read() == origin.read()
             # the edge's own headers stop here
-            for header in ("surrogate-control", "surrogate-key", "xkey"):
+            for header in (
+                edge_contract.SURROGATE_CONTROL_HEADER,
+                edge_contract.SURROGATE_KEY_HEADER,
+                "xkey",
+            ):
                 assert header not in response.headers
     # Accept-Encoding values that ask for the same coding share one copy
     assert hit(edge.get(US_CURRENT, **{"Accept-Encoding": "gzip, deflate, br"}))
+    # kept for Surrogate-Control's max-age, and stale for Cache-Control's stale-if-error
+    served = edge.origin(US_CURRENT).headers
+    assert ttls(edge.varnish, US_CURRENT) == {
+        (
+            directive(served[edge_contract.SURROGATE_CONTROL_HEADER], "max-age"),
+            directive(served["cache-control"], "stale-if-error"),
+        )
+    }
+
+
+def directive(header: str, name: str) -> int:
+    """A ``name=<seconds>`` directive's value in a Cache-Control-like header."""
+    found = re.search(rf"(?:^|[,\s]){name}=(\d+)", header)
+    assert found is not None, (header, name)
+    return int(found[1])
+
+
+def ttls(varnish: Varnish, path: str) -> set[tuple[int, int]]:
+    """(TTL, grace) of the copies of ``path`` Varnish kept: the last of each fetch's
+    ``TTL VCL`` records in its log."""
+    kept = set()
+    for fetch in varnish.varnishlog("-g", "request", "-b", "-q", f'BereqURL eq "{path}"').split(
+        "\n\n"
+    ):
+        decided = re.findall(r"TTL\s+VCL (\d+) (\d+) \d+ \d+ cacheable", fetch)
+        if decided:
+            kept.add((int(decided[-1][0]), int(decided[-1][1])))
+    return kept
 
 
 def test_live_status_and_credentials_are_never_kept(edge: Edge) -> None:
@@ -161,14 +198,14 @@ def test_misses_of_one_url_reach_the_api_once(edge: Edge) -> None:
 
 
 def test_purge_is_accepted_on_the_purge_listener_from_the_acl_only(edge: Edge) -> None:
-    keys = edge.origin(US_CURRENT).headers["surrogate-key"]
+    keys = edge.keys(US_CURRENT)
     assert hit(edge.get(US_CURRENT)) is False
     assert hit(edge.get(US_CURRENT))
 
     # from outside the ACL (127.0.0.2 is not in it): refused, nothing purged
     outside = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(transport=outside, timeout=10) as client:
-        refused = client.request("PURGE", edge.varnish.purge_url, headers={"xkey-purge": keys})
+        refused = client.request(PURGE, edge.varnish.purge_url, headers={PURGE_KEYS: keys})
         assert refused.status_code == 403
         check_error_body(refused.content, 403, "forbidden")
         other = client.get(f"{edge.varnish.purge_url}v1/us/current.json")
@@ -177,14 +214,14 @@ def test_purge_is_accepted_on_the_purge_listener_from_the_acl_only(edge: Edge) -
 
     # on the public listener, even from loopback: not a method it takes
     public = httpx.request(
-        "PURGE", f"{edge.varnish.url}{US_CURRENT}", headers={"xkey-purge": keys}, timeout=10
+        PURGE, f"{edge.varnish.url}{US_CURRENT}", headers={PURGE_KEYS: keys}, timeout=10
     )
     assert public.status_code == 405
     check_error_body(public.content, 405, "method_not_allowed")
     assert hit(edge.get(US_CURRENT))
 
     # no keys named
-    missing = httpx.request("PURGE", edge.varnish.purge_url, timeout=10)
+    missing = httpx.request(PURGE, edge.varnish.purge_url, timeout=10)
     assert missing.status_code == 400
     check_error_body(missing.content, 400, "missing_header")
 
@@ -199,7 +236,7 @@ def test_purge_is_accepted_on_the_purge_listener_from_the_acl_only(edge: Edge) -
 def test_cached_documents_are_served_while_the_api_is_down(edge: Edge) -> None:
     kept = {path: edge.get(path).content for path in (US_CURRENT, OTHER_CURRENT)}
     assert all(hit(edge.get(path)) for path in kept)
-    keys = edge.origin(US_CURRENT).headers["surrogate-key"]
+    keys = edge.keys(US_CURRENT)
     edge.api_process.stop()
 
     # kept copies are served as they are
