@@ -48,9 +48,10 @@ test-fast: $(STAMP) ## Run the unit-level tests only (marker unit: no gunicorn, 
 	$(BIN)/python -m pytest -m unit --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
 .PHONY: bench
-bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
-	$(BIN)/python -m devstack.bench_api
+bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app, nginx and Varnish (hit rate, purge-to-fresh); 2 workers at 64/512 conns (needs wrk, nginx, varnish; BENCH_ARGS="--edge-only --rounds 1": Varnish's part alone)
+	$(BIN)/python -m devstack.bench_api $(BENCH_ARGS)
 
 .PHONY: profile
 profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents, in process, with cProfile

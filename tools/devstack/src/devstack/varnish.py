@@ -147,6 +147,18 @@ class Varnish:
         )
         return result.stdout
 
+    def varnishlog(self, *options: str) -> str:
+        """``varnishlog -d`` (what its shared memory log holds now) with ``options``."""
+        argv = [shutil.which("varnishlog", path=SBIN_PATH) or "varnishlog", "-d", "-n"]
+        result = subprocess.run(
+            [*argv, str(self.workdir / "n"), *options],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return result.stdout
+
     def backend_healthy(self) -> bool:
         """What the api's probe says now (``backend.list``: ``healthy`` / ``sick``)."""
         for line in self.admin("backend.list").splitlines():
