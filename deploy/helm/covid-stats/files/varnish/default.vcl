@@ -46,9 +46,16 @@ acl purgers {
     "::1";
 }
 
-# How long a purged or expired copy is kept to be served while the api is down.
+# How long a purged or expired copy is kept to be served while the api is down: the answer's
+# `Cache-Control: stale-if-error=N`, else a day.
 sub edge_stale_limit {
-    set beresp.grace = 1d;
+    if (beresp.http.Cache-Control ~ "(^|[,\s])stale-if-error=[0-9]+") {
+        set beresp.grace = std.duration(
+            regsub(beresp.http.Cache-Control, "^(.*[,\s])?stale-if-error=([0-9]+).*$", "\2")
+            + "s", 1d);
+    } else {
+        set beresp.grace = 1d;
+    }
 }
 
 sub vcl_recv {
@@ -90,6 +97,10 @@ sub vcl_recv {
     # after a failed fetch, vcl_deliver / vcl_synth).
     if (req.restarts == 0 && std.healthy(req.backend_hint)) {
         set req.grace = 0s;
+    } else {
+        # No limit of ours, the copy's grace (edge_stale_limit) applies; set even so, as
+        # req.grace outlives a restart.
+        set req.grace = 365d;
     }
     return (hash);
 }
