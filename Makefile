@@ -129,7 +129,8 @@ deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Run tests/deploy: lint, render, valida
 
 .PHONY: k8s-manifests
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
-	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
+	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT) \
+		--edge-component deploy/k8s/components/edge-cache
 
 .PHONY: chart-readme
 chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)

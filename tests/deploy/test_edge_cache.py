@@ -9,9 +9,11 @@ checkov pass on the render; the install-time checks refuse bad combinations.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +467,66 @@ def test_bad_combinations_fail_the_install(values: dict[str, object], message: s
     result = helm_template(values={"edgeCache.enabled": True, **values}, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+
+
+# --- deploy/k8s: the edge as a kustomize component ------------------------------------------
+
+K8S_DIR = REPO / "deploy" / "k8s"
+EDGE_COMPONENT = K8S_DIR / "components" / "edge-cache"
+
+
+def test_the_edge_component_is_what_make_k8s_manifests_generates(tmp_path: Path) -> None:
+    run(
+        [
+            Path(sys.executable).parent / "python",
+            REPO / "deploy" / "tools" / "render_k8s.py",
+            *("--helm", tool("helm"), "--values", K8S_DIR / "values.yaml"),
+            *("--out", tmp_path / "covid-stats.yaml", "--edge-component", tmp_path / "edge"),
+        ]
+    )
+    fresh = {p.name: p.read_text() for p in (tmp_path / "edge").iterdir()}
+    committed = {p.name: p.read_text() for p in EDGE_COMPONENT.iterdir()}
+    assert fresh == committed, "deploy/k8s/components/edge-cache is stale: make k8s-manifests"
+
+
+def test_deploy_k8s_with_the_edge_component_is_the_chart_with_the_edge(
+    tmp_path: Path,
+) -> None:
+    """deploy/k8s + components/edge-cache, built as a user's overlay would, == the chart rendered
+    for the plain manifests with edgeCache.enabled, every resource whole (checksums included);
+    it validates strictly."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = Path(os.path.relpath(K8S_DIR, overlay))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(base)],
+                "components": [str(base / "components" / "edge-cache")],
+            }
+        )
+    )
+    built = Rendered(run([tool("kubectl"), "kustomize", overlay]).stdout)
+    chart = Rendered(
+        helm_template(
+            K8S_DIR / "values.yaml", values={"edgeCache.enabled": True}, extra=["--no-hooks"]
+        ).stdout.replace(
+            "app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl"
+        )
+    )
+
+    def by_id(rendered: Rendered) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(d["kind"], d["metadata"]["name"]): d for d in rendered.docs}
+
+    assert sorted(by_id(built)) == sorted(by_id(chart))
+    for key, doc in by_id(chart).items():
+        assert by_id(built)[key] == doc, key
+    path = tmp_path / "built.yaml"
+    path.write_text(yaml.safe_dump_all(built.docs))
+    result = run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSIONS[-1], path],
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
