@@ -321,6 +321,20 @@ def test_the_edge_is_scraped_under_one_job_both_ways(edge: tuple[Rendered, Path]
     assert operator_jobs(renamed)["edge-cache"] == "shop:edge"
 
 
+def test_install_notes_name_the_edge_service(edge: tuple[Rendered, Path]) -> None:
+    rendered, _ = edge
+    client = next(
+        s
+        for s in services_selecting(rendered, edge_deployment(rendered))
+        if s["spec"]["ports"][0]["targetPort"] == "http"
+    )
+    argv = [tool("helm"), "install", RELEASE, CHART, "--values", EDGE_VALUES]
+    result = run([*argv, "--dry-run=client", "--namespace", "demo"])
+    notes = result.stdout.partition("\nNOTES:\n")[2]
+    name, port = client["metadata"]["name"], client["spec"]["ports"][0]["port"]
+    assert f"http://{name}.demo.svc:{port}" in notes, notes
+
+
 # --- NetworkPolicies ------------------------------------------------------------------------
 
 
