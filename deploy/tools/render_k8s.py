@@ -10,10 +10,11 @@ fails when the committed file differs (drift).
 
 With ``--edge-component DIR`` it also writes the kustomize component of the edge cache
 (deploy/k8s/components/edge-cache/): the chart rendered with the same values plus
-``edgeCache.enabled=true``, as the resources that render adds (edge-cache.yaml) and a
-strategic-merge patch per resource it changes (the fetcher's ConfigMap gains PURGE_URLS, its
-pods' config checksum follows), holding only the changed keys. tests/deploy/test_edge_cache.py
-checks that deploy/k8s plus the component is that render. PyYAML and the standard library.
+``edgeCache.enabled=true``, as the resources that render adds (edge-cache.yaml) and, in its
+kustomization.yaml, a strategic-merge patch per resource it changes (the fetcher's ConfigMap
+gains PURGE_URLS, its pods' config checksum follows), holding only the changed keys.
+tests/deploy/test_edge_cache.py checks that deploy/k8s plus the component is that render.
+PyYAML and the standard library.
 """
 
 from __future__ import annotations
@@ -114,13 +115,14 @@ def edge_component(helm: str, values: Path) -> dict[str, str]:
         old = base.get(_key(doc))
         if old is None or old == doc:
             continue
-        name = f"patch-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-        changes = _changes(old, doc, name)
+        changes = _changes(old, doc, f"{doc['kind']}/{doc['metadata']['name']}")
         metadata = {**changes.pop("metadata", {}), "name": doc["metadata"]["name"]}
         patch = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "metadata": metadata}
         patch.update(changes)
-        files[name] = HEADER + _dump_all([patch])
-        patches.append({"path": name})
+        # Inline (as the other components' patches): a partial resource in a file of its own
+        # would be scanned as a whole one.
+        target = {"kind": doc["kind"], "name": doc["metadata"]["name"]}
+        patches.append({"target": target, "patch": _dump_all([patch]).rstrip("\n")})
     component = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
