@@ -137,7 +137,7 @@ chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.
 	$(BIN)/python deploy/tools/chart_readme.py
 
 # The chart cannot read files outside its folder: its VCL (edgeCache) is a copy of
-# deploy/varnish/default.vcl, which tests/deploy/test_edge_cache.py keeps equal (drift).
+# deploy/varnish/default.vcl, which tests/deploy/test_edge_chart.py keeps equal (drift).
 EDGE_VCL := deploy/varnish/default.vcl
 CHART_VCL := deploy/helm/covid-stats/files/varnish/default.vcl
 .PHONY: chart-vcl

@@ -13,7 +13,7 @@ With ``--edge-component DIR`` it also writes the kustomize component of the edge
 ``edgeCache.enabled=true``, as the resources that render adds (edge-cache.yaml) and, in its
 kustomization.yaml, a strategic-merge patch per resource it changes (the fetcher's ConfigMap
 gains PURGE_URLS, its pods' config checksum follows), holding only the changed keys.
-tests/deploy/test_edge_cache.py checks that deploy/k8s plus the component is that render.
+tests/deploy/test_edge_chart.py checks that deploy/k8s plus the component is that render.
 PyYAML and the standard library.
 """
 

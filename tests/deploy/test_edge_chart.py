@@ -328,7 +328,7 @@ def test_install_notes_name_the_edge_service(edge: tuple[Rendered, Path]) -> Non
         for s in services_selecting(rendered, edge_deployment(rendered))
         if s["spec"]["ports"][0]["targetPort"] == "http"
     )
-    argv = [tool("helm"), "install", RELEASE, CHART, "--values", EDGE_VALUES]
+    argv: list[str | Path] = [tool("helm"), "install", RELEASE, CHART, "--values", EDGE_VALUES]
     result = run([*argv, "--dry-run=client", "--namespace", "demo"])
     notes = result.stdout.partition("\nNOTES:\n")[2]
     name, port = client["metadata"]["name"], client["spec"]["ports"][0]["port"]
