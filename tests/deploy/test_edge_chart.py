@@ -191,7 +191,7 @@ def test_off_by_default_nothing_of_the_edge_renders() -> None:
     rendered = render(values={"ingress.enabled": True})
     assert not [d for d in rendered.docs if "edge" in d["metadata"]["name"]]
     fetcher = rendered.container("Deployment", FETCHER_DEPLOYMENT, FETCHER_CONTAINER)
-    assert "PURGE_URLS" not in container_env(rendered, fetcher)
+    assert container_env(rendered, fetcher)["PURGE_URLS"] == ""
     (ingress,) = rendered.of_kind("Ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == rendered.get("Service", f"{RELEASE}-api")["metadata"]["name"]
@@ -285,6 +285,21 @@ def test_services_clients_purges_and_metrics(edge: tuple[Rendered, Path]) -> Non
                 client["metadata"]["name"],
                 client["spec"]["ports"][0]["port"],
             )
+
+
+def test_purge_urls_of_yours_come_first_then_the_edges() -> None:
+    """statsFetcher.purge.urls (an edge of the user's) and the chart's edge: both purged."""
+    theirs = ["http://cdn-purger.example:8080/"]
+    rendered = render(EDGE_VALUES, values={"statsFetcher.purge.urls": theirs})
+    fetcher = rendered.container("Deployment", FETCHER_DEPLOYMENT, FETCHER_CONTAINER)
+    deployment = edge_deployment(rendered)
+    (purge,) = [
+        s
+        for s in services_selecting(rendered, deployment)
+        if s["spec"]["ports"][0]["targetPort"] == "purge"
+    ]
+    ours = f"http://{purge['metadata']['name']}:{purge['spec']['ports'][0]['port']}/"
+    assert container_env(rendered, fetcher)["PURGE_URLS"].split(",") == [*theirs, ours]
 
 
 def test_pdb_and_hpa_target_the_edge(edge: tuple[Rendered, Path]) -> None:

@@ -690,12 +690,15 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- include "covid-stats.componentName" (list . (ternary "edge-cache" "api" .Values.edgeCache.enabled)) -}}
 {{- end -}}
 
-{{/* PURGE_URLS of the fetcher: the edge's headless purge Service (one address per ready pod:
-     the fetcher purges each), "" without the edge. */}}
+{{/* PURGE_URLS of the fetcher: statsFetcher.purge.urls (edges of yours), then the chart's edge
+     cache's headless purge Service when edgeCache is enabled (one address per ready pod: the
+     fetcher purges each), comma-separated; "" with neither. */}}
 {{- define "covid-stats.purgeUrls" -}}
+{{- $urls := .Values.statsFetcher.purge.urls | default list -}}
 {{- if .Values.edgeCache.enabled -}}
-{{- printf "http://%s:%d/" (include "covid-stats.componentName" (list . "edge-cache-purge")) (int .Values.edgeCache.purgePort) -}}
+{{- $urls = append $urls (printf "http://%s:%d/" (include "covid-stats.componentName" (list . "edge-cache-purge")) (int .Values.edgeCache.purgePort)) -}}
 {{- end -}}
+{{- join "," $urls -}}
 {{- end -}}
 
 {{/* The exporter sidecar's image: its tag defaults to the edge image's (the same Varnish). */}}
