@@ -489,6 +489,7 @@ def test_checkov_passes_on_the_edge(edge: tuple[Rendered, Path], tmp_path: Path)
         ({"edgeCache.storageSize": "lots"}, "storageSize"),
         ({"edgeCache.purge.acl": ["ingress-nginx"]}, "acl"),
         ({"edgeCache.purgeport": 1}, "purgeport"),
+        ({"api.rateLimit.perMinute": 600}, "needs api.forwardedAllowIps to trust the edge"),
     ],
     ids=lambda v: str(v),
 )
