@@ -4,9 +4,11 @@
 #   podman build -f deploy/varnish/exporter.Dockerfile -t covid-stats-varnish-exporter:7.6.1 deploy/varnish
 ARG BASE_IMAGE=docker.io/library/varnish:7.6.1
 FROM ${BASE_IMAGE}
-USER root
+USER 0
 RUN apt-get update \
     && apt-get install -y --no-install-recommends prometheus-varnish-exporter=1.6.1-* \
     && rm -rf /var/lib/apt/lists/*
-USER varnish
+# The chart runs it as 10001 (edgeCache.podSecurityContext); any non-root user reads the
+# work directory varnishd shares.
+USER 10001
 ENTRYPOINT ["prometheus-varnish-exporter"]

@@ -452,6 +452,15 @@ def test_the_httproute_validates(edge: tuple[Rendered, Path], tmp_path: Path) ->
     validate_httproutes(rendered.of_kind("HTTPRoute"), tmp_path)
 
 
+def test_hadolint_passes_on_the_edge_images() -> None:
+    """The exporter's Dockerfile and the containers suite's stand-in, with deploy/hadolint.yaml."""
+    dockerfiles = [
+        REPO / "deploy" / "varnish" / "exporter.Dockerfile",
+        REPO / "tests" / "containers" / "edge" / "Containerfile",
+    ]
+    run([tool("hadolint"), "--config", REPO / "deploy" / "hadolint.yaml", *dockerfiles])
+
+
 def test_checkov_passes_on_the_edge(edge: tuple[Rendered, Path], tmp_path: Path) -> None:
     _, path = edge
     config = REPO / "deploy" / "checkov.yaml"
