@@ -10,10 +10,11 @@ pods share the host's network) and played as tests/pods.py plays the others, wit
 - no Service exists: the VCL's backend (the api Service's name and port) is that Service's
   target port on this machine (:func:`tests.pods.service_target`), the one line changed in
   the played ConfigMap;
-- the images: the official varnish image and the exporter's cannot be pulled here; a
-  stand-in (tests/containers/edge/Containerfile: the stand-in Debian base `make images` builds
-  with Debian's varnish, varnish-modules and prometheus-varnish-exporter) is built and tagged
-  exactly as the chart renders both references when they are missing.
+- the images: the official varnish image cannot be pulled here; a stand-in
+  (tests/containers/edge/Containerfile: the stand-in Debian base `make images` builds with
+  Debian's varnish, varnish-modules and prometheus-varnish-exporter) is built and tagged
+  exactly as the chart renders it when it is missing, and the exporter's image, when missing,
+  is deploy/varnish/exporter.Dockerfile built on it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pods import Pod, Podman, _pod, service_target
 HERE = Path(__file__).resolve().parent
 STAND_IN = HERE / "edge" / "Containerfile"
 STAND_IN_REF = "localhost/covid-stats-edge-stand-in:test"
+EXPORTER_DOCKERFILE = HERE.parents[1] / "deploy" / "varnish" / "exporter.Dockerfile"
 
 
 def render_edge(values_file: Path, folder: Path) -> Rendered:
@@ -68,15 +70,33 @@ def edge_deployment(rendered: Rendered) -> dict[str, Any]:
     return doc
 
 
-def ensure_images(podman: Podman, refs: list[str]) -> None:
-    """The rendered images, else the stand-in tagged as each of them."""
-    missing = [ref for ref in refs if not podman.image_exists(ref)]
-    if not missing:
-        return
-    podman.run("build", "-t", STAND_IN_REF, "-f", str(STAND_IN), str(STAND_IN.parent), timeout=900)
-    for ref in missing:
-        local = ref if "/" in ref.split(":")[0] else f"localhost/{ref}"
-        podman.run("tag", STAND_IN_REF, local)
+def local_ref(ref: str) -> str:
+    """How podman stores a short name it builds or tags (localhost/<name>:<tag>)."""
+    return ref if "/" in ref.split(":")[0] else f"localhost/{ref}"
+
+
+def ensure_images(podman: Podman, varnish: str, exporter: str) -> None:
+    """The rendered images; where missing, the varnish one is the stand-in, and the exporter's
+    is deploy/varnish/exporter.Dockerfile built on that varnish image, as it would be on the
+    official one."""
+    if not podman.image_exists(varnish):
+        podman.run(
+            "build", "-t", STAND_IN_REF, "-f", str(STAND_IN), str(STAND_IN.parent), timeout=900
+        )
+        podman.run("tag", STAND_IN_REF, local_ref(varnish))
+    if not podman.image_exists(exporter):
+        podman.run(
+            *(
+                "build",
+                "--build-arg",
+                f"BASE_IMAGE={local_ref(varnish)}",
+                "-t",
+                local_ref(exporter),
+            ),
+            *("-f", str(EXPORTER_DOCKERFILE), str(EXPORTER_DOCKERFILE.parent)),
+            timeout=900,
+        )
+    for ref in (varnish, exporter):
         assert podman.image_exists(ref), ref
 
 
@@ -90,7 +110,8 @@ def play_edge(
     doc = edge_deployment(rendered)
     name = doc["metadata"]["name"]
     meta, spec = doc["spec"]["template"]["metadata"], doc["spec"]["template"]["spec"]
-    ensure_images(podman, sorted({c["image"] for c in spec["containers"]}))
+    images = {c["name"]: c["image"] for c in spec["containers"]}
+    ensure_images(podman, images["varnish"], images["exporter"])
     pods = [_pod(rendered, name, meta, spec, c) for c in spec["containers"]]
     played = pods[0]
     played["spec"]["containers"] = [c for p in pods for c in p["spec"]["containers"]]
