@@ -100,7 +100,8 @@ def test_images_come_from_the_registry_the_values_name(overrides: dict[str, obje
 
 def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
     """`make images` (deploy/tools/build_images.py reads values.yaml without a YAML parser)
-    builds exactly the references the default render runs: the containers suite needs them."""
+    builds exactly the references the default render runs, the edge cache's exporter sidecar
+    (its tag the edge's Varnish tag) with edgeCache on: the containers suite needs them."""
     spec = importlib.util.spec_from_file_location(
         "build_images", REPO / "deploy" / "tools" / "build_images.py"
     )
@@ -108,13 +109,14 @@ def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
     assert spec.loader is not None
     build_images = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_images)
-    rendered = render(values={"replayUpstream.enabled": True})
+    rendered = render(values={"replayUpstream.enabled": True, "edgeCache.enabled": True})
     expected = {
-        block: rendered.container("Deployment", f"{RELEASE}-{name}", name)["image"]
-        for block, name in (
-            ("api", "api"),
-            ("statsFetcher", "stats-fetcher"),
-            ("replayUpstream", "replay-upstream"),
+        block: rendered.container("Deployment", f"{RELEASE}-{name}", container)["image"]
+        for block, name, container in (
+            ("api", "api", "api"),
+            ("statsFetcher", "stats-fetcher", "stats-fetcher"),
+            ("replayUpstream", "replay-upstream", "replay-upstream"),
+            ("edgeCache.metrics", "edge-cache", "exporter"),
         )
     }
     assert build_images.image_refs() == expected
