@@ -150,7 +150,7 @@ chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-s
 	$(HELM) package deploy/helm/covid-stats --destination dist
 
 .PHONY: images
-images: ## Build the api, fetcher and replay-upstream images as the chart names them (podman, else docker)
+images: ## Build the api, fetcher, replay-upstream and edge exporter images as the chart names them (podman, else docker)
 	$(PYTHON) deploy/tools/build_images.py
 
 .PHONY: test-containers
@@ -179,7 +179,7 @@ registry-login: $(DEPLOY_STAMP) ## Log podman and helm in to REGISTRY's host (RE
 	$(RELEASE_PY) login --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: push
-push: $(DEPLOY_STAMP) ## Push the three images `make images` built to REGISTRY (host/path) as <repository>:TAG
+push: $(DEPLOY_STAMP) ## Push the four images `make images` built to REGISTRY (host/path) as <repository>:TAG
 	$(need-registry)
 	$(RELEASE_PY) push --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
 
@@ -189,7 +189,7 @@ chart-push: $(DEPLOY_STAMP) ## helm push dist/'s chart (make chart-package) to o
 	$(RELEASE_PY) chart-push --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: sbom
-sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image from the pinned requirements/*.txt into dist/sbom/
+sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image (requirements/*.txt's pins; the exporter's base and Debian pins) into dist/sbom/
 	$(RELEASE_PY) sbom
 
 .PHONY: signing-key
@@ -207,7 +207,7 @@ verify: $(DEPLOY_STAMP) ## Check the pushed images' and dist/'s signatures again
 	$(RELEASE_PY) verify --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) --public-key $(PUBLIC_KEY)
 
 .PHONY: image-archive
-image-archive: $(DEPLOY_STAMP) ## Save the three images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
+image-archive: $(DEPLOY_STAMP) ## Save the four images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
 	$(RELEASE_PY) image-archive
 # ==== end of the release block =============================================================
 .PHONY: test-lifecycle
