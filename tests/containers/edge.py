@@ -10,17 +10,20 @@ pods share the host's network) and played as tests/pods.py plays the others, wit
 - no Service exists: the VCL's backend (the api Service's name and port) is that Service's
   target port on this machine (:func:`tests.pods.service_target`), the one line changed in
   the played ConfigMap;
-- the images: the official varnish image cannot be pulled here; a stand-in
-  (tests/containers/edge/Containerfile: the stand-in Debian base `make images` builds with
-  Debian's varnish, varnish-modules and prometheus-varnish-exporter) is built and tagged
-  exactly as the chart renders it when it is missing, and the exporter's image, when missing,
-  is deploy/varnish/exporter.Dockerfile built on it.
+- the images: the official varnish image cannot be pulled here; the stand-in `make images`
+  builds the exporter on (build_images.VARNISH_STAND_IN: tests/containers/edge/Containerfile on
+  the stand-in Debian base, with Debian's varnish, varnish-modules and
+  prometheus-varnish-exporter) is tagged exactly as the chart renders it when it is missing
+  (built first if `make images` has not); the exporter's image is `make images`' (when
+  missing, deploy/varnish/exporter.Dockerfile built on that varnish image).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,11 @@ from devstack.procs import free_port, wait_until
 from pods import Pod, Podman, _pod, service_target
 
 HERE = Path(__file__).resolve().parent
-STAND_IN = HERE / "edge" / "Containerfile"
-STAND_IN_REF = "localhost/covid-stats-edge-stand-in:test"
+# deploy/tools/build_images.py: the stand-ins' names and files (one place for them)
+sys.path.insert(0, str(HERE.parents[1] / "deploy" / "tools"))
+build_images: Any = importlib.import_module("build_images")
+STAND_IN = build_images.VARNISH_STAND_IN_FILE
+STAND_IN_REF = build_images.VARNISH_STAND_IN
 EXPORTER_DOCKERFILE = HERE.parents[1] / "deploy" / "varnish" / "exporter.Dockerfile"
 
 
@@ -80,9 +86,12 @@ def ensure_images(podman: Podman, varnish: str, exporter: str) -> None:
     is deploy/varnish/exporter.Dockerfile built on that varnish image, as it would be on the
     official one."""
     if not podman.image_exists(varnish):
-        podman.run(
-            "build", "-t", STAND_IN_REF, "-f", str(STAND_IN), str(STAND_IN.parent), timeout=900
-        )
+        if not podman.image_exists(STAND_IN_REF):
+            podman.run(
+                *("build", "--build-arg", f"BASE_IMAGE={build_images.STAND_IN}"),
+                *("-t", STAND_IN_REF, "-f", str(STAND_IN), str(STAND_IN.parent)),
+                timeout=900,
+            )
         podman.run("tag", STAND_IN_REF, local_ref(varnish))
     if not podman.image_exists(exporter):
         podman.run(
