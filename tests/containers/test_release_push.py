@@ -225,6 +225,30 @@ def test_verify_fails_for_a_changed_sbom(registry: str, published: dict[str, Any
         sbom.write_bytes(original)
 
 
+def test_the_debian_packages_an_sbom_lists_are_in_its_image(published: dict[str, Any]) -> None:
+    """The exporter's SBOM lists the Debian packages its Dockerfile pins (pkg:deb); the image
+    `make images` built holds each at that version (any Debian revision of it), by dpkg."""
+    engine = published["engine"]
+    checked = 0
+    for ref in built_images():
+        document = json.loads((DIST / "sbom" / f"{ref.rsplit(':', 1)[0]}.cdx.json").read_text())
+        for component in document["components"]:
+            if not component["purl"].startswith("pkg:deb/"):
+                continue
+            result = engine.run(
+                *("run", "--rm", "--entrypoint", "dpkg-query", ref),
+                *("-W", "-f", "${Version}", component["name"]),
+                capture_output=True,
+            )
+            assert result.returncode == 0, (ref, component["name"], result.stderr)
+            installed = result.stdout.strip()
+            assert installed == component["version"] or installed.startswith(
+                f"{component['version']}-"
+            ), (ref, component, installed)
+            checked += 1
+    assert checked, "no SBOM lists a Debian package (the exporter's should)"
+
+
 def _release() -> Any:
     return importlib.import_module("release")
 
