@@ -111,7 +111,7 @@ def _build_images(chart: Path = CHART) -> Any:
     )
     assert spec is not None
     assert spec.loader is not None
-    build_images = importlib.util.module_from_spec(spec)
+    build_images: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_images)
     build_images.CHART = chart
     return build_images
