@@ -48,9 +48,10 @@ test-fast: $(STAMP) ## Run the unit-level tests only (marker unit: no gunicorn, 
 	$(BIN)/python -m pytest -m unit --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
 .PHONY: bench
-bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
-	$(BIN)/python -m devstack.bench_api
+bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app, nginx and Varnish (hit rate, purge-to-fresh); 2 workers at 64/512 conns (needs wrk, nginx, varnish; BENCH_ARGS="--edge-only --rounds 1": Varnish's part alone)
+	$(BIN)/python -m devstack.bench_api $(BENCH_ARGS)
 
 .PHONY: profile
 profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents, in process, with cProfile
@@ -128,18 +129,28 @@ deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Run tests/deploy: lint, render, valida
 
 .PHONY: k8s-manifests
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
-	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
+	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT) \
+		--edge-component deploy/k8s/components/edge-cache
 
 .PHONY: chart-readme
 chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)
 	$(BIN)/python deploy/tools/chart_readme.py
+
+# The chart cannot read files outside its folder: its VCL (edgeCache) is a copy of
+# deploy/varnish/default.vcl, which tests/deploy/test_edge_chart.py keeps equal (drift).
+EDGE_VCL := deploy/varnish/default.vcl
+CHART_VCL := deploy/helm/covid-stats/files/varnish/default.vcl
+.PHONY: chart-vcl
+chart-vcl: ## Copy deploy/varnish/default.vcl into the chart (files/varnish/, edgeCache's ConfigMap)
+	mkdir -p $(dir $(CHART_VCL))
+	cp $(EDGE_VCL) $(CHART_VCL)
 
 .PHONY: chart-package
 chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; make chart-push pushes it)
 	$(HELM) package deploy/helm/covid-stats --destination dist
 
 .PHONY: images
-images: ## Build the api, fetcher and replay-upstream images as the chart names them (podman, else docker)
+images: ## Build the api, fetcher, replay-upstream and edge exporter images as the chart names them (podman, else docker)
 	$(PYTHON) deploy/tools/build_images.py
 
 .PHONY: test-containers
@@ -168,7 +179,7 @@ registry-login: $(DEPLOY_STAMP) ## Log podman and helm in to REGISTRY's host (RE
 	$(RELEASE_PY) login --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: push
-push: $(DEPLOY_STAMP) ## Push the three images `make images` built to REGISTRY (host/path) as <repository>:TAG
+push: $(DEPLOY_STAMP) ## Push the four images `make images` built to REGISTRY (host/path) as <repository>:TAG
 	$(need-registry)
 	$(RELEASE_PY) push --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
 
@@ -178,7 +189,7 @@ chart-push: $(DEPLOY_STAMP) ## helm push dist/'s chart (make chart-package) to o
 	$(RELEASE_PY) chart-push --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: sbom
-sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image from the pinned requirements/*.txt into dist/sbom/
+sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image (requirements/*.txt's pins; the exporter's base and Debian pins) into dist/sbom/
 	$(RELEASE_PY) sbom
 
 .PHONY: signing-key
@@ -196,7 +207,7 @@ verify: $(DEPLOY_STAMP) ## Check the pushed images' and dist/'s signatures again
 	$(RELEASE_PY) verify --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) --public-key $(PUBLIC_KEY)
 
 .PHONY: image-archive
-image-archive: $(DEPLOY_STAMP) ## Save the three images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
+image-archive: $(DEPLOY_STAMP) ## Save the four images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
 	$(RELEASE_PY) image-archive
 # ==== end of the release block =============================================================
 .PHONY: test-lifecycle

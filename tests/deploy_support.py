@@ -433,6 +433,39 @@ def images_of(rendered: Rendered, doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(c["name"], c["image"]) for c in spec.get("initContainers", []) + spec["containers"]]
 
 
+# The value blocks of the official images the chart runs (Docker Hub's, never built here).
+OFFICIAL_IMAGE_BLOCKS = ("redis", "postgresql", "edgeCache")
+# Every workload and container the chart can run: the optional ones, the hooks, the edge cache
+# with its exporter sidecar.
+EVERY_WORKLOAD_ON = {
+    "replayUpstream.enabled": True,
+    "migration.enabled": True,
+    "tests.enabled": True,
+    "edgeCache.enabled": True,
+}
+
+
+def built_images(registry: str = "") -> set[str]:
+    """What `make images` must build and `make push` push: every image the chart names with
+    every workload on (EVERY_WORKLOAD_ON) and ``global.imageRegistry=registry``, as rendered,
+    but the official ones (OFFICIAL_IMAGE_BLOCKS', as rendered). Read from the chart, never
+    from deploy/tools/, so a release that leaves an image out fails against it."""
+    values: dict[str, object] = dict(EVERY_WORKLOAD_ON)
+    if registry:
+        values["global.imageRegistry"] = registry
+    rendered = render(values=values)
+    named = {image for doc in rendered.workloads() for _, image in images_of(rendered, doc)}
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    official = set()
+    for block in OFFICIAL_IMAGE_BLOCKS:
+        image = defaults[block]["image"]
+        ref = f"{image['repository']}:{image['tag'] or app_version}"
+        official.add(f"{registry}/{ref}" if registry else ref)
+    assert official <= named, (official, named)
+    return named - official
+
+
 def pod_annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
     doc = rendered.get("Deployment", deployment)
     annotations: dict[str, str] = doc["spec"]["template"]["metadata"]["annotations"]

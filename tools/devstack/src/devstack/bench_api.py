@@ -9,7 +9,9 @@ One run, on throwaway Redis and PostgreSQL loaded through the real fetcher:
 - (c) the ceiling for our server stack: a bare ASGI callable returning the same documents'
   bytes under the same gunicorn + uvicorn worker;
 - (d) the machine's limit: nginx (Debian's ``/usr/sbin/nginx``, package ``nginx``), one worker,
-  serving the same bytes from files with the same Content-Type.
+  serving the same bytes from files with the same Content-Type;
+- (e) the edge: Varnish with the repository's VCL in front of the api, on the same core, with
+  its hit rate, and the purge-to-fresh time of a publish (``devstack.bench_edge``).
 
 Per-core mode: every server runs one worker pinned to CPU 0 (gunicorn + uvicorn; nginx with
 ``worker_cpu_affinity``), and wrk (Debian package ``wrk``) is pinned to CPU 1. Rounds are
@@ -49,6 +51,7 @@ import redis
 
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_runtime.logs import configure_logging
+from devstack import bench_edge
 from devstack.bench_app import NAIVE_KEYS
 from devstack.procs import free_port, pdeathsig_preexec, tail, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
@@ -288,6 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
+        "--edge-only",
+        action="store_true",
+        help="only (b) the documents, (d) nginx and (e) Varnish, then the purge-to-fresh "
+        "samples; no 512-connection pass, no 2-worker run",
+    )
+    parser.add_argument(
+        "--purge-samples", type=int, default=5, help="publishes timed to fresh (default 5)"
+    )
+    parser.add_argument(
         "--two-workers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         with LocalRedis(state) as local_redis, LocalPostgres(state) as local_pg:
             return _run(
                 state, local_redis, local_pg, nginx, args.seconds, args.rounds, pin,
-                args.two_workers,
+                args.two_workers and not args.edge_only, args.edge_only, args.purge_samples,
             )  # fmt: skip
 
 
@@ -322,6 +334,8 @@ def _run(
     rounds: int,
     pin: bool,
     two_workers: bool,
+    edge_only: bool = False,
+    purge_samples: int = 5,
 ) -> int:
     env = {
         **os.environ,
@@ -344,7 +358,16 @@ def _run(
         with (state / "upstream.log").open("ab") as out:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "replay_upstream", "--port", str(up_port), *source],
+                    # --control: the purge-to-fresh samples revise a state (bench_edge)
+                    [
+                        sys.executable,
+                        "-m",
+                        "replay_upstream",
+                        "--port",
+                        str(up_port),
+                        "--control",
+                        *source,
+                    ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -399,6 +422,11 @@ def _run(
         processes.append(per_core[-1])
         _serving(per_core[1], f"{bare}{COVID_STATS}", state / "bare.log", "the bare ASGI app")
         _serving(per_core[2], f"{nginx}{COVID_STATS}", state / "nginx" / "error.log", "nginx")
+        varnish = bench_edge.start(state, api_port, pin)
+        assert varnish.process is not None
+        per_core.append(varnish.process)
+        processes.append(varnish.process)
+        bench_edge.check(varnish, served)
 
         # Validity before timing.
         ours = served[COVID_STATS][0]
@@ -453,6 +481,12 @@ def _run(
                 [f"If-None-Match: {etag}"],
             ),
         ]
+        edge = {
+            path: Scenario(f"(e) Varnish in front of the api, {path}", f"{varnish.url}{path}")
+            for path in DOCUMENTS
+        }
+        for scenario in edge.values():
+            scenario.at_512 = False
         scenarios = [
             naive_us,
             naive_states,
@@ -460,7 +494,12 @@ def _run(
             *others,
             *ceiling.values(),
             *limit.values(),
+            *edge.values(),
         ]
+        if edge_only:
+            for scenario in project.values():
+                scenario.at_512 = False
+            scenarios = [*project.values(), *limit.values(), *edge.values()]
         rows = [
             Row(path, naive_states if path == STATES_CURRENT else naive_us, project[path],
                 ceiling[path], limit[path])
@@ -471,10 +510,17 @@ def _run(
             _wait_idle(per_core)
             return wrk(scenario.url, connections, seconds, scenario.headers, pin)
 
+        edge_counters = bench_edge.counters(varnish)
         for _ in range(rounds):
             for scenario in scenarios:
                 scenario.runs.append(measure(scenario, 64))
+        edge_rate = bench_edge.hit_rate(edge_counters, bench_edge.counters(varnish))
         at_512 = {s.label: measure(s, 512) for s in scenarios if s.at_512}
+        purges = (
+            bench_edge.purge_to_fresh(varnish, api, env, env["UPSTREAM_BASE_URL"], purge_samples)
+            if purge_samples > 0
+            else None
+        )
 
         if two_workers:
             for process in per_core:  # the cores to the 2-worker api alone
@@ -535,6 +581,18 @@ def _run(
         else:
             line += "| - | - | - |"
         print(line)
+    bench_edge.report(
+        [
+            (path, project[path].median("rps"), limit[path].median("rps"),
+             edge[path].median("rps"), edge[path].median("p99"))
+            for path in DOCUMENTS
+        ],
+        edge_rate,
+        purges,
+        bench_edge.version(),
+    )  # fmt: skip
+    if edge_only:
+        return 0
     naive_rps = naive_us.median("rps")
     naive_states_rps = naive_states.median("rps")
     bare_rps = ceiling[COVID_STATS].median("rps")
