@@ -16,7 +16,7 @@ from covid_stats_api.reads.documents import Served
 from covid_stats_runtime.http import Representation, RepresentationResponse, data_headers
 
 
-def send(served: Served, max_age: int) -> Response:
+def send(served: Served, max_age: int) -> RepresentationResponse:
     """``served`` as the fast path would send it from memory: the same representation
     (``covid_stats_runtime.http``), so the same status, headers and bytes."""
     common = data_headers(max_age, served.source)
