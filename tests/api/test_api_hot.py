@@ -19,7 +19,8 @@ from fastapi.routing import APIRoute
 from covid_stats_api.main import ROUTES
 from covid_stats_api.metrics import CACHE_LOOKUPS
 from covid_stats_api.reads.hot import COVID_STATS
-from covid_stats_contract.documents import document_family
+from covid_stats_contract.documents import US_CURRENT, document_family
+from covid_stats_contract.edge import SURROGATE_KEY_HEADER, document_keys
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import FORMATS
 from covid_stats_runtime.http import br_etag, gzip_etag
@@ -290,6 +291,12 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
                     walked.setdefault(route.path, set()).add(name)
                     filled = http.get(path)  # read by FastAPI or from memory: kept there
                     assert filled.status_code == 200, path
+                    # Edge-ready: its surrogate keys, those the contract gives its document
+                    # (both paths send them: the answers are compared below, headers too).
+                    source = US_CURRENT if name == COVID_STATS else name
+                    assert filled.headers[SURROGATE_KEY_HEADER] == " ".join(
+                        document_keys(source)
+                    ), path
                     tag = filled.headers["etag"]
                     variants = [
                         ("GET", {"accept-encoding": "identity"}),

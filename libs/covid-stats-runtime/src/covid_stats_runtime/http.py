@@ -19,10 +19,11 @@ conditional requests, the headers of a data answer, and the headers on every ans
   the right stored variant) and :func:`send_representation` sends it; the api's fast path (from
   memory) and its FastAPI routes (:class:`RepresentationResponse`) both do exactly this,
   which is why they answer the same request with the same status, headers and bytes.
-- **Data answers** carry :func:`data_headers`: caching, where the body came from
-  (``X-Data-Source``), CORS (open to every origin, whether or not the request names one:
-  :class:`CORSMiddleware` leaves them as they are) and ``Vary``; fixed bytes (the page)
-  :func:`static_headers`.
+- **Data answers** carry :func:`data_headers`: caching (:class:`CachePolicy`: the
+  browsers' ``Cache-Control``, an edge's ``Surrogate-Control``; ``Surrogate-Key``), where
+  the body came from (``X-Data-Source``), CORS (open to every origin, whether or not the
+  request names one: :class:`CORSMiddleware` leaves them as they are) and ``Vary``; fixed
+  bytes (the page) :func:`static_headers`.
 - **Every answer** carries ``SERVER_HEADERS`` (the servers' default headers).
 """
 
@@ -42,6 +43,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from covid_stats_contract.documents import JSON_CONTENT_TYPE
+from covid_stats_contract.edge import SURROGATE_CONTROL_HEADER, SURROGATE_KEY_HEADER
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -245,11 +247,46 @@ _OPEN_TO_EVERY_ORIGIN: Headers = [
 ]
 
 
-def data_headers(max_age: int, source: str) -> Headers:
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How long caches keep a data answer: browsers ``max_age`` seconds (then, while they
+    revalidate, ``stale_while_revalidate`` more; while the origin fails,
+    ``stale_if_error`` more), an edge cache ``surrogate_max_age`` (``Surrogate-Control``,
+    which edges read and browsers ignore: the edge keeps the answer until a publish purges
+    its ``Surrogate-Key``, see ``covid_stats_contract.edge``)."""
+
+    max_age: int
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    surrogate_max_age: int = 0
+
+    @property
+    def cache_control(self) -> bytes:
+        value = f"public, max-age={self.max_age}"
+        if self.stale_while_revalidate:
+            value += f", stale-while-revalidate={self.stale_while_revalidate}"
+        if self.stale_if_error:
+            value += f", stale-if-error={self.stale_if_error}"
+        return value.encode()
+
+    @property
+    def surrogate_control(self) -> bytes:
+        return f"max-age={self.surrogate_max_age}".encode()
+
+
+_SURROGATE_CONTROL = SURROGATE_CONTROL_HEADER.lower().encode()
+_SURROGATE_KEY = SURROGATE_KEY_HEADER.lower().encode()
+
+
+def data_headers(policy: CachePolicy, source: str, keys: Iterable[str]) -> Headers:
     """The headers every data answer (a document or a query's answer) carries after its
-    own: its 200s and 304s alike."""
+    own, its 200s and 304s alike: caching (browsers and edge), its surrogate ``keys``
+    (``covid_stats_contract.edge``), where it came from, CORS, ``Vary``. Built once per
+    hot document, when it is kept in memory."""
     return [
-        (b"cache-control", f"public, max-age={max_age}".encode()),
+        (b"cache-control", policy.cache_control),
+        (_SURROGATE_CONTROL, policy.surrogate_control),
+        (_SURROGATE_KEY, " ".join(keys).encode()),
         (DATA_SOURCE_HEADER.lower().encode(), source.encode()),
         *_OPEN_TO_EVERY_ORIGIN,
         (b"vary", b"Accept-Encoding"),

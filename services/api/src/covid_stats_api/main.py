@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     hot = HotCache(
         settings.hot_cache_max_bytes,
-        settings.cache_max_age_seconds,
+        settings.cache_policy,
         settings.hot_cache_database_ttl_seconds,
     )
     recent = RecentAnswers(settings.query_memory_cache_max_bytes)

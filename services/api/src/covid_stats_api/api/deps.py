@@ -3,6 +3,7 @@ with the one error model (404 unknown state or date, 422 bad parameter, 503 no d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Annotated
 
@@ -32,6 +33,7 @@ from covid_stats_api.reads.queries import (
 from covid_stats_api.reads.recent import RecentAnswers, current_request
 from covid_stats_api.reads.span import SpanService
 from covid_stats_contract.documents import check_state_code
+from covid_stats_contract.edge import AS_OF, document_keys, query_keys
 from covid_stats_contract.resources import STATES_CURRENT
 from covid_stats_runtime.http import RepresentationResponse
 
@@ -56,8 +58,9 @@ class Api:
         self.span = span
         self.recent = recent  # this worker's recent query answers
 
-    def send(self, served: Served) -> RepresentationResponse:
-        return send(served, self.settings.cache_max_age_seconds)
+    def send(self, served: Served, keys: Iterable[str]) -> RepresentationResponse:
+        """``served`` with its surrogate ``keys`` (``covid_stats_contract.edge``)."""
+        return send(served, self.settings.cache_policy, keys)
 
     def no_data(self) -> ApiError:
         return no_data(self.settings.retry_after_seconds)
@@ -69,7 +72,7 @@ class Api:
             if state is not None:
                 await self.require_state(state)
             raise self.no_data()
-        return self.send(served)
+        return self.send(served, document_keys(name))
 
     async def canonical(self, query: Query, state: str | None) -> Canonical:
         """``query`` keyed by what it selects (``reads.canonical``); 404 for an unknown
@@ -133,11 +136,13 @@ class Api:
         nothing = served.body in (b"[]\n", b"\n")  # an empty array or CSV: never kept
         if state is not None and nothing:
             await self.require_state(state)
-        response = self.send(served)
+        keys = answer_keys(query)
+        response = self.send(served, keys)
         if version is not None and version == self.reader.hot.version and not nothing:
             # Kept as the Redis cache serves it (its source: the cache), whichever store
-            # answered this time; the fast path answers the same target from now on.
-            kept = self.send(replace(served, source="cache"))
+            # answered this time, with the same edge headers; the fast path answers the same
+            # target from now on.
+            kept = self.send(replace(served, source="cache"), keys)
             scope = current_request.get(None)
             target = route = None
             if scope is not None:  # the request as the fast path saw it
@@ -154,7 +159,7 @@ class Api:
             query, empty = dates_of(query, span.series(None if state is None else (state,)))
             if empty:
                 query_shortcut("empty").inc()
-                return self.send(derived_empty(query))
+                return self.send(derived_empty(query), series_keys(daily_document, query))
         try:
             daily = None
             if query.as_of is not None:  # the daily series as served then (its JSON list)
@@ -172,7 +177,7 @@ class Api:
             if state is not None:
                 await self.require_state(state)
             raise self.no_data() from None
-        return self.send(served)
+        return self.send(served, series_keys(daily_document, query))
 
     async def require_state(self, state: str) -> None:
         """404 unless the stores know ``state``; 503 when they hold no data at all."""
@@ -182,6 +187,20 @@ class Api:
         if await self.reader.has_state_data():
             raise ApiError(404, "unknown_state", f"No data for state {code!r}", parameter="state")
         raise self.no_data()
+
+
+def answer_keys(query: Query) -> tuple[str, ...]:
+    """The surrogate keys of a query's answer: as of an instant, ``AS_OF`` alone (it never
+    changes); else those of the documents it is drawn from (``edge.query_keys``)."""
+    if query.as_of is not None:
+        return (AS_OF,)
+    return query_keys(query.resource, query.fmt, query.states)
+
+
+def series_keys(daily_document: str, query: Query) -> tuple[str, ...]:
+    """The surrogate keys of a derived series: its daily document's (``AS_OF`` as of an
+    instant)."""
+    return (AS_OF,) if query.as_of is not None else document_keys(daily_document)
 
 
 def too_large(exc: TooLarge) -> ApiError:

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
+from covid_stats_runtime.http import CachePolicy
 from covid_stats_runtime.settings import PortSettings
 
 
@@ -44,6 +45,25 @@ class Settings(PortSettings):
     retry_after_seconds: int = Field(default=30, ge=1, description="`Retry-After` of a 503")
     cache_max_age_seconds: int = Field(
         default=60, ge=0, description="`Cache-Control: max-age` of data responses"
+    )
+    cache_stale_while_revalidate_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="`Cache-Control: stale-while-revalidate` of data responses: how long past"
+        " `max-age` a cache may serve an answer while it fetches the next (0: not sent)",
+    )
+    cache_stale_if_error_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="`Cache-Control: stale-if-error` of data responses: how long past"
+        " `max-age` a cache may serve an answer while the api fails or is down (0: not sent)",
+    )
+    cache_surrogate_max_age_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="`Surrogate-Control: max-age` of data responses: how long an edge cache"
+        " keeps an answer unless a publish purges its `Surrogate-Key` first (the most an"
+        " edge serves old data when purges are lost); see [Edge cache](edge-cache.md)",
     )
     query_cache_ttl_seconds: int = Field(
         default=300,
@@ -137,6 +157,16 @@ class Settings(PortSettings):
         description="share of requests written to the access log (0: off, 1: all; when on,"
         " every 5xx is written); needs `LOG_LEVEL` `INFO`",
     )
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """How long browsers and edge caches keep a data answer."""
+        return CachePolicy(
+            self.cache_max_age_seconds,
+            self.cache_stale_while_revalidate_seconds,
+            self.cache_stale_if_error_seconds,
+            self.cache_surrogate_max_age_seconds,
+        )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

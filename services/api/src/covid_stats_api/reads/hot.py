@@ -1,7 +1,8 @@
 """The in-process tier: each worker's own copy of the hot documents.
 
 An entry holds what a response needs, ready to send: the body, the gzip and Brotli bodies the
-fetcher compressed, the ETag and the header list. ``fastpath`` serves entries without touching
+fetcher compressed, the ETag and the header list (surrogate keys included: built once, when
+the document is kept). ``fastpath`` serves entries without touching
 FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
 
 Freshness: a watcher task reads the snapshot pointer and that snapshot's publish time every
@@ -38,8 +39,9 @@ from covid_stats_contract.documents import (
     compress,
     compress_br,
 )
+from covid_stats_contract.edge import document_keys
 from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.http import Representation, data_headers
+from covid_stats_runtime.http import CachePolicy, Representation, data_headers
 from covid_stats_runtime.tracing import untraced
 
 log = structlog.get_logger("covid_stats_api.reads.hot")
@@ -78,9 +80,9 @@ class HotEntry(Representation):
 
 
 class HotCache:
-    def __init__(self, max_bytes: int, max_age: int, database_ttl: float) -> None:
+    def __init__(self, max_bytes: int, policy: CachePolicy, database_ttl: float) -> None:
         self.max_bytes = max_bytes
-        self.max_age = max_age
+        self.policy = policy
         self.database_ttl = database_ttl
         self.version: str | None = None  # the snapshot id last seen in Redis
         self.published_at: float | None = None  # its publish time (unix), when known
@@ -114,7 +116,8 @@ class HotCache:
         """Keep a document (from Redis: ``version`` is its snapshot id; from PostgreSQL:
         ``version`` is "" and the entry expires soon)."""
         expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
-        common = data_headers(self.max_age, source)
+        # The headers, surrogate keys included, are built here once per document and kept.
+        common = data_headers(self.policy, source, document_keys(name))
 
         def keep(name: str, body: bytes, gzip: bytes, br: bytes, etag: str, kind: str) -> None:
             entry = HotEntry.build(

@@ -15,6 +15,7 @@ from covid_stats_api.api.errors import ERROR_RESPONSES
 from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.reads.changes import FeedUnavailable
 from covid_stats_contract.documents import JSON_CONTENT_TYPE
+from covid_stats_contract.edge import CHANGES_KEY, document_keys
 from covid_stats_runtime.http import (
     DATA_SOURCE_HEADER,
     Representation,
@@ -112,7 +113,7 @@ async def changes(
         page = await api.changes.page(instant, int(cursor or 0), limit)
     except FeedUnavailable:
         raise api.no_data() from None
-    common = data_headers(api.settings.cache_max_age_seconds, "database")
+    common = data_headers(api.settings.cache_policy, "database", document_keys(CHANGES_KEY))
     if page.next is not None:
         common.append((b"link", f'<{page.next}>; rel="next"'.encode()))
     return RepresentationResponse(

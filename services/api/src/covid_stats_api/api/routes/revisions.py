@@ -25,6 +25,7 @@ from covid_stats_api.api.responses import get_and_head
 from covid_stats_api.reads.queries import StoreUnavailable
 from covid_stats_api.reads.revisions import RevisionsQuery, RevisionsService
 from covid_stats_contract.documents import CSV_CONTENT_TYPE, JSON_CONTENT_TYPE, check_state_code
+from covid_stats_contract.edge import query_keys
 from covid_stats_contract.resources import STATES_DAILY, US_DAILY, Resource, state_code_pattern
 from covid_stats_runtime.http import DATA_SOURCE_HEADER
 
@@ -169,7 +170,9 @@ async def _answer(api: ApiDep, query: RevisionsQuery, state: str | None) -> Resp
     empty = served.body == b"[]\n" or (query.fmt == "csv" and served.body.count(b"\n") == 1)
     if state is not None and empty:
         await api.require_state(state)
-    return api.send(served)
+    # A value's revision is recorded when its daily record changes: that record's documents.
+    states = (query.state,) if query.state is not None else ()
+    return api.send(served, query_keys(query.resource, query.fmt, states))
 
 
 @get_and_head(
