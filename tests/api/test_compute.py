@@ -7,7 +7,6 @@ psutil. No timing is asserted: where the CPU time goes, and how many processes h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
@@ -51,22 +50,20 @@ async def _ask_all(base: str, paths: list[str]) -> list[int]:
 
 def _start(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, slots: int
-) -> Callable[[], tuple[Process, str]]:
-    def start() -> tuple[Process, str]:
-        api_env = {
-            **env,
-            "QUERY_ANSWER_MAX_BYTES": str(64 * 2**20),
-            "QUERY_COMPUTE_SLOTS": str(slots),
-        }
-        return start_api(api_env, tmp_path_factory.mktemp("api"), workers=1)
-
-    return start
+) -> tuple[Process, str]:
+    """The api, one worker, ``slots`` computation slots, no answer too large to compute."""
+    api_env = {
+        **env,
+        "QUERY_ANSWER_MAX_BYTES": str(64 * 2**20),
+        "QUERY_COMPUTE_SLOTS": str(slots),
+    }
+    return start_api(api_env, tmp_path_factory.mktemp("api"), workers=1)
 
 
 def test_large_answers_are_computed_in_niced_processes_not_the_worker(
     published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    process, base = _start(published_env, tmp_path_factory, 2)()
+    process, base = _start(published_env, tmp_path_factory, 2)
     try:
         worker = _worker(process)
         before = worker.cpu_times()
@@ -87,11 +84,36 @@ def test_large_answers_are_computed_in_niced_processes_not_the_worker(
 def test_computations_are_bounded_by_the_slots_setting(
     published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    process, base = _start(published_env, tmp_path_factory, 1)()
+    process, base = _start(published_env, tmp_path_factory, 1)
     try:
         worker = _worker(process)
         statuses = asyncio.run(_ask_all(base, HEAVY))
         assert statuses == [200] * len(HEAVY)
         assert len(_niced(worker)) == 1  # six questions at once, one process
+    finally:
+        process.stop()
+
+
+def test_a_killed_computation_process_degrades_to_503_then_is_replaced(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The kernel's OOM killer taking a computation process: the question it held answers
+    503 (the error shape, Retry-After), the worker lives on, and the next questions are
+    computed in new processes."""
+    process, base = _start(published_env, tmp_path_factory, 1)
+    try:
+        worker = _worker(process)
+        assert asyncio.run(_ask_all(base, HEAVY[:1])) == [200]
+        (computer,) = _niced(worker)
+        computer.kill()
+        computer.wait(10)
+        first = httpx.get(f"{base}{HEAVY[1]}", timeout=120)
+        assert first.status_code in (200, 503), first.text[:300]
+        if first.status_code == 503:
+            assert first.json()["error"]["status"] == 503
+            assert "retry-after" in first.headers
+        assert asyncio.run(_ask_all(base, HEAVY[2:4])) == [200, 200]
+        assert _worker(process).pid == worker.pid  # the same worker
+        assert [p.pid for p in _niced(worker)] != [computer.pid]
     finally:
         process.stop()

@@ -93,13 +93,6 @@ class ComputePool:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    def pids(self) -> list[int]:
-        """The processes running now (none before the first computation)."""
-        pool = self._pool
-        if pool is None:
-            return []
-        return [p.pid for p in list(pool._processes.values()) if p.pid is not None]
-
     def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
