@@ -7,6 +7,7 @@ psutil. No timing is asserted: where the CPU time goes, and how many processes h
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
@@ -115,5 +116,29 @@ def test_a_killed_computation_process_degrades_to_503_then_is_replaced(
         assert asyncio.run(_ask_all(base, HEAVY[2:4])) == [200, 200]
         assert _worker(process).pid == worker.pid  # the same worker
         assert [p.pid for p in _niced(worker)] != [computer.pid]
+    finally:
+        process.stop()
+
+
+def test_computation_processes_write_no_metrics_and_end_with_their_worker(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The processes count nothing in the workers' metrics directory (their zero gauges
+    would join the workers' values), and a worker killed outright (no shutdown of its own)
+    takes its processes and their fork server with it."""
+    process, base = _start(published_env, tmp_path_factory, 2)
+    try:
+        worker = _worker(process)
+        assert asyncio.run(_ask_all(base, HEAVY[:2])) == [200, 200]
+        descendants = worker.children(recursive=True)
+        assert _niced(worker)
+        # The metrics directory (gunicorn_conf makes one per master): where the worker's
+        # own metrics files are open.
+        (directory,) = {Path(f.path).parent for f in worker.open_files() if f.path.endswith(".db")}
+        writers = {int(f.stem.rsplit("_", 1)[1]) for f in directory.glob("*.db")}
+        assert writers.isdisjoint(p.pid for p in descendants), sorted(writers)
+        worker.kill()
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        assert alive == [], alive
     finally:
         process.stop()

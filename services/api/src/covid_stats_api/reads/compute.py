@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
@@ -35,12 +37,37 @@ if TYPE_CHECKING:
 
 # How much lower than the worker a computation process runs (os.nice's increment).
 COMPUTE_NICE = 10
+# How often a computation process checks that its worker is still there.
+_WATCH_SECONDS = 1.0
 _MODULE = __name__
 
 
-def _start() -> None:
-    """A computation process's start: a lower CPU priority than the worker's."""
+def _watch(worker: int) -> None:
+    """End this process once ``worker`` is gone. A worker killed outright (SIGKILL: the
+    gunicorn timeout, the OOM killer) shuts nothing down, and nothing else would end its
+    processes: each holds both ends of the pool's queues (no end of file ever comes) and the
+    fork server's liveness pipe (so it waits for them in turn)."""
+    while True:
+        time.sleep(_WATCH_SECONDS)
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # another user's process under a reused pid: the worker is gone
+            os._exit(0)
+
+
+def _start(worker: int) -> None:
+    """A computation process's start: a lower CPU priority than the worker's, and no metrics
+    files: the process counts nothing, and a process of its own writing in the workers'
+    ``PROMETHEUS_MULTIPROC_DIR`` would add its (zero) values to theirs (a ``livemin`` gauge
+    would read 0). So the variable goes before the rendering code, and with it the metrics
+    module, is first imported (the fork server loads only this module)."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    os.environ.pop("prometheus_multiproc_dir", None)
     os.nice(COMPUTE_NICE)
+    threading.Thread(target=_watch, args=(worker,), name="watch-worker", daemon=True).start()
+    import covid_stats_api.reads.queries  # noqa: F401 - loaded once, before the first task
 
 
 Rendered = tuple[int, bytes, str, bytes]  # size, body, ETag, gzip body
@@ -73,8 +100,10 @@ class ComputePool:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([_MODULE, "covid_stats_api.reads.queries"])
-            self._pool = ProcessPoolExecutor(self.processes, context, initializer=_start)
+            context.set_forkserver_preload([_MODULE])
+            self._pool = ProcessPoolExecutor(
+                self.processes, context, initializer=_start, initargs=(os.getpid(),)
+            )
         return self._pool
 
     async def render(self, query: Query, texts: Sequence[str], max_bytes: int | None) -> Rendered:
