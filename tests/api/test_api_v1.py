@@ -135,7 +135,10 @@ SAME_ANSWER_PATHS = [
 def test_redis_and_postgres_answer_with_identical_bodies(
     published_env: dict[str, str], api_factory: ApiFactory, redis_url: str, subtests: Any
 ) -> None:
-    api = api_factory({**published_env, "HOT_CACHE_MAX_BYTES": "0"})  # Redis, not memory
+    # Redis, not memory: neither the hot documents nor the recent query answers are kept.
+    api = api_factory(
+        {**published_env, "HOT_CACHE_MAX_BYTES": "0", "QUERY_MEMORY_CACHE_MAX_BYTES": "0"}
+    )
     from_cache = {}
     for path in SAME_ANSWER_PATHS:
         get(f"{api}/{path}")  # a query's first answer fills the cache

@@ -32,10 +32,12 @@ from covid_stats_api.api.routes import changes, covid_stats, health, revisions, 
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.compute import ComputePool
 from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
+from covid_stats_api.reads.recent import RecentAnswers
 from covid_stats_api.reads.span import SpanService
 from covid_stats_api.serving.asgi.direct import direct_answers
 from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
@@ -80,15 +82,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.cache_policy,
         settings.hot_cache_database_ttl_seconds,
     )
+    recent = RecentAnswers(settings.query_memory_cache_max_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any] | None]:
         stores = Stores(settings)
         await stores.open()
-        watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds)
+        watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds, recent)
         watcher.start()
         gauges = asyncio.create_task(metrics.sample_gauges(stores, hot))
         reader = DocumentReader(stores, hot)
+        compute = ComputePool(settings.query_compute_slots)
         answers = AnswerCache(
             stores.snapshots, settings.query_cache_ttl_seconds, settings.query_cache_max_bytes
         )
@@ -96,9 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings,
             stores,
             reader,
-            QueryService(stores, answers, settings.query_answer_max_bytes),
+            QueryService(stores, answers, settings.query_answer_max_bytes, compute),
             DerivedService(reader, answers),
             SpanService(stores, settings.query_cache_ttl_seconds),
+            recent,
         )
         # Everything built so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, whose cost grows with the heap (a p99 and throughput win).
@@ -114,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield offered
         finally:
             gauges.cancel()
+            compute.close()
             await watcher.stop()
             await stores.close()
 
@@ -171,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.hot = hot
+    app.state.recent = recent
     return app
 
 
@@ -189,7 +196,9 @@ def create_asgi(
     api = api or create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
-    fast_path = FastPath(api, api.state.hot, document_paths(ROUTES), api.state.page)
+    fast_path = FastPath(
+        api, api.state.hot, document_paths(ROUTES), api.state.page, api.state.recent
+    )
     api.state.direct_answers = direct_answers(fast_path, settings, tracer_provider is not None)
     app: ASGIApp = fast_path
     if settings.rate_limit_per_minute:

@@ -44,7 +44,8 @@ DURATION = Histogram(
 )
 CACHE_LOOKUPS = Counter(
     "covid_stats_api_cache_lookups",
-    "Cache lookups by tier (memory, redis) and result (hit, miss, stale, error)",
+    "Cache lookups by tier (memory: hot documents, query-memory: recent query answers, redis)"
+    " and result (hit, miss, stale, error)",
     ["tier", "result"],
 )
 DATA_AGE = Gauge(
@@ -72,6 +73,19 @@ DB_POOL = Gauge(
 QUERY_EVICTIONS = Counter(
     "covid_stats_api_query_answers_evicted",
     "Cached query answers deleted from Redis to keep QUERY_CACHE_MAX_BYTES",
+)
+QUERY_COMPUTATIONS = Counter(
+    "covid_stats_api_query_computations",
+    "Query answers computed from PostgreSQL (neither memory nor Redis had them)",
+)
+QUERY_MEMORY_EVICTIONS = Counter(
+    "covid_stats_api_query_memory_evicted",
+    "Recent query answers dropped from a worker's memory to keep QUERY_MEMORY_CACHE_MAX_BYTES",
+)
+QUERY_MEMORY_BYTES = Gauge(
+    "covid_stats_api_query_memory_bytes",
+    "Bytes of recent query answers held in the workers' memory, summed over workers",
+    multiprocess_mode="livesum",
 )
 QUERY_SHORTCUTS = Counter(
     "covid_stats_api_query_shortcuts",
@@ -152,6 +166,18 @@ def cache_lookup(tier: str, result: str) -> Counter:
 
 def query_answers_evicted() -> Counter:
     return QUERY_EVICTIONS
+
+
+def query_computed() -> Counter:
+    return QUERY_COMPUTATIONS
+
+
+def query_memory_evicted() -> Counter:
+    return QUERY_MEMORY_EVICTIONS
+
+
+def query_memory_bytes() -> Gauge:
+    return QUERY_MEMORY_BYTES
 
 
 @functools.cache

@@ -64,6 +64,8 @@ COVID_STATS, US_CURRENT, STATES_CURRENT = (
     "/covid-stats", "/v1/us/current.json", "/v1/states/current.json",
 )  # fmt: skip
 DOCUMENTS = (COVID_STATS, US_CURRENT, STATES_CURRENT)
+# A warm query (answered before, so kept by the worker: ``reads.recent``).
+WARM_QUERY = "/v1/states/daily.json?states=ca,ny&lastdays=30"
 # The 2-worker section: the hot documents of both sizes.
 TWO_WORKER_DOCUMENTS = (US_CURRENT, STATES_CURRENT)
 NOFILE = 8192  # soft limit for wrk and the servers: 512 connections and then some
@@ -136,6 +138,17 @@ def wrk(
             for kind, n in zip(("connect", "read", "write", "timeout"), socket, strict=True)
         },
     }
+
+
+def warm_query_ratio(warm: Scenario, hot: Scenario) -> str:
+    """The line on a warm query's rate against a hot document's (medians, one worker on one
+    core, the same harness): issue 25 asks at least 0.5. Both are answered from the
+    worker's memory: the query from its recent answers (``reads.recent``)."""
+    ratio = warm.median("rps") / hot.median("rps")
+    return (
+        f"\nWarm query / hot document: {ratio:.2f} ({WARM_QUERY}: {warm.median('rps'):,.0f}"
+        f" req/s; {STATES_CURRENT}: {hot.median('rps'):,.0f} req/s; 64 connections)"
+    )
 
 
 def _server(
@@ -444,7 +457,7 @@ def _run(
                 assert response.content == body, f"{name} does not send (b)'s bytes for {path}"
                 got = response.headers.get("content-type")
                 assert got == content_type, f"{name} {path}: Content-Type {got}, not {content_type}"
-        query = f"{api}/v1/states/daily.json?states=ca,ny&lastdays=14&fields=date,state,positive"
+        query = f"{api}{WARM_QUERY}"
         assert httpx.get(query).status_code == 200
         # The identity body's tag: wrk asks for no coding, and a 304 answers only the tag of
         # the representation a 200 would send (httpx would get the gzip body's).
@@ -473,8 +486,9 @@ def _run(
         # Measured at 64 connections only (the 512-connection pass is the api's and (c)'s).
         for scenario in (ceiling[US_CURRENT], ceiling[STATES_CURRENT], *limit.values()):
             scenario.at_512 = False
+        warm = Scenario("(b) warm query (states/daily?states=ca,ny&lastdays=30)", query)
         others = [
-            Scenario("(b) warm query (states/daily?states=..&lastdays=..)", query),
+            warm,
             Scenario(
                 "(b) 304 (If-None-Match)",
                 f"{api}/v1/states/current.json",
@@ -601,6 +615,8 @@ def _run(
         rps = s.median("rps")
         base = naive_states_rps if "states/current" in s.label or "304" in s.label else naive_rps
         print(f"| {s.label} | {rps / base:.1f}x | {rps / bare_rps:.2f} |")
+
+    print(warm_query_ratio(warm, project[STATES_CURRENT]))
 
     print(
         "\nPer document, req/s at 64 connections (medians, one worker on one core), and the "

@@ -4,6 +4,7 @@ with the one error model (404 unknown state or date, 422 bad parameter, 503 no d
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -29,10 +30,12 @@ from covid_stats_api.reads.queries import (
     UnknownField,
     empty,
 )
+from covid_stats_api.reads.recent import RecentAnswers, current_request
 from covid_stats_api.reads.span import SpanService
 from covid_stats_contract.documents import check_state_code
 from covid_stats_contract.edge import AS_OF, document_keys, query_keys
 from covid_stats_contract.resources import STATES_CURRENT
+from covid_stats_runtime.http import RepresentationResponse
 
 
 class Api:
@@ -44,6 +47,7 @@ class Api:
         queries: QueryService,
         derived: DerivedService,
         span: SpanService,
+        recent: RecentAnswers,
     ) -> None:
         self.settings = settings
         self.stores = stores
@@ -52,8 +56,9 @@ class Api:
         self.derived = derived
         self.changes = ChangesFeed(stores)  # GET /v1/changes.json
         self.span = span
+        self.recent = recent  # this worker's recent query answers
 
-    def send(self, served: Served, keys: Iterable[str]) -> Response:
+    def send(self, served: Served, keys: Iterable[str]) -> RepresentationResponse:
         """``served`` with its surrogate ``keys`` (``covid_stats_contract.edge``)."""
         return send(served, self.settings.cache_policy, keys)
 
@@ -94,6 +99,15 @@ class Api:
         # today's span nor answered with today's document.
         asked = await self.canonical(query, state) if query.as_of is None else Canonical(query)
         query = asked.query
+        # The snapshot this answer is of, as the hot tier knows it; None: not kept in memory
+        # (not known, a question as of an instant, a published document, an empty answer).
+        version = self.reader.hot.version if query.as_of is None else None
+        if asked.document is not None or asked.empty:
+            version = None
+        if version is not None:
+            recent = self.recent.get(query.key, version)
+            if recent is not None:
+                return RepresentationResponse(recent.representation)
         try:
             if asked.document is not None:
                 query_shortcut("document").inc()
@@ -119,9 +133,23 @@ class Api:
             raise self.no_data() from None
         except NotPublishedYet as exc:
             raise not_published(exc) from None
-        if state is not None and served.body in (b"[]\n", b"\n"):  # empty array / CSV
+        nothing = served.body in (b"[]\n", b"\n")  # an empty array or CSV: never kept
+        if state is not None and nothing:
             await self.require_state(state)
-        return self.send(served, answer_keys(query))
+        keys = answer_keys(query)
+        response = self.send(served, keys)
+        if version is not None and version == self.reader.hot.version and not nothing:
+            # Kept as the Redis cache serves it (its source: the cache), whichever store
+            # answered this time, with the same edge headers; the fast path answers the same
+            # target from now on.
+            kept = self.send(replace(served, source="cache"), keys)
+            scope = current_request.get(None)
+            target = route = None
+            if scope is not None:  # the request as the fast path saw it
+                target = (scope["path"], scope["query_string"])
+                route = getattr(scope.get("route"), "path_format", None)
+            self.recent.put(query.key, kept.representation, version, target, route)
+        return response
 
     async def series(self, daily_document: str, query: Query, state: str | None = None) -> Response:
         """The derived series of a daily document, the dates and fields ``query`` asks."""

@@ -21,7 +21,7 @@ from covid_stats_runtime.http import (
 )
 
 
-def send(served: Served, policy: CachePolicy, keys: Iterable[str]) -> Response:
+def send(served: Served, policy: CachePolicy, keys: Iterable[str]) -> RepresentationResponse:
     """``served`` as the fast path would send it from memory: the same representation
     (``covid_stats_runtime.http``), so the same status, headers and bytes; ``keys``: its
     surrogate keys (``covid_stats_contract.edge``)."""

@@ -83,6 +83,20 @@ class Settings(PortSettings):
         description="largest query answer (uncompressed): a larger one is refused with 422"
         " `too_large` (the published documents are not limited)",
     )
+    query_compute_slots: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="questions a worker computes at once (the others wait their turn), the"
+        " large ones each in a process of its own at a lower CPU priority; bounds what"
+        " computations hold, see [Query answers](limits.md#query-answers)",
+    )
+    query_memory_cache_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="memory for recent query answers, per worker (least recently used out"
+        " first; dropped on each publish; 0 turns this tier off)",
+    )
     hot_cache_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,

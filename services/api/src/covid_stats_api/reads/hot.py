@@ -11,7 +11,8 @@ events because it needs no extra connection or server configuration and cannot m
 message across a Redis restart). When either changes (ids count from 1 again in a Redis that
 lost its data) it refetches every cached document of the new snapshot; until each
 arrives the old one keeps being served (stale-while-revalidate), so a new snapshot reaches
-every worker within one check interval plus one refill. When Redis is unreachable or empty,
+every worker within one check interval plus one refill. At that moment the worker's recent
+query answers (``reads.recent``) are dropped too. When Redis is unreachable or empty,
 the entries stay: the last good documents keep being served. Entries rendered from
 PostgreSQL (Redis down) live only ``HOT_CACHE_DATABASE_TTL_SECONDS``. Memory is bounded by
 ``HOT_CACHE_MAX_BYTES`` per worker (least recently used entries go first).
@@ -30,6 +31,7 @@ from datetime import datetime
 import structlog
 from redis.exceptions import RedisError
 
+from covid_stats_api.reads.recent import RecentAnswers
 from covid_stats_contract.documents import (
     JSON_CONTENT_TYPE,
     US_CURRENT,
@@ -169,8 +171,15 @@ class HotCache:
 class HotWatcher:
     """Keeps a worker's ``HotCache`` in step with the current snapshot."""
 
-    def __init__(self, hot: HotCache, snapshots: SnapshotStore, interval: float) -> None:
+    def __init__(
+        self,
+        hot: HotCache,
+        snapshots: SnapshotStore,
+        interval: float,
+        recent: RecentAnswers | None = None,
+    ) -> None:
         self.hot = hot
+        self.recent = recent  # the recent query answers: dropped with each new snapshot
         self.snapshots = snapshots
         self.interval = interval
         self._published: str | None = None  # the publish time of the snapshot held
@@ -215,6 +224,8 @@ class HotWatcher:
                 continue
             self.hot.put_document(doc)
         # Only now: a refill cut short (Redis gone again) is taken up at the next check.
+        if self.recent is not None:
+            self.recent.clear()
         self.hot.version = current
         self._published = published
         if published:

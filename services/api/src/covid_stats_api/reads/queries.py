@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -27,7 +28,9 @@ from typing import Any
 import structlog
 
 from covid_stats_api.core.stores import Stores
+from covid_stats_api.metrics import query_computed
 from covid_stats_api.reads.answers import AnswerCache, Uncached
+from covid_stats_api.reads.compute import ComputePool
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract import history
 from covid_stats_contract.documents import (
@@ -44,12 +47,9 @@ from covid_stats_runtime.stores import DATABASE_ERRORS
 
 log = structlog.get_logger("covid_stats_api.reads.queries")
 
-# Answers with more records than this are rendered in a thread, off the event loop.
+# Answers with more records than this are rendered in a computation process
+# (``reads.compute``), off the worker; smaller ones cost less than the trip there.
 _RENDER_INLINE_MAX = 200
-# Questions a worker computes at once (the others wait their turn): a computation holds its
-# records' texts and the body (``render`` parses one record at a time), and many at once
-# would grow the worker's memory for good and starve its event loop.
-COMPUTE_SLOTS = 2
 # After a large computation, free heap memory is handed back to the system (glibc keeps it
 # otherwise: a worker's RSS would stay at its peak), at most this often.
 _TRIM_EVERY_SECONDS = 1.0
@@ -107,6 +107,10 @@ class UnknownField(Exception):
         super().__init__(f"{parameter}: no such field: {name!r}")
         self.parameter = parameter
         self.name = name
+
+    def __reduce__(self) -> tuple[type[UnknownField], tuple[str, str]]:
+        # Raised in a computation process, it crosses back to the worker pickled.
+        return UnknownField, (self.parameter, self.name)
 
 
 class NoRecords(Exception):
@@ -261,11 +265,17 @@ def empty(query: Query) -> Served:
 
 
 class QueryService:
-    def __init__(self, stores: Stores, answers: AnswerCache, max_bytes: int) -> None:
+    """Answers questions; computes at most ``slots`` at once (``QUERY_COMPUTE_SLOTS``: the
+    others wait their turn), the large ones in ``compute``'s processes."""
+
+    def __init__(
+        self, stores: Stores, answers: AnswerCache, max_bytes: int, compute: ComputePool
+    ) -> None:
         self.stores = stores
         self.answers = answers
         self.max_bytes = max_bytes
-        self._slots = asyncio.Semaphore(COMPUTE_SLOTS)
+        self.compute = compute
+        self._slots = asyncio.Semaphore(compute.processes)
         self._trimmed = 0.0  # loop time of the last trim
         self._large = False  # a large computation since
 
@@ -293,6 +303,7 @@ class QueryService:
         return found.up_to
 
     async def _compute(self, query: Query, mark: int | None = None) -> Served:
+        query_computed().inc()
         async with self._slots:
             try:
                 return await self._compute_now(query, mark)
@@ -304,19 +315,26 @@ class QueryService:
 
     async def _compute_now(self, query: Query, mark: int | None = None) -> Served:
         texts = await self._fetch(query, mark)
-        if not texts and query.single:
+        records = len(texts)
+        if not records and query.single:
             raise NoRecords
-        if len(texts) > _RENDER_INLINE_MAX:
-            self._large = True
-            body = await asyncio.to_thread(render, query, texts)
-        else:
-            body = render(query, texts)
         # A published document as of an instant (no other parameter) is what this api
         # served then, whatever its size: one answer per publish, not a question to narrow.
-        if len(body) > self.max_bytes and not (mark is not None and query.asks_document):
-            raise TooLarge(len(body), self.max_bytes, query.resource.document(query.fmt))
-        served = Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
-        if not texts:
+        limit = None if mark is not None and query.asks_document else self.max_bytes
+        if records > _RENDER_INLINE_MAX:
+            self._large = True
+            try:
+                size, body, etag, gzip = await self.compute.render(query, texts, limit)
+            except BrokenProcessPool as exc:
+                log.warning("query_compute_failed", error=repr(exc))
+                raise StoreUnavailable from exc
+        else:
+            body = render(query, texts)
+            size, etag, gzip = len(body), etag_for(body), b""
+        if limit is not None and size > limit:
+            raise TooLarge(size, limit, query.resource.document(query.fmt))
+        served = Served(body, etag, "database", CONTENT_TYPES[query.fmt], gzip)
+        if not records:
             raise Uncached(served)
         return served
 
