@@ -132,6 +132,47 @@ class Settings(PortSettings):
         default=600.0, gt=0, description="longest wait between a delivery's attempts"
     )
 
+    purge_urls: str = Field(
+        default="",
+        description="comma-separated http URLs of edge caches sent `PURGE` with `xkey-purge:`"
+        " the surrogate keys a publish changed, to every address each host resolves to"
+        " ([Edge cache](edge-cache.md#purge)); empty: none",
+    )
+    purge_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="timeout of one `PURGE` request"
+    )
+    purge_retry_initial_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="wait before a failed purge is tried again; doubles each failure, with"
+        " jitter (its keys wait, and go with the next publish's)",
+    )
+    purge_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between a failing purge's attempts"
+    )
+    purge_repeat_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="a publish's keys are purged again this long after the first purge (the"
+        " api's workers take up to `HOT_CACHE_CHECK_SECONDS` to serve a new snapshot: an edge"
+        " that refetched in between holds the old bytes); 0: once",
+    )
+
+    @property
+    def purge_url_list(self) -> tuple[str, ...]:
+        """``PURGE_URLS`` split, each once."""
+        return tuple(dict.fromkeys(u.strip() for u in self.purge_urls.split(",") if u.strip()))
+
+    @field_validator("purge_urls")
+    @classmethod
+    def _check_purge_urls(cls, value: str) -> str:
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if url.strip() and (parts.scheme != "http" or not parts.hostname):
+                # Each address of the host is sent its PURGE: no TLS name to check there.
+                raise ValueError(f"not an http URL: {url.strip()!r}")
+        return value
+
     @property
     def webhook_url_list(self) -> tuple[str, ...]:
         """``WEBHOOK_URLS`` split, each once."""

@@ -130,3 +130,24 @@ WEBHOOK_PENDING = Gauge(
     "Webhook deliveries not yet delivered nor given up, as the leader last counted them",
     namespace=NAMESPACE,
 )
+
+PURGES = Counter(
+    "purges",
+    "PURGE requests sent to the edge caches (one per address of a PURGE_URLS host and batch"
+    " of keys) by outcome: purged (a 2xx), failed (a non-2xx, a timeout, a connection or"
+    " name resolution error: the keys are tried again)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+PURGE_DURATION = Histogram(
+    "purge_duration_seconds",
+    "Time of one PURGE request (until its answer or failure)",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PURGE_PENDING_KEYS = Gauge(
+    "purge_keys_pending",
+    "Surrogate keys waiting to be purged, over every PURGE_URLS URL (0 when every purge"
+    " reached every address)",
+    namespace=NAMESPACE,
+)

@@ -10,7 +10,8 @@ requests) and its signal handling. Its connections are in ``stores``, its HTTP p
   of PostgreSQL's data and rebuilds it from PostgreSQL if not (Redis restarted or flushed; a
   refresh stored records, then died or could not publish): no upstream needed.
 - While it leads, the webhook sender (``webhooks``) delivers the events the publishes queued,
-  in the background: a publish never waits for a receiver.
+  in the background: a publish never waits for a receiver; the purger (``purge``) sends the
+  edge caches the surrogate keys each publish changed, in the background too.
 - SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
   finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
   activated and expires); the lease is released so a follower takes over at once.
@@ -36,11 +37,13 @@ from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError
 
 from covid_stats_contract import records
+from covid_stats_contract.edge import purge_keys
 from covid_stats_runtime.stores import DATABASE_ERRORS
 from covid_stats_runtime.tracing import new_trace, untraced
 from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
+from stats_fetcher.purge import Purger
 from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
 from stats_fetcher.stores import SchemaNotReady, Stores
@@ -62,6 +65,7 @@ class FetcherService:
             settings.leader_lease_seconds,
         )
         self.webhooks = WebhookSender(settings, self.stores, self.lease)
+        self.purger = Purger(settings, lambda: self.lease.held)
         self._busy = asyncio.Lock()  # one refresh or rebuild at a time
         self._wake = asyncio.Event()
         self._requested = False
@@ -72,6 +76,7 @@ class FetcherService:
 
     async def close(self) -> None:
         await self.webhooks.close()
+        await self.purger.close()
         await self.stores.close()
 
     async def readiness(self) -> dict[str, Any]:
@@ -114,6 +119,7 @@ class FetcherService:
                 result = await work(refresher)
             if result is not None and result.logged is not None:
                 self.webhooks.wake()  # the sender posts in the background: no wait here
+                self.purger.purge(purge_keys(result.logged.changes))  # the same: queued
             return result
         except SchemaNotReady as exc:
             log.error("schema_not_ready", error=str(exc))
@@ -251,6 +257,7 @@ class FetcherService:
                 self._watch_redis(),
                 self._listen(),
                 self.webhooks.run(self._stopping),
+                self.purger.run(self._stopping),
             )
         ]
         await self._stopping.wait()
