@@ -9,9 +9,10 @@ the one-core api, beside nginx, and the purge-to-fresh time.
   through the real fetcher service (``stats-fetcher run`` with ``PURGE_URLS`` at Varnish's
   purge listener, asked to refresh by ``POST /refresh``), until that state's document served
   by Varnish is the new one: from the publish (its ``published_at`` in the changes feed) to
-  the first fresh answer, several samples, median and max. A client polls the document every few milliseconds throughout, as traffic
-  would; after each sample, the cache must still hold the new document a while later (a purge
-  that raced the api's workers would leave the old one in, for ``Surrogate-Control``'s max-age).
+  the first fresh answer, several samples, median and max. A client polls the document every
+  few milliseconds throughout, as traffic would; after each sample, the cache must still hold
+  the new document a while later (a purge that raced the api's workers would leave the old one
+  in, for ``Surrogate-Control``'s max-age).
 """
 
 from __future__ import annotations
