@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,10 +32,10 @@ from devstack.varnish import Varnish
 from stacks import Template, loaded_stack
 from support import (
     ApiUrl,
+    Fetcher,
     Process,
     Upstream,
     check_error_body,
-    python_module,
     scratch_dir,
     start_api,
     summary,
@@ -300,7 +299,7 @@ def _published_at(edge: Edge, since: str) -> datetime:
 
 
 def test_a_publish_makes_the_changed_states_documents_fresh_and_keeps_the_others(
-    own_edge: Edge, upstream: Upstream
+    own_edge: Edge, upstream: Upstream, fetcher_factory: Callable[..., Fetcher]
 ) -> None:
     edge = own_edge
     changed = (STATE_DAILY, STATES_DAILY)
@@ -310,6 +309,9 @@ def test_a_publish_makes_the_changed_states_documents_fresh_and_keeps_the_others
     warm = {path: edge.get(path) for path in (*changed, *unchanged)}
     assert all(hit(r) for r in warm.values())
     origin_before = {path: edge.origin(path).content for path in changed}
+    # The fetcher service, as deployed (its purge, and the purge's repeat), purging Varnish.
+    fetcher = fetcher_factory({**edge.env, "FETCH_INTERVAL_SECONDS": "3600"})
+    wait_until(fetcher.is_leader, 60, interval=0.1, what="the fetcher to lead")
 
     # The upstream revises one of Michigan's days; the fetcher publishes it and purges.
     daily: list[dict[str, Any]] = json.loads(upstream.get("/v1/states/daily.json").content)
@@ -317,29 +319,18 @@ def test_a_publish_makes_the_changed_states_documents_fresh_and_keeps_the_others
     oldest["positive"] = (oldest["positive"] or 0) + 5
     upstream.fault("/v1/states/daily.json", "body", body=daily)
     since = datetime.now().astimezone().isoformat()
-    refresh = subprocess.Popen(
-        python_module("stats_fetcher", "refresh-once"),
-        env=edge.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    asked = httpx.post(
+        f"{fetcher.url}/refresh", headers={"Authorization": f"Bearer {fetcher.token}"}
     )
-    try:
-        # poll the changed state's document through the cache until it changes
-        fresh_at: float | None = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if edge.get(STATE_DAILY).content != warm[STATE_DAILY].content:
-                fresh_at = time.time()
-                break
-            if refresh.poll() is not None:  # published and purged: fresh within a while
-                deadline = min(deadline, time.monotonic() + 10)
-            time.sleep(0.005)
-        output, _ = refresh.communicate(timeout=120)
-    finally:
-        if refresh.poll() is None:
-            refresh.kill()
-            refresh.wait()
-    assert refresh.returncode == 0, output.decode()[-3000:]
+    assert asked.status_code == 202, asked.text
+    # poll the changed state's document through the cache until it changes
+    fresh_at: float | None = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if edge.get(STATE_DAILY).content != warm[STATE_DAILY].content:
+            fresh_at = time.time()
+            break
+        time.sleep(0.005)
     assert fresh_at is not None, "the changed state's document never changed through the cache"
     purge_to_fresh = fresh_at - _published_at(edge, since).timestamp()
     summary(
@@ -347,6 +338,12 @@ def test_a_publish_makes_the_changed_states_documents_fresh_and_keeps_the_others
     )
     assert purge_to_fresh < 10  # the figure is 1 s; measured, reported above
 
+    # still fresh a while later: a purge that raced the api's workers (they switch snapshots
+    # within HOT_CACHE_CHECK_SECONDS) would leave the old document in the cache
+    settle = time.monotonic() + 2
+    while time.monotonic() < settle:
+        edge.get(STATE_DAILY)
+        time.sleep(0.01)
     # every changed document is the api's new one through the cache
     for path in changed:
         now = edge.origin(path).content
