@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from covid_stats_contract.edge import (
     CHANGES_KEY,
@@ -225,6 +228,37 @@ def test_a_failing_receiver_is_retried_and_a_hanging_one_never_delays_the_publis
     assert fetcher.metric(PURGES, outcome="failed") == 2
 
 
+def test_a_new_leader_takes_up_the_purge_a_dead_leader_left(
+    env: dict[str, str],
+    receiver: Receiver,
+    fetcher_factory: Callable[..., Fetcher],
+    upstream: Upstream,
+) -> None:
+    """The leader dies (SIGKILL) while its PURGE hangs: the keys it had yet to purge wait in
+    Redis, and the follower, once it leads, purges them."""
+    ha = {**env, "LEADER_LEASE_SECONDS": "1.5"}
+    first = fetcher_factory(ha, "first")
+    until(first.is_leader, "the first fetcher to lead")
+    until(lambda: first.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
+    until(lambda: first.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
+    second = fetcher_factory(ha, "second")
+    assert not second.is_leader()
+    receiver.hold.clear()
+    before = len(receiver.purges())
+    change_one_state(upstream)
+    request_refresh(second)  # relayed to the leader
+    until(receiver.holding.is_set, "the leader's PURGE to be in flight")
+    held = receiver.purges()[before:]
+    assert len(held) == 1
+    os.kill(first.process.proc.pid, signal.SIGKILL)
+    until(second.is_leader, "the follower to lead")
+    receiver.hold.set()
+    until(lambda: second.metric(PURGES, outcome="purged") > 0, "the follower's purge")
+    until(lambda: second.metric("covid_stats_fetcher_purge_keys_pending") == 0, "its purge")
+    taken_up = receiver.keys(before + 1)
+    assert set(held[0].keys.split(" ")) <= taken_up
+
+
 @pytest.fixture
 def two_replicas() -> Iterator[tuple[Receiver, Receiver]]:
     """Two edge replicas on one port, at two loopback addresses (as the pods behind a
@@ -306,3 +340,13 @@ def test_refresh_once_sends_its_publishs_purge_before_it_exits(
     keys = receiver.keys()
     assert {"v1/status.json", "v1/states/daily.json", CHANGES_KEY} <= keys
     assert any(key.startswith(STATE_PREFIX) for key in keys)
+
+
+def test_purge_urls_are_http_urls_each_once() -> None:
+    """Each address of a URL's host is sent its PURGE, so no TLS name could be checked: an
+    https URL (or anything but an http URL) is refused at start-up, naming the value."""
+    for bad in ("https://edge.test/", "edge.test", "http://", "ftp://edge.test/"):
+        with pytest.raises(ValidationError, match="not an http URL"):
+            Settings(purge_urls=bad)
+    given = " http://a.test:6081/ , http://b.test/,http://a.test:6081/"
+    assert Settings(purge_urls=given).purge_url_list == ("http://a.test:6081/", "http://b.test/")

@@ -19,6 +19,8 @@ Layout (``{p}`` is the prefix, ``covid-stats`` unless configured)::
     {p}:fetcher:leader               the fetcher leader's lease: "<fencing token>:<holder id>"
     {p}:fetcher:leader:token         INCR counter of fencing tokens
     {p}:fetcher:refresh              pub/sub channel: "refresh now" (POST /refresh on any replica)
+    {p}:fetcher:purge:{url digest}   SET of the surrogate keys the leader has yet to purge at one
+                                     PURGE_URLS URL (a new leader takes them up)
 
 A snapshot's keys carry a TTL while it is being written and after it stops being current
 (the grace period); the current snapshot's keys have none. The query answers are kept under
@@ -63,6 +65,11 @@ class RedisKeys:
     def query_fill(self, snapshot_id: str, digest: str) -> str:
         """Lock held by the one api worker computing an answer (other workers wait)."""
         return f"{self.query(snapshot_id, digest)}:fill"
+
+    def purge_pending(self, url_digest: str) -> str:
+        """The keys waiting to be purged at one edge URL (named by a digest: a URL may hold
+        a credential)."""
+        return f"{self.prefix}:fetcher:purge:{url_digest}"
 
     def document(self, snapshot_id: str, name: str) -> str:
         return f"{self.snapshot_base(snapshot_id)}:doc:{name}"

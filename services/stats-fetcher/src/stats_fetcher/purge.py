@@ -19,13 +19,15 @@ changed (``covid_stats_contract.edge.purge_keys``) are sent to every ``PURGE_URL
   workers serve the new snapshot within ``HOT_CACHE_CHECK_SECONDS`` of its publish; an edge
   that refetched in between stored the old bytes, which the second purge drops.
 - **Only the leader purges**: keys are queued by the publish (only the leader publishes) and
-  sent while this replica holds the lease; a replica that lost it keeps them until it leads
-  again.
+  sent while this replica holds the lease. The keys waiting are also kept in Redis (a set
+  per URL, ``RedisKeys.purge_pending``), removed once purged: a replica that becomes leader
+  takes up what its predecessor left (it died or stalled mid-purge). Redis down: memory only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,8 +35,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from covid_stats_contract.edge import PURGE_KEYS_HEADER, PURGE_METHOD, purge_batches
+from covid_stats_contract.keys import RedisKeys
 from stats_fetcher import __version__, metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.webhooks import backoff
@@ -50,17 +55,63 @@ async def addresses(host: str, port: int) -> list[str]:
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
+# How long Redis keeps a URL's waiting keys after their last addition (a URL taken out of
+# PURGE_URLS leaves no set behind for good).
+_PENDING_TTL_SECONDS = 7 * 24 * 3600
+
+
+class PendingKeys:
+    """The keys waiting per URL, in Redis, for the next leader; errors logged, never raised."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    def _name(self, url: str) -> str:
+        return self.keys.purge_pending(hashlib.sha256(url.encode()).hexdigest()[:16])
+
+    async def add(self, urls: Iterable[str], keys: tuple[str, ...]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for url in urls:
+                    pipe.sadd(self._name(url), *keys)
+                    pipe.expire(self._name(url), _PENDING_TTL_SECONDS)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("purge_pending_not_saved", error=repr(exc))
+
+    async def remove(self, url: str, keys: list[str]) -> None:
+        try:
+            await self.redis.srem(self._name(url), *keys)
+        except (RedisError, OSError) as exc:
+            log.warning("purge_pending_not_saved", error=repr(exc))
+
+    async def load(self, url: str) -> list[str]:
+        try:
+            members = await self.redis.smembers(self._name(url))
+        except (RedisError, OSError) as exc:
+            log.warning("purge_pending_not_read", error=repr(exc))
+            return []
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
 
 class Purger:
     """Sends queued keys to every ``PURGE_URLS`` URL while ``leading()`` (the service: while
     it holds the leader lease); ``resolve``: a host's addresses (``addresses``)."""
 
     def __init__(
-        self, settings: Settings, leading: Callable[[], bool], resolve: Resolver = addresses
+        self,
+        settings: Settings,
+        leading: Callable[[], bool],
+        resolve: Resolver = addresses,
+        saved: PendingKeys | None = None,
     ) -> None:
         self.settings = settings
         self.leading = leading
         self.resolve = resolve
+        self.saved = saved
+        self._led = False  # whether this replica led at the last pass
+        self._saving: set[asyncio.Task[None]] = set()
         self.urls = list(settings.purge_url_list)
         # Per URL: the keys not yet purged at every address (ordered, each once), how many
         # rounds failed in a row, and when (loop time) the next round is due.
@@ -93,12 +144,32 @@ class Purger:
                 self.settings.purge_repeat_seconds, self._queue, keys
             )
 
+    def wake(self) -> None:
+        """Look again (this replica became leader: take up what waits in Redis)."""
+        self._wake.set()
+
     def _queue(self, keys: tuple[str, ...]) -> None:
         for url in self.urls:
             self.pending[url].update(dict.fromkeys(keys))
             self._due[url] = 0.0  # a publish's purge goes at once, even while backing off
+        if self.saved is not None:
+            task = asyncio.create_task(self.saved.add(self.urls, keys))
+            self._saving.add(task)
+            task.add_done_callback(self._saving.discard)
         self._count_pending()
         self._wake.set()
+
+    async def _take_up(self) -> None:
+        """The keys a previous leader left waiting in Redis, due now."""
+        if self.saved is None:
+            return
+        for url in self.urls:
+            left = await self.saved.load(url)
+            if left:
+                self.pending[url].update(dict.fromkeys(left))
+                self._due[url] = 0.0
+                log.info("purge_taken_up", url=url, keys=len(left))
+        self._count_pending()
 
     def _count_pending(self) -> None:
         metrics.PURGE_PENDING_KEYS.set(sum(len(keys) for keys in self.pending.values()))
@@ -126,10 +197,14 @@ class Purger:
         """Send what is due, if this replica leads."""
         if stopping.is_set():
             return
-        if not self.leading():
+        leading = self.leading()
+        became, self._led = leading and not self._led, leading
+        if not leading:
             await asyncio.sleep(0.5)  # keys wait until this replica leads again
             return
         try:
+            if became:
+                await self._take_up()
             await self.send_due()
         except Exception:  # a bug must not stop the sender: log it, try again
             log.exception("purge_failed_unexpectedly")
@@ -137,6 +212,8 @@ class Purger:
 
     async def send_due(self) -> None:
         """One round for every URL with keys whose time has come, concurrently."""
+        if self._saving:  # saved before they can be removed
+            await asyncio.gather(*self._saving, return_exceptions=True)
         now = asyncio.get_running_loop().time()
         due = [url for url in self.urls if self.pending[url] and self._due[url] <= now]
         await asyncio.gather(*(self._round(url) for url in due))
@@ -162,6 +239,8 @@ class Purger:
             for key in keys:  # keys queued meanwhile stay
                 self.pending[url].pop(key, None)
             self._failures[url] = 0
+            if self.saved is not None:
+                await self.saved.remove(url, keys)
             log.info(
                 "purged",
                 url=url,

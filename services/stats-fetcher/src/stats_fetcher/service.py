@@ -43,7 +43,7 @@ from covid_stats_runtime.tracing import new_trace, untraced
 from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
-from stats_fetcher.purge import Purger
+from stats_fetcher.purge import PendingKeys, Purger
 from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
 from stats_fetcher.stores import SchemaNotReady, Stores
@@ -65,7 +65,11 @@ class FetcherService:
             settings.leader_lease_seconds,
         )
         self.webhooks = WebhookSender(settings, self.stores, self.lease)
-        self.purger = Purger(settings, lambda: self.lease.held)
+        self.purger = Purger(
+            settings,
+            lambda: self.lease.held,
+            saved=PendingKeys(self.stores.redis, self.stores.keys),
+        )
         self._busy = asyncio.Lock()  # one refresh or rebuild at a time
         self._wake = asyncio.Event()
         self._requested = False
@@ -182,6 +186,7 @@ class FetcherService:
                 log.info("became_leader", lease=self.lease.value)
                 self._requested = True
                 self._wake.set()
+                self.purger.wake()  # it takes up the purges a predecessor left
             elif was and not held:
                 log.warning("lost_leadership")
             await self._sleep(self.settings.leader_lease_seconds / 3)
