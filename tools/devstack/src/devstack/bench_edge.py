@@ -6,17 +6,19 @@ the one-core api, beside nginx, and the purge-to-fresh time.
   scenarios are measured, and its hit rate over those runs (varnishstat's ``MAIN.cache_hit``
   and ``MAIN.cache_miss``);
 - purge-to-fresh: a publish that changes one state (the upstream revises one of its days),
-  through the real fetcher (``refresh-once`` with ``PURGE_URLS`` at Varnish's purge
-  listener), until that state's document served by Varnish is the new one: from the publish
-  (its ``published_at`` in the changes feed) to the first fresh answer, several samples,
-  median and max. A client polls the document every few milliseconds throughout, as traffic
-  would; after each sample, the cache must still hold the new document a while later (a purge
-  that raced the api's workers would leave the old one in, for ``Surrogate-Control``'s max-age).
+  through the real fetcher service (``stats-fetcher run`` with ``PURGE_URLS`` at Varnish's
+  purge listener, asked to refresh by ``POST /refresh``), until that state's document served
+  by Varnish is the new one: from the publish (its ``published_at`` in the changes feed) to
+  the first fresh answer, several samples, median and max. A client polls the document every
+  few milliseconds throughout, as traffic would; after each sample, the cache must still hold
+  the new document a while later (a purge that raced the api's workers would leave the old one
+  in, for ``Surrogate-Control``'s max-age).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import subprocess
 import sys
@@ -29,7 +31,7 @@ from typing import Any
 import httpx
 
 from covid_stats_contract import resources
-from devstack.procs import free_port, wait_until
+from devstack.procs import free_port, pdeathsig_preexec, tail, terminate, wait_until
 from devstack.varnish import Varnish, varnishd_binary
 
 # The state whose day the purge-to-fresh samples revise, and its document.
@@ -90,53 +92,100 @@ def purge_to_fresh(
     varnish: Varnish, api: str, env: dict[str, str], upstream: str, samples: int
 ) -> PurgeSamples:
     """``samples`` publishes, each revising one of ``STATE``'s days at the upstream (its
-    control API's body fault), each timed from the publish to the fresh document."""
+    control API's body fault), each timed from the publish to the fresh document. The
+    publishes are the fetcher service's (``stats-fetcher run``, as deployed: its purge and
+    the purge's repeat ``PURGE_REPEAT_SECONDS`` later), asked for by ``POST /refresh``."""
     found = PurgeSamples()
     daily: list[dict[str, Any]] = json.loads(httpx.get(f"{upstream}{UPSTREAM_DAILY}").content)
     oldest = min((r for r in daily if r["state"] == STATE), key=lambda r: r["date"])
     base = oldest["positive"] or 0
-    fetcher_env = {**env, "PURGE_URLS": varnish.purge_url}
-    for sample in range(samples):
-        old = httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content
-        assert httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content == old
-        oldest["positive"] = base + 5 * (sample + 1)
-        fault = {"path": UPSTREAM_DAILY, "fault": "body", "body": daily}
-        httpx.put(f"{upstream}/_control/faults", json=fault, timeout=60).raise_for_status()
-        since = datetime.now(UTC).isoformat()
-        refresh = subprocess.Popen(
-            [sys.executable, "-m", "stats_fetcher", "refresh-once"],
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    fetcher_url = f"http://127.0.0.1:{port}"
+    fetcher_env = {
+        **env,
+        "PURGE_URLS": varnish.purge_url,
+        "LOG_LEVEL": "INFO",
+        "FETCHER_HOST": "127.0.0.1",
+        "FETCHER_PORT": str(port),
+        "REFRESH_TOKEN": token,
+        "FETCH_INTERVAL_SECONDS": "3600",  # only the refreshes asked for
+    }
+    bearer = {"Authorization": f"Bearer {token}"}
+    log = varnish.workdir.parent / "purge-fetcher.log"
+    with log.open("ab") as out:
+        fetcher = subprocess.Popen(
+            [sys.executable, "-m", "stats_fetcher", "run"],
             env=fetcher_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pdeathsig_preexec(),
         )
-        fresh_at: float | None = None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            answer = httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY)
-            if answer.status_code == 200 and answer.content != old:
-                fresh_at = time.time()
-                break
-            if refresh.poll() is not None and refresh.returncode != 0:
-                raise RuntimeError(f"refresh-once failed ({refresh.returncode})")
-            time.sleep(0.002)
-        if refresh.wait(timeout=300) != 0:
-            raise RuntimeError(f"refresh-once failed ({refresh.returncode})")
-        if fresh_at is None:
-            raise RuntimeError(f"{STATE_DAILY} never changed through Varnish after a publish")
-        feed = httpx.get(f"{api}/v1/changes.json", params={"since": since}, timeout=30)
-        feed.raise_for_status()
-        published = feed.json()["changes"][-1]["published_at"].replace("Z", "+00:00")
-        found.seconds.append(fresh_at - datetime.fromisoformat(published).timestamp())
-        # still the new document a while later, as the api sends it
-        settle = time.monotonic() + SETTLE_SECONDS
-        while time.monotonic() < settle:
-            httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY)
-            time.sleep(0.01)
-        now = httpx.get(f"{api}{STATE_DAILY}", headers=IDENTITY).content
-        if httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content != now:
-            found.stale_after += 1
-    httpx.delete(f"{upstream}/_control/faults", timeout=30).raise_for_status()
+
+    def leading() -> bool:
+        if fetcher.poll() is not None:
+            raise RuntimeError(f"the fetcher exited ({fetcher.returncode}):\n{tail(log)}")
+        try:
+            ready = httpx.get(f"{fetcher_url}/readyz", headers=bearer, timeout=2)
+            return ready.status_code == 200 and bool(ready.json().get("leader"))
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(leading, 120, interval=0.2, what="the fetcher to lead")
+        for sample in range(samples):
+            found.seconds.append(
+                _sample(varnish, api, fetcher_url, bearer, upstream, daily, oldest, base, sample)
+            )
+            # still the new document a while later, as the api sends it
+            settle = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < settle:
+                httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY)
+                time.sleep(0.01)
+            now = httpx.get(f"{api}{STATE_DAILY}", headers=IDENTITY).content
+            if httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content != now:
+                found.stale_after += 1
+    finally:
+        terminate(fetcher)
+        httpx.delete(f"{upstream}/_control/faults", timeout=30).raise_for_status()
     return found
+
+
+def _sample(
+    varnish: Varnish,
+    api: str,
+    fetcher_url: str,
+    bearer: dict[str, str],
+    upstream: str,
+    daily: list[dict[str, Any]],
+    oldest: dict[str, Any],
+    base: int,
+    sample: int,
+) -> float:
+    """One publish changing ``STATE``: seconds from its publish to the fresh document."""
+    old = httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content
+    assert httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY).content == old
+    oldest["positive"] = base + 5 * (sample + 1)
+    fault = {"path": UPSTREAM_DAILY, "fault": "body", "body": daily}
+    httpx.put(f"{upstream}/_control/faults", json=fault, timeout=60).raise_for_status()
+    since = datetime.now(UTC).isoformat()
+    asked = httpx.post(f"{fetcher_url}/refresh", headers=bearer, timeout=30)
+    assert asked.status_code == 202, asked.text
+    fresh_at: float | None = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{varnish.url}{STATE_DAILY}", headers=IDENTITY)
+        if answer.status_code == 200 and answer.content != old:
+            fresh_at = time.time()
+            break
+        time.sleep(0.002)
+    if fresh_at is None:
+        raise RuntimeError(f"{STATE_DAILY} never changed through Varnish after a publish")
+    feed = httpx.get(f"{api}/v1/changes.json", params={"since": since}, timeout=30)
+    feed.raise_for_status()
+    published = feed.json()["changes"][-1]["published_at"].replace("Z", "+00:00")
+    return fresh_at - datetime.fromisoformat(published).timestamp()
 
 
 def report(
