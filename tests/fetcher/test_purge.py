@@ -118,7 +118,7 @@ def env(service_env: dict[str, str], receiver: Receiver) -> dict[str, str]:
         # a name, resolved by the fetcher: the request goes to its address, Host kept
         "PURGE_URLS": f"http://localhost:{receiver.port}/",
         "PURGE_RETRY_INITIAL_SECONDS": "0.2",
-        "PURGE_REPEAT_SECONDS": "0",
+        "PURGE_REPEAT_SECONDS": "",  # once: the repeats have tests of their own
     }
 
 
@@ -274,7 +274,7 @@ def two_replicas() -> Iterator[tuple[Receiver, Receiver]]:
     second.close()
 
 
-def test_every_address_of_the_host_is_purged_in_bounded_batches_twice(
+def test_every_address_of_the_host_is_purged_in_bounded_batches_at_each_repeat(
     two_replicas: tuple[Receiver, Receiver],
 ) -> None:
     """The purger itself (in process), against two real receivers. Stand-in: the name's
@@ -287,7 +287,7 @@ def test_every_address_of_the_host_is_purged_in_bounded_batches_twice(
         purge_timeout_seconds=5.0,
         purge_retry_initial_seconds=0.1,
         purge_retry_max_seconds=0.5,
-        purge_repeat_seconds=0.2,
+        purge_repeat_seconds="0.2,0.4",
     )
     resolved: list[str] = []
 
@@ -307,10 +307,10 @@ def test_every_address_of_the_host_is_purged_in_bounded_batches_twice(
             purger.purge(keys)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
-            while any(len(r.purges()) < 2 * batches for r in two_replicas) or any(
+            while any(len(r.purges()) < 3 * batches for r in two_replicas) or any(
                 purger.pending.values()
             ):
-                assert loop.time() < deadline, "the purges (twice) within 30 s"
+                assert loop.time() < deadline, "the purges (three times) within 30 s"
                 await asyncio.sleep(0.05)
         finally:
             stopping.set()
@@ -324,9 +324,9 @@ def test_every_address_of_the_host_is_purged_in_bounded_batches_twice(
         assert {(p.method, p.path, p.host) for p in purges} == {
             (PURGE_METHOD, "/purge", f"edge.test:{first.port}")
         }
-        # twice (the repeat), each time every key once, in order
+        # at once and at each of the two repeats, each time every key once, in order
         sent = [key for p in purges for key in p.keys.split(" ")]
-        assert sent == keys + keys
+        assert sent == keys + keys + keys
     assert set(resolved) == {"edge.test"}
 
 
@@ -340,6 +340,28 @@ def test_refresh_once_sends_its_publishs_purge_before_it_exits(
     keys = receiver.keys()
     assert {"v1/status.json", "v1/states/daily.json", CHANGES_KEY} <= keys
     assert any(key.startswith(STATE_PREFIX) for key in keys)
+
+
+def test_refresh_once_waits_for_its_purges_repeats(
+    env: dict[str, str], receiver: Receiver
+) -> None:
+    """An edge that refetched before the api's workers served the new snapshot keeps the old
+    bytes until a repeat purges them: ``refresh-once`` exits only after its repeats went."""
+    delays = ("1", "2")  # after the first purge went: a drain that stops then is seen
+    result = run_fetcher("refresh-once", {**env, "PURGE_REPEAT_SECONDS": ",".join(delays)})
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    sent = [key for purge in receiver.purges() for key in purge.keys.split(" ")]
+    print("DEBUG", len(receiver.purges()), sent.count(CHANGES_KEY), result.stdout.decode()[-6000:]); assert sent.count(CHANGES_KEY) == 1 + len(delays)
+
+
+def test_purge_repeats_are_positive_delays() -> None:
+    """PURGE_REPEAT_SECONDS is a list of delays: each a positive number of seconds (0 would
+    purge again at once, before any worker could switch), sorted; empty: once."""
+    assert Settings(purge_repeat_seconds="3, 0.5").purge_repeat_delays == (0.5, 3.0)
+    assert Settings(purge_repeat_seconds="").purge_repeat_delays == ()
+    for bad in ("0", "-1", "soon", "0.5,,x"):
+        with pytest.raises(ValidationError, match=r"repeat delay|number of seconds"):
+            Settings(purge_repeat_seconds=bad)
 
 
 def test_purge_urls_are_http_urls_each_once() -> None:

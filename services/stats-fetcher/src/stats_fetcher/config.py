@@ -150,18 +150,35 @@ class Settings(PortSettings):
     purge_retry_max_seconds: float = Field(
         default=30.0, gt=0, description="longest wait between a failing purge's attempts"
     )
-    purge_repeat_seconds: float = Field(
-        default=1.0,
-        ge=0,
-        description="a publish's keys are purged again this long after the first purge (the"
-        " api's workers take up to `HOT_CACHE_CHECK_SECONDS` to serve a new snapshot: an edge"
-        " that refetched in between holds the old bytes); 0: once",
+    purge_repeat_seconds: str = Field(
+        default="0.5,3",
+        description="comma-separated delays (seconds after the first purge) at which a"
+        " publish's keys are purged again: the api's workers take up to"
+        " `HOT_CACHE_CHECK_SECONDS` and a refill to serve a new snapshot, and an edge that"
+        " refetched in between holds the old bytes until a later purge; empty: once",
     )
 
     @property
     def purge_url_list(self) -> tuple[str, ...]:
         """``PURGE_URLS`` split, each once."""
         return tuple(dict.fromkeys(u.strip() for u in self.purge_urls.split(",") if u.strip()))
+
+    @property
+    def purge_repeat_delays(self) -> tuple[float, ...]:
+        """``PURGE_REPEAT_SECONDS`` as seconds, ascending, each once."""
+        return tuple(sorted({float(d) for d in self.purge_repeat_seconds.split(",") if d.strip()}))
+
+    @field_validator("purge_repeat_seconds")
+    @classmethod
+    def _check_purge_repeats(cls, value: str) -> str:
+        for delay in filter(None, (d.strip() for d in value.split(","))):
+            try:
+                seconds = float(delay)
+            except ValueError:
+                raise ValueError(f"not a number of seconds: {delay!r}") from None
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"a repeat delay must be over 0 and at most 3600: {seconds}")
+        return value
 
     @field_validator("purge_urls")
     @classmethod

@@ -15,9 +15,11 @@ changed (``covid_stats_contract.edge.purge_keys``) are sent to every ``PURGE_URL
   harmless; forgetting one leaves old data at the edge until ``Surrogate-Control`` expires).
   The keys are a finite set (the documents' names, the states, the feed): what waits never
   grows past it.
-- **Twice**: each publish's keys are purged again ``PURGE_REPEAT_SECONDS`` later. The api's
-  workers serve the new snapshot within ``HOT_CACHE_CHECK_SECONDS`` of its publish; an edge
-  that refetched in between stored the old bytes, which the second purge drops.
+- **Again, later**: each publish's keys are purged again after each of
+  ``PURGE_REPEAT_SECONDS``'s delays (0.5 s and 3 s by default). The api's workers serve the
+  new snapshot within ``HOT_CACHE_CHECK_SECONDS`` and a refill of its publish; an edge that
+  refetched in between stored the old bytes, which a later purge drops (the last delay is
+  the margin for a worker slowed down by load). ``refresh-once`` waits for them too.
 - **Only the leader purges**: keys are queued by the publish (only the leader publishes) and
   sent while this replica holds the lease. The keys waiting are also kept in Redis (a set
   per URL, ``RedisKeys.purge_pending``), removed once purged: a replica that becomes leader
@@ -27,6 +29,7 @@ changed (``covid_stats_contract.edge.purge_keys``) are sent to every ``PURGE_URL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import time
@@ -124,6 +127,7 @@ class Purger:
             follow_redirects=False,
         )
         self._wake = asyncio.Event()
+        self._repeats = 0  # repeats scheduled (call_later) and not yet queued
 
     @property
     def enabled(self) -> bool:
@@ -133,16 +137,20 @@ class Purger:
         await self.http.aclose()
 
     def purge(self, keys: Iterable[str]) -> None:
-        """Queue ``keys`` for every URL, due now, and again ``PURGE_REPEAT_SECONDS`` later.
-        Returns at once: the sender sends them."""
+        """Queue ``keys`` for every URL, due now, and again after each of
+        ``PURGE_REPEAT_SECONDS``'s delays. Returns at once: the sender sends them."""
         keys = tuple(keys)
         if not self.enabled or not keys:
             return
         self._queue(keys)
-        if self.settings.purge_repeat_seconds > 0:
-            asyncio.get_running_loop().call_later(
-                self.settings.purge_repeat_seconds, self._queue, keys
-            )
+        loop = asyncio.get_running_loop()
+        for delay in self.settings.purge_repeat_delays:
+            self._repeats += 1
+            loop.call_later(delay, self._repeat, keys)
+
+    def _repeat(self, keys: tuple[str, ...]) -> None:
+        self._repeats -= 1
+        self._queue(keys)
 
     def wake(self) -> None:
         """Look again (this replica became leader: take up what waits in Redis)."""
@@ -219,16 +227,21 @@ class Purger:
         await asyncio.gather(*(self._round(url) for url in due))
 
     async def drain(self, seconds: float) -> bool:
-        """Send until nothing waits or ``seconds`` pass (``refresh-once``, which
-        exits after its publish). True when every key reached every address."""
+        """Send until nothing waits, the repeats included, or ``seconds`` pass
+        (``refresh-once``, which exits after its publish). True when every key, repeats
+        included, reached every address."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while any(self.pending.values()) and loop.time() < deadline:
+        while (any(self.pending.values()) or self._repeats) and loop.time() < deadline:
             await self.send_due()
             waiting = [self._due[url] for url in self.urls if self.pending[url]]
             if waiting:
                 await asyncio.sleep(max(0.0, min(min(waiting), deadline) - loop.time()))
-        return not any(self.pending.values())
+            elif self._repeats:  # a repeat's keys are queued (and _wake set) when it is due
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
+        return not any(self.pending.values()) and not self._repeats
 
     async def _round(self, url: str) -> None:
         keys = list(self.pending[url])

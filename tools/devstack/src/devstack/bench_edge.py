@@ -94,7 +94,7 @@ def purge_to_fresh(
     """``samples`` publishes, each revising one of ``STATE``'s days at the upstream (its
     control API's body fault), each timed from the publish to the fresh document. The
     publishes are the fetcher service's (``stats-fetcher run``, as deployed: its purge and
-    the purge's repeat ``PURGE_REPEAT_SECONDS`` later), asked for by ``POST /refresh``."""
+    the purge.s repeats ``PURGE_REPEAT_SECONDS`` later), asked for by ``POST /refresh``."""
     found = PurgeSamples()
     daily: list[dict[str, Any]] = json.loads(httpx.get(f"{upstream}{UPSTREAM_DAILY}").content)
     oldest = min((r for r in daily if r["state"] == STATE), key=lambda r: r["date"])
