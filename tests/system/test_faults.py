@@ -48,9 +48,10 @@ from support import (
     summary,
 )
 
-# Each test applies load and counts failed requests, or times a drain: under xdist each runs
-# alone (tests/conftest.py).
-pytestmark = [pytest.mark.load, pytest.mark.long]  # long together: handed out first
+# Long together: under xdist the file is handed out first (tests/conftest.py). Each test that
+# applies load and counts failed requests, or times a drain, is marked load: under xdist it runs
+# alone.
+pytestmark = pytest.mark.long
 
 ApiFactory = Callable[[dict[str, str]], ApiUrl]
 FetcherFactory = Callable[..., Fetcher]
@@ -278,6 +279,7 @@ def stale(load: Load) -> str:
 # -- 1. Redis dies during load -------------------------------------------------------------
 
 
+@pytest.mark.load
 def test_redis_dies_under_load_then_comes_back_empty(
     seeded_env: dict[str, str],
     private_redis: LocalRedis,
@@ -372,6 +374,7 @@ def test_redis_dies_under_load_then_comes_back_empty(
     )
 
 
+@pytest.mark.load
 def test_a_snapshot_id_used_again_after_redis_lost_its_data_still_reaches_every_worker(
     seeded_env: dict[str, str],
     private_redis: LocalRedis,
@@ -399,6 +402,7 @@ def test_a_snapshot_id_used_again_after_redis_lost_its_data_still_reaches_every_
 # -- 2. PostgreSQL dies during load --------------------------------------------------------
 
 
+@pytest.mark.load
 def test_postgres_dies_under_load_then_comes_back(
     seeded_env: dict[str, str],
     private_postgres: LocalPostgres,
@@ -496,6 +500,7 @@ def test_postgres_dies_under_load_then_comes_back(
 # -- 3. Restarts drop nothing --------------------------------------------------------------
 
 
+@pytest.mark.load
 def test_sigterm_to_the_master_under_load_drops_no_request(
     clone_env: dict[str, str], api_process: ApiProcessFactory
 ) -> None:
@@ -537,6 +542,7 @@ def test_sigterm_to_the_master_under_load_drops_no_request(
     )
 
 
+@pytest.mark.load
 def test_a_hup_reload_under_load_drops_no_request(
     clone_env: dict[str, str], api_process: ApiProcessFactory
 ) -> None:
@@ -576,6 +582,7 @@ def test_a_hup_reload_under_load_drops_no_request(
     )
 
 
+@pytest.mark.load
 def test_a_sigkilled_worker_is_replaced_and_the_metrics_stay_consistent(
     clone_env: dict[str, str], api_process: ApiProcessFactory
 ) -> None:
@@ -650,6 +657,7 @@ def _snapshot_is_whole(redis_url: str, snapshot: str) -> bool:
         client.close()
 
 
+@pytest.mark.load
 def test_the_fetcher_killed_mid_refresh_leaves_the_previous_snapshot_whole(
     seeded_env: dict[str, str],
     private_redis: LocalRedis,
@@ -713,6 +721,7 @@ def test_the_fetcher_killed_mid_refresh_leaves_the_previous_snapshot_whole(
     )
 
 
+@pytest.mark.load
 def test_a_running_fetcher_republishes_when_redis_is_behind_postgres(
     seeded_env: dict[str, str],
     private_redis: LocalRedis,
@@ -740,6 +749,7 @@ def test_a_running_fetcher_republishes_when_redis_is_behind_postgres(
     assert json.loads(body) == [{"positive": 7}]
 
 
+@pytest.mark.load
 def test_a_one_shot_refresh_longer_than_its_lease_still_publishes(
     env: dict[str, str], private_redis: LocalRedis, upstream: Upstream
 ) -> None:
@@ -763,7 +773,7 @@ def test_with_both_stores_down_the_hot_tier_keeps_the_pod_ready(
 ) -> None:
     """Redis and PostgreSQL both down: the documents in memory are still served, so the pod
     stays ready (a worker with nothing in memory would answer 503: see test_api); liveness
-    never looks at the stores."""
+    never looks at the stores. No load, nothing timed: not marked load."""
     api = api_factory({**seeded_env, "RETRY_AFTER_SECONDS": "9"})
     before = warm(api, HOT)
     private_redis.kill()
@@ -787,6 +797,7 @@ def test_with_both_stores_down_the_hot_tier_keeps_the_pod_ready(
         assert query.headers["retry-after"] == "9"
 
 
+@pytest.mark.load
 def test_a_long_keep_alive_drains_within_half_the_graceful_timeout(
     clone_env: dict[str, str], api_process: ApiProcessFactory
 ) -> None:
@@ -830,6 +841,7 @@ def _exchange(sock: socket.socket, path: str) -> bytes:
     return receive_answer(sock).partition(b"\r\n\r\n")[0].lower()
 
 
+@pytest.mark.load
 def test_a_draining_worker_asks_every_client_to_close_hot_documents_included(
     clone_env: dict[str, str], api_process: ApiProcessFactory
 ) -> None:
