@@ -165,13 +165,18 @@ def long_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
     ``--no-loadscope-reorder`` to use this one). A file is a unit of work (``--dist loadfile``):
     by its count of tests alone, a file of a few long tests (``make run`` started again, the
     real editions refreshed, a browser) came last and kept one worker busy alone at the end.
-    Every worker computes the same order (xdist checks that they collected the same)."""
+    A long file with ``load`` tests comes after the other long ones: its first test would
+    otherwise make the worker's session servers and template under the load lock, the other
+    worker idle. Every worker computes the same order (xdist checks that they collected the
+    same)."""
     files: dict[Path, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.path, []).append(item)
 
-    def weight(file: list[pytest.Item]) -> tuple[bool, int]:
-        return (not any(item.get_closest_marker("long") for item in file), -len(file))
+    def weight(file: list[pytest.Item]) -> tuple[bool, bool, int]:
+        long = any(item.get_closest_marker("long") for item in file)
+        load = long and any(item.get_closest_marker("load") for item in file)
+        return (not long, load, -len(file))
 
     return [item for file in sorted(files.values(), key=weight) for item in file]
 
