@@ -34,10 +34,11 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
 # They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
-# starts its own servers, tests/conftest.py); a test marked `load` runs alone. TEST_WORKERS=0:
-# one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
+# starts its own servers, tests/conftest.py); a test marked `load` runs alone; the files marked
+# `long` are handed out first. TEST_WORKERS=0: one process (what TEST_REDIS_URL /
+# TEST_DATABASE_URL need).
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 .PHONY: test
 test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (2) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
 	$(BIN)/python -m pytest $(XDIST) --ignore=tests/deploy --ignore=tests/containers \

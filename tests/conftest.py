@@ -147,7 +147,7 @@ PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its folder's part."""
+    """Mark every test with its folder's part; under xdist, hand out the long files first."""
     for item in items:
         try:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
@@ -155,6 +155,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if folder in PARTS:
             item.add_marker(getattr(pytest.mark, folder))
+    if xdist_worker() is not None:
+        items[:] = long_files_first(items)
+
+
+def long_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items of the files marked ``long`` first, then the others; within each, files with
+    more tests first (pytest-xdist's own order, which ``make test`` turns off with
+    ``--no-loadscope-reorder`` to use this one). A file is a unit of work (``--dist loadfile``):
+    by its count of tests alone, a file of a few long tests (``make run`` started again, the
+    real editions refreshed, a browser) came last and kept one worker busy alone at the end.
+    A long file with ``load`` tests comes after the other long ones: its first test would
+    otherwise make the worker's session servers and template under the load lock, the other
+    worker idle. Every worker computes the same order (xdist checks that they collected the
+    same)."""
+    files: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+
+    def weight(file: list[pytest.Item]) -> tuple[bool, bool, int]:
+        long = any(item.get_closest_marker("long") for item in file)
+        load = long and any(item.get_closest_marker("load") for item in file)
+        return (not long, load, -len(file))
+
+    return [item for file in sorted(files.values(), key=weight) for item in file]
 
 
 archive_only = pytest.mark.skipif(

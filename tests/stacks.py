@@ -11,6 +11,10 @@ template), and a test clones it into its own:
 - Redis: every key of the template's database number dumped and restored into the test's
   (TTLs kept).
 
+A test on servers of its own (it stops or kills them: the fault suite) cannot take a copy of
+the template's files; ``Template.copy_into`` copies its rows into the test's migrated database
+(``pg_dump --data-only`` into ``psql``) and its keys into the test's Redis, in about a second.
+
 A clone holds exactly what the refresh left: the records, the upstream's validators (a later
 refresh asks the upstream conditionally and finds it unchanged, as after the real one), the
 snapshot and its documents. Only the clock has moved: the snapshot was published when the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +43,7 @@ import redis
 
 from covid_stats_contract import schema
 from devstack.procs import wait_until
+from devstack.servers import pg_bin_dir
 from support import (
     ApiUrl,
     Upstream,
@@ -110,6 +116,37 @@ def new_database(server_url: str, kind: str, template: str = "") -> Iterator[str
         admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _pg_tool(tool: str, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run one of PostgreSQL's client programs (the pgserver wheel's); returns its output."""
+    result = subprocess.run(
+        [str(pg_bin_dir() / tool), *args], input=stdin, capture_output=True, check=False
+    )
+    assert result.returncode == 0, (tool, result.stderr.decode(errors="replace"))
+    return result.stdout
+
+
+def copy_rows(source_url: str, target_url: str) -> None:
+    """Copy every row of the database of ``source_url`` into the database of ``target_url``
+    (on any server; migrated to the same schema, its tables empty), the sequences' values
+    too; ``schema_migrations`` is the target's own. ``pg_dump --data-only`` into ``psql``,
+    triggers off while it loads (so foreign keys need no order)."""
+    dump = _pg_tool(
+        "pg_dump",
+        "--data-only",
+        "--disable-triggers",
+        "--exclude-table-data=schema_migrations",
+        f"--dbname={source_url}",
+    )
+    _pg_tool(
+        "psql",
+        "--quiet",
+        "--no-psqlrc",
+        "--set=ON_ERROR_STOP=1",
+        f"--dbname={target_url}",
+        stdin=dump,
+    )
+
+
 # The Redis database number the session's template keeps its keys in (the tests' own
 # fixtures flush database 0 of the same server, or of TEST_REDIS_URL, before each test).
 TEMPLATE_REDIS_DB = 15
@@ -146,6 +183,13 @@ class Template:
         finally:
             source.close()
             target.close()
+
+    def copy_into(self, redis_url: str, database_url: str) -> None:
+        """The template copied into stores on other servers (a test's own, which it may stop
+        or kill): its keys into ``redis_url``'s database, its rows into ``database_url``'s
+        database (migrated, empty), as ``refresh-once`` of the session upstream leaves them."""
+        self.clone_redis(redis_url)
+        copy_rows(with_database(self.server_url, self.database), database_url)
 
     @contextmanager
     def clone(self, redis_url: str) -> Iterator[str]:

@@ -187,10 +187,13 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
 
 @pytest.mark.load
 def test_a_thousand_concurrent_misses_cost_one_postgres_query(
-    service_env: dict[str, str], logging_postgres: LocalPostgres, api_factory: ApiFactory
+    service_env: dict[str, str],
+    logging_postgres: LocalPostgres,
+    api_factory: ApiFactory,
+    template: Template,
 ) -> None:
     env = {**service_env, "DATABASE_URL": logging_postgres.url}
-    assert run_fetcher("refresh-once", env).returncode == 0
+    template.copy_into(env["REDIS_URL"], env["DATABASE_URL"])  # one refresh's data
     api = api_factory(env)
     url = f"{api}/v1/states/daily.json?states=tx,ok&lastdays=30&sort=-positive"
     # Each worker reads the data's span once per snapshot (reads.span, what a question is

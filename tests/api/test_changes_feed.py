@@ -5,7 +5,7 @@ ETags, and the error shape for malformed parameters."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from covid_stats_contract.keys import RedisKeys
-from support import Upstream, check_error_body, run_fetcher
+from stacks import migrate, new_database, redis_database, wait_ready
+from support import Upstream, check_error_body, fail_fast_env, run_fetcher, start_api
 
 ApiFactory = Callable[[dict[str, str]], str]
 FEED = "/v1/changes.json"
@@ -38,26 +39,47 @@ def feed(api: str, since: str, **more: str) -> httpx.Response:
     return get(f"{api}{FEED}?{query}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def published(
-    service_env: dict[str, str], upstream: Upstream, api_factory: ApiFactory
-) -> tuple[str, list[str], str]:
+    redis_server_url: str,
+    postgres_server_url: str,
+    upstream_server: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, list[str], str]]:
     """The api after three publishes: everything, then one revised Michigan value of
     states/daily (its oldest day), then a changed us/current; and a refresh that changed
-    nothing. Returns the api, the three snapshot ids, and an instant before them all."""
-    before = (datetime.now(UTC) - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
-    snapshots = [refresh(service_env)]
-    daily: list[dict[str, Any]] = json.loads(upstream.get("/v1/states/daily.json").content)
-    oldest = min((r for r in daily if r["state"] == "MI"), key=lambda r: r["date"])
-    oldest["positive"] = (oldest["positive"] or 0) + 5  # Michigan's 9 -> 14, in spirit
-    upstream.fault("/v1/states/daily.json", "body", body=daily)
-    snapshots.append(refresh(service_env))
-    current: list[dict[str, Any]] = json.loads(upstream.get("/v1/us/current.json").content)
-    current[0]["death"] = (current[0]["death"] or 0) + 1
-    upstream.fault("/v1/us/current.json", "body", body=current)
-    snapshots.append(refresh(service_env))
-    assert refresh(service_env) == snapshots[-1]  # unchanged: no publish
-    return api_factory(service_env), snapshots, before
+    nothing. Returns the api, the three snapshot ids, and an instant before them all. Once for
+    the module (its tests only read): stores of its own, empty at first (a PostgreSQL
+    database and a Redis database number no other test's truncation or flush reaches)."""
+    upstream = upstream_server
+    with (
+        redis_database(redis_server_url) as redis_url,
+        new_database(postgres_server_url, "feed") as database_url,
+    ):
+        migrate(database_url)
+        env = fail_fast_env(redis_url, database_url, upstream.url)
+        upstream.reset()
+        try:
+            before = (datetime.now(UTC) - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+            snapshots = [refresh(env)]
+            daily: list[dict[str, Any]] = json.loads(upstream.get("/v1/states/daily.json").content)
+            oldest = min((r for r in daily if r["state"] == "MI"), key=lambda r: r["date"])
+            oldest["positive"] = (oldest["positive"] or 0) + 5  # Michigan's 9 -> 14, in spirit
+            upstream.fault("/v1/states/daily.json", "body", body=daily)
+            snapshots.append(refresh(env))
+            current: list[dict[str, Any]] = json.loads(upstream.get("/v1/us/current.json").content)
+            current[0]["death"] = (current[0]["death"] or 0) + 1
+            upstream.fault("/v1/us/current.json", "body", body=current)
+            snapshots.append(refresh(env))
+            assert refresh(env) == snapshots[-1]  # unchanged: no publish
+        finally:
+            upstream.reset()
+        process, api = start_api(env, tmp_path_factory.mktemp("feed-api"))
+        try:
+            wait_ready(api)
+            yield api, snapshots, before
+        finally:
+            process.stop()
 
 
 def test_the_feed_lists_each_changing_publish_with_what_it_changed(

@@ -16,7 +16,7 @@ import redis
 from covid_stats_contract.documents import encode_record, render_array
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import STATES_DAILY, US_DAILY
-from support import Upstream, run_fetcher
+from support import Upstream
 
 ApiFactory = Callable[[dict[str, str]], str]
 KEYS = RedisKeys()
@@ -56,15 +56,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return error
 
 
-def refresh(env: dict[str, str]) -> None:
-    result = run_fetcher("refresh-once", env)
-    assert result.returncode == 0, result.stdout.decode()
-
-
 @pytest.fixture
-def api(service_env: dict[str, str], api_factory: ApiFactory) -> str:
-    refresh(service_env)
-    return api_factory(service_env)
+def api(published_env: dict[str, str], api_factory: ApiFactory) -> str:
+    """The api over the session upstream's data (published_env: one refresh's, cloned)."""
+    return api_factory(published_env)
 
 
 @pytest.fixture
@@ -179,7 +174,7 @@ def test_sort_by_every_key_given(api: str, upstream: Upstream) -> None:
 
 
 def test_answers_over_the_size_limit_are_refused(
-    service_env: dict[str, str], api_factory: ApiFactory, client: redis.Redis, upstream: Upstream
+    published_env: dict[str, str], api_factory: ApiFactory, client: redis.Redis, upstream: Upstream
 ) -> None:
     daily = records(upstream.get(f"/{STATES_DAILY.document()}"))
     fields = ("date", "state", "positive")
@@ -189,8 +184,7 @@ def test_answers_over_the_size_limit_are_refused(
     lower_bound = len(daily) * sum(len(name) + 4 for name in fields)
     limit = (lower_bound + len(projected)) // 2
     assert lower_bound < limit < len(projected)
-    refresh(service_env)
-    api = api_factory({**service_env, "QUERY_ANSWER_MAX_BYTES": str(limit)})
+    api = api_factory({**published_env, "QUERY_ANSWER_MAX_BYTES": str(limit)})
     small = get(f"{api}/v1/states/daily.json?states=ca&fields=date,positive")
     assert len(records(small)) > 0
     assert len(small.content) < limit
@@ -214,11 +208,10 @@ def test_answers_over_the_size_limit_are_refused(
 
 
 def test_the_budget_evicts_answers_never_snapshot_documents(
-    service_env: dict[str, str], api_factory: ApiFactory, client: redis.Redis, upstream: Upstream
+    published_env: dict[str, str], api_factory: ApiFactory, client: redis.Redis, upstream: Upstream
 ) -> None:
-    refresh(service_env)
     budget = 400_000
-    api = api_factory({**service_env, "QUERY_CACHE_MAX_BYTES": str(budget)})
+    api = api_factory({**published_env, "QUERY_CACHE_MAX_BYTES": str(budget)})
     snapshot = snapshot_id(client)
     documents = {
         KEYS.document(snapshot, str(n)) for n in client.smembers(KEYS.snapshot_docs(snapshot))

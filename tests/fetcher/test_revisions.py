@@ -41,7 +41,8 @@ from support import (
     summary,
 )
 
-pytestmark = archive_only
+# Long together, under xdist handed out first: the real editions refreshed one after the other.
+pytestmark = [archive_only, pytest.mark.long]
 
 EDITIONS = [(REPO / folder).resolve() for folder in CTP_EDITIONS_FROM_REPO_ROOT]
 # The states daily file of each of the first two editions (the raw bytes the reader reads).
@@ -328,13 +329,14 @@ FORCED_SYNCS = 3
 
 
 def test_unchanged_refreshes_add_no_version(
-    upstream: Upstream, service_env: dict[str, str], database_url: str, redis_url: str
+    upstream: Upstream, published_env: dict[str, str], redis_url: str
 ) -> None:
-    """1,000 refreshes of an unchanged upstream (each: five conditional requests answered
-    304) add 0 rows and 0 bytes to the version tables; so do syncs that store every resource
-    again with the same records (a body that differs but holds the same records: the upsert
-    and the delete run and change nothing)."""
-    refresh(service_env)
+    """After a refresh (published_env: the template's, cloned), 1,000 refreshes of the
+    unchanged upstream (each: five conditional requests answered 304) add 0 rows and 0 bytes
+    to the version tables; so do syncs that store every resource again with the same records
+    (a body that differs but holds the same records: the upsert and the delete run and change
+    nothing)."""
+    database_url = published_env["DATABASE_URL"]
     before = version_sizes(database_url, vacuum=True)
     published = sql(database_url, f"SELECT count(*) FROM {history.PUBLISHED}")  # noqa: S608
     assert sum(size.rows for size in before) > 0
