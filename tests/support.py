@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from covid_stats_api.serving.metrics_server import METRICS_PATH
 from covid_stats_runtime import tracing
-from covid_stats_runtime.http import ErrorBody, ErrorDetail, error_body
+from covid_stats_runtime.http import ErrorBody, ErrorDetail, br_etag, error_body, gzip_etag
 from covid_stats_runtime.settings import StoreSettings
 from devstack.config_docs import SERVICES
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
@@ -130,6 +130,21 @@ def scrubbed(variable: str) -> bool:
     """Whether ``clean_env`` drops a variable: a project variable, or any of OpenTelemetry's
     (the SDK reads the ``OTEL_*`` family, see ``covid_stats_runtime.tracing``)."""
     return variable in project_vars() or variable.startswith(tracing.OTEL_ENV_PREFIX)
+
+
+def representation_variants(tag: str) -> list[tuple[str, dict[str, str]]]:
+    """The requests (method, headers) that reach each representation of one answer whose
+    identity ETag is ``tag``: each coding, a 304 for each coding's tag, HEAD, CORS."""
+    return [
+        ("GET", {"accept-encoding": "identity"}),
+        ("GET", {"accept-encoding": "gzip"}),
+        ("GET", {"accept-encoding": "gzip, deflate, br"}),
+        ("GET", {"if-none-match": tag}),
+        ("GET", {"if-none-match": gzip_etag(tag)}),
+        ("GET", {"if-none-match": br_etag(tag)}),
+        ("HEAD", {"accept-encoding": "gzip"}),
+        ("GET", {"origin": "https://elsewhere.example"}),  # CORS
+    ]
 
 
 def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:

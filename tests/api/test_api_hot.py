@@ -23,11 +23,18 @@ from covid_stats_contract.documents import US_CURRENT, document_family
 from covid_stats_contract.edge import SURROGATE_KEY_HEADER, document_keys
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import FORMATS
-from covid_stats_runtime.http import br_etag, gzip_etag
+from covid_stats_runtime.http import br_etag
 from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from stacks import Template
-from support import Upstream, metric_samples, run_fetcher, scratch_dir, start_api
+from support import (
+    Upstream,
+    metric_samples,
+    representation_variants,
+    run_fetcher,
+    scratch_dir,
+    start_api,
+)
 
 ApiFactory = Callable[[dict[str, str]], str]
 HOT = ["covid-stats", "v1/us/current.json", "v1/states/current.json", "v1/states/ca/daily.csv"]
@@ -301,16 +308,7 @@ def test_the_fast_path_answers_every_document_route_as_the_slow_path_does(
                         document_keys(source)
                     ), path
                     tag = filled.headers["etag"]
-                    variants = [
-                        ("GET", {"accept-encoding": "identity"}),
-                        ("GET", {"accept-encoding": "gzip"}),
-                        ("GET", {"accept-encoding": "gzip, deflate, br"}),
-                        ("GET", {"if-none-match": tag}),
-                        ("GET", {"if-none-match": gzip_etag(tag)}),
-                        ("GET", {"if-none-match": br_etag(tag)}),
-                        ("HEAD", {"accept-encoding": "gzip"}),
-                        ("GET", {"origin": "https://elsewhere.example"}),  # CORS
-                    ]
+                    variants = representation_variants(tag)
                     hits_before = memory_hits()
                     for method, headers in variants:
                         direct = http.request(method, path, headers=headers)

@@ -21,9 +21,16 @@ from covid_stats_api.metrics import (
     QUERY_MEMORY_EVICTIONS,
 )
 from covid_stats_api.reads.recent import TIER, RecentAnswers
-from covid_stats_runtime.http import Representation, br_etag, gzip_etag
+from covid_stats_runtime.http import Representation
 from devstack.procs import wait_until
-from support import ApiUrl, Upstream, metric_samples, run_fetcher, start_api
+from support import (
+    ApiUrl,
+    Upstream,
+    metric_samples,
+    representation_variants,
+    run_fetcher,
+    start_api,
+)
 
 WARM = "/v1/states/daily.json?states=ca,ny&lastdays=30"
 _VIA_ASGI = {"content-length": "0"}  # a request with a body header skips the direct answer
@@ -72,16 +79,7 @@ def test_a_kept_answer_is_the_redis_answer_byte_for_byte(
             assert filled.headers["x-data-source"] == "database"
             assert json.loads(filled.content)
             tag = filled.headers["etag"]
-            variants = [
-                ("GET", {"accept-encoding": "identity"}),
-                ("GET", {"accept-encoding": "gzip"}),
-                ("GET", {"accept-encoding": "gzip, deflate, br"}),
-                ("GET", {"if-none-match": tag}),
-                ("GET", {"if-none-match": gzip_etag(tag)}),
-                ("GET", {"if-none-match": br_etag(tag)}),
-                ("HEAD", {"accept-encoding": "gzip"}),
-                ("GET", {"origin": "https://elsewhere.example"}),
-            ]
+            variants = representation_variants(tag)
             hits = _lookups(api, "hit")
             for method, headers in variants:
                 truth = _answer(http.request(method, f"{redis_api}{WARM}", headers=headers))
