@@ -131,15 +131,12 @@ class Varnish:
         if self.process is not None:
             terminate(self.process, timeout=10.0)
 
-    def admin(self, *command: str) -> str:
-        """A varnishadm command's output (``backend.list``, ``ban ...``)."""
+    def _tool(self, name: str, *arguments: str) -> str:
+        """The output of one of Varnish's tools (varnishadm, varnishlog, varnishstat) on this
+        instance's workdir."""
+        binary = shutil.which(name, path=SBIN_PATH) or name
         result = subprocess.run(
-            [
-                shutil.which("varnishadm", path=SBIN_PATH) or "varnishadm",
-                "-n",
-                str(self.workdir / "n"),
-                *command,
-            ],
+            [binary, "-n", str(self.workdir / "n"), *arguments],
             capture_output=True,
             text=True,
             check=True,
@@ -147,17 +144,13 @@ class Varnish:
         )
         return result.stdout
 
+    def admin(self, *command: str) -> str:
+        """A varnishadm command's output (``backend.list``, ``ban ...``)."""
+        return self._tool("varnishadm", *command)
+
     def varnishlog(self, *options: str) -> str:
         """``varnishlog -d`` (what its shared memory log holds now) with ``options``."""
-        argv = [shutil.which("varnishlog", path=SBIN_PATH) or "varnishlog", "-d", "-n"]
-        result = subprocess.run(
-            [*argv, str(self.workdir / "n"), *options],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        return result.stdout
+        return self._tool("varnishlog", "-d", *options)
 
     def backend_healthy(self) -> bool:
         """What the api's probe says now (``backend.list``: ``healthy`` / ``sick``)."""
@@ -168,17 +161,8 @@ class Varnish:
 
     def counters(self, *names: str) -> dict[str, int]:
         """varnishstat counters, ``MAIN.cache_hit`` and such."""
-        argv = [
-            shutil.which("varnishstat", path=SBIN_PATH) or "varnishstat",
-            "-n",
-            str(self.workdir / "n"),
-            "-1",
-            "-j",
-        ]
-        for name in names:
-            argv += ["-f", name]
-        result = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30)
-        data = json.loads(result.stdout)
+        fields_wanted = [argument for name in names for argument in ("-f", name)]
+        data = json.loads(self._tool("varnishstat", "-1", "-j", *fields_wanted))
         fields = data.get("counters", data)  # varnishstat 7: {"version": 1, "counters": {...}}
         return {name: int(fields[name]["value"]) for name in names if name in fields}
 

@@ -74,9 +74,16 @@ class RecentAnswers:
 
     def get(self, key: str, version: str) -> RecentAnswer | None:
         """The answer kept under ``key`` for snapshot ``version``, counted (hit or miss)."""
+        entry = self._use(key, version)
+        if entry is None:
+            cache_lookup(TIER, "miss").inc()
+        return entry
+
+    def _use(self, key: str, version: str) -> RecentAnswer | None:
+        """The answer under ``key`` if it is of snapshot ``version``, then the most recently
+        used, its hit counted."""
         entry = self._entries.get(key)
         if entry is None or entry.version != version:
-            cache_lookup(TIER, "miss").inc()
             return None
         self._entries.move_to_end(key)
         cache_lookup(TIER, "hit").inc()
@@ -91,12 +98,8 @@ class RecentAnswers:
         if found is None or version is None:
             return None
         key, route = found
-        entry = self._entries.get(key)
-        if entry is None or entry.version != version:
-            return None
-        self._entries.move_to_end(key)
-        cache_lookup(TIER, "hit").inc()
-        return route, entry.representation
+        entry = self._use(key, version)
+        return None if entry is None else (route, entry.representation)
 
     def put(
         self,
