@@ -6,14 +6,12 @@ HTTP receivers of the PURGE requests (``http.server`` in a thread, on loopback).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import asyncpg
@@ -31,6 +29,7 @@ from covid_stats_contract.edge import (
     purge_batches,
 )
 from devstack.procs import wait_until
+from recording import RecordingServer
 from stats_fetcher.config import Settings
 from stats_fetcher.purge import Purger
 from support import ApiUrl, Fetcher, Upstream, run_fetcher
@@ -48,58 +47,25 @@ class Purge:
     keys: str  # the xkey-purge header
 
 
-class Receiver:
-    """An edge's purge endpoint: records each request, answers with the statuses of ``plan``
-    in turn (then 200), and while ``hold`` is clear keeps each request waiting (after
-    recording it) until it is set again."""
+class Receiver(RecordingServer[Purge]):
+    """An edge's purge endpoint: records each PURGE, answers with the statuses of ``plan``
+    in turn (then 200), and can hold requests (``RecordingServer``)."""
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
-        self.received: list[Purge] = []
-        self.plan: list[int] = []
-        self.hold = threading.Event()
-        self.hold.set()
-        self.holding = threading.Event()
-        self._lock = threading.Lock()
-        receiver = self
+    method = PURGE_METHOD
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_PURGE(self) -> None:
-                purge = Purge(
-                    self.command,
-                    self.path,
-                    self.headers.get("Host", ""),
-                    self.headers.get(PURGE_KEYS_HEADER, ""),
-                )
-                with receiver._lock:
-                    receiver.received.append(purge)
-                    status = receiver.plan.pop(0) if receiver.plan else 200
-                if not receiver.hold.is_set():
-                    receiver.holding.set()
-                    receiver.hold.wait(120)
-                with contextlib.suppress(OSError):
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((address, port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def record(self, request: BaseHTTPRequestHandler) -> Purge:
+        return Purge(
+            request.command,
+            request.path,
+            request.headers.get("Host", ""),
+            request.headers.get(PURGE_KEYS_HEADER, ""),
+        )
 
     def purges(self) -> list[Purge]:
-        with self._lock:
-            return list(self.received)
+        return self.requests()
 
     def keys(self, since: int = 0) -> set[str]:
         return {key for purge in self.purges()[since:] for key in purge.keys.split(" ")}
-
-    def close(self) -> None:
-        self.hold.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import asyncpg
@@ -25,6 +23,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from covid_stats_contract.keys import RedisKeys
 from devstack.procs import wait_until
+from recording import RecordingServer
 from support import Fetcher, Upstream
 
 TOKEN = "test-refresh-token"
@@ -38,59 +37,31 @@ class Received:
     event: dict[str, Any] | None  # None: the signature did not verify
 
 
-class Receiver:
+class Receiver(RecordingServer[Received]):
     """A webhook endpoint: verifies and records each POST, answers with the statuses of
-    ``plan`` in turn (then 204), and while ``hold`` is clear keeps each request waiting
-    (after recording it) until it is set again."""
+    ``plan`` in turn (then 204), and can hold requests (``RecordingServer``)."""
+
+    default_status = 204
 
     def __init__(self, secret: str) -> None:
         self.verifier = Webhook(secret)
-        self.received: list[Received] = []
-        self.plan: list[int] = []
-        self.hold = threading.Event()
-        self.hold.set()
-        self.holding = threading.Event()  # set once a request waits on ``hold``
-        self._lock = threading.Lock()
-        receiver = self
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}/hooks/covid"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    event = receiver.verifier.verify(body, headers)
-                except WebhookVerificationError:
-                    event = None
-                with receiver._lock:
-                    receiver.received.append(Received(headers.get("webhook-id", ""), body, event))
-                    status = receiver.plan.pop(0) if receiver.plan else 204
-                if not receiver.hold.is_set():
-                    receiver.holding.set()
-                    receiver.hold.wait(120)
-                with contextlib.suppress(OSError):  # the sender may be gone (killed)
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/covid"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def record(self, request: BaseHTTPRequestHandler) -> Received:
+        body = request.rfile.read(int(request.headers["Content-Length"]))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            event = self.verifier.verify(body, headers)
+        except WebhookVerificationError:
+            event = None
+        return Received(headers.get("webhook-id", ""), body, event)
 
     def events(self) -> list[Received]:
-        with self._lock:
-            return list(self.received)
+        return self.requests()
 
     def ids(self) -> list[str]:
         return [r.webhook_id for r in self.events()]
-
-    def close(self) -> None:
-        self.hold.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
