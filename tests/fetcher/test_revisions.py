@@ -12,8 +12,9 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from covid_stats_contract.resources import RESOURCES
 from covid_stats_runtime.http import DATA_SOURCE_HEADER
 from devstack.procs import free_port
 from replay_upstream.editions import CTP_EDITIONS_FROM_REPO_ROOT
+from stacks import migrate, new_database, redis_database
 from support import (
     REPO,
     ApiUrl,
@@ -38,6 +40,7 @@ from support import (
     python_module,
     run_fetcher,
     spawn,
+    start_api,
     summary,
 )
 
@@ -128,8 +131,8 @@ def table_bytes(database_url: str, table: str) -> int:
     return int(found[0][0])
 
 
-@pytest.fixture
-def editions_upstream(tmp_path: Path) -> Iterator[Upstream]:
+@contextmanager
+def editions_upstream(log_dir: Path) -> Iterator[Upstream]:
     """The replay upstream serving the real editions (edition 1 first), control API on."""
     port = free_port()
     process = spawn(
@@ -139,12 +142,14 @@ def editions_upstream(tmp_path: Path) -> Iterator[Upstream]:
             *("--host", "127.0.0.1", "--port", str(port), "--control", "--ctp-editions"),
         ),
         clean_env(),
-        tmp_path,
+        log_dir,
     )
-    url = f"http://127.0.0.1:{port}"
-    process.wait_http(f"{url}/v1/states/daily.json", timeout=120)
-    yield Upstream(url, True)
-    process.stop()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{url}/v1/states/daily.json", timeout=120)
+        yield Upstream(url, True)
+    finally:
+        process.stop()
 
 
 def next_edition(upstream: Upstream) -> dict[str, Any]:
@@ -172,35 +177,112 @@ def revisions_by_state(base: ApiUrl, states: set[str]) -> list[dict[str, Any]]:
     return found
 
 
-def test_revisions_of_the_real_editions(
-    editions_upstream: Upstream,
-    redis_url: str,
-    database_url: str,
-    api_factory: Callable[[dict[str, str]], ApiUrl],
-) -> None:
-    env = {
-        **fail_fast_env(redis_url, database_url, editions_upstream.url),
-        "UPSTREAM_TIMEOUT_SECONDS": "60",
-    }
-    refresh(env)
-    base = api_factory(env)
+@dataclass(frozen=True)
+class FirstEdition:
+    """What the api and the database held after edition 1's refresh, read before edition 2."""
+
+    mi_revisions: Any
+    us_revisions: Any
+    stored: set[int]  # rows of states_daily_versions
+    sizes: list[history.TableSize]
+    states_daily_bytes: int
+    answers: dict[int, tuple[int, str, bytes]]  # saved_answers(): every AS_OF_PATHS question
+    status: bytes  # /v1/status.json
+
+
+@dataclass
+class Editions:
+    """The real editions' stack, shared by this module's tests: stores of its own loaded by
+    ``refresh-once`` of edition 1, the api under gunicorn (2 workers) over them, what it served
+    then (``first``), then edition 2 refreshed and served by every worker. The instants:
+    before edition 1's refresh, between the publishes (after ``first`` was read), around
+    edition 2's refresh, and once every worker served it. ``third``: edition 3 loaded too (the
+    module's last test does that; the others only read, and check that it has not)."""
+
+    upstream: Upstream
+    env: dict[str, str]
+    database_url: str
+    base: ApiUrl
+    before_first: datetime
+    first: FirstEdition
+    between: datetime
+    before_second: datetime
+    after_second: datetime
+    second_served: datetime
+    third: bool = False
+
+    def read_only(self) -> Editions:
+        assert not self.third, "edition 3 was loaded before this test (the module's last test)"
+        return self
+
+
+@pytest.fixture(scope="module")
+def editions(
+    redis_server_url: str, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Editions]:
+    """Once for the module: each refresh of a real edition costs seconds, the api's start too,
+    and the tests read the same two publishes. Stores of their own (a PostgreSQL database and a
+    Redis database number no other test's truncation or flush reaches)."""
+    log_dir = tmp_path_factory.mktemp("editions")
+    with (
+        editions_upstream(log_dir) as upstream,
+        redis_database(redis_server_url) as redis_url,
+        new_database(postgres_server_url, "editions") as database_url,
+    ):
+        migrate(database_url)
+        env = {
+            **fail_fast_env(redis_url, database_url, upstream.url),
+            "UPSTREAM_TIMEOUT_SECONDS": "60",
+        }
+        before_first = datetime.now(UTC)
+        refresh(env)
+        process, base = start_api(env, log_dir)
+        try:
+            first = FirstEdition(
+                mi_revisions=get(base, "/v1/states/mi/revisions.json").json(),
+                us_revisions=get(base, "/v1/us/revisions.json").json(),
+                stored={
+                    row["count"]
+                    for row in sql(database_url, "SELECT count(*) FROM states_daily_versions")
+                },
+                sizes=version_sizes(database_url),
+                states_daily_bytes=table_bytes(database_url, "states_daily"),
+                answers=saved_answers(base),
+                status=get(base, "/v1/status.json").content,
+            )
+            between = datetime.now(UTC)
+            assert next_edition(upstream)["edition"] == 2
+            before_second = datetime.now(UTC)
+            refresh(env)
+            after_second = datetime.now(UTC)
+            wait_for_new_status(base, first.status)
+            yield Editions(
+                upstream,
+                env,
+                database_url,
+                base,
+                before_first,
+                first,
+                between,
+                before_second,
+                after_second,
+                second_served=datetime.now(UTC),
+            )
+        finally:
+            process.stop()
+
+
+def test_revisions_of_the_real_editions(editions: Editions) -> None:
+    stack = editions.read_only()
+    base = stack.base
     (_, first), (_, second) = (read_states_daily(path) for path in STATES_DAILY_FILES)
     states = {state for state, _ in first} | {state for state, _ in second}
     # One edition: every record has one version, nothing is revised.
-    assert get(base, "/v1/states/mi/revisions.json").json() == []
-    assert get(base, "/v1/us/revisions.json").json() == []
-    stored = {
-        row["count"] for row in sql(database_url, "SELECT count(*) FROM states_daily_versions")
-    }
-    assert stored == {len(first)}
-    sizes = {1: version_sizes(database_url)}
-    current = {1: table_bytes(database_url, "states_daily")}
+    assert stack.first.mi_revisions == []
+    assert stack.first.us_revisions == []
+    assert stack.first.stored == {len(first)}
 
-    before = datetime.now(UTC)
-    assert next_edition(editions_upstream)["edition"] == 2
-    refresh(env)
-    after = datetime.now(UTC)
-
+    before, after = stack.before_second, stack.after_second
     served = revisions_by_state(base, states)
     got = {
         (r["state"], r["date"], r["field"], cell(r["old"]), cell(r["new"]))
@@ -281,32 +363,6 @@ def test_revisions_of_the_real_editions(
             assert detail.parameter == parameter, (params, response.text)
     response = get(base, "/v1/states/zz/revisions.json")
     check_error_body(response.content, 404, "unknown_state")
-
-    # Edition 3, the website's download (ISO dates, another column order, no hash or fips):
-    # edition 2's revisions stay, a new column order or a dropped field is no revision.
-    sizes[2] = version_sizes(database_url)
-    current[2] = table_bytes(database_url, "states_daily")
-    assert next_edition(editions_upstream)["edition"] == 3
-    third_seen = datetime.now(UTC)
-    refresh(env)
-    sizes[3] = version_sizes(database_url)
-    current[3] = table_bytes(database_url, "states_daily")
-    since_third = get(base, "/v1/states/mi/revisions.json", since=third_seen.isoformat()).json()
-    assert since_third  # the final edition revised Michigan's history again
-    assert {"hash", "fips"}.isdisjoint({r["field"] for r in since_third})
-    third = get(base, "/v1/states/mi/revisions.json", **{"from": "20200301", "to": "20200301"})
-    assert (20200301, "positive", 9, 14) in {
-        (r["date"], r["field"], r["old"], r["new"]) for r in third.json()
-    }
-    for edition, found in sizes.items():
-        total_rows, total_bytes = sum(s.rows for s in found), sum(s.bytes for s in found)
-        daily = next(s for s in found if s.table == "states_daily_versions")
-        summary(
-            f"record versions after edition {edition}: {total_rows} rows, {total_bytes} bytes "
-            f"(states_daily_versions {daily.rows} rows, {daily.bytes} bytes; "
-            f"states_daily now {current[edition]} bytes)"
-        )
-    assert sizes[1] != sizes[2] != sizes[3]
 
 
 def us_revisions(field: str) -> set[tuple[int, str, str]]:
@@ -433,31 +489,15 @@ def wait_for_new_status(base: ApiUrl, old: bytes) -> None:
         in_a_row = in_a_row + 1 if get(base, "/v1/status.json").content != old else 0
 
 
-def test_as_of_answers_as_served_then(
-    editions_upstream: Upstream,
-    redis_url: str,
-    database_url: str,
-    api_factory: Callable[[dict[str, str]], ApiUrl],
-) -> None:
+def test_as_of_answers_as_served_then(editions: Editions) -> None:
     """Answers saved after edition 1's publish come back byte for byte with ``as_of`` an
     instant between edition 1's and edition 2's publishes; ``as_of`` after edition 2's
     equals the current answers; hostile values get the error shape naming ``as_of``."""
-    env = {
-        **fail_fast_env(redis_url, database_url, editions_upstream.url),
-        "UPSTREAM_TIMEOUT_SECONDS": "60",
-    }
-    before_first = datetime.now(UTC)
-    refresh(env)
-    base = api_factory(env)
-    then = saved_answers(base)
+    stack = editions.read_only()
+    base, database_url = stack.base, stack.database_url
+    before_first, between, after_second = stack.before_first, stack.between, stack.second_served
+    then = stack.first.answers
     assert {status for status, _, _ in then.values()} == {200}
-    first_status = get(base, "/v1/status.json").content
-    between = datetime.now(UTC)
-
-    assert next_edition(editions_upstream)["edition"] == 2
-    refresh(env)
-    wait_for_new_status(base, first_status)
-    after_second = datetime.now(UTC)
 
     # How long an answer as of an instant takes: computed (the first ask of its snapshot's
     # versions), then from the answer cache.
@@ -537,3 +577,37 @@ def test_as_of_answers_as_served_then(
     # A state no snapshot knew is unknown then too.
     response = get(base, "/v1/states/zz/daily.json", as_of=between.isoformat())
     check_error_body(response.content, 404, "unknown_state")
+
+
+def test_a_third_edition_keeps_the_revisions_and_revises_no_dropped_column(
+    editions: Editions,
+) -> None:
+    """Edition 3, the website's download (ISO dates, another column order, no hash or fips):
+    edition 2's revisions stay, a new column order or a dropped field is no revision. The
+    module's last test: it loads edition 3 into the shared stack (the others only read)."""
+    stack = editions.read_only()
+    stack.third = True
+    base, database_url = stack.base, stack.database_url
+    sizes = {1: stack.first.sizes, 2: version_sizes(database_url)}
+    current = {1: stack.first.states_daily_bytes, 2: table_bytes(database_url, "states_daily")}
+    assert next_edition(stack.upstream)["edition"] == 3
+    third_seen = datetime.now(UTC)
+    refresh(stack.env)
+    sizes[3] = version_sizes(database_url)
+    current[3] = table_bytes(database_url, "states_daily")
+    since_third = get(base, "/v1/states/mi/revisions.json", since=third_seen.isoformat()).json()
+    assert since_third  # the final edition revised Michigan's history again
+    assert {"hash", "fips"}.isdisjoint({r["field"] for r in since_third})
+    third = get(base, "/v1/states/mi/revisions.json", **{"from": "20200301", "to": "20200301"})
+    assert (20200301, "positive", 9, 14) in {
+        (r["date"], r["field"], r["old"], r["new"]) for r in third.json()
+    }
+    for edition, found in sizes.items():
+        total_rows, total_bytes = sum(s.rows for s in found), sum(s.bytes for s in found)
+        daily = next(s for s in found if s.table == "states_daily_versions")
+        summary(
+            f"record versions after edition {edition}: {total_rows} rows, {total_bytes} bytes "
+            f"(states_daily_versions {daily.rows} rows, {daily.bytes} bytes; "
+            f"states_daily now {current[edition]} bytes)"
+        )
+    assert sizes[1] != sizes[2] != sizes[3]

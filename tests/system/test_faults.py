@@ -136,7 +136,7 @@ def env(
 def seeded_env(env: dict[str, str], template: Template) -> dict[str, str]:
     """``env`` with the session upstream's data published on the test's own servers, as a
     ``refresh-once`` leaves it: the session's template copied into them (tests/stacks.py),
-    in a second instead of a refresh's many (under the load lock, other workers waiting)."""
+    in a second instead of a refresh's many."""
     template.copy_into(env["REDIS_URL"], env["DATABASE_URL"])
     return env
 
