@@ -34,6 +34,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ class Template:
     server_url: str  # the PostgreSQL server's URL
     database: str  # the template database's name
     redis_url: str  # the template's Redis database
+    refreshed_after: datetime  # an instant before its refresh began (so before its publish)
 
     def clone_redis(self, redis_url: str) -> int:
         """Copy every key of the template into the database of ``redis_url`` (emptied
@@ -211,13 +213,14 @@ def published_template(
     with new_database(postgres_server_url, "template") as database_url:
         migrate(database_url)
         upstream.reset()
+        refreshed_after = datetime.now(UTC)
         result = run_fetcher(
             "refresh-once", fail_fast_env(template_redis, database_url, upstream.url)
         )
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
         name = urllib.parse.urlsplit(database_url).path.strip("/")
         try:
-            yield Template(postgres_server_url, name, template_redis)
+            yield Template(postgres_server_url, name, template_redis, refreshed_after)
         finally:
             redis.Redis.from_url(template_redis).flushdb()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -15,19 +15,23 @@ import pytest
 import redis
 
 from covid_stats_contract.keys import RedisKeys
-from stacks import migrate, new_database, redis_database, wait_ready
+from stacks import Template, cloned_env, wait_ready
 from support import Upstream, check_error_body, fail_fast_env, run_fetcher, start_api
 
 ApiFactory = Callable[[dict[str, str]], str]
 FEED = "/v1/changes.json"
 
 
-def refresh(env: dict[str, str]) -> str:
-    result = run_fetcher("refresh-once", env)
-    assert result.returncode == 0, result.stdout.decode()
+def current_snapshot(env: dict[str, str]) -> str:
     raw = redis.Redis.from_url(env["REDIS_URL"]).get(RedisKeys().current_snapshot)
     assert raw is not None
     return str(int(raw))
+
+
+def refresh(env: dict[str, str]) -> str:
+    result = run_fetcher("refresh-once", env)
+    assert result.returncode == 0, result.stdout.decode()
+    return current_snapshot(env)
 
 
 def get(url: str, **headers: str) -> httpx.Response:
@@ -41,27 +45,27 @@ def feed(api: str, since: str, **more: str) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def published(
+    template: Template,
     redis_server_url: str,
-    postgres_server_url: str,
     upstream_server: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, list[str], str]]:
-    """The api after three publishes: everything, then one revised Michigan value of
-    states/daily (its oldest day), then a changed us/current; and a refresh that changed
-    nothing. Returns the api, the three snapshot ids, and an instant before them all. Once for
-    the module (its tests only read): stores of its own, empty at first (a PostgreSQL
-    database and a Redis database number no other test's truncation or flush reaches)."""
+    """The api after three publishes: everything (the session's template: one real
+    ``refresh-once`` of the session upstream into empty stores, cloned), then one revised
+    Michigan value of states/daily (its oldest day), then a changed us/current; and a refresh
+    that changed nothing. Returns the api, the three snapshot ids, and an instant before them
+    all (before the template's refresh). Once for the module (its tests only read): stores of
+    its own (a clone of the template on a PostgreSQL database and a Redis database number no
+    other test's truncation or flush reaches)."""
     upstream = upstream_server
-    with (
-        redis_database(redis_server_url) as redis_url,
-        new_database(postgres_server_url, "feed") as database_url,
-    ):
-        migrate(database_url)
-        env = fail_fast_env(redis_url, database_url, upstream.url)
+    with cloned_env(template, redis_server_url, upstream) as cloned:
+        env = fail_fast_env(cloned["REDIS_URL"], cloned["DATABASE_URL"], upstream.url)
         upstream.reset()
         try:
-            before = (datetime.now(UTC) - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
-            snapshots = [refresh(env)]
+            before = (
+                (template.refreshed_after - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+            )
+            snapshots = [current_snapshot(env)]
             daily: list[dict[str, Any]] = json.loads(upstream.get("/v1/states/daily.json").content)
             oldest = min((r for r in daily if r["state"] == "MI"), key=lambda r: r["date"])
             oldest["positive"] = (oldest["positive"] or 0) + 5  # Michigan's 9 -> 14, in spirit
