@@ -33,9 +33,12 @@ INVALID = "covid_stats_fetcher_invalid_requests_total"
 
 
 @pytest.fixture
-def fetcher(service_env: dict[str, str], fetcher_factory: Any) -> Fetcher:
+def fetcher(published_env: dict[str, str], fetcher_factory: Any) -> Fetcher:
+    """A running fetcher over published data (published_env: the template's, cloned), so its
+    first refresh is five conditional requests, not a load of the whole upstream: these tests
+    are about its port."""
     env = {
-        **service_env,
+        **published_env,
         "HTTP_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT),
         "HTTP_NEW_CONNECTION_TIMEOUT_SECONDS": str(NEW_CONNECTION),
     }
