@@ -36,9 +36,8 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
 # starts its own servers, tests/conftest.py); a test marked `load` runs its load alone; the
 # files marked `long` are handed out first. 3 on 2 cores: the tests wait on servers and
-# subprocesses, so a third worker fills the cores (9.0 min, against 10.2 with 2; 4: see
-# docs/development.md). TEST_WORKERS=0: one process (what TEST_REDIS_URL / TEST_DATABASE_URL
-# need).
+# subprocesses, so a third worker fills the cores (figures in docs/development.md "Tests").
+# TEST_WORKERS=0: one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
 TEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 .PHONY: test
