@@ -189,3 +189,20 @@ def test_record_texts_reach_the_answer_whole_through_the_joined_fetch(
                 assert notes == [tricky] * count, (url, notes[:2], len(notes))
     finally:
         process.stop()
+
+
+def test_derived_series_are_computed_in_the_processes(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A derived series parses a whole daily document: in a thread it held the GIL the event
+    loop needs. The processes start on first use, so only derived questions asked, they
+    exist only if the series were computed there."""
+    process, base = _start(published_env, tmp_path_factory, 1)
+    try:
+        worker = _worker(process)
+        assert _niced(worker) == []
+        paths = ["/v1/us/derived.json", "/v1/states/mi/derived.csv?lastdays=9"]
+        assert asyncio.run(_ask_all(base, paths)) == [200, 200]
+        assert len(_niced(worker)) == 1  # QUERY_COMPUTE_SLOTS
+    finally:
+        process.stop()

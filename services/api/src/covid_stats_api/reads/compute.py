@@ -27,11 +27,13 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from covid_stats_contract.documents import compress, etag_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from covid_stats_api.reads.queries import Query
 
 # How much lower than the worker a computation process runs (os.nice's increment).
@@ -70,6 +72,7 @@ def _start(worker: int) -> None:
 
 
 Rendered = tuple[int, bytes, str, bytes]  # size, body, ETag, gzip body
+T = TypeVar("T")
 
 
 def rendered(query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
@@ -107,14 +110,19 @@ class ComputePool:
         return self._pool
 
     async def render(self, query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
-        """``rendered`` in one of the processes. A pool broken by a process that died (the
-        kernel's OOM killer) is replaced for the next computation; this one raises."""
+        """``rendered`` in one of the processes."""
+        return await self.call(rendered, query, joined, max_bytes)
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in one of the processes (a module-level function: it travels
+        by name). A pool broken by a process that died (the kernel's OOM killer) is replaced
+        for the next computation; this one raises ``BrokenProcessPool``."""
         pool = self._executor()
         try:
             # Submitted from a thread: a submission can start a process (the fork server's
             # reply is awaited), which must never hold up the event loop. Measured: when the
             # loop submitted, the first computations held the hot documents' p99 at 2.4 s.
-            future = await asyncio.to_thread(pool.submit, rendered, query, joined, max_bytes)
+            future = await asyncio.to_thread(pool.submit, function, *args)
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
             if self._pool is pool:
