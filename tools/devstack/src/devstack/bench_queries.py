@@ -42,6 +42,7 @@ from covid_stats_runtime.logs import configure_logging
 from devstack.bench_api import wrk
 from devstack.procs import free_port, wait_until
 from devstack.run import Stack, StartupError, api_metrics_url, start
+from devstack.servers import LocalPostgres
 
 HOT = "/v1/states/current.json"
 STATES = [
@@ -127,6 +128,33 @@ def _rss(master: int) -> list[int]:
     return sorted(out)
 
 
+def _cpu(master: int, stores: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each part of the system and of the bench: the
+    api's workers, their computation processes, PostgreSQL, Redis, this process (its
+    clients) and the wrk runs it waited for. ``stores``: the name and pid of each server
+    (its processes are the pid's and its children's)."""
+
+    def spent(process: psutil.Process) -> float:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        return 0.0
+
+    parts = dict.fromkeys(["api workers", "computations", "postgres", "redis"], 0.0)
+    for worker in psutil.Process(master).children():
+        parts["api workers"] += spent(worker)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parts["computations"] += sum(spent(c) for c in worker.children(recursive=True))
+    for name, pid in stores.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server = psutil.Process(pid)
+            parts[name] += spent(server) + sum(spent(c) for c in server.children(recursive=True))
+    own = os.times()
+    parts["bench clients"] = own.user + own.system
+    parts["wrk"] = own.children_user + own.children_system
+    return parts
+
+
 def _evictions(metrics_url: str) -> float:
     text = httpx.get(metrics_url, timeout=10).text
     return sum(
@@ -182,18 +210,35 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) ->
             _hot_p99(base, 2, 32)  # warm-up: the connections' and workers' first requests
             before = figures()
             p99_before, rps_before = _hot_p99(base, seconds, 32)
-            during: dict[str, tuple[float, float]] = {}
+            during: list[tuple[float, float]] = []
+            asked = threading.Event()
 
             def measure_during() -> None:
+                # Windows of ``seconds`` back to back while the questions last: the first
+                # ones meet the computation processes starting, the later ones steady state.
                 time.sleep(2)  # the questions are under way
-                during["p99"] = _hot_p99(base, seconds, 32)
+                while not asked.is_set():
+                    during.append(_hot_p99(base, seconds, 32))
 
             thread = threading.Thread(target=measure_during)
+            stores = {
+                "postgres" if isinstance(server, LocalPostgres) else "redis": server.pid
+                for server in stack.servers
+            }
+            cpu_before = _cpu(master, stores)
             began = time.monotonic()
             thread.start()
-            statuses = asyncio.run(_ask(base, paths, clients))
+            try:
+                statuses = asyncio.run(_ask(base, paths, clients))
+            finally:
+                asked.set()
             took = time.monotonic() - began
             thread.join()
+            cpu = {
+                part: spent - cpu_before.get(part, 0.0)
+                for part, spent in _cpu(master, stores).items()
+            }
+            p99s = sorted(p99 for p99, _ in during)
             after = figures()
             p99_after, rps_after = _hot_p99(base, seconds, 32)
             answers = sum(
@@ -217,9 +262,14 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) ->
                         + "; after "
                         + ", ".join(_mib(r) for r in after[2]),
                         f"hot p99 ({HOT}, wrk -c32 {seconds}s) before {p99_before:.1f} ms"
-                        f" ({rps_before:.0f} req/s), during {during['p99'][0]:.1f} ms"
-                        f" ({during['p99'][1]:.0f} req/s), after {p99_after:.1f} ms"
+                        f" ({rps_before:.0f} req/s), after {p99_after:.1f} ms"
                         f" ({rps_after:.0f} req/s)",
+                        f"hot p99 during, {len(p99s)} windows of {seconds} s: first"
+                        f" {during[0][0]:.1f} ms, median {p99s[len(p99s) // 2]:.1f} ms,"
+                        f" max {p99s[-1]:.1f} ms"
+                        f" ({sum(r for _, r in during) / len(during):.0f} req/s on average)",
+                        "CPU seconds during    "
+                        + ", ".join(f"{part} {spent:.0f}" for part, spent in cpu.items()),
                     ]
                 ),
                 flush=True,
