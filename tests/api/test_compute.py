@@ -191,18 +191,34 @@ def test_record_texts_reach_the_answer_whole_through_the_joined_fetch(
         process.stop()
 
 
-def test_derived_series_are_computed_in_the_processes(
-    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.parametrize(
+    ("paths", "computed"),
+    [
+        (["/v1/us/derived.json", "/v1/states/mi/derived.csv?lastdays=9"], True),
+        (
+            ["/v1/states/mi/daily.csv?lastdays=30", "/v1/states/daily.json?lastdays=2&fields=date"],
+            True,
+        ),
+        (["/v1/states/mi/daily.json?lastdays=30"], False),
+    ],
+    ids=["derived", "parsed", "joined"],
+)
+def test_answers_that_parse_records_are_computed_in_the_processes(
+    published_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    paths: list[str],
+    computed: bool,
 ) -> None:
-    """A derived series parses a whole daily document: in a thread it held the GIL the event
-    loop needs. The processes start on first use, so only derived questions asked, they
-    exist only if the series were computed there."""
+    """A derived series parses a whole daily document, a CSV or a projection parses each
+    record (more than ``PARSE_INLINE_MAX`` of them here): on the event loop or in a thread,
+    that held the interpreter the hot reads need. The processes start on first use, so with
+    only such questions asked they exist only if the answers were computed there; a JSON
+    answer that only joins its records' texts (``RENDER_INLINE_MAX``) stays in the worker."""
     process, base = _start(published_env, tmp_path_factory, 1)
     try:
         worker = _worker(process)
         assert _niced(worker) == []
-        paths = ["/v1/us/derived.json", "/v1/states/mi/derived.csv?lastdays=9"]
-        assert asyncio.run(_ask_all(base, paths)) == [200, 200]
-        assert len(_niced(worker)) == 1  # QUERY_COMPUTE_SLOTS
+        assert asyncio.run(_ask_all(base, paths)) == [200] * len(paths)
+        assert len(_niced(worker)) == (1 if computed else 0)  # QUERY_COMPUTE_SLOTS
     finally:
         process.stop()

@@ -54,8 +54,12 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 # JSON text never holds raw (a control character: escaped inside strings, not whitespace).
 SEPARATOR = "\x1e"
 # Answers with more records than this are rendered in a computation process
-# (``reads.compute``), off the worker; smaller ones cost less than the trip there.
+# (``reads.compute``), off the worker; smaller ones cost less than the trip there. An answer
+# whose records must be parsed (``parses``) goes there beyond PARSE_INLINE_MAX records: a
+# parse is about 20 microseconds a record, and 200 of them, twice for a CSV, held the event
+# loop for milliseconds (py-spy on a worker during ``make bench-queries``).
 RENDER_INLINE_MAX = 200
+PARSE_INLINE_MAX = 10
 # After a large computation, free heap memory is handed back to the system (glibc keeps it
 # otherwise: a worker's RSS would stay at its peak), at most this often.
 _TRIM_EVERY_SECONDS = 1.0
@@ -217,6 +221,17 @@ def split(joined: bytes) -> list[str]:
     return joined.decode().split(SEPARATOR) if joined else []
 
 
+def parses(query: Query) -> bool:
+    """Whether ``render`` parses the records (a projection, a CSV, or a sort by a field the
+    model lacks) rather than joining their texts. Sorted by PostgreSQL already: without a
+    projection, a JSON answer needs parsing only to tell whether a sort field the model
+    lacks is in any record."""
+    modelled = model_of(query.resource).model_fields.keys()
+    return bool(
+        query.fields or query.fmt != "json" or not all(name in modelled for name, _ in query.sort)
+    )
+
+
 def render(query: Query, texts: Sequence[str]) -> bytes:
     """The answer's body. Without a projection, JSON is the stored text as it is.
 
@@ -225,10 +240,7 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     which (a few times their text in Python objects) is what grew a worker's memory for good.
     A CSV reads the records twice (its header, every key, comes first)."""
     modelled = model_of(query.resource).model_fields.keys()
-    # Sorted by PostgreSQL already: the records need parsing only to tell whether a sort
-    # field the model lacks is in any record.
-    sorted_by_model = all(name in modelled for name, _ in query.sort)
-    if not query.fields and query.fmt == "json" and texts and sorted_by_model:
+    if texts and not parses(query):
         return render_object(texts[0]) if query.single else render_array(texts)
     wanted = set(query.fields)
     present: dict[str, None] = {}
@@ -337,7 +349,7 @@ class QueryService:
         # A published document as of an instant (no other parameter) is what this api
         # served then, whatever its size: one answer per publish, not a question to narrow.
         limit = None if mark is not None and query.asks_document else self.max_bytes
-        if records > RENDER_INLINE_MAX:
+        if records > (PARSE_INLINE_MAX if parses(query) else RENDER_INLINE_MAX):
             self._large = True
             try:
                 size, body, etag, gzip = await self.compute.render(query, joined, limit)
