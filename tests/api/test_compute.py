@@ -7,13 +7,17 @@ psutil. No timing is asserted: where the CPU time goes, and how many processes h
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from pathlib import Path
 
+import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
 
 from covid_stats_api.reads.compute import COMPUTE_NICE
+from covid_stats_api.reads.queries import RENDER_INLINE_MAX, SEPARATOR
 from support import Process, start_api
 
 # Every state's daily series, sorted by fields other than its own order: each one a large
@@ -140,5 +144,81 @@ def test_computation_processes_write_no_metrics_and_end_with_their_worker(
         worker.kill()
         _, alive = psutil.wait_procs(descendants, timeout=30)
         assert alive == [], alive
+    finally:
+        process.stop()
+
+
+def test_record_texts_reach_the_answer_whole_through_the_joined_fetch(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """PostgreSQL returns a question's records as one buffer, their texts joined by
+    ``queries.SEPARATOR`` (the event loop decodes one value, not a row per record): a record
+    whose strings hold the separator (escaped, as JSON writes it), a newline and the other
+    characters a splitter could trip on comes back whole, on both paths (a small answer
+    split in the worker, a large one in a computation process), and no record is lost."""
+    tricky = f'a{SEPARATOR}b\nc,"d"\\e\u00e9\U0001f600'
+    database = published_env["DATABASE_URL"]
+
+    async def plant() -> tuple[int, int]:
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute(
+                "UPDATE states_daily SET record = json_build_object("
+                "'date', date, 'state', state, 'positive', 1, 'notes', $1::text) "
+                "WHERE state IN ('MI', 'NY')",
+                tricky,
+            )
+            planted = "SELECT count(*) FROM states_daily WHERE state IN ('MI', 'NY')"
+            return await conn.fetchval(planted), 2 * 3
+        finally:
+            await conn.close()
+
+    planted, recent = asyncio.run(plant())
+    assert planted > RENDER_INLINE_MAX, "MI's and NY's series must take the processes"
+    process, base = _start(published_env, tmp_path_factory, 1)
+    try:
+        for params, count in [("", planted), ("&lastdays=3", recent)]:
+            for fmt in ("json", "csv"):
+                url = f"{base}/v1/states/daily.{fmt}?states=mi,ny&fields=date,notes{params}"
+                answer = httpx.get(url, timeout=60)
+                assert answer.status_code == 200, answer.text
+                if fmt == "json":
+                    notes = [record["notes"] for record in answer.json()]
+                else:
+                    notes = [row["notes"] for row in csv.DictReader(io.StringIO(answer.text))]
+                assert notes == [tricky] * count, (url, notes[:2], len(notes))
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(
+    ("paths", "computed"),
+    [
+        (["/v1/us/derived.json", "/v1/states/mi/derived.csv?lastdays=9"], True),
+        (
+            ["/v1/states/mi/daily.csv?lastdays=30", "/v1/states/daily.json?lastdays=2&fields=date"],
+            True,
+        ),
+        (["/v1/states/mi/daily.json?lastdays=30"], False),
+    ],
+    ids=["derived", "parsed", "joined"],
+)
+def test_answers_that_parse_records_are_computed_in_the_processes(
+    published_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    paths: list[str],
+    computed: bool,
+) -> None:
+    """A derived series parses a whole daily document, a CSV or a projection parses each
+    record (more than ``PARSE_INLINE_MAX`` of them here): on the event loop or in a thread,
+    that held the interpreter the hot reads need. The processes start on first use, so with
+    only such questions asked they exist only if the answers were computed there; a JSON
+    answer that only joins its records' texts (``RENDER_INLINE_MAX``) stays in the worker."""
+    process, base = _start(published_env, tmp_path_factory, 1)
+    try:
+        worker = _worker(process)
+        assert _niced(worker) == []
+        assert asyncio.run(_ask_all(base, paths)) == [200] * len(paths)
+        assert len(_niced(worker)) == (1 if computed else 0)  # QUERY_COMPUTE_SLOTS
     finally:
         process.stop()

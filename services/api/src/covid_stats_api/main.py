@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stores,
             reader,
             QueryService(stores, answers, settings.query_answer_max_bytes, compute),
-            DerivedService(reader, answers),
+            DerivedService(reader, answers, compute),
             SpanService(stores, settings.query_cache_ttl_seconds),
             recent,
         )

@@ -28,6 +28,7 @@ nothing about speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -107,11 +108,25 @@ def wrk(
     headers: list[str],
     pin: bool,
     threads: int = 1,
+    pace_ms: int = 0,
 ) -> dict[str, float]:
+    """wrk's figures (req/s, p50, p99, errors). ``pace_ms``: each connection waits that long
+    after an answer before its next request (a steady load below the server's capacity, not
+    the most it can answer; the latencies leave the waits out)."""
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "--timeout", "10s",
     ]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if pace_ms:
+            script = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".lua"))
+            script.write(f"function delay()\n  return {int(pace_ms)}\nend\n")
+            script.flush()
+            argv += ["-s", script.name]
+        return _wrk_run(argv, url, headers, pin)
+
+
+def _wrk_run(argv: list[str], url: str, headers: list[str], pin: bool) -> dict[str, float]:
     for header in headers:
         argv += ["-H", header]
     argv.append(url)

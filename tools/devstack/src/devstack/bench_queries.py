@@ -6,13 +6,18 @@ services' output in ``bench-queries.log`` there), then:
 
 1. before: Redis ``used_memory``, the bytes the query answers are counted for (the budget's
    meter, ``QUERY_CACHE_MAX_BYTES``), each worker's RSS, and the p99 of a hot document
-   (wrk on ``/v1/states/current.json``);
+   (wrk on ``/v1/states/current.json``) under two loads, saturating and paced (``LOADS``);
 2. during: ``--queries`` distinct questions (default 10,000; each one's text never seen
    before) from ``--clients`` clients: random ``lastdays`` (1 to 10,000), ``from``/``to``
    years from 1990 to 2030, sorts by one to three keys, states in any case and order,
    projections, on the daily series, the states lists and the derived series; while wrk
-   measures the hot document again;
+   measures the hot document in back-to-back windows of each load (first, median, max
+   p99), and the CPU seconds each part of the system and of the bench spends
+   (``CpuMeter``);
 3. after: the same figures again, the answers' statuses, and the evictions the budget made.
+
+``--nice-others N`` runs the questioning clients and PostgreSQL N lower in CPU priority
+while the questions last, as if they ran on machines of their own (here all share two cores).
 
 It reports; it asserts nothing about speed. ``QUERY_CACHE_MAX_BYTES`` and
 ``QUERY_ANSWER_MAX_BYTES`` from the environment apply (the shipped defaults otherwise).
@@ -30,6 +35,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -42,6 +48,7 @@ from covid_stats_runtime.logs import configure_logging
 from devstack.bench_api import wrk
 from devstack.procs import free_port, wait_until
 from devstack.run import Stack, StartupError, api_metrics_url, start
+from devstack.servers import LocalPostgres
 
 HOT = "/v1/states/current.json"
 STATES = [
@@ -127,6 +134,71 @@ def _rss(master: int) -> list[int]:
     return sorted(out)
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each part of the system spends from ``start`` to ``stop``:
+    the api's workers, their computation processes, PostgreSQL, Redis (``stores``: each
+    server's name and pid; its processes are the pid and its children), this process (the
+    bench's clients) and the wrk runs it waited for. Processes come and go (gunicorn's
+    ``max_requests`` replaces workers, and their PostgreSQL connections with them), so every
+    process is sampled twice a second and counted from when it was first seen (from 0 when
+    it started meanwhile); what one spends after its last sample is missed."""
+
+    def __init__(self, master: int, stores: dict[str, int]) -> None:
+        self.master = master
+        self.stores = stores
+        self._first: dict[tuple[int, float], tuple[str, float]] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._own = os.times()
+
+    def _processes(self) -> Iterator[tuple[str, psutil.Process]]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for worker in psutil.Process(self.master).children():
+                yield "api workers", worker
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    for child in worker.children(recursive=True):
+                        yield "computations", child
+        for name, pid in self.stores.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server = psutil.Process(pid)
+                yield name, server
+                yield from ((name, c) for c in server.children(recursive=True))
+
+    def _sample(self, first: bool) -> None:
+        for part, process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                key = (process.pid, process.create_time())
+                spent = float(times.user + times.system)
+                self._first.setdefault(key, (part, spent if first else 0.0))
+                self._last[key] = spent
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample(first=False)
+
+    def start(self) -> None:
+        self._sample(first=True)
+        self._own = os.times()
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample(first=False)
+        parts = dict.fromkeys(["api workers", "computations", "postgres", "redis"], 0.0)
+        for key, (part, first) in self._first.items():
+            parts[part] += self._last[key] - first
+        own = os.times()
+        parts["bench clients"] = own.user + own.system - self._own.user - self._own.system
+        parts["wrk"] = (
+            own.children_user + own.children_system
+            - self._own.children_user - self._own.children_system
+        )  # fmt: skip
+        return parts
+
+
 def _evictions(metrics_url: str) -> float:
     text = httpx.get(metrics_url, timeout=10).text
     return sum(
@@ -141,12 +213,52 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _hot_p99(base: str, seconds: int, connections: int) -> tuple[float, float]:
-    got = wrk(f"{base}{HOT}", connections, seconds, ["Accept-Encoding: gzip"], pin=False)
+# How the hot document is loaded while it is measured: as hard as wrk can (32 connections,
+# each asking again at once: what the cores have left for it, queueing included) and paced
+# (each of the 32 connections waits PACE_MS between answers: a steady load the api answers
+# well below its capacity, as a pod serves in production; what a client waits).
+PACE_MS = 10
+LOADS = {"saturating": 0, "paced": PACE_MS}
+
+
+def _hot_p99(base: str, seconds: int, connections: int, pace_ms: int = 0) -> tuple[float, float]:
+    got = wrk(
+        f"{base}{HOT}", connections, seconds, ["Accept-Encoding: gzip"], False, pace_ms=pace_ms
+    )
     return got["p99"] * 1000, got["rps"]
 
 
-def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) -> int:
+def _p99_line(
+    load: str, seconds: int, before: tuple[float, float], during: list[tuple[float, float]],
+    after: tuple[float, float],
+) -> str:  # fmt: skip
+    p99s = sorted(p99 for p99, _ in during)
+    mean_rps = sum(rps for _, rps in during) / len(during) if during else float("nan")
+    spread = (
+        f"first {during[0][0]:.1f}, median {p99s[len(p99s) // 2]:.1f}, max {p99s[-1]:.1f} ms"
+        if during
+        else "no window"
+    )
+    return (
+        f"hot p99 {load:<10} before {before[0]:.1f} ms ({before[1]:.0f} req/s); during"
+        f" ({len(during)} windows of {seconds} s) {spread} ({mean_rps:.0f} req/s on average);"
+        f" after {after[0]:.1f} ms ({after[1]:.0f} req/s)"
+    )
+
+
+def _renice(pids: list[int], increment: int) -> None:
+    """Lower the CPU priority of ``pids`` and their children by ``increment``."""
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server = psutil.Process(pid)
+            for process in [server, *server.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.nice(min(process.nice() + increment, 19))
+
+
+def bench(
+    state_dir: Path, count: int, clients: int, seconds: int, seed: int, nice_others: int
+) -> int:
     log_path = state_dir / "bench-queries.log"
     env = dict(os.environ)
     env.setdefault("API_PORT", str(free_port()))
@@ -181,21 +293,44 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) ->
                 httpx.get(f"{base}{path}", timeout=30)
             _hot_p99(base, 2, 32)  # warm-up: the connections' and workers' first requests
             before = figures()
-            p99_before, rps_before = _hot_p99(base, seconds, 32)
-            during: dict[str, tuple[float, float]] = {}
+            hot_before = {load: _hot_p99(base, seconds, 32, pace) for load, pace in LOADS.items()}
+            during: dict[str, list[tuple[float, float]]] = {load: [] for load in LOADS}
+            asked = threading.Event()
 
             def measure_during() -> None:
+                # Windows of ``seconds`` back to back while the questions last: the first
+                # ones meet the computation processes starting, the later ones steady state.
                 time.sleep(2)  # the questions are under way
-                during["p99"] = _hot_p99(base, seconds, 32)
+                while not asked.is_set():
+                    for load, pace in LOADS.items():
+                        if not asked.is_set():
+                            during[load].append(_hot_p99(base, seconds, 32, pace))
 
             thread = threading.Thread(target=measure_during)
+            stores = {
+                "postgres" if isinstance(server, LocalPostgres) else "redis": server.pid
+                for server in stack.servers
+            }
+            meter = CpuMeter(master, stores)
+            meter.start()
             began = time.monotonic()
             thread.start()
-            statuses = asyncio.run(_ask(base, paths, clients))
+            try:
+                if nice_others:
+                    # What runs on other machines in production, here on the api's cores:
+                    # the questioning clients (this thread; wrk's runs keep their priority)
+                    # and PostgreSQL (its new connections inherit the postmaster's priority).
+                    _renice([stores["postgres"]], nice_others)
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice_others)
+                statuses = asyncio.run(_ask(base, paths, clients))
+            finally:
+                asked.set()
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
             took = time.monotonic() - began
             thread.join()
+            cpu = meter.stop()
             after = figures()
-            p99_after, rps_after = _hot_p99(base, seconds, 32)
+            hot_after = {load: _hot_p99(base, seconds, 32, pace) for load, pace in LOADS.items()}
             answers = sum(
                 1
                 for key in client.scan_iter(match=keys.query("*", "*"), count=1000)
@@ -216,10 +351,14 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int) ->
                         + ", ".join(_mib(r) for r in before[2])
                         + "; after "
                         + ", ".join(_mib(r) for r in after[2]),
-                        f"hot p99 ({HOT}, wrk -c32 {seconds}s) before {p99_before:.1f} ms"
-                        f" ({rps_before:.0f} req/s), during {during['p99'][0]:.1f} ms"
-                        f" ({during['p99'][1]:.0f} req/s), after {p99_after:.1f} ms"
-                        f" ({rps_after:.0f} req/s)",
+                        *(
+                            _p99_line(
+                                load, seconds, hot_before[load], during[load], hot_after[load]
+                            )
+                            for load in LOADS
+                        ),
+                        "CPU seconds during    "
+                        + ", ".join(f"{part} {spent:.0f}" for part, spent in cpu.items()),
                     ]
                 ),
                 flush=True,
@@ -240,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument(
+        "--nice-others",
+        type=int,
+        default=0,
+        help="while the questions last, run the questioning clients and PostgreSQL this much"
+        " lower in CPU priority, as if on machines of their own (default 0: as they are)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(os.environ.get("DEVSTACK_STATE_DIR", ".local")) / "bench-queries",
@@ -252,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed)
+    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed, args.nice_others)
 
 
 if __name__ == "__main__":

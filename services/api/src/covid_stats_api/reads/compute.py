@@ -6,11 +6,12 @@ projection or a CSV parses every record) and compresses it. In a thread of the w
 work held the GIL the event loop needs: with two such computations running, the loop's
 wake-ups waited up to the interpreter's switch interval each, and the hot documents' p99 went
 from 4 ms to 104 ms during ``make bench-queries`` (docs/performance.md, "Hostile queries").
-Here the records' texts go to one of ``QUERY_COMPUTE_SLOTS`` processes (started from a
-preloaded fork server on first use, niced by ``COMPUTE_NICE``, so the kernel runs the
-worker first when they share a core) and the body and its gzip body come back. The worker
-keeps the fetch (asyncpg) and the cache; the process holds one computation's records, one
-at a time, and hands its heap back to the system after each large one.
+Here the records' texts, one buffer as PostgreSQL joined them, go to one of
+``QUERY_COMPUTE_SLOTS`` processes (started from a preloaded fork server on first use, niced
+by ``COMPUTE_NICE``, so the kernel runs the worker first when they share a core) and the
+body and its gzip body come back. The worker keeps the fetch (asyncpg: one row of two
+values, never a row per record) and the cache; the process splits and parses the records,
+one computation at a time, and hands its heap back to the system after each large one.
 
 The slots bound a worker's computations (the others wait their turn in ``QueryService``), so
 what they hold: at most ``QUERY_COMPUTE_SLOTS`` times one question's texts and answer, in the
@@ -26,12 +27,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from covid_stats_contract.documents import compress, etag_for
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable
 
     from covid_stats_api.reads.queries import Query
 
@@ -71,15 +72,17 @@ def _start(worker: int) -> None:
 
 
 Rendered = tuple[int, bytes, str, bytes]  # size, body, ETag, gzip body
+T = TypeVar("T")
 
 
-def rendered(query: Query, texts: Sequence[str], max_bytes: int | None) -> Rendered:
-    """(size, body, ETag, gzip body) of ``query``'s answer over ``texts``; over ``max_bytes``
+def rendered(query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
+    """(size, body, ETag, gzip body) of ``query``'s answer over the records' texts
+    ``joined`` (``queries.statement``); over ``max_bytes``
     (None: no limit) the body, tag and gzip are left out (the answer is refused: only its
     size counts). Raises ``queries.UnknownField``."""
-    from covid_stats_api.reads.queries import render, trim_heap
+    from covid_stats_api.reads.queries import render, split, trim_heap
 
-    body = render(query, texts)
+    body = render(query, split(joined))
     size = len(body)
     if max_bytes is not None and size > max_bytes:
         del body
@@ -106,15 +109,20 @@ class ComputePool:
             )
         return self._pool
 
-    async def render(self, query: Query, texts: Sequence[str], max_bytes: int | None) -> Rendered:
-        """``rendered`` in one of the processes. A pool broken by a process that died (the
-        kernel's OOM killer) is replaced for the next computation; this one raises."""
+    async def render(self, query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
+        """``rendered`` in one of the processes."""
+        return await self.call(rendered, query, joined, max_bytes)
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in one of the processes (a module-level function: it travels
+        by name). A pool broken by a process that died (the kernel's OOM killer) is replaced
+        for the next computation; this one raises ``BrokenProcessPool``."""
         pool = self._executor()
         try:
             # Submitted from a thread: a submission can start a process (the fork server's
             # reply is awaited), which must never hold up the event loop. Measured: when the
             # loop submitted, the first computations held the hot documents' p99 at 2.4 s.
-            future = await asyncio.to_thread(pool.submit, rendered, query, texts, max_bytes)
+            future = await asyncio.to_thread(pool.submit, function, *args)
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
             if self._pool is pool:

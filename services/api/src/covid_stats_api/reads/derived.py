@@ -1,8 +1,10 @@
 """Derived series: 7-day rolling averages of the daily increases, and test positivity.
 
-Computed from a daily series (``us/daily`` or one state's daily document) in a worker thread,
-never on the event loop, and cached per snapshot through the ``AnswerCache`` (concurrent
-requests for the same series in one worker share one computation).
+Computed from a daily series (``us/daily`` or one state's daily document) in one of the
+worker's computation processes (``reads.compute``; in a thread, parsing a daily document held
+the GIL the event loop needs for every hot read), never on the event loop, and cached per
+snapshot through the ``AnswerCache`` (concurrent requests for the same series in one worker
+share one computation).
 
 For each date, newest first: the ``<increase>Avg7d`` fields average the increase over the 7
 calendar days ending that date (null unless all 7 days have a value); ``testPositivity`` is
@@ -17,15 +19,17 @@ are kept.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from datetime import date, timedelta
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.compute import ComputePool
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import Query, StoreUnavailable, UnknownField
 from covid_stats_contract.documents import (
@@ -35,6 +39,8 @@ from covid_stats_contract.documents import (
     render_array,
     render_csv,
 )
+
+log = structlog.get_logger("covid_stats_api.reads.derived")
 
 INCREASES = (
     "positiveIncrease",
@@ -132,9 +138,10 @@ def empty(query: Query) -> Served:
 
 
 class DerivedService:
-    def __init__(self, reader: DocumentReader, answers: AnswerCache) -> None:
+    def __init__(self, reader: DocumentReader, answers: AnswerCache, compute: ComputePool) -> None:
         self.reader = reader
         self.answers = answers
+        self.compute = compute
 
     async def series(
         self, daily_document: str, query: Query, daily: Served | None = None
@@ -159,5 +166,9 @@ class DerivedService:
             daily = await self.reader.read(daily_document)
         if daily is None:
             raise StoreUnavailable
-        body = await asyncio.to_thread(render, daily.body, query)
+        try:
+            body = await self.compute.call(render, daily.body, query)
+        except BrokenProcessPool as exc:
+            log.warning("derived_compute_failed", error=repr(exc))
+            raise StoreUnavailable from exc
         return Served(body, etag_for(body), daily.source, CONTENT_TYPES[query.fmt])

@@ -3,7 +3,10 @@
 A ``Query`` (built from a request by ``api.params``) is answered through the ``AnswerCache``
 (Redis, per snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
 statement text is fixed per resource and sort direction, so asyncpg prepares it once per
-connection and reuses it; a large body is rendered off the event loop.
+connection and reuses it. PostgreSQL answers with two values, the number of records and their
+texts joined by ``SEPARATOR`` (in order, as bytes): the event loop never decodes a row per
+record (10,000 of them took tens of milliseconds of the loop's time), and the texts travel to
+a computation process (``reads.compute``) as one buffer, where a large body is rendered.
 
 A question ``as_of`` an instant reads the records the snapshot current at that instant
 served (``covid_stats_contract.history``: the version tables up to that publish's mark)
@@ -47,9 +50,16 @@ from covid_stats_runtime.stores import DATABASE_ERRORS
 
 log = structlog.get_logger("covid_stats_api.reads.queries")
 
+# Between two records' texts in what PostgreSQL returns: RFC 7464's record separator, which
+# JSON text never holds raw (a control character: escaped inside strings, not whitespace).
+SEPARATOR = "\x1e"
 # Answers with more records than this are rendered in a computation process
-# (``reads.compute``), off the worker; smaller ones cost less than the trip there.
-_RENDER_INLINE_MAX = 200
+# (``reads.compute``), off the worker; smaller ones cost less than the trip there. An answer
+# whose records must be parsed (``parses``) goes there beyond PARSE_INLINE_MAX records: a
+# parse is about 20 microseconds a record, and 200 of them, twice for a CSV, held the event
+# loop for milliseconds (py-spy on a worker during ``make bench-queries``).
+RENDER_INLINE_MAX = 200
+PARSE_INLINE_MAX = 10
 # After a large computation, free heap memory is handed back to the system (glibc keeps it
 # otherwise: a worker's RSS would stay at its peak), at most this often.
 _TRIM_EVERY_SECONDS = 1.0
@@ -142,9 +152,11 @@ class NotPublishedYet(Exception):
 @cache
 def statement(resource: Resource, directions: tuple[bool, ...], as_of: bool = False) -> str:
     """The SQL of a question to ``resource`` sorted by ``len(directions)`` fields (True:
-    descending). Parameters, in order: the version mark (only ``as_of``: the records as of
-    that mark, ``history.as_of_source``), first date, last date, states, last N dates, the
-    sort fields (only the ones the resource's table has)."""
+    descending): one row, the number of records and their texts in order, joined by
+    ``SEPARATOR``, as UTF-8 bytes (NULL when there is none). Parameters, in order: the
+    version mark (only ``as_of``: the records as of that mark, ``history.as_of_source``),
+    first date, last date, states, last N dates, the sort fields (only the ones the
+    resource's table has)."""
     columns = resource.key_columns
     params: list[str] = []
 
@@ -184,7 +196,11 @@ def statement(resource: Resource, directions: tuple[bool, ...], as_of: bool = Fa
         ]
     order = ", ".join([*keys, resource.order_by])
     where = " AND ".join(conditions) or "TRUE"
-    return f"SELECT record::text FROM {table} WHERE {where} ORDER BY {order}"  # noqa: S608
+    texts = f"string_agg(record::text, E'\\x{ord(SEPARATOR):02x}' ORDER BY {order})"
+    return (
+        f"SELECT count(*)::int, convert_to({texts}, 'UTF8') "  # noqa: S608 - fixed names
+        f"FROM {table} WHERE {where}"
+    )
 
 
 def _arguments(query: Query, mark: int | None = None) -> list[Any]:
@@ -200,6 +216,22 @@ def _arguments(query: Query, mark: int | None = None) -> list[Any]:
     return args
 
 
+def split(joined: bytes) -> list[str]:
+    """The records' texts PostgreSQL joined (``statement``)."""
+    return joined.decode().split(SEPARATOR) if joined else []
+
+
+def parses(query: Query) -> bool:
+    """Whether ``render`` parses the records (a projection, a CSV, or a sort by a field the
+    model lacks) rather than joining their texts. Sorted by PostgreSQL already: without a
+    projection, a JSON answer needs parsing only to tell whether a sort field the model
+    lacks is in any record."""
+    modelled = model_of(query.resource).model_fields.keys()
+    return bool(
+        query.fields or query.fmt != "json" or not all(name in modelled for name, _ in query.sort)
+    )
+
+
 def render(query: Query, texts: Sequence[str]) -> bytes:
     """The answer's body. Without a projection, JSON is the stored text as it is.
 
@@ -208,10 +240,7 @@ def render(query: Query, texts: Sequence[str]) -> bytes:
     which (a few times their text in Python objects) is what grew a worker's memory for good.
     A CSV reads the records twice (its header, every key, comes first)."""
     modelled = model_of(query.resource).model_fields.keys()
-    # Sorted by PostgreSQL already: the records need parsing only to tell whether a sort
-    # field the model lacks is in any record.
-    sorted_by_model = all(name in modelled for name, _ in query.sort)
-    if not query.fields and query.fmt == "json" and texts and sorted_by_model:
+    if texts and not parses(query):
         return render_object(texts[0]) if query.single else render_array(texts)
     wanted = set(query.fields)
     present: dict[str, None] = {}
@@ -314,22 +343,21 @@ class QueryService:
                     await asyncio.to_thread(trim_heap)
 
     async def _compute_now(self, query: Query, mark: int | None = None) -> Served:
-        texts = await self._fetch(query, mark)
-        records = len(texts)
+        records, joined = await self._fetch(query, mark)
         if not records and query.single:
             raise NoRecords
         # A published document as of an instant (no other parameter) is what this api
         # served then, whatever its size: one answer per publish, not a question to narrow.
         limit = None if mark is not None and query.asks_document else self.max_bytes
-        if records > _RENDER_INLINE_MAX:
+        if records > (PARSE_INLINE_MAX if parses(query) else RENDER_INLINE_MAX):
             self._large = True
             try:
-                size, body, etag, gzip = await self.compute.render(query, texts, limit)
+                size, body, etag, gzip = await self.compute.render(query, joined, limit)
             except BrokenProcessPool as exc:
                 log.warning("query_compute_failed", error=repr(exc))
                 raise StoreUnavailable from exc
         else:
-            body = render(query, texts)
+            body = render(query, split(joined))
             size, etag, gzip = len(body), etag_for(body), b""
         if limit is not None and size > limit:
             raise TooLarge(size, limit, query.resource.document(query.fmt))
@@ -338,7 +366,8 @@ class QueryService:
             raise Uncached(served)
         return served
 
-    async def _fetch(self, query: Query, mark: int | None = None) -> list[str]:
+    async def _fetch(self, query: Query, mark: int | None = None) -> tuple[int, bytes]:
+        """The number of records and their texts, joined (``statement``)."""
         pool = self.stores.pg_pool
         if pool is None:
             raise StoreUnavailable
@@ -346,8 +375,8 @@ class QueryService:
         sql = statement(query.resource, directions, mark is not None)
         try:
             async with pool.acquire() as conn:
-                rows = await conn.fetch(sql, *_arguments(query, mark))
+                records, joined = await conn.fetchrow(sql, *_arguments(query, mark))
         except DATABASE_ERRORS as exc:
             log.warning("postgres_query_failed", error=repr(exc))
             raise StoreUnavailable from exc
-        return [row[0] for row in rows]
+        return records, joined or b""
