@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import functools
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import asyncpg
 import httpx
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
@@ -496,3 +498,16 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> RawAnswer:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return RawAnswer(int(status_line.split()[1]), headers, body, raw)
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
+    """The rows of one SQL statement, on a connection of its own (closed after)."""
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

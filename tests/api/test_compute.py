@@ -11,14 +11,13 @@ import csv
 import io
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
 
 from covid_stats_api.reads.compute import COMPUTE_NICE
 from covid_stats_api.reads.queries import RENDER_INLINE_MAX, SEPARATOR
-from support import Process, start_api
+from support import Process, sql, start_api
 
 # Every state's daily series, sorted by fields other than its own order: each one a large
 # computation (every record parsed: a CSV, a projection) that no cache has seen.
@@ -159,21 +158,15 @@ def test_record_texts_reach_the_answer_whole_through_the_joined_fetch(
     tricky = f'a{SEPARATOR}b\nc,"d"\\e\u00e9\U0001f600'
     database = published_env["DATABASE_URL"]
 
-    async def plant() -> tuple[int, int]:
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute(
-                "UPDATE states_daily SET record = json_build_object("
-                "'date', date, 'state', state, 'positive', 1, 'notes', $1::text) "
-                "WHERE state IN ('MI', 'NY')",
-                tricky,
-            )
-            planted = "SELECT count(*) FROM states_daily WHERE state IN ('MI', 'NY')"
-            return await conn.fetchval(planted), 2 * 3
-        finally:
-            await conn.close()
-
-    planted, recent = asyncio.run(plant())
+    sql(
+        database,
+        "UPDATE states_daily SET record = json_build_object("
+        "'date', date, 'state', state, 'positive', 1, 'notes', $1::text) "
+        "WHERE state IN ('MI', 'NY')",
+        tricky,
+    )
+    ((planted,),) = sql(database, "SELECT count(*) FROM states_daily WHERE state IN ('MI', 'NY')")
+    recent = 2 * 3  # lastdays=3 of each
     assert planted > RENDER_INLINE_MAX, "MI's and NY's series must take the processes"
     process, base = _start(published_env, tmp_path_factory, 1)
     try:

@@ -15,7 +15,7 @@ import httpx
 from covid_stats_contract import schema
 from devstack.procs import wait_until
 from stacks import Template
-from support import Fetcher, Upstream, clean_env, fail_fast_env, run_fetcher
+from support import Fetcher, Upstream, clean_env, fail_fast_env, run_fetcher, sql
 
 TOKEN = "test-refresh-token"
 NEWER = schema.LATEST_VERSION + 1  # the first version this release does not know
@@ -33,17 +33,6 @@ ALTER TABLE us_current ADD COLUMN newer_flag boolean NOT NULL DEFAULT false;
 ALTER TABLE upstream_resources ADD COLUMN newer_size bigint;
 CREATE INDEX states_daily_newer_note_idx ON states_daily (newer_note);
 """
-
-
-def sql(database_url: str, statement: str, *args: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(statement, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def apply_newer(database_url: str, breaks_older: str | None = None) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from pydantic import ValidationError
@@ -32,7 +31,7 @@ from devstack.procs import wait_until
 from recording import RecordingServer
 from stats_fetcher.config import Settings
 from stats_fetcher.purge import Purger
-from support import ApiUrl, Fetcher, Upstream, run_fetcher
+from support import ApiUrl, Fetcher, Upstream, run_fetcher, sql
 
 TOKEN = "test-refresh-token"
 STATES_CURRENT = "/v1/states/current.json"
@@ -88,15 +87,10 @@ def env(service_env: dict[str, str], receiver: Receiver) -> dict[str, str]:
     }
 
 
-def query(database_url: str, sql: str) -> list[Any]:
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return list(await conn.fetch(sql))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+def first_purge_done(fetcher: Fetcher) -> None:
+    """Wait until ``fetcher``'s first publish is purged: sent, and no key left pending."""
+    until(lambda: fetcher.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
+    until(lambda: fetcher.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
 
 
 def request_refresh(fetcher: Fetcher) -> None:
@@ -133,8 +127,7 @@ def test_a_publish_that_changes_one_state_purges_exactly_the_keys_the_api_serves
 ) -> None:
     fetcher = fetcher_factory(env)
     # The first publish changed every document: its keys go in several bounded requests.
-    until(lambda: fetcher.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
-    until(lambda: fetcher.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
+    first_purge_done(fetcher)
     first = receiver.purges()
     assert len(first) > 1
     assert all(len(p.keys.encode()) <= PURGE_HEADER_MAX_BYTES for p in first)
@@ -149,7 +142,7 @@ def test_a_publish_that_changes_one_state_purges_exactly_the_keys_the_api_serves
     request_refresh(fetcher)
     until(lambda: fetcher.metric(PURGES, outcome="purged") > purged, "the change's PURGE")
     # What must go: the served keys of the documents the publish changed, and of the feed.
-    documents = query(database_url, "SELECT documents FROM publishes ORDER BY id DESC")[0][0]
+    documents = sql(database_url, "SELECT documents FROM publishes ORDER BY id DESC")[0][0]
     expected = {key for name in documents for key in served_keys(api, f"/{name}")}
     expected |= served_keys(api, "/v1/changes.json?since=2000-01-01T00:00:00Z")
     assert receiver.keys(before) == expected
@@ -170,8 +163,7 @@ def test_a_failing_receiver_is_retried_and_a_hanging_one_never_delays_the_publis
     database_url: str,
 ) -> None:
     fetcher = fetcher_factory(env)
-    until(lambda: fetcher.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
-    until(lambda: fetcher.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
+    first_purge_done(fetcher)
     receiver.plan = [503, 500]  # the change's next two PURGEs fail, the third succeeds
     receiver.hold.clear()  # and the first of them hangs until the test releases it
     before = len(receiver.purges())
@@ -184,7 +176,7 @@ def test_a_failing_receiver_is_retried_and_a_hanging_one_never_delays_the_publis
         lambda: fetcher.metric("covid_stats_fetcher_snapshots_published_total") > published,
         "the publish, while the PURGE hangs",
     )
-    until(lambda: len(query(database_url, "SELECT id FROM publishes")) == 2, "the publish log")
+    until(lambda: len(sql(database_url, "SELECT id FROM publishes")) == 2, "the publish log")
     assert fetcher.metric("covid_stats_fetcher_purge_keys_pending") > 0
     receiver.hold.set()
     until(lambda: fetcher.metric("covid_stats_fetcher_purge_keys_pending") == 0, "the retries")
@@ -205,8 +197,7 @@ def test_a_new_leader_takes_up_the_purge_a_dead_leader_left(
     ha = {**env, "LEADER_LEASE_SECONDS": "1.5"}
     first = fetcher_factory(ha, "first")
     until(first.is_leader, "the first fetcher to lead")
-    until(lambda: first.metric(PURGES, outcome="purged") > 0, "the first publish's purge")
-    until(lambda: first.metric("covid_stats_fetcher_purge_keys_pending") == 0, "first purge")
+    first_purge_done(first)
     second = fetcher_factory(ha, "second")
     assert not second.is_leader()
     receiver.hold.clear()

@@ -40,6 +40,7 @@ from support import (
     python_module,
     run_fetcher,
     spawn,
+    sql,
     start_api,
     summary,
 )
@@ -96,17 +97,6 @@ def expected_revisions(fields: tuple[str, ...]) -> set[tuple[str, int, str, str,
 def cell(value: Any) -> str:
     """A JSON value of the api as the CSV files write it."""
     return "" if value is None else str(value)
-
-
-def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return list(await conn.fetch(statement, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def version_sizes(database_url: str, vacuum: bool = False) -> list[history.TableSize]:

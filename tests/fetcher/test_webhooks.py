@@ -5,7 +5,6 @@ receiver (``http.server`` in a thread) that verifies every signature with the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import redis
@@ -24,7 +22,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from covid_stats_contract.keys import RedisKeys
 from devstack.procs import wait_until
 from recording import RecordingServer
-from support import Fetcher, Upstream
+from support import Fetcher, Upstream, sql
 
 TOKEN = "test-refresh-token"
 US_CURRENT = "/v1/us/current.json"
@@ -89,17 +87,6 @@ def env(service_env: dict[str, str], receiver: Receiver, secret: str) -> dict[st
     }
 
 
-def query(database_url: str, sql: str, *args: Any) -> list[Any]:
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def current_snapshot(redis_url: str) -> str:
     raw = redis.Redis.from_url(redis_url).get(RedisKeys().current_snapshot)
     return "" if raw is None else str(int(raw))
@@ -137,7 +124,7 @@ def test_each_changing_publish_sends_one_signed_event_and_an_unchanged_one_none(
     until(lambda: len(receiver.events()) == 1, "the first publish's event")
     first = receiver.events()[0]
     assert first.event is not None, "the signature must verify"
-    logged = query(database_url, "SELECT id, snapshot_id FROM publishes ORDER BY id")
+    logged = sql(database_url, "SELECT id, snapshot_id FROM publishes ORDER BY id")
     assert [r["snapshot_id"] for r in logged] == [current_snapshot(redis_url)]
     data = first.event["data"]
     assert first.event["type"] == "covid-stats.publish"
@@ -173,7 +160,7 @@ def test_each_changing_publish_sends_one_signed_event_and_an_unchanged_one_none(
     before = refreshes(fetcher)
     request_refresh(fetcher)
     until(lambda: refreshes(fetcher) > before, "the unchanged refresh")
-    assert len(query(database_url, "SELECT id FROM publishes")) == 2
+    assert len(sql(database_url, "SELECT id FROM publishes")) == 2
     assert fetcher.metric("covid_stats_fetcher_webhook_deliveries_total", outcome="delivered") == 2
     assert fetcher.metric("covid_stats_fetcher_webhook_deliveries_total", outcome="retry") == 0
     assert fetcher.metric("covid_stats_fetcher_webhook_delivery_duration_seconds_count") == 2
@@ -221,7 +208,7 @@ def test_a_failing_receiver_gets_the_event_again_and_the_publish_never_waits(
     assert all(r.event is not None for r in attempts)
     assert fetcher.metric("covid_stats_fetcher_webhook_deliveries_total", outcome="retry") == 2
     assert fetcher.metric("covid_stats_fetcher_webhook_deliveries_pending") == 0
-    row = query(
+    row = sql(
         database_url,
         "SELECT state, attempts, last_error FROM webhook_deliveries ORDER BY publish_id DESC",
     )[0]
@@ -271,10 +258,10 @@ def test_a_leader_stalled_mid_delivery_keeps_its_claim_so_nothing_is_sent_twice(
         os.kill(first.process.proc.pid, signal.SIGCONT)
     receiver.hold.set()
     until(
-        lambda: [r["state"] for r in query(database_url, DELIVERIES)] == ["delivered"] * 2,
+        lambda: [r["state"] for r in sql(database_url, DELIVERIES)] == ["delivered"] * 2,
         "the stalled leader to record its delivery",
     )
-    rows = query(database_url, DELIVERIES)
+    rows = sql(database_url, DELIVERIES)
     assert [r["attempts"] for r in rows] == [1, 1]
     assert len(receiver.events()) == 2
     assert len(set(receiver.ids())) == 2
@@ -314,7 +301,7 @@ def test_a_leader_dying_mid_delivery_repeats_it_once_with_the_same_id(
     request_refresh(second)
     until(lambda: refreshes(second) > before, "an unchanged refresh by the new leader")
     assert second.metric("covid_stats_fetcher_webhook_deliveries_total", outcome="delivered") == 1
-    rows = query(database_url, DELIVERIES)
+    rows = sql(database_url, DELIVERIES)
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 2)]
     assert rows[0]["claimed_by"] != rows[1]["claimed_by"]  # each leader's own fence
     assert len(receiver.events()) == 3
