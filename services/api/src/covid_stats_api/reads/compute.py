@@ -77,9 +77,9 @@ T = TypeVar("T")
 
 def rendered(query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
     """(size, body, ETag, gzip body) of ``query``'s answer over the records' texts
-    ``joined`` (``queries.statement``); over ``max_bytes``
-    (None: no limit) the body, tag and gzip are left out (the answer is refused: only its
-    size counts). Raises ``queries.UnknownField``."""
+    ``joined`` (``queries.statement``); over ``max_bytes`` (None: no limit) the body, tag
+    and gzip are left out (the answer is refused: only its size counts). Raises
+    ``queries.UnknownField``."""
     from covid_stats_api.reads.queries import render, split, trim_heap
 
     body = render(query, split(joined))
