@@ -326,14 +326,13 @@ def test_a_publish_makes_the_changed_states_documents_fresh_and_keeps_the_others
     )
     assert asked.status_code == 202, asked.text
     # poll the changed state's document through the cache until it changes
-    fresh_at: float | None = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if edge.get(STATE_DAILY).content != warm[STATE_DAILY].content:
-            fresh_at = time.time()
-            break
-        time.sleep(0.005)
-    assert fresh_at is not None, "the changed state's document never changed through the cache"
+    wait_until(
+        lambda: edge.get(STATE_DAILY).content != warm[STATE_DAILY].content,
+        120,
+        interval=0.005,
+        what="the changed state's document to change through the cache",
+    )
+    fresh_at = time.time()
     purge_to_fresh = fresh_at - _published_at(edge, since).timestamp()
     summary(
         f"edge cache: publish -> {CHANGED}'s daily fresh through Varnish: {purge_to_fresh:.3f} s"
