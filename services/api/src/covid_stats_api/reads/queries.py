@@ -63,9 +63,12 @@ SEPARATOR = "\x1e"
 # count is not known beforehand (``as_of``) goes there too.
 RENDER_INLINE_MAX = 200
 PARSE_INLINE_MAX = 10
-# After a large computation, free heap memory is handed back to the system (glibc keeps it
-# otherwise: a worker's RSS would stay at its peak), at most this often.
-_TRIM_EVERY_SECONDS = 1.0
+# A worker's heap is never trimmed (``trim_heap`` runs in the computation processes only).
+# Trimming it from a thread after large answers held the allocator's lock while it walked the
+# heap, and the event loop's allocations waited; and the pages it handed back were faulted in
+# again by the next large buffer: growing a 5 MB buffer (a Redis reply) took 0.26 ms in pages
+# the heap kept, 5.2 ms in fresh ones (glibc's mmap threshold pinned at 256 KiB, tried and
+# dropped). What a worker keeps is its peak: docs/limits.md, "A worker's memory bound".
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def trim_heap() -> None:
-    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing)."""
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing). In a
+    computation process, after a computation: it locks the allocator while it runs."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -324,8 +328,6 @@ class QueryService:
         self.max_bytes = max_bytes
         self.compute = compute
         self._slots = asyncio.Semaphore(compute.processes)
-        self._trimmed = 0.0  # loop time of the last trim
-        self._large = False  # a large computation since
 
     async def answer(self, query: Query, rows: int | None = None) -> Served:
         """The answer to ``query``, of ``rows`` records if known (``Canonical.rows``). Raises
@@ -354,13 +356,7 @@ class QueryService:
     async def _compute(self, query: Query, rows: int | None, mark: int | None = None) -> Served:
         query_computed().inc()
         async with self._slots:
-            try:
-                return await self._compute_now(query, rows, mark)
-            finally:
-                now = asyncio.get_running_loop().time()
-                if self._large and now - self._trimmed >= _TRIM_EVERY_SECONDS:
-                    self._large, self._trimmed = False, now
-                    await asyncio.to_thread(trim_heap)
+            return await self._compute_now(query, rows, mark)
 
     async def _compute_now(self, query: Query, rows: int | None, mark: int | None) -> Served:
         # A published document as of an instant (no other parameter) is what this api
@@ -387,7 +383,6 @@ class QueryService:
         """``compute.answered`` in a computation process: its texts never reach the worker."""
         if self.stores.pg_pool is None:  # PostgreSQL not reached yet (or not configured)
             raise StoreUnavailable
-        self._large = True
         try:
             return await self.compute.answer(query, mark, limit)
         except BrokenProcessPool as exc:
