@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,13 @@ def test_large_answers_are_computed_in_niced_processes_not_the_worker(
         after = worker.cpu_times()
         computers = _niced(worker)
         assert len(computers) == 2  # QUERY_COMPUTE_SLOTS
+        # Each in a session of its own, whose CPU group (autogroup, where the kernel has it)
+        # is niced as well: a nice value orders processes only within their group.
+        for computer in computers:
+            assert os.getsid(computer.pid) == computer.pid != os.getsid(worker.pid)
+            group = Path(f"/proc/{computer.pid}/autogroup")
+            if group.exists():
+                assert group.read_text().split()[-1] == str(COMPUTE_NICE), group.read_text()
         spent = sum(c.cpu_times().user + c.cpu_times().system for c in computers)
         in_worker = (after.user + after.system) - (before.user + before.system)
         # The rendering (every record parsed) and the compression are the bulk of a large
