@@ -34,12 +34,14 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
 # They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
-# starts its own servers, tests/conftest.py); a test marked `load` runs alone. TEST_WORKERS=0:
-# one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
-TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+# starts its own servers, tests/conftest.py); a test marked `load` runs its load alone; the
+# files marked `long` are handed out first. 3 on 2 cores: the tests wait on servers and
+# subprocesses, so a third worker fills the cores (figures in docs/development.md "Tests").
+# TEST_WORKERS=0: one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
+TEST_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 .PHONY: test
-test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (2) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
+test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (3) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
 	$(BIN)/python -m pytest $(XDIST) --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
@@ -48,9 +50,10 @@ test-fast: $(STAMP) ## Run the unit-level tests only (marker unit: no gunicorn, 
 	$(BIN)/python -m pytest -m unit --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
 .PHONY: bench
-bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app and nginx; 2 workers at 64/512 conns (needs wrk, nginx)
-	$(BIN)/python -m devstack.bench_api
+bench: $(STAMP) ## Benchmark cached reads vs the naive path, a bare ASGI app, nginx and Varnish (hit rate, purge-to-fresh); 2 workers at 64/512 conns (needs wrk, nginx, varnish; BENCH_ARGS="--edge-only --rounds 1": Varnish's part alone)
+	$(BIN)/python -m devstack.bench_api $(BENCH_ARGS)
 
 .PHONY: profile
 profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents, in process, with cProfile
@@ -59,6 +62,10 @@ profile: $(STAMP) ## Per-request cost of the api's ASGI stack for hot documents,
 .PHONY: bench-fetcher
 bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document's raw/gzip/br size, and a no-change refresh
 	$(BIN)/python -m devstack.bench_fetcher
+
+.PHONY: bench-queries
+bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk)
+	$(BIN)/python -m devstack.bench_queries
 
 .PHONY: soak
 soak: $(STAMP) ## Whole system at a fixed rate for long, watching memory, fds, errors (SOAK_SECONDS=600 SOAK_RATE=500 SOAK_CLIENTS=32)
@@ -124,18 +131,28 @@ deploy-check: $(STAMP) $(DEPLOY_STAMP) ## Run tests/deploy: lint, render, valida
 
 .PHONY: k8s-manifests
 k8s-manifests: $(STAMP) $(DEPLOY_STAMP) ## Regenerate deploy/k8s/ (plain manifests) from the chart
-	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT)
+	$(BIN)/python deploy/tools/render_k8s.py --helm $(HELM) --values $(K8S_VALUES) --out $(K8S_OUT) \
+		--edge-component deploy/k8s/components/edge-cache
 
 .PHONY: chart-readme
 chart-readme: $(STAMP) ## Regenerate the chart README's parameter table (values.yaml's comments) and Chart.yaml's icon (the favicon)
 	$(BIN)/python deploy/tools/chart_readme.py
+
+# The chart cannot read files outside its folder: its VCL (edgeCache) is a copy of
+# deploy/varnish/default.vcl, which tests/deploy/test_edge_chart.py keeps equal (drift).
+EDGE_VCL := deploy/varnish/default.vcl
+CHART_VCL := deploy/helm/covid-stats/files/varnish/default.vcl
+.PHONY: chart-vcl
+chart-vcl: ## Copy deploy/varnish/default.vcl into the chart (files/varnish/, edgeCache's ConfigMap)
+	mkdir -p $(dir $(CHART_VCL))
+	cp $(EDGE_VCL) $(CHART_VCL)
 
 .PHONY: chart-package
 chart-package: $(STAMP) $(DEPLOY_STAMP) ## Package the chart into dist/ (covid-stats-<version>.tgz; make chart-push pushes it)
 	$(HELM) package deploy/helm/covid-stats --destination dist
 
 .PHONY: images
-images: ## Build the api, fetcher and replay-upstream images as the chart names them (podman, else docker)
+images: ## Build the api, fetcher, replay-upstream and edge exporter images as the chart names them (podman, else docker)
 	$(PYTHON) deploy/tools/build_images.py
 
 .PHONY: test-containers
@@ -164,7 +181,7 @@ registry-login: $(DEPLOY_STAMP) ## Log podman and helm in to REGISTRY's host (RE
 	$(RELEASE_PY) login --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: push
-push: $(DEPLOY_STAMP) ## Push the three images `make images` built to REGISTRY (host/path) as <repository>:TAG
+push: $(DEPLOY_STAMP) ## Push the four images `make images` built to REGISTRY (host/path) as <repository>:TAG
 	$(need-registry)
 	$(RELEASE_PY) push --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
 
@@ -174,7 +191,7 @@ chart-push: $(DEPLOY_STAMP) ## helm push dist/'s chart (make chart-package) to o
 	$(RELEASE_PY) chart-push --registry $(REGISTRY) --helm $(HELM)
 
 .PHONY: sbom
-sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image from the pinned requirements/*.txt into dist/sbom/
+sbom: $(DEPLOY_STAMP) ## CycloneDX SBOM of each image (requirements/*.txt's pins; the exporter's base and Debian pins) into dist/sbom/
 	$(RELEASE_PY) sbom
 
 .PHONY: signing-key
@@ -192,7 +209,7 @@ verify: $(DEPLOY_STAMP) ## Check the pushed images' and dist/'s signatures again
 	$(RELEASE_PY) verify --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) --public-key $(PUBLIC_KEY)
 
 .PHONY: image-archive
-image-archive: $(DEPLOY_STAMP) ## Save the three images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
+image-archive: $(DEPLOY_STAMP) ## Save the four images as dist/covid-stats-images.tar (localhost/<repository>:<tag>) for kind, k3d, minikube
 	$(RELEASE_PY) image-archive
 # ==== end of the release block =============================================================
 .PHONY: test-lifecycle

@@ -9,8 +9,9 @@ point those at data you care about. The replay upstream serves the real archive 
 file's tests on one worker, so its module-scoped servers start once): each worker is a pytest
 session of its own, so it starts its own session servers (and its own template of published
 data, tests/stacks.py) and no test flushes or truncates another worker's data. Tests marked
-``load`` (they apply load and count failed requests, or time a drain) run each alone
-(pytest_runtest_protocol's lock). TEST_REDIS_URL / TEST_DATABASE_URL need one process.
+``load`` (they apply load and count failed requests, or time a drain) run each alone: their
+call phase, under the run's lock (pytest_runtest_call; their setup and teardown run beside the
+other workers' tests). TEST_REDIS_URL / TEST_DATABASE_URL need one process.
 `pytest tests/api/test_x.py` alone runs on one process, as before.
 """
 
@@ -115,26 +116,41 @@ def _flock(path: Path, operation: int) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Under xdist a ``load`` test runs alone: it takes the run's lock exclusively, every other
-    test shared, so no other worker's test takes CPU from a load that counts failed requests
-    or times a drain. The lock covers the test's setup and teardown (its servers) too. A gate
-    before it keeps the other workers, waiting, from taking the shared lock back between
-    their tests while a load test waits for it."""
+def _run_phase(item: pytest.Item, exclusive: bool) -> Iterator[None]:
+    """Under xdist, one phase of a test (setup, call or teardown) holds the run's lock: shared,
+    or exclusive for a ``load`` test's call. A gate before it keeps the other workers,
+    waiting, from taking the shared lock back between their phases while a load test waits
+    for it."""
     if xdist_worker() is None:
         return (yield)
     # pytest-N/, this run's (each worker's basetemp is pytest-N/popen-gwN/).
     run_dir = Path(item.config.option.basetemp).parent
     gate, lock = run_dir / "load-gate.lock", run_dir / "load.lock"
     with contextlib.ExitStack() as held:
-        if item.get_closest_marker("load"):
-            with _flock(gate, fcntl.LOCK_EX):
-                held.enter_context(_flock(lock, fcntl.LOCK_EX))
-        else:
-            with _flock(gate, fcntl.LOCK_SH):
-                held.enter_context(_flock(lock, fcntl.LOCK_SH))
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        with _flock(gate, mode):
+            held.enter_context(_flock(lock, mode))
         return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _run_phase(item, exclusive=False))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A ``load`` test's call runs alone: it takes the run's lock exclusively, every other
+    phase of every test takes it shared, so no other worker's test (its setup and teardown
+    too: servers started and stopped) takes CPU from a load that counts failed requests or
+    times a drain. The load test's own setup and teardown (its servers, its seeded data) run
+    beside the other workers' tests, as any test's do: only the load itself runs alone."""
+    return (yield from _run_phase(item, exclusive=bool(item.get_closest_marker("load"))))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    return (yield from _run_phase(item, exclusive=False))
 
 
 # The folders of tests/, each one a part of the system and a marker of the same name
@@ -147,7 +163,7 @@ PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its folder's part."""
+    """Mark every test with its folder's part; under xdist, hand out the long files first."""
     for item in items:
         try:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
@@ -155,6 +171,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if folder in PARTS:
             item.add_marker(getattr(pytest.mark, folder))
+    if xdist_worker() is not None:
+        items[:] = long_files_first(items)
+
+
+def long_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items of the files marked ``long`` first, then the others; within each, files with
+    more tests first (pytest-xdist's own order, which ``make test`` turns off with
+    ``--no-loadscope-reorder`` to use this one). A file is a unit of work (``--dist loadfile``):
+    by its count of tests alone, a file of a few long tests (``make run`` started again, the
+    real editions refreshed, a browser) came last and kept one worker busy alone at the end.
+    Every worker computes the same order (xdist checks that they collected the same)."""
+    files: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+
+    def weight(file: list[pytest.Item]) -> tuple[bool, int]:
+        long = any(item.get_closest_marker("long") for item in file)
+        return (not long, -len(file))
+
+    return [item for file in sorted(files.values(), key=weight) for item in file]
 
 
 archive_only = pytest.mark.skipif(
@@ -321,8 +357,8 @@ def fetcher_factory(tmp_path: Path) -> Iterator[Callable[..., Fetcher]]:
     """Starts `stats-fetcher run` processes with a given environment; stops them after."""
     started: list[Fetcher] = []
 
-    def start(env: dict[str, str], name: str = "fetcher") -> Fetcher:
-        fetcher = start_fetcher(env, tmp_path, name)
+    def start(env: dict[str, str], name: str = "fetcher", token: bool = True) -> Fetcher:
+        fetcher = start_fetcher(env, tmp_path, name, token)
         started.append(fetcher)
         return fetcher
 

@@ -233,6 +233,8 @@ def container_env(
             secret, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
             value = rendered.secret_value(secret, key)
             if value is None:
+                if ref["secretKeyRef"].get("optional") and (secret, key) not in (secrets or {}):
+                    continue  # the kubelet leaves an optional variable of no Secret unset
                 value = (secrets or {})[(secret, key)]
             env[name] = value
         elif "configMapKeyRef" in ref:
@@ -431,6 +433,39 @@ def images_of(rendered: Rendered, doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(c["name"], c["image"]) for c in spec.get("initContainers", []) + spec["containers"]]
 
 
+# The value blocks of the official images the chart runs (Docker Hub's, never built here).
+OFFICIAL_IMAGE_BLOCKS = ("redis", "postgresql", "edgeCache")
+# Every workload and container the chart can run: the optional ones, the hooks, the edge cache
+# with its exporter sidecar.
+EVERY_WORKLOAD_ON = {
+    "replayUpstream.enabled": True,
+    "migration.enabled": True,
+    "tests.enabled": True,
+    "edgeCache.enabled": True,
+}
+
+
+def built_images(registry: str = "") -> set[str]:
+    """What `make images` must build and `make push` push: every image the chart names with
+    every workload on (EVERY_WORKLOAD_ON) and ``global.imageRegistry=registry``, as rendered,
+    but the official ones (OFFICIAL_IMAGE_BLOCKS', as rendered). Read from the chart, never
+    from deploy/tools/, so a release that leaves an image out fails against it."""
+    values: dict[str, object] = dict(EVERY_WORKLOAD_ON)
+    if registry:
+        values["global.imageRegistry"] = registry
+    rendered = render(values=values)
+    named = {image for doc in rendered.workloads() for _, image in images_of(rendered, doc)}
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    official = set()
+    for block in OFFICIAL_IMAGE_BLOCKS:
+        image = defaults[block]["image"]
+        ref = f"{image['repository']}:{image['tag'] or app_version}"
+        official.add(f"{registry}/{ref}" if registry else ref)
+    assert official <= named, (official, named)
+    return named - official
+
+
 def pod_annotations(rendered: Rendered, deployment: str) -> dict[str, str]:
     doc = rendered.get("Deployment", deployment)
     annotations: dict[str, str] = doc["spec"]["template"]["metadata"]["annotations"]
@@ -445,7 +480,12 @@ def fake_secrets(rendered: Rendered) -> dict[tuple[str, str], str]:
         for c in spec.get("initContainers", []) + spec["containers"]:
             for item in c.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
-                if ref and rendered.maybe("Secret", ref["name"]) is None:
+                # an optional one of no Secret is left unset, as the kubelet does
+                if (
+                    ref
+                    and not ref.get("optional")
+                    and rendered.maybe("Secret", ref["name"]) is None
+                ):
                     short = "db" if "database" in ref["name"] else ref["name"].split("-")[-2]
                     fake[(ref["name"], ref["key"])] = f"{short}-secret"
     return fake

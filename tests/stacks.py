@@ -11,6 +11,10 @@ template), and a test clones it into its own:
 - Redis: every key of the template's database number dumped and restored into the test's
   (TTLs kept).
 
+A test on servers of its own (it stops or kills them: the fault suite) cannot take a copy of
+the template's files; ``Template.copy_into`` copies its rows into the test's migrated database
+(``pg_dump --data-only`` into ``psql``) and its keys into the test's Redis, in about a second.
+
 A clone holds exactly what the refresh left: the records, the upstream's validators (a later
 refresh asks the upstream conditionally and finds it unchanged, as after the real one), the
 snapshot and its documents. Only the clock has moved: the snapshot was published when the
@@ -25,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,16 @@ import redis
 
 from covid_stats_contract import schema
 from devstack.procs import wait_until
-from support import ApiUrl, Upstream, clean_env, fail_fast_env, run_fetcher, start_api
+from devstack.servers import pg_bin_dir
+from support import (
+    ApiUrl,
+    Upstream,
+    clean_env,
+    fail_fast_env,
+    http_ok,
+    run_fetcher,
+    start_api,
+)
 
 _names = itertools.count()
 
@@ -102,6 +117,37 @@ def new_database(server_url: str, kind: str, template: str = "") -> Iterator[str
         admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _pg_tool(tool: str, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run one of PostgreSQL's client programs (the pgserver wheel's); returns its output."""
+    result = subprocess.run(
+        [str(pg_bin_dir() / tool), *args], input=stdin, capture_output=True, check=False
+    )
+    assert result.returncode == 0, (tool, result.stderr.decode(errors="replace"))
+    return result.stdout
+
+
+def copy_rows(source_url: str, target_url: str) -> None:
+    """Copy every row of the database of ``source_url`` into the database of ``target_url``
+    (on any server; migrated to the same schema, its tables empty), the sequences' values
+    too; ``schema_migrations`` is the target's own. ``pg_dump --data-only`` into ``psql``,
+    triggers off while it loads (so foreign keys need no order)."""
+    dump = _pg_tool(
+        "pg_dump",
+        "--data-only",
+        "--disable-triggers",
+        "--exclude-table-data=schema_migrations",
+        f"--dbname={source_url}",
+    )
+    _pg_tool(
+        "psql",
+        "--quiet",
+        "--no-psqlrc",
+        "--set=ON_ERROR_STOP=1",
+        f"--dbname={target_url}",
+        stdin=dump,
+    )
+
+
 # The Redis database number the session's template keeps its keys in (the tests' own
 # fixtures flush database 0 of the same server, or of TEST_REDIS_URL, before each test).
 TEMPLATE_REDIS_DB = 15
@@ -114,6 +160,7 @@ class Template:
     server_url: str  # the PostgreSQL server's URL
     database: str  # the template database's name
     redis_url: str  # the template's Redis database
+    refreshed_after: datetime  # an instant before its refresh began (so before its publish)
 
     def clone_redis(self, redis_url: str) -> int:
         """Copy every key of the template into the database of ``redis_url`` (emptied
@@ -139,6 +186,13 @@ class Template:
             source.close()
             target.close()
 
+    def copy_into(self, redis_url: str, database_url: str) -> None:
+        """The template copied into stores on other servers (a test's own, which it may stop
+        or kill): its keys into ``redis_url``'s database, its rows into ``database_url``'s
+        database (migrated, empty), as ``refresh-once`` of the session upstream leaves them."""
+        self.clone_redis(redis_url)
+        copy_rows(with_database(self.server_url, self.database), database_url)
+
     @contextmanager
     def clone(self, redis_url: str) -> Iterator[str]:
         """The template cloned: its keys into ``redis_url``'s database, its database into a
@@ -159,13 +213,14 @@ def published_template(
     with new_database(postgres_server_url, "template") as database_url:
         migrate(database_url)
         upstream.reset()
+        refreshed_after = datetime.now(UTC)
         result = run_fetcher(
             "refresh-once", fail_fast_env(template_redis, database_url, upstream.url)
         )
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
         name = urllib.parse.urlsplit(database_url).path.strip("/")
         try:
-            yield Template(postgres_server_url, name, template_redis)
+            yield Template(postgres_server_url, name, template_redis, refreshed_after)
         finally:
             redis.Redis.from_url(template_redis).flushdb()
 
@@ -194,40 +249,13 @@ _STACK_REDIS_DBS = list(range(1, TEMPLATE_REDIS_DB))
 
 
 @contextmanager
-def loaded_stack(
-    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path
-) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
-    """The api under gunicorn (2 workers) over a clone of ``template``, on a PostgreSQL
-    database and a Redis database number of its own (dropped and flushed after), so the other
-    tests' truncations and flushes never meet it; yields its base URL and the environment of
-    its services (to run the fetcher or another api over the same stores)."""
+def redis_database(redis_server_url: str) -> Iterator[str]:
+    """A Redis database number of its own on the server of ``redis_server_url`` (flushed
+    after), which no test's flush reaches; yields its URL."""
     db = _STACK_REDIS_DBS.pop()
     redis_url = with_redis_db(redis_server_url, db)
-    process = None
     try:
-        with template.clone(redis_url) as database_url:
-            env = clean_env(
-                REDIS_URL=redis_url,
-                DATABASE_URL=database_url,
-                UPSTREAM_BASE_URL=upstream.url,
-                UPSTREAM_RETRIES="1",
-                UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
-                UPSTREAM_TIMEOUT_SECONDS="5",
-            )
-            try:
-                process, base = start_api(env, log_dir)
-
-                def ready() -> bool:
-                    try:
-                        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                wait_until(ready, 30, interval=0.1, what="the api ready")
-                yield base, env
-            finally:
-                if process is not None:
-                    process.stop()
+        yield redis_url
     finally:
         client = redis.Redis.from_url(redis_url)
         try:
@@ -235,3 +263,48 @@ def loaded_stack(
         finally:
             client.close()
         _STACK_REDIS_DBS.append(db)
+
+
+@contextmanager
+def cloned_env(
+    template: Template, redis_server_url: str, upstream: Upstream, **settings: str
+) -> Iterator[dict[str, str]]:
+    """The services' environment over a clone of ``template`` on a PostgreSQL database and a
+    Redis database number of their own (dropped and flushed after), so the other tests'
+    truncations and flushes never meet it; ``settings`` added to it."""
+    with redis_database(redis_server_url) as redis_url, template.clone(redis_url) as database_url:
+        yield clean_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            UPSTREAM_BASE_URL=upstream.url,
+            **settings,
+        )
+
+
+def wait_ready(base: str) -> None:
+    """Wait until the api at ``base`` says it is ready (it serves data)."""
+    wait_until(lambda: http_ok(f"{base}/readyz"), 30, interval=0.1, what="the api ready")
+
+
+@contextmanager
+def loaded_stack(
+    template: Template, redis_server_url: str, upstream: Upstream, log_dir: Path, **settings: str
+) -> Iterator[tuple[ApiUrl, dict[str, str]]]:
+    """The api under gunicorn (2 workers) over a clone of ``template`` (``cloned_env``);
+    yields its base URL and the environment of its services (to run the fetcher or another
+    api over the same stores), ``settings`` added to it."""
+    with cloned_env(
+        template,
+        redis_server_url,
+        upstream,
+        UPSTREAM_RETRIES="1",
+        UPSTREAM_RETRY_INITIAL_SECONDS="0.05",
+        UPSTREAM_TIMEOUT_SECONDS="5",
+        **settings,
+    ) as env:
+        process, base = start_api(env, log_dir)
+        try:
+            wait_ready(base)
+            yield base, env
+        finally:
+            process.stop()

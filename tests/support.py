@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import functools
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -15,13 +18,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import asyncpg
 import httpx
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from covid_stats_api.serving.metrics_server import METRICS_PATH
 from covid_stats_runtime import tracing
-from covid_stats_runtime.http import ErrorBody, ErrorDetail, error_body
+from covid_stats_runtime.http import ErrorBody, ErrorDetail, br_etag, error_body, gzip_etag
 from covid_stats_runtime.settings import StoreSettings
 from devstack.config_docs import SERVICES
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
@@ -128,6 +132,21 @@ def scrubbed(variable: str) -> bool:
     """Whether ``clean_env`` drops a variable: a project variable, or any of OpenTelemetry's
     (the SDK reads the ``OTEL_*`` family, see ``covid_stats_runtime.tracing``)."""
     return variable in project_vars() or variable.startswith(tracing.OTEL_ENV_PREFIX)
+
+
+def representation_variants(tag: str) -> list[tuple[str, dict[str, str]]]:
+    """The requests (method, headers) that reach each representation of one answer whose
+    identity ETag is ``tag``: each coding, a 304 for each coding's tag, HEAD, CORS."""
+    return [
+        ("GET", {"accept-encoding": "identity"}),
+        ("GET", {"accept-encoding": "gzip"}),
+        ("GET", {"accept-encoding": "gzip, deflate, br"}),
+        ("GET", {"if-none-match": tag}),
+        ("GET", {"if-none-match": gzip_etag(tag)}),
+        ("GET", {"if-none-match": br_etag(tag)}),
+        ("HEAD", {"accept-encoding": "gzip"}),
+        ("GET", {"origin": "https://elsewhere.example"}),  # CORS
+    ]
 
 
 def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
@@ -363,6 +382,7 @@ class Fetcher:
 
     process: Process
     url: str
+    token: str | None = None  # its REFRESH_TOKEN: what /readyz's details need
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return metric_samples(httpx.get(f"{self.url}/metrics").text)
@@ -377,7 +397,9 @@ class Fetcher:
         )
 
     def ready(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.url}/readyz").json()
+        """``/readyz``'s body, with its details (the token's)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body: dict[str, Any] = httpx.get(f"{self.url}/readyz", headers=headers).json()
         return body
 
     def is_leader(self) -> bool:
@@ -387,17 +409,20 @@ class Fetcher:
             return False
 
 
-def start_fetcher(env: Mapping[str, str], log_dir: Path, name: str = "fetcher") -> Fetcher:
+def start_fetcher(
+    env: Mapping[str, str], log_dir: Path, name: str = "fetcher", token: bool = True
+) -> Fetcher:
+    """A fetcher on a free port, with a random ``REFRESH_TOKEN`` unless ``env`` names one
+    (``/readyz`` shows its details to the token only) or ``token`` is False (none: the
+    endpoint is off)."""
     port = free_port()
-    process = spawn(
-        f"{name}-{port}",
-        python_module("stats_fetcher", "run"),
-        {**env, "FETCHER_HOST": "127.0.0.1", "FETCHER_PORT": str(port)},
-        log_dir,
-    )
+    env = {**env, "FETCHER_HOST": "127.0.0.1", "FETCHER_PORT": str(port)}
+    if token and "REFRESH_TOKEN" not in env:
+        env["REFRESH_TOKEN"] = secrets.token_urlsafe(24)
+    process = spawn(f"{name}-{port}", python_module("stats_fetcher", "run"), env, log_dir)
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz")
-    return Fetcher(process, url)
+    return Fetcher(process, url, env.get("REFRESH_TOKEN"))
 
 
 # Lines a test wants in the terminal summary (printed by conftest's pytest_terminal_summary,
@@ -440,3 +465,49 @@ def receive_answer(sock: socket.socket) -> bytes:
         assert chunk, "closed in the middle of a body"
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+@dataclass
+class RawAnswer:
+    """What a raw-socket client read: ``status`` None when the connection closed (or was
+    reset) without an answer; header names in lower case."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    raw: bytes
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> RawAnswer:
+    """Send ``data`` on a new connection to 127.0.0.1:``port``, read until the server closes
+    it (a server that refuses may close before all of ``data`` is sent)."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        return RawAnswer(None, {}, b"", raw)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawAnswer(int(status_line.split()[1]), headers, body, raw)
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
+    """The rows of one SQL statement, on a connection of its own (closed after)."""
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -1,9 +1,13 @@
-"""Build the three images the chart runs (`make images`), tagged as the chart expects them.
+"""Build the images the chart runs (`make images`), tagged as the chart renders them.
 
     python deploy/tools/build_images.py [--engine podman|docker] [--base IMAGE] [--stand-in]
 
-- Names: the repositories of values.yaml (api, statsFetcher, replayUpstream), tag = the
-  chart's appVersion: `helm install` with the chart's defaults runs exactly these images.
+- Images: the api, the fetcher and the replay upstream (Python, from the repository root) and
+  the edge cache's metrics sidecar (edgeCache.metrics.image: deploy/varnish/exporter.Dockerfile
+  on the chart's Varnish image, edgeCache.image, so varnishstat matches varnishd).
+- Names: each block's repository and tag in values.yaml, as the chart renders them (an empty
+  tag: the chart's appVersion; the exporter's: edgeCache.image.tag): `helm install` with the
+  chart's defaults (and edgeCache.enabled) runs exactly these images.
 - Engine: podman (with deploy/containers/containers.conf through CONTAINERS_CONF), or docker
   where it is what the machine has (a running engine).
 - Base: the Dockerfiles' BASE_IMAGE default, the official Python image, pinned. Where it cannot
@@ -11,6 +15,11 @@
   script says so: Debian bookworm's python3 from `debootstrap --variant=minbase`, imported as
   localhost/covid-stats-base:bookworm, trusting this machine's CA bundle (package downloads go
   through a TLS-intercepting proxy there). It is built once and reused. Never for production.
+- The exporter's base: the chart's Varnish image (edgeCache.image, from Docker Hub). Where it
+  cannot be pulled, the containers suite's Varnish stand-in (tests/containers/edge/Containerfile:
+  Debian's varnish, varnish-modules and prometheus-varnish-exporter) is built on the stand-in
+  Debian base above (so it trusts the same CA bundle) as localhost/covid-stats-varnish-stand-in
+  and used instead, said so. Built once and reused; never for production.
 - OCI labels: version (appVersion), revision (git commit, "-dirty" with local changes),
   created (now, RFC 3339), source (the git remote, when there is one).
 
@@ -38,13 +47,23 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STAND_IN = "localhost/covid-stats-base:bookworm"
 STAND_IN_ROOTFS = REPO / ".local" / "images" / "base-rootfs"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# The official Varnish image's stand-in (the containers suite's, tests/containers/edge.py)
+VARNISH_STAND_IN = "localhost/covid-stats-varnish-stand-in:bookworm"
+VARNISH_STAND_IN_FILE = REPO / "tests" / "containers" / "edge" / "Containerfile"
+# Docker Hub's official images: what a bare repository name (no registry) means to a cluster
+DOCKER_HUB_LIBRARY = "docker.io/library"
 
-# values.yaml block -> (Dockerfile, build target or None for the last stage)
+# values.yaml block -> (Dockerfile, build target or None for the last stage, build context)
 IMAGES = {
-    "api": ("services/api/Dockerfile", "runtime"),
-    "statsFetcher": ("services/stats-fetcher/Dockerfile", None),
-    "replayUpstream": ("tools/replay-upstream/Dockerfile", None),
+    "api": ("services/api/Dockerfile", "runtime", "."),
+    "statsFetcher": ("services/stats-fetcher/Dockerfile", None, "."),
+    "replayUpstream": ("tools/replay-upstream/Dockerfile", None, "."),
+    "edgeCache.metrics": ("deploy/varnish/exporter.Dockerfile", None, "deploy/varnish"),
 }
+# The images on the Python base (the Dockerfiles' BASE_IMAGE, or the stand-in Debian base);
+# the exporter's base is the chart's Varnish image (edgeCache.image).
+EXPORTER = "edgeCache.metrics"
+PYTHON_IMAGES = tuple(block for block in IMAGES if block != EXPORTER)
 
 
 def say(message: str) -> None:
@@ -59,29 +78,70 @@ def chart_scalar(path: Path, pattern: str) -> str:
     return match.group(1)
 
 
+def values_scalar(text: str, path: str) -> str:
+    """The scalar at ``path`` ("edgeCache.metrics.image.tag") of values.yaml's ``text``, which
+    nests by two spaces (no YAML parser here): "" for an empty or quoted-empty one."""
+    lines = text.splitlines()
+    start, indent = 0, 0
+    keys = path.split(".")
+    for depth, key in enumerate(keys):
+        for index in range(start, len(lines)):
+            line = lines[index]
+            stripped = line.lstrip(" ")
+            if not stripped or stripped.startswith("#"):
+                continue
+            if len(line) - len(stripped) < indent:
+                break  # past the parent block
+            if len(line) - len(stripped) == indent and stripped.startswith(f"{key}:"):
+                start, indent = index + 1, indent + 2
+                if depth == len(keys) - 1:
+                    value = stripped[len(key) + 1 :].split(" #")[0].strip()
+                    return value.strip("\"'")
+                break
+        else:
+            raise SystemExit(f"images: {path} not found in values.yaml")
+        if indent != 2 * (depth + 1):
+            raise SystemExit(f"images: {path} not found in values.yaml")
+    raise SystemExit(f"images: {path} not found in values.yaml")
+
+
+def app_version() -> str:
+    return chart_scalar(CHART / "Chart.yaml", r'^appVersion:\s*"?([^"\s]+)"?')
+
+
+def _image_ref(values: str, block: str, default_tag: str) -> str:
+    """<repository>:<tag> of ``block``.image, as the chart's "covid-stats.image" renders it
+    without a registry."""
+    repository = values_scalar(values, f"{block}.image.repository")
+    return f"{repository}:{values_scalar(values, f'{block}.image.tag') or default_tag}"
+
+
 def image_refs() -> dict[str, str]:
-    """{values block: repository:appVersion}, read from the chart."""
-    version = chart_scalar(CHART / "Chart.yaml", r'^appVersion:\s*"?([^"\s]+)"?')
+    """{values block: repository:tag} of the images `make images` builds, read from the chart:
+    the Python images' tag defaults to appVersion, the exporter's to edgeCache.image.tag
+    ("covid-stats.edgeCache.exporterImage")."""
+    version = app_version()
     values = (CHART / "values.yaml").read_text()
-    refs = {}
-    for block in IMAGES:
-        section = re.search(
-            # the block, its image, then any keys and comments before repository
-            rf"^{block}:\n(?:[ #].*\n|\n)*?  image:\n"
-            rf"(?:    (?!repository:).*\n)*?    repository: (\S+)",
-            values,
-            re.M,
-        )
-        if not section:
-            raise SystemExit(f"images: {block}.image.repository not found in values.yaml")
-        refs[block] = f"{section.group(1)}:{version}"
+    refs = {block: _image_ref(values, block, version) for block in PYTHON_IMAGES}
+    edge_tag = values_scalar(values, "edgeCache.image.tag") or version
+    refs[EXPORTER] = _image_ref(values, EXPORTER, edge_tag)
     return refs
+
+
+def varnish_base() -> str:
+    """The chart's Varnish image (edgeCache.image), fully qualified for a pull: a bare
+    repository is Docker Hub's official one, as a cluster reads it."""
+    values = (CHART / "values.yaml").read_text()
+    ref = _image_ref(values, "edgeCache", app_version())
+    registry = values_scalar(values, "edgeCache.image.registry")
+    if registry:
+        return f"{registry}/{ref}"
+    return ref if "/" in ref.split(":")[0] else f"{DOCKER_HUB_LIBRARY}/{ref}"
 
 
 def default_base() -> str:
     bases = {
-        chart_scalar(REPO / dockerfile, r"^ARG BASE_IMAGE=(\S+)")
-        for dockerfile, _ in IMAGES.values()
+        chart_scalar(REPO / IMAGES[block][0], r"^ARG BASE_IMAGE=(\S+)") for block in PYTHON_IMAGES
     }
     if len(bases) != 1:
         raise SystemExit(f"images: the Dockerfiles disagree on BASE_IMAGE: {sorted(bases)}")
@@ -197,6 +257,28 @@ def build_stand_in(engine: Engine) -> None:
     )
 
 
+def build_varnish_stand_in(engine: Engine) -> None:
+    """The containers suite's Varnish stand-in (VARNISH_STAND_IN_FILE) on the stand-in Debian
+    base, which trusts this machine's CA bundle; imported as VARNISH_STAND_IN."""
+    if engine.has(VARNISH_STAND_IN):
+        say(f"stand-in Varnish {VARNISH_STAND_IN} present: reused")
+        return
+    build_stand_in(engine)
+    started = time.monotonic()
+    say(f"building the stand-in Varnish {VARNISH_STAND_IN} from {VARNISH_STAND_IN_FILE.name}")
+    result = engine.run(
+        *("build", "-f", str(VARNISH_STAND_IN_FILE), "--build-arg", f"BASE_IMAGE={STAND_IN}"),
+        *("-t", VARNISH_STAND_IN, str(VARNISH_STAND_IN_FILE.parent)),
+        cwd=REPO,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"images: building {VARNISH_STAND_IN} failed")
+    say(
+        f"stand-in Varnish {VARNISH_STAND_IN}: {engine.size(VARNISH_STAND_IN) / 1e6:.0f} MB, "
+        f"built in {time.monotonic() - started:.0f} s"
+    )
+
+
 def git(*args: str) -> str:
     result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
@@ -239,18 +321,32 @@ def main() -> int:
         )
         build_stand_in(engine)
         base = STAND_IN
-    build_args = {"BASE_IMAGE": base, **labels()}
+    refs = image_refs()
+    varnish = varnish_base()
+    if options.stand_in or not pullable(engine, varnish):
+        say(
+            f"{varnish} cannot be pulled here (no registry reachable): the exporter is built "
+            f"on the local stand-in {VARNISH_STAND_IN} (Debian bookworm's varnish) instead. "
+            "Fine for tests on this machine; production images use the official Varnish "
+            "image (make images where a registry answers)"
+        )
+        build_varnish_stand_in(engine)
+        varnish = VARNISH_STAND_IN
+    bases = {**dict.fromkeys(PYTHON_IMAGES, base), EXPORTER: varnish}
+    oci_labels = labels()
     results = []
-    for block, ref in image_refs().items():
-        dockerfile, target = IMAGES[block]
+    for block, ref in refs.items():
+        dockerfile, target, context = IMAGES[block]
         argv = ["build", "-f", dockerfile, "-t", ref]
         if target:
             argv += ["--target", target]
+        # VERSION: the image's tag (the Python images': appVersion)
+        build_args = {"BASE_IMAGE": bases[block], **oci_labels, "VERSION": ref.rpartition(":")[2]}
         for key, value in build_args.items():
             argv += ["--build-arg", f"{key}={value}"]
-        say(f"building {ref} from {dockerfile} on {base}")
+        say(f"building {ref} from {dockerfile} on {bases[block]}")
         started = time.monotonic()
-        result = engine.run(*argv, ".", cwd=REPO)
+        result = engine.run(*argv, context, cwd=REPO)
         if result.returncode != 0:
             say(f"building {ref} failed ({engine.name} exited {result.returncode})")
             return 1

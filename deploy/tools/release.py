@@ -21,8 +21,11 @@ Python (cryptography, PyNaCl, cyclonedx-py); .github/workflows/release.yaml runs
   is written to dist/release/pushed.json (reference -> digest): sign and verify read it.
 - A loopback registry (127.0.0.1, localhost, [::1]) is spoken to over plain HTTP
   (`--tls-verify=false`, `helm push --plain-http`); every other one over verified TLS.
-- SBOMs: CycloneDX 1.5 JSON per image, `cyclonedx-py requirements` of the pinned file its
-  Dockerfile installs (IMAGE_REQUIREMENTS), into dist/sbom/<repository>.cdx.json.
+- SBOMs: CycloneDX 1.5 JSON per image, into dist/sbom/<repository>.cdx.json: the Python
+  images', `cyclonedx-py requirements` of the pinned file its Dockerfile installs
+  (IMAGE_REQUIREMENTS); the edge's exporter's (deploy/varnish/exporter.Dockerfile), its base
+  image (the chart's Varnish image) and the Debian packages the Dockerfile installs at the
+  versions it pins (cyclonedx-python-lib, validated against the 1.5 schema).
 - Signing with a key (here, and wherever a key is kept): each pushed image and the pushed
   chart get a signature stored in their repository in cosign's layout
   (`sha256-<digest>.sig`: the simple-signing payload naming the repository and digest, its
@@ -266,10 +269,93 @@ def _dependencies(lines: list[str]) -> dict[str, list[str]]:
     return {name: [_name(dep) for dep in deps] for name, deps in json.loads(result.stdout).items()}
 
 
+def apt_pins(dockerfile: Path) -> dict[str, str]:
+    """{package: version} of every `apt-get install` of ``dockerfile`` (`name=version` or
+    Debian's `name=version-*`, any revision of that version); an unpinned package is refused."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    pins = {}
+    for command in re.findall(r"apt-get install\s([^&;\n]*)", text):
+        for word in command.split():
+            if word.startswith("-"):
+                continue
+            name, equals, version = word.partition("=")
+            if not equals or not version.rstrip("-*"):
+                raise SystemExit(f"release: {_shown(dockerfile)} installs {word} unpinned")
+            pins[name] = version.removesuffix("*").removesuffix("-")
+    if not pins:
+        raise SystemExit(f"release: {_shown(dockerfile)} installs no Debian package")
+    return pins
+
+
+def exporter_sbom(repository: str, version: str) -> str:
+    """The exporter image's CycloneDX 1.5 JSON: the image as the subject; its base (the chart's
+    Varnish image, pkg:docker) and the Debian packages its Dockerfile installs (pkg:deb) as the
+    components. Reproducible (no serial number, no timestamp), as cyclonedx-py's."""
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output.json import JsonV1Dot5
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+
+    dockerfile = REPO / build_images.IMAGES[build_images.EXPORTER][0]
+    base = build_images.varnish_base()
+    base_path, base_tag = repository_and_tag(base)
+    host, _, base_name = base_path.partition("/")
+    namespace, _, name = base_name.rpartition("/")
+    bom = Bom()
+    subject = Component(
+        type=ComponentType.CONTAINER,
+        name=repository,
+        version=version,
+        bom_ref=f"{repository}:{version}",
+    )
+    bom.metadata.component = subject
+    parts = [
+        Component(
+            type=ComponentType.CONTAINER,
+            name=name,
+            version=base_tag,
+            bom_ref=base,
+            purl=PackageURL(
+                "docker", namespace or None, name, base_tag, qualifiers={"repository_url": host}
+            ),
+        )
+    ]
+    parts += [
+        Component(
+            type=ComponentType.APPLICATION,
+            name=package,
+            version=pinned,
+            bom_ref=f"deb:{package}@{pinned}",
+            purl=PackageURL("deb", "debian", package, pinned),
+        )
+        for package, pinned in sorted(apt_pins(dockerfile).items())
+    ]
+    for part in parts:
+        bom.components.add(part)
+    bom.register_dependency(subject, parts)
+    document = json.loads(JsonV1Dot5(bom).output_as_string())
+    document.pop("serialNumber", None)
+    document["metadata"].pop("timestamp", None)
+    document["metadata"].pop("tools", None)
+    text = json.dumps(document, indent=2) + "\n"
+    error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text)
+    if error:
+        raise SystemExit(f"release: the exporter's SBOM is not CycloneDX 1.5: {error}")
+    return text
+
+
 def cmd_sbom(options: argparse.Namespace) -> None:
     SBOM_DIR.mkdir(parents=True, exist_ok=True)
     for block, ref in build_images.image_refs().items():
         repository, version = repository_and_tag(ref)
+        if block == build_images.EXPORTER:
+            out = SBOM_DIR / f"{repository}.cdx.json"
+            out.write_text(exporter_sbom(repository, version))
+            count = len(json.loads(out.read_text())["components"])
+            say(f"{_shown(out)}: {count} components")
+            continue
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as pinned:
             pinned.write("\n".join(requirements_for(block)) + "\n")
             pinned.flush()
@@ -653,8 +739,8 @@ def cmd_verify(options: argparse.Namespace) -> None:
 
 
 def cmd_image_archive(options: argparse.Namespace) -> None:
-    """One archive of the three images named localhost/<repository>:<tag> (podman's names;
-    docker's are retagged so), for `kind load image-archive`, `k3d image import`,
+    """One archive of the images `make images` builds, named localhost/<repository>:<tag>
+    (podman's names; docker's are retagged so), for `kind load image-archive`, `k3d image import`,
     `minikube image load`."""
     engine = build_images.pick_engine(options.engine)
     refs = []

@@ -21,16 +21,14 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
-import redis
 
 from devstack.procs import wait_until
+from stacks import Template, cloned_env
 from support import (
     Process,
     Upstream,
     check_error_body,
-    clean_env,
     receive_answer,
-    run_fetcher,
     start_api,
 )
 
@@ -53,28 +51,24 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(
+    template: Template,
     redis_server_url: str,
-    migrated_database_url: str,
     upstream_server: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    """One api with published data for the module (its tests run one after the other)."""
-    client = redis.Redis.from_url(redis_server_url)
-    client.flushdb()
-    client.close()
-    upstream_server.reset()
-    env = clean_env(
-        REDIS_URL=redis_server_url,
-        DATABASE_URL=migrated_database_url,
-        UPSTREAM_BASE_URL=upstream_server.url,
+    """One api over the session's published data (a clone: tests/stacks.py) for the module
+    (its tests run one after the other)."""
+    with cloned_env(
+        template,
+        redis_server_url,
+        upstream_server,
         HTTP_REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT),
         GUNICORN_KEEPALIVE_SECONDS=str(KEEPALIVE),
         HTTP_NEW_CONNECTION_TIMEOUT_SECONDS=str(NEW_CONNECTION),
-    )
-    assert run_fetcher("refresh-once", env).returncode == 0
-    process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
-    yield Api(process, base, int(base.rsplit(":", 1)[1]))
-    process.stop()
+    ) as env:
+        process, base = start_api(env, tmp_path_factory.mktemp("hostile"))
+        yield Api(process, base, int(base.rsplit(":", 1)[1]))
+        process.stop()
 
 
 @pytest.fixture

@@ -21,18 +21,23 @@ import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
+from covid_stats_runtime.http import error_cache_control
 from devstack.procs import free_port, wait_until
 from stacks import Stack, Template, loaded_stack
 from support import REPO, Upstream, run_fetcher, start_api, summary
+
+# Long together, under xdist handed out first: a browser (Chromium) over the session's stack.
+pytestmark = pytest.mark.long
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium as root, headless, with nothing that reaches out to the network.
@@ -51,6 +56,13 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 20_000
 
+# The daily field whose revisions each chart marks (on its bars, or on its line).
+REVISED = {
+    "cases": "positiveIncrease",
+    "deaths": "deathIncrease",
+    "tests": "totalTestResultsIncrease",
+    "hospitalized": "hospitalizedCurrently",
+}
 # What each chart must draw: (bars, line), each (series, field) of the api's records.
 CHARTS: dict[str, tuple[tuple[str, str] | None, tuple[str, str]]] = {
     "cases": (("daily", "positiveIncrease"), ("derived", "positiveIncreaseAvg7d")),
@@ -151,10 +163,12 @@ def test_the_page_and_its_assets_are_fixed_bytes_with_etag_gzip_and_a_strict_csp
             assert zipped.headers["content-encoding"] == "gzip", url
         raw_gzip = int(zipped.headers["content-length"])
         assert zipped.content == plain.content
-        for tag in {etag, zipped.headers["etag"]}:
-            again = stack.get(url, **{"If-None-Match": tag})
+        for tag, accept in ((etag, "identity"), (zipped.headers["etag"], "gzip")):
+            # A 304 carries the tag of the representation the 200 would send.
+            again = stack.get(url, **{"If-None-Match": tag, "Accept-Encoding": accept})
             assert again.status_code == 304, url
             assert again.content == b""
+            assert again.headers["etag"] == tag, url
         head = httpx.head(f"{stack.base}{url}")
         assert head.status_code == 200
         assert head.content == b""
@@ -185,7 +199,8 @@ def test_the_page_links_the_api_by_its_routes_and_loads_nothing_from_elsewhere(
     assert stack.get(urls["data-docs"]).status_code == 200
     assert stack.json(urls["data-status"])["buildTime"]
     assert len(stack.json(urls["data-states"])) >= 50
-    for key in ("data-us-daily", "data-us-derived", "data-state-daily", "data-state-derived"):
+    keys = ("daily", "derived", "revisions")
+    for key in [f"data-{place}-{kind}" for place in ("us", "state") for kind in keys]:
         for fmt in ("json", "csv"):
             path = urls[key].replace("{state}", "wa").replace("{fmt}", fmt)
             assert stack.get(path).status_code == 200, path
@@ -238,7 +253,7 @@ def _raw(base: str, request: bytes) -> tuple[int, dict[str, list[str]]]:
 
 def test_every_answer_carries_nosniff_and_no_server_banner(stack: Stack) -> None:
     """Whoever writes the answer: the fast path, FastAPI (data, errors, docs, metrics, the
-    page), the protocol's own errors, the rate limit."""
+    page), the protocol's own errors, the rate limit; and every error its Cache-Control."""
     answers: dict[str, tuple[int, dict[str, list[str]]]] = {}
 
     def record(name: str, response: httpx.Response) -> None:
@@ -277,6 +292,8 @@ def test_every_answer_carries_nosniff_and_no_server_banner(stack: Stack) -> None
         assert status == expected.get(name, 404 if name.startswith("404") else 200), name
         assert headers.get("x-content-type-options") == ["nosniff"], name
         assert "server" not in headers, (name, headers.get("server"))
+        if status >= 400:  # every error says how long it may be cached
+            assert headers.get("cache-control") == [error_cache_control(status).decode()], name
 
 
 # -- in a browser ----------------------------------------------------------------------------
@@ -461,7 +478,8 @@ def test_the_page_draws_what_the_api_serves_and_a_state_change_redraws_it(
             f"(CA, {len(series['daily'])} days)"
         )
 
-        # Another state: two small requests (its daily and derived series), redrawn.
+        # Another state: its daily and derived series and the revisions of the fields the
+        # charts show (one small request each), redrawn.
         seen.requests.clear()
         with page.expect_response(lambda r: "/states/ny/derived.json" in r.url):
             page.select_option("#state", "ny")
@@ -476,13 +494,28 @@ def test_the_page_draws_what_the_api_serves_and_a_state_change_redraws_it(
         assert sorted(urlsplit(r.url).path for r in changed_requests) == [
             "/v1/states/ny/daily.json",
             "/v1/states/ny/derived.json",
+        ] + ["/v1/states/ny/revisions.json"] * len(REVISED)
+        shown_dates = [r["date"] for r in changed["daily"]] + [
+            r["date"] for r in changed["derived"]
         ]
+        asked_revisions = set()
         for request in changed_requests:
             response = request.response()
             assert response is not None
-            assert response.headers.get("content-encoding") == "gzip", request.url
+            query = parse_qs(urlsplit(request.url).query)
+            if urlsplit(request.url).path.endswith("/revisions.json"):
+                # the view's dates, one field each
+                assert query["from"] == [str(min(shown_dates))], request.url
+                assert query["to"] == [str(max(shown_dates))], request.url
+                asked_revisions.add(query["field"][0])
+            else:
+                assert response.headers.get("content-encoding") == "gzip", request.url
+        assert asked_revisions == set(REVISED.values())
         change_bytes = seen.transferred(changed_requests)
-        summary(f"page: state change: 2 requests, {change_bytes:,} bytes transferred (NY)")
+        summary(
+            f"page: state change: {len(changed_requests)} requests, {change_bytes:,} bytes "
+            "transferred (NY)"
+        )
         assert change_bytes < 20 * 1024
 
         # Back: the previous view again.
@@ -594,7 +627,13 @@ def _inert(seen: Visit) -> None:
 
 def test_hostile_values_in_the_url_are_inert(stack: Stack, browser: Browser) -> None:
     query = httpx.QueryParams(
-        {"state": HOSTILE, "from": "javascript:alert(1)", "to": HOSTILE, "days": "<b>9</b>"}
+        {
+            "state": HOSTILE,
+            "from": "javascript:alert(1)",
+            "to": HOSTILE,
+            "days": "<b>9</b>",
+            "as_of": HOSTILE,
+        }
     )
     with visit(browser, stack.base, f"/?{query}", viewport=DESKTOP) as seen:
         seen.ready()
@@ -603,6 +642,8 @@ def test_hostile_values_in_the_url_are_inert(stack: Stack, browser: Browser) -> 
         assert f"Unknown place “{HOSTILE}”: showing the United States." in notices
         assert "Ignored from=“javascript:alert(1)”: not a date (YYYY-MM-DD)." in notices
         assert f"Ignored to=“{HOSTILE}”: not a date (YYYY-MM-DD)." in notices
+        assert f"Ignored as_of=“{HOSTILE}”: not an instant (YYYY-MM-DDThh:mm:ssZ)." in notices
+        assert not [r.url for r in _data_requests(seen) if "as_of" in r.url]
         assert seen.page.locator("h1").text_content() == "COVID-19 in the United States"
         assert_charts_match(seen, shown_series(seen))  # the US, whole
         assert urlsplit(seen.page.url).query == ""  # the URL keeps only what is shown
@@ -638,3 +679,142 @@ def test_hostile_values_in_the_data_are_inert(stack: Stack, browser: Browser) ->
     finally:
         stack.upstream.reset()
         assert run_fetcher("refresh-once", stack.env).returncode == 0
+
+
+# -- as of an instant ------------------------------------------------------------------------
+
+
+def _data_requests(seen: Visit) -> list[Request]:
+    """The page's requests for data (the api's /v1 paths)."""
+    return [r for r in seen.requests if urlsplit(r.url).path.startswith("/v1/")]
+
+
+# The api's paths that refuse as_of (the status: the data held now; the revisions: a history
+# already): the page never sends it there.
+_NO_AS_OF = ("/v1/status.json", "/revisions.json")
+
+
+def _assert_as_of(requests: list[Request], instant: str) -> None:
+    """Every request for a document carries ``instant``; none to a path that refuses it."""
+    for request in requests:
+        carried = parse_qs(urlsplit(request.url).query).get("as_of")
+        if urlsplit(request.url).path.endswith(_NO_AS_OF):
+            assert carried is None, request.url
+        else:
+            assert carried == [instant], request.url
+
+
+def _shown_instant(page: Page) -> str:
+    """The "as of" input's value to the second (Chromium writes hh:mm when seconds are 0)."""
+    value = page.input_value("#as-of")
+    return datetime.fromisoformat(value).isoformat() if value else ""
+
+
+def _second(moment: datetime) -> str:
+    """An instant as the page writes it: UTC, to the second, with Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _settled(seen: Visit, selector: str) -> None:
+    seen.page.wait_for_selector(selector)
+    seen.page.wait_for_selector("#main[aria-busy='false']")
+    seen.page.wait_for_load_state("networkidle")
+
+
+def test_as_of_is_kept_in_the_url_and_carried_by_every_data_request(
+    stack: Stack, browser: Browser
+) -> None:
+    """The "as of" control and the URL: every request for a document carries the instant
+    (not the status nor the revisions, which refuse it), the links to the view's data too; a
+    new instant is pushed to the URL and asked; "Latest" drops it. (What the api answers as
+    of an instant: test_page_history.py.)"""
+    start, end = _view_dates(stack, "ca")
+    # Instants the api served data at (after its first publish, not in the future): the
+    # first publish's time from the changes feed, rounded up to a second, then a later one.
+    # The api dates the records' versions by when their snapshot became current, set just
+    # after the feed's entry (docs/pipeline.md): the first whole second it answers as of.
+    published = stack.json("/v1/changes.json?since=2000-01-01T00:00:00Z")["changes"][0]
+    first = datetime.fromisoformat(published["published_at"].replace("Z", "+00:00"))
+    moment = first.replace(microsecond=0) + timedelta(seconds=1)
+    while stack.get(f"/v1/us/current.json?as_of={_second(moment)}").status_code != 200:
+        assert moment < datetime.now(UTC), "the api answers as of no instant since the publish"
+        moment += timedelta(seconds=1)
+    instant = _second(moment)
+    wait_until(lambda: _second(datetime.now(UTC)) > instant, 5, interval=0.05, what="a second")
+    wall = instant.removesuffix("Z")  # the input's value: UTC, to the second
+    path = f"/?state=ca&from={start}&to={end}&as_of={instant}"
+    with visit(browser, stack.base, path, viewport=DESKTOP) as seen:
+        seen.ready()
+        page = seen.page
+        _settled(seen, "#daily-json[href*='as_of=']")
+        assert _shown_instant(page) == wall
+        asked = _data_requests(seen)
+        kinds = {urlsplit(r.url).path.rsplit("/", 1)[-1] for r in asked}
+        assert {"status.json", "info.json", "daily.json", "derived.json", "revisions.json"} <= kinds
+        _assert_as_of(asked, instant)
+        for link in ("daily-json", "daily-csv", "derived-json", "derived-csv"):
+            href = page.get_attribute(f"#{link}", "href") or ""
+            assert parse_qs(urlsplit(href).query)["as_of"] == [instant], link
+        assert_charts_match(seen, shown_series(seen))
+        assert f"As published at {wall.replace('T', ' ')} UTC." in (
+            page.locator("#lede").text_content() or ""
+        )
+
+        # Another instant from the control: pushed to the URL, asked by every request.
+        seen.requests.clear()
+        later = _second(datetime.now(UTC))
+        with page.expect_response(
+            lambda r: "/derived.json" in r.url and f"as_of={quote(later, safe='')}" in r.url
+        ):
+            page.fill("#as-of", later.removesuffix("Z"))  # input and change events
+        _settled(seen, f"#daily-json[href*='as_of={quote(later, safe='')}']")
+        assert parse_qs(urlsplit(page.url).query) == {
+            "state": ["ca"],
+            "from": [start],
+            "to": [end],
+            "as_of": [later],
+        }
+        asked = _data_requests(seen)
+        assert {urlsplit(r.url).path.rsplit("/", 1)[-1] for r in asked} == {
+            "daily.json",
+            "derived.json",
+            "revisions.json",
+        }
+        _assert_as_of(asked, later)
+
+        # Back: the first instant again, from the URL.
+        page.go_back()
+        _settled(seen, f"#daily-json[href*='as_of={quote(instant, safe='')}']")
+        assert _shown_instant(page) == wall
+
+        # "Latest": no instant in the URL nor in any request.
+        seen.requests.clear()
+        page.click("#as-of-latest")
+        _settled(seen, "#daily-json:not([href*='as_of'])")
+        assert parse_qs(urlsplit(page.url).query) == {"state": ["ca"], "from": [start], "to": [end]}
+        assert page.input_value("#as-of") == ""
+        asked = _data_requests(seen)
+        assert asked
+        assert not [r.url for r in asked if "as_of" in r.url]
+        assert seen.problems() == []
+
+    # An instant with another offset is kept as given (the api takes it); a time without an
+    # offset names no instant and is ignored, with a notice.
+    plus_one = (
+        datetime.fromisoformat(wall).replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=1)))
+    )
+    for given, kept in ((plus_one.isoformat(), True), (wall, False)):
+        query = httpx.QueryParams({"as_of": given})
+        with visit(browser, stack.base, f"/?{query}", viewport=DESKTOP) as seen:
+            seen.ready()
+            asked = _data_requests(seen)
+            if kept:
+                _assert_as_of(asked, given)
+            else:
+                assert not [r.url for r in asked if "as_of" in r.url]
+            notices = seen.page.locator("#notices p").all_text_contents()
+            ignored = f"Ignored as_of=“{given}”: not an instant (YYYY-MM-DDThh:mm:ssZ)."
+            assert (ignored in notices) is not kept
+            if kept:
+                assert _shown_instant(seen.page) == wall
+            assert seen.problems() == []

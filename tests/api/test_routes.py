@@ -18,9 +18,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match
 
+from covid_stats_api.api import params
 from covid_stats_api.api.params import DateConvertor
 from covid_stats_api.api.responses import SchemaRef, referenced_models
-from covid_stats_api.api.routes import v1
+from covid_stats_api.api.routes import changes, revisions, v1
 from covid_stats_api.main import RECORD_MODELS, ROUTERS, ROUTES, create_app
 from covid_stats_api.serving.asgi.fastpath import document_paths
 from covid_stats_api.serving.asgi.request_metrics import route_of
@@ -84,13 +85,22 @@ def test_date_routes_take_date_segments_only() -> None:
         assert route not in dates, segment
 
 
+ROUTERS_OF_V1 = (v1.router, revisions.router, changes.router)
+
+
 def test_every_v1_route_is_under_the_prefix() -> None:
-    assert v1.router.prefix == "/v1"
-    paths = {r.path for r in v1.router.routes if isinstance(r, APIRoute)}
+    # the /v1 routers (the upstream's paths, the revisions, the changes feed) hold every
+    # /v1 path, and no other router has one
+    prefixed = [router for router in ROUTERS if router.prefix == "/v1"]
+    assert all(any(r is router for r in prefixed) for router in ROUTERS_OF_V1)
+    routes = [r for router in prefixed for r in router.routes if isinstance(r, APIRoute)]
+    paths = {r.path for r in routes}
     assert paths
     assert all(p.startswith("/v1/") for p in paths)
+    others = [r for router in ROUTERS if router.prefix != "/v1" for r in router.routes]
+    assert not [r.path for r in others if isinstance(r, APIRoute) and r.path.startswith("/v1")]
     assert {p for p in _openapi()["paths"] if p.startswith("/v1/")} == {
-        r.path_format for r in v1.router.routes if isinstance(r, APIRoute)
+        r.path_format for r in routes
     }
 
 
@@ -146,3 +156,32 @@ def test_a_model_a_route_refers_to_is_a_component_by_itself() -> None:
 
     assert referenced_models([*ROUTES, *router.routes]) == (*RECORD_MODELS, Extra)
     assert SchemaRef(Extra) == {"$ref": "#/components/schemas/Extra"}
+
+
+# The /v1 paths that refuse as_of (422 naming it): histories already, or the data held now.
+NOT_AS_OF = {
+    "/v1/status.json",
+    "/v1/us/revisions.{fmt}",
+    "/v1/states/{state}/revisions.{fmt}",
+    "/v1/changes.json",
+}
+
+
+def test_openapi_describes_as_of_on_every_v1_path() -> None:
+    """Every v1 document path documents ``as_of`` as an answer as of an instant; the paths
+    that refuse it say so."""
+    paths = {p: item for p, item in _openapi()["paths"].items() if p.startswith("/v1/")}
+    assert NOT_AS_OF.issubset(paths)
+    assert len(paths) > len(NOT_AS_OF)
+    for path, item in paths.items():
+        for method in ("get", "head"):
+            parameters = {p["name"]: p for p in item[method]["parameters"]}
+            as_of = parameters.get(params.AS_OF)
+            assert as_of is not None, (path, method)
+            assert as_of["in"] == "query"
+            assert not as_of.get("required")
+            described = as_of.get("description") or as_of["schema"].get("description")
+            if path in NOT_AS_OF:
+                assert described.startswith("Not accepted here"), path
+            else:
+                assert described == params.AS_OF_DESCRIPTION, path

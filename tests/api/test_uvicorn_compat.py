@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from covid_stats_api import metrics
 from covid_stats_api.serving import handoff
 from covid_stats_api.serving.server import uvicorn_adapter as adapter
+from covid_stats_runtime import protocol as shared_protocol
 
 _DISTRIBUTIONS = {"uvicorn": "uvicorn", "uvicorn_worker": "uvicorn-worker", "redis": "redis"}
 
@@ -201,6 +202,30 @@ def test_the_adapter_uses_no_internal_of_uvicorns_that_is_not_listed() -> None:
     own = _defined_here(tree) | _defined_here(_module_tree(handoff))
     unlisted = unlisted_uses(tree, theirs, listed, own)
     assert not unlisted, "not in UVICORN_INTERNALS: " + ", ".join(unlisted)
+
+
+def test_the_shared_protocol_uses_no_internal_of_uvicorns_that_is_not_listed() -> None:
+    """The same for the limited protocol the adapter shares with the fetcher
+    (``covid_stats_runtime.protocol``): what it uses is in its own list, which the adapter's
+    includes (so each is checked against the installed uvicorn above)."""
+    tree = _module_tree(shared_protocol)
+    internals = shared_protocol.UVICORN_INTERNALS
+    listed = {name for names in internals.values() for name in names}
+    listed |= {
+        name for _, _, params in shared_protocol.UVICORN_SIGNATURES.values() for name in params
+    }
+    listed |= {name for _, name, _ in shared_protocol.UVICORN_SIGNATURES.values()}
+    theirs = set().union(*(members(cls) for cls in internals))
+    theirs -= set(dir(object)) | set(dir(asyncio.Protocol))
+    unlisted = unlisted_uses(tree, theirs, listed, _defined_here(tree))
+    assert not unlisted, "not in covid_stats_runtime.protocol.UVICORN_INTERNALS: " + ", ".join(
+        unlisted
+    )
+    for cls, names in internals.items():
+        assert set(names) <= set(adapter.UVICORN_INTERNALS[cls]), cls
+    assert set(shared_protocol.UVICORN_SIGNATURES.items()) <= set(
+        adapter.UVICORN_SIGNATURES.items()
+    )
 
 
 def test_the_adapter_check_sees_an_unlisted_internal() -> None:

@@ -35,6 +35,7 @@ import redis
 import trustme
 import yaml  # type: ignore[import-untyped]
 
+import edge
 from covid_stats_contract.keys import RedisKeys
 from deploy_support import (
     CHART,
@@ -521,6 +522,20 @@ def test_the_helm_test_pod_passes_against_the_api_pod(system: System) -> None:
     system.podman.down(system.folder / "helm-test.yaml")
     assert code == 0, logs[-3000:]
     assert "ok:" in logs
+
+
+def test_the_edge_pod_caches_and_purges_by_surrogate_key(system: System) -> None:
+    """The edge's rendered Deployment and VCL played in front of the api pod: a document is a
+    MISS then a HIT whose Age grows; a PURGE of a Surrogate-Key key the api serves it with, on
+    the purge port, drops it; PURGE on the client port is refused; the exporter serves
+    varnishd's counters (tests/containers/edge.py says how and checks)."""
+    rendered = edge.render_edge(VALUES, system.folder)
+    api = system.containers["api"]
+    pod, doc, path = edge.play_edge(system.podman, rendered, api, system.folder)
+    try:
+        edge.prove(pod, doc, system.url("api"))
+    finally:
+        system.podman.down(path)
 
 
 # -- 3. Prometheus, the chart's rules and dashboard --------------------------------------------

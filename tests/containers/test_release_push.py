@@ -12,6 +12,9 @@ first). Every expected name and digest is read from what was built, pushed or pa
 - after `make sign` with a key from `make signing-key`, `make verify` passes, and fails with
   another public key and with an SBOM changed by one byte.
 - `make image-archive` holds the images under the names the quickstart installs;
+- what is pushed, signed, given an SBOM and archived is every image the chart names that is
+  built here, read from the chart's render with every workload on (the edge cache's exporter
+  sidecar included: `deploy_support.built_images`), not from deploy/tools/;
 - `make registry-login` against a registry asking for basic auth (htpasswd): logged in with
   the password, refused without it.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy_support import built_images
 from devstack.procs import free_port, wait_until
 from support import REPO, Process, spawn
 
@@ -114,12 +118,13 @@ MANIFESTS = f"{OCI_MANIFEST},application/vnd.docker.distribution.manifest.v2+jso
 def published(registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """make push, chart-package, chart-push, sbom, signing-key, sign: what was pushed."""
     engine = build_images.pick_engine(None)
-    for ref in build_images.image_refs().values():
+    for ref in built_images():
         assert engine.has(ref), f"no image {ref}: make images (make test-containers does)"
     PUSHED.unlink(missing_ok=True)
     must("push", f"REGISTRY={registry}")
     must("chart-package")
     must("chart-push", f"REGISTRY={registry}")
+    shutil.rmtree(DIST / "sbom", ignore_errors=True)  # only this run's SBOMs
     must("sbom")
     keys = tmp_path_factory.mktemp("signing")
     must("signing-key", f"SIGNING_DIR={keys}")
@@ -130,10 +135,14 @@ def published(registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def test_push_puts_the_built_images_under_the_registry(
     registry: str, published: dict[str, Any]
 ) -> None:
+    """Every image the chart names with global.imageRegistry=REGISTRY (edge cache on) that is
+    built here is in the registry, the image podman built."""
     pushed, engine = published["pushed"], published["engine"]
-    for ref in build_images.image_refs().values():
+    remotes = built_images(registry)
+    assert any("varnish-exporter" in remote for remote in remotes), remotes
+    for remote in remotes:
+        ref = remote.removeprefix(f"{registry}/")
         repository, tag = ref.rsplit(":", 1)
-        remote = f"{registry}/{repository}:{tag}"
         assert remote in pushed, (remote, pushed)
         answer = api(registry, f"{repository}/manifests/{tag}", MANIFESTS)
         assert answer.status_code == 200, answer.text
@@ -175,12 +184,17 @@ def test_chart_push_puts_the_package_in_the_registry(
 def test_sign_stores_a_signature_per_image_and_chart_and_verify_checks_them(
     registry: str, published: dict[str, Any]
 ) -> None:
+    assert built_images(registry) <= set(published["pushed"]), published["pushed"]
     for ref, digest in published["pushed"].items():
         repository = ref.removeprefix(f"{registry}/").rsplit(":", 1)[0]
         tags = api(registry, f"{repository}/tags/list").json()["tags"]
         assert f"{digest.replace(':', '-')}.sig" in tags, (ref, tags)
-    for blob in _release().blobs_to_sign():
+    blobs = _release().blobs_to_sign()
+    for blob in blobs:
         assert Path(f"{blob}.sig").is_file(), blob
+    # an SBOM of each built image, signed
+    for ref in built_images():
+        assert DIST / "sbom" / f"{ref.rsplit(':', 1)[0]}.cdx.json" in blobs, (ref, blobs)
     verified = must("verify", f"REGISTRY={registry}", f"SIGNING_DIR={published['keys']}")
     assert verified.count("release: verified ") == len(published["pushed"]) + len(
         _release().blobs_to_sign()
@@ -211,6 +225,30 @@ def test_verify_fails_for_a_changed_sbom(registry: str, published: dict[str, Any
         sbom.write_bytes(original)
 
 
+def test_the_debian_packages_an_sbom_lists_are_in_its_image(published: dict[str, Any]) -> None:
+    """The exporter's SBOM lists the Debian packages its Dockerfile pins (pkg:deb); the image
+    `make images` built holds each at that version (any Debian revision of it), by dpkg."""
+    engine = published["engine"]
+    checked = 0
+    for ref in built_images():
+        document = json.loads((DIST / "sbom" / f"{ref.rsplit(':', 1)[0]}.cdx.json").read_text())
+        for component in document["components"]:
+            if not component["purl"].startswith("pkg:deb/"):
+                continue
+            result = engine.run(
+                *("run", "--rm", "--entrypoint", "dpkg-query", ref),
+                *("-W", "-f", "${Version}", component["name"]),
+                capture_output=True,
+            )
+            assert result.returncode == 0, (ref, component["name"], result.stderr)
+            installed = result.stdout.strip()
+            assert installed == component["version"] or installed.startswith(
+                f"{component['version']}-"
+            ), (ref, component, installed)
+            checked += 1
+    assert checked, "no SBOM lists a Debian package (the exporter's should)"
+
+
 def _release() -> Any:
     return importlib.import_module("release")
 
@@ -233,6 +271,7 @@ def test_image_archive_holds_the_images_the_quickstart_installs() -> None:
         tags = {tag: entry["Config"] for entry in manifest for tag in entry["RepoTags"]}
         refs = build_images.image_refs().values()
         assert set(tags) == {f"localhost/{ref}" for ref in refs}
+        assert set(tags) == built_images("localhost"), set(tags) ^ built_images("localhost")
         for ref in refs:
             image_id = engine.run(
                 "image", "inspect", "--format", "{{.Id}}", ref, capture_output=True

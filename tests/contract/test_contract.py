@@ -209,7 +209,7 @@ def test_migrations_apply_once_and_refuse_edited_ones(empty_database_url: str) -
             with pytest.raises(schema.SchemaBehind, match="stats-fetcher migrate"):
                 await schema.check(conn)
             migrated = await schema.migrate(conn)
-            assert migrated.applied == list(range(1, schema.LATEST_VERSION + 1))
+            assert migrated.applied == [m.version for m in schema.migrations()]
             assert migrated.newer == []
             assert (await schema.migrate(conn)).applied == []
             assert await schema.current_version(conn) == schema.LATEST_VERSION
@@ -337,7 +337,7 @@ def test_concurrent_migrators_serialize(empty_database_url: str) -> None:
         conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
         try:
             applied = await asyncio.gather(*(schema.migrate(c) for c in conns))
-            assert sorted(len(a.applied) for a in applied) == [0, 0, 0, schema.LATEST_VERSION]
+            assert sorted(len(a.applied) for a in applied) == [0, 0, 0, len(schema.migrations())]
         finally:
             for c in conns:
                 await c.close()

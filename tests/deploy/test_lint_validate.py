@@ -50,6 +50,8 @@ COMPONENT_OVERLAYS = {
     **{name: (name,) for name in COMPONENTS},
     "all": COMPONENTS,
     "all-reversed": tuple(reversed(COMPONENTS)),
+    "edge-cache": ("edge-cache",),
+    "edge-cache+image-registry": ("edge-cache", "image-registry"),
 }
 
 
@@ -239,16 +241,24 @@ def _by_id(rendered: Rendered) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in rendered.docs}
 
 
+@pytest.mark.parametrize(
+    ("base_overlay", "retargeted_overlay"),
+    [(None, "image-registry"), ("edge-cache", "edge-cache+image-registry")],
+)
 def test_image_registry_component_retargets_every_image_and_keeps_the_tags(
     kustomized: tuple[Rendered, Path],
     kustomized_components: dict[str, tuple[Rendered, Path]],
+    base_overlay: str | None,
+    retargeted_overlay: str,
 ) -> None:
+    """Every image of deploy/k8s (and of deploy/k8s with the edge cache's component) is
+    retargeted to one registry, its tag kept, nothing else changed."""
     component = yaml.safe_load(
         (K8S_DIR / "components" / "image-registry" / "kustomization.yaml").read_text()
     )
     new_names = {i["name"]: i["newName"] for i in component["images"]}
-    base, _ = kustomized
-    retargeted, _ = kustomized_components["image-registry"]
+    base, _ = kustomized if base_overlay is None else kustomized_components[base_overlay]
+    retargeted, _ = kustomized_components[retargeted_overlay]
     base_images = {image for d in base.workloads() for _, image in images_of(base, d)}
     assert {i.rpartition(":")[0] for i in base_images} <= set(new_names), (
         "an image of deploy/k8s the component does not retarget"

@@ -121,7 +121,9 @@ def test_helm_package_holds_the_chart_and_leaves_out_ci_and_test_files(tmp_path:
         "values.schema.json",
         "README.md",
         "files/alerts.yaml",
+        "files/alerts-edge.yaml",
         "files/dashboard.json",
+        "files/varnish/default.vcl",
         ".helmignore",
     }
     assert expected <= names, sorted(expected - names)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +14,14 @@ from deploy_support import (
     CHART,
     COMPONENT_LABEL,
     RELEASE,
+    Rendered,
     helm_template,
     images_of,
     nested_values,
     render,
+    run,
+    set_args,
+    tool,
 )
 from support import REPO
 
@@ -98,26 +104,69 @@ def test_images_come_from_the_registry_the_values_name(overrides: dict[str, obje
         )
 
 
-def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
-    """`make images` (deploy/tools/build_images.py reads values.yaml without a YAML parser)
-    builds exactly the references the default render runs: the containers suite needs them."""
+def _build_images(chart: Path = CHART) -> Any:
+    """deploy/tools/build_images.py, reading ``chart``."""
     spec = importlib.util.spec_from_file_location(
         "build_images", REPO / "deploy" / "tools" / "build_images.py"
     )
     assert spec is not None
     assert spec.loader is not None
-    build_images = importlib.util.module_from_spec(spec)
+    build_images: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_images)
-    rendered = render(values={"replayUpstream.enabled": True})
-    expected = {
-        block: rendered.container("Deployment", f"{RELEASE}-{name}", name)["image"]
-        for block, name in (
-            ("api", "api"),
-            ("statsFetcher", "stats-fetcher"),
-            ("replayUpstream", "replay-upstream"),
+    build_images.CHART = chart
+    return build_images
+
+
+def _built_refs(rendered: Rendered) -> dict[str, str]:
+    """{block: image} of the containers running the images `make images` builds."""
+    return {
+        block: rendered.container("Deployment", f"{RELEASE}-{name}", container)["image"]
+        for block, name, container in (
+            ("api", "api", "api"),
+            ("statsFetcher", "stats-fetcher", "stats-fetcher"),
+            ("replayUpstream", "replay-upstream", "replay-upstream"),
+            ("edgeCache.metrics", "edge-cache", "exporter"),
         )
     }
-    assert build_images.image_refs() == expected
+
+
+BUILT_ON = {"replayUpstream.enabled": True, "edgeCache.enabled": True}
+
+
+def test_make_images_tags_the_images_as_the_default_values_name_them() -> None:
+    """`make images` (deploy/tools/build_images.py reads values.yaml without a YAML parser)
+    builds exactly the references the default render runs, the edge cache's exporter sidecar
+    (its tag the edge's Varnish tag) with edgeCache on: the containers suite needs them."""
+    assert _build_images().image_refs() == _built_refs(render(values=BUILT_ON))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"edgeCache.image.tag": "7.7.0"},
+        {"edgeCache.metrics.image.tag": "7.6.1-2", "api.image.tag": "0.2.0"},
+        {"edgeCache.metrics.image.repository": "team/exporter", "edgeCache.image.tag": "8.0"},
+    ],
+    ids=["edge-tag", "own-tags", "repository"],
+)
+def test_make_images_follows_changed_values(overrides: dict[str, str], tmp_path: Path) -> None:
+    """build_images.py's reading of values.yaml (no YAML parser) against helm's, on a copy of
+    the chart whose values.yaml (re-serialized, another layout than ours) changes tags and
+    repositories: the exporter's tag follows edgeCache.image.tag unless its own is set."""
+    chart = tmp_path / CHART.name
+    shutil.copytree(CHART, chart)
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    (chart / "values.yaml").write_text(yaml.safe_dump(values, sort_keys=False, width=1000))
+    rendered = Rendered(run([tool("helm"), "template", RELEASE, chart, *set_args(BUILT_ON)]).stdout)
+    refs = _build_images(chart).image_refs()
+    assert refs == _built_refs(rendered)
+    assert any(value in ref for ref in refs.values() for value in overrides.values()), refs
 
 
 def test_pull_secrets_take_names_or_objects_and_reach_every_pod() -> None:

@@ -5,8 +5,10 @@
 - Every `run:` of the release workflow is `make <targets>` whose targets `make help` lists, so
   every step it takes runs on a developer's machine too; ci.yaml runs `.ci/run`. Actions are
   pinned by full commit SHA, every job names its permissions, no checkout keeps credentials.
-- `make sbom` (real cyclonedx-py): each image's SBOM lists exactly the pinned requirements its
-  Dockerfile installs.
+- `make sbom` (real cyclonedx-py): one SBOM per image the chart names that is built here (the
+  edge's exporter too); each Python image's lists exactly the pinned requirements its
+  Dockerfile installs, the exporter's its base (the chart's Varnish image) and the Debian
+  packages its Dockerfile pins; the exporter's Dockerfile defaults to the chart's Varnish image.
 - The README's Kubernetes quickstart, as written: its make targets exist, `helm install`'s
   `--timeout` covers the chart's longest install hook, its `--set` values render, and the
   image references they produce are the ones `make image-archive` loads / `make push` pushes.
@@ -35,7 +37,16 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from deploy_support import CHART, VENV_BIN, Rendered, helm_template, render, tool
+from deploy_support import (
+    CHART,
+    VENV_BIN,
+    Rendered,
+    built_images,
+    helm_template,
+    render,
+    tool,
+    values_file,
+)
 from support import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -221,23 +232,85 @@ def _pins(path: Path) -> set[tuple[str, str]]:
     return pins
 
 
-def test_sbom_lists_exactly_the_pinned_requirements_each_image_installs() -> None:
-    """`make sbom` writes one CycloneDX JSON per image whose components are the pinned
-    requirements the image's Dockerfile installs (read from the Dockerfile), as pkg:pypi
-    purls, the image as the subject."""
+def _edge_varnish_image() -> str:
+    """The Varnish image the chart's edge runs (its `varnish` container), as rendered."""
+    rendered = render(values_file("edge"))
+    (image,) = {
+        c["image"]
+        for doc in rendered.of_kind("Deployment")
+        for c in rendered.pod_spec(doc)["containers"]
+        if c["name"] == "varnish"
+    }
+    return str(image)
+
+
+def _apt_pins(dockerfile: Path) -> set[tuple[str, str]]:
+    """(package, version) of the Dockerfile's `apt-get install name=version[-*]` words."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    pins = set()
+    for command in re.findall(r"apt-get install ([^&\n]*)", text):
+        for word in command.split():
+            if not word.startswith("-"):
+                name, _, version = word.partition("=")
+                pins.add((name, version.removesuffix("*").removesuffix("-")))
+    return pins
+
+
+def test_the_exporter_is_built_on_the_varnish_image_the_chart_runs() -> None:
+    """The exporter's varnishstat must read the shared memory of the varnishd the chart runs:
+    `make images` builds it on edgeCache.image as rendered (a bare name is Docker Hub's
+    official image), and so does a plain build of its Dockerfile (its default BASE_IMAGE)."""
     release = release_module()
-    result = subprocess.run(["make", "sbom"], cwd=REPO, capture_output=True, text=True)
+    varnish = _edge_varnish_image()
+    qualified = varnish if "/" in varnish.split(":")[0] else f"docker.io/library/{varnish}"
+    assert release.build_images.varnish_base() == qualified
+    dockerfile = REPO / release.build_images.IMAGES[release.build_images.EXPORTER][0]
+    assert f"ARG BASE_IMAGE={qualified}\n" in dockerfile.read_text()
+
+
+def test_sbom_lists_exactly_what_each_image_installs(tmp_path: Path) -> None:
+    """`make sbom` writes one CycloneDX JSON per image the chart names that is built here (read
+    from the render, the exporter's included), the image as the subject: a Python image's
+    components are the pinned requirements its Dockerfile installs (read from the
+    Dockerfile), as pkg:pypi purls; the exporter's, the chart's Varnish image (pkg:docker) and
+    the Debian packages its Dockerfile pins (pkg:deb)."""
+    release = release_module()
+    dist = tmp_path / "dist"
+    env = {**os.environ, "RELEASE_DIST": str(dist)}
+    result = subprocess.run(["make", "sbom"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    refs = release.build_images.image_refs()
-    for block, (dockerfile, _) in release.build_images.IMAGES.items():
-        requirements = release.IMAGE_REQUIREMENTS[block]
-        assert f"COPY {requirements} " in (REPO / dockerfile).read_text(), dockerfile
-        repository, version = refs[block].rsplit(":", 1)
-        document = json.loads((REPO / "dist" / "sbom" / f"{repository}.cdx.json").read_text())
+    expected = {image.rsplit(":", 1)[0]: image.rsplit(":", 1)[1] for image in built_images()}
+    written = {path.name.removesuffix(".cdx.json") for path in (dist / "sbom").iterdir()}
+    assert written == set(expected), written ^ set(expected)
+    blocks = {
+        ref.rsplit(":", 1)[0]: block for block, ref in release.build_images.image_refs().items()
+    }
+    for repository, version in expected.items():
+        document = json.loads((dist / "sbom" / f"{repository}.cdx.json").read_text())
         assert document["bomFormat"] == "CycloneDX"
         assert document["specVersion"] == "1.5"
         assert document["metadata"]["component"]["name"] == repository
         assert document["metadata"]["component"]["version"] == version
+        block = blocks[repository]
+        dockerfile = REPO / release.build_images.IMAGES[block][0]
+        if block == release.build_images.EXPORTER:
+            varnish = _edge_varnish_image()
+            name, tag = varnish.rsplit(":", 1)
+            purls = {c["purl"] for c in document["components"]}
+            debs = {
+                (c["name"], c["version"])
+                for c in document["components"]
+                if c["purl"].startswith("pkg:deb/debian/")
+            }
+            assert debs == _apt_pins(dockerfile), debs
+            assert "prometheus-varnish-exporter" in {n for n, _ in debs}
+            assert {p for p in purls if p.startswith("pkg:docker/")} == {
+                f"pkg:docker/library/{name}@{tag}?repository_url=docker.io"
+            }, purls
+            assert len(purls) == len(debs) + 1, purls
+            continue
+        requirements = release.IMAGE_REQUIREMENTS[block]
+        assert f"COPY {requirements} " in dockerfile.read_text(), dockerfile
         components = {
             (re.sub(r"[-_.]+", "-", c["name"]).lower(), c["version"])
             for c in document["components"]
@@ -346,10 +419,13 @@ def test_quickstart_installs_the_images_it_loads_or_pushes() -> None:
     images the quickstart's previous steps put where the cluster finds them: with
     `global.imageRegistry=localhost`, the names in `make image-archive`'s archive
     (localhost/<repository>:<tag>, what kind, k3d and minikube load); with a registry, the
-    references `make push REGISTRY=...` pushes. Derived from release.py, never copied."""
+    references `make push REGISTRY=...` pushes. Derived from release.py, never copied; and
+    what release.py archives and pushes is every image the chart names that is built here
+    (built_images: the render with every workload on, the edge's exporter included)."""
     release = release_module()
     refs = release.build_images.image_refs()
     loaded = {f"localhost/{ref}" for ref in refs.values()}
+    assert loaded == built_images("localhost"), loaded ^ built_images("localhost")
     for argv in _helm_installs():
         assert argv[2:4] == ["covid-stats", "deploy/helm/covid-stats"], argv
         flags = _set_flags(argv)
@@ -362,13 +438,18 @@ def test_quickstart_installs_the_images_it_loads_or_pushes() -> None:
             expected = loaded
         else:
             expected = {remote for _, remote in release.image_targets(registry, None).values()}
+            assert expected == built_images(registry), expected ^ built_images(registry)
         # the api and the fetcher; the replay upstream too with the README's
-        # `--set replayUpstream.enabled=true` (a cluster without internet)
+        # `--set replayUpstream.enabled=true` (a cluster without internet), the exporter with
+        # the edge cache (docs/edge-cache.md)
         assert images <= expected, (images, expected)
-        assert len(images) == len(expected) - 1, images
-        with_replay = [*flags, "--set", "replayUpstream.enabled=true"]
+        assert len(images) == len(expected) - 2, images
+        with_all = [
+            *flags,
+            *("--set", "replayUpstream.enabled=true", "--set", "edgeCache.enabled=true"),
+        ]
         assert "replayUpstream.enabled=true" in README.read_text()
-        assert _our_images(Rendered(helm_template(extra=with_replay).stdout)) == expected
+        assert _our_images(Rendered(helm_template(extra=with_all).stdout)) == expected
 
 
 def test_quickstart_loads_what_image_archive_writes() -> None:
@@ -457,6 +538,10 @@ def test_keyless_sign_runs_cosign_on_every_pushed_digest(tmp_path: Path) -> None
     for argv in argvs:
         if argv[0] == "attest":
             assert argv[argv.index("--type") + 1] == "cyclonedx"
+    # every image the chart names that is built here (read from the render), signed and attested
+    built = {ref.rsplit(":", 1)[0] for ref in built_images(registry)}
+    assert built <= {subject.split("@")[0] for subject in signed}, built
+    assert built == {subject.split("@")[0] for subject in attested}, built
     blobs = {argv[-1] for argv in argvs if argv[0] == "sign-blob"}
     assert blobs == {
         str(path) for path in [*(dist / "sbom").glob("*"), dist / f"{name}-{version}.tgz"]

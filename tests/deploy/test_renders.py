@@ -349,8 +349,14 @@ def test_every_setting_is_set_by_the_chart(
     rendered, _ = renders["default"]
     for service in ("api", "stats-fetcher"):
         deployment, container = MAIN_CONTAINERS[service]
-        env = container_env(rendered, rendered.container("Deployment", deployment, container))
-        assert set(env) - LIBRARY_ENV[service] == settings[service], service
+        spec = rendered.container("Deployment", deployment, container)
+        optional = {  # set from a Secret when it exists (WEBHOOK_SECRET: with webhook URLs)
+            item["name"]
+            for item in spec.get("env", [])
+            if item.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")
+        }
+        env = container_env(rendered, spec)
+        assert (set(env) | optional) - LIBRARY_ENV[service] == settings[service], service
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -389,6 +395,60 @@ def test_tracing_is_off_by_default_and_one_endpoint_turns_it_on_for_both_service
         assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
         assert on["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
         assert on["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+
+
+def test_webhooks_render_their_urls_secret_and_egress() -> None:
+    """URLs as a value, the secret from your Secret (or one the chart makes of a value),
+    the fetcher's egress to the receivers' ports; the settings class accepts what renders."""
+    from stats_fetcher.config import Settings
+
+    deployment, container = MAIN_CONTAINERS["stats-fetcher"]
+    urls = ["https://hooks.example.com/covid", "http://receiver.example:8080/in"]
+    secret = "whsec_" + "QUJD" * 8  # base64 of 24 bytes
+    yours = render(
+        values={
+            "statsFetcher.webhooks.urls": urls,
+            "statsFetcher.webhooks.existingSecret": "my-hooks",
+            "networkPolicy.egress.enabled": True,
+        }
+    )
+    env = container_env(
+        yours,
+        yours.container("Deployment", deployment, container),
+        {("my-hooks", "webhook-secret"): secret},
+    )
+    assert env["WEBHOOK_URLS"] == ",".join(urls)
+    assert env["WEBHOOK_SECRET"] == secret
+    assert yours.maybe("Secret", f"{RELEASE}-webhooks") is None
+    settings = Settings.model_validate(
+        {k.lower(): v for k, v in env.items() if k.startswith("WEBHOOK_")}
+    )
+    assert settings.webhook_url_list == tuple(urls)
+    egress = yours.get("NetworkPolicy", f"{RELEASE}-stats-fetcher-egress")["spec"]["egress"]
+    assert {p["port"] for rule in egress for p in rule.get("ports", [])} >= {443, 8080}
+
+    stores = {  # your own store Secrets: a generated password would roll everything
+        "postgresql.auth.existingSecret": "pg",
+        "redis.auth.existingSecret": "r",
+        "statsFetcher.refreshToken.existingSecret": "t",
+    }
+    hooks = {**stores, "statsFetcher.webhooks.urls": urls}
+    made = render(values={**hooks, "statsFetcher.webhooks.secret": secret})
+    assert made.secret_value(f"{RELEASE}-webhooks", "webhook-secret") == secret
+    fetcher = made.container("Deployment", deployment, container)
+    assert [
+        item["valueFrom"]["secretKeyRef"]
+        for item in fetcher["env"]
+        if item["name"] == "WEBHOOK_SECRET"
+    ] == [{"name": f"{RELEASE}-webhooks", "key": "webhook-secret", "optional": False}]
+    other = render(values={**hooks, "statsFetcher.webhooks.secret": secret + "QUJD"})
+    assert _rolled(made, other) == {f"{RELEASE}-stats-fetcher"}  # only the fetcher reads it
+
+    off = render()
+    assert "WEBHOOK_SECRET" not in container_env(
+        off, off.container("Deployment", deployment, container)
+    )
+    assert off.maybe("Secret", f"{RELEASE}-webhooks") is None
 
 
 def test_replay_upstream_is_what_the_fetcher_reads_when_enabled(

@@ -111,6 +111,10 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
             "memory does not fall when its load does",
         ),
         (
+            {"statsFetcher.webhooks.urls": ["https://hooks.example.com/covid"]},
+            "statsFetcher.webhooks.urls needs statsFetcher.webhooks.existingSecret",
+        ),
+        (
             {"api.metrics.port": 8000},
             "api.metrics.port and api.port are both 8000: /metrics has a port of its own",
         ),

@@ -16,6 +16,9 @@ import pytest
 from devstack.procs import free_port, is_alive, wait_until
 from support import Process, clean_env, python_module, scratch_dir, spawn
 
+# Long together, under xdist handed out first: each test starts `make run` (the whole system).
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
@@ -97,3 +100,47 @@ def test_make_run_starts_cleanly_after_a_crash(state_dir: Path, tmp_path: Path) 
     assert httpx.get(f"{base}/v1/states/current.json").status_code == 200
     again.proc.send_signal(signal.SIGINT)
     assert again.proc.wait(timeout=60) == 0
+
+
+def test_edge_cache_puts_varnish_in_front_and_the_fetcher_purges_it(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    edge_port, purge_port = free_port(), free_port()
+    process, base = _start(
+        state_dir,
+        tmp_path,
+        EDGE_CACHE="1",
+        EDGE_CACHE_PORT=str(edge_port),
+        EDGE_CACHE_PURGE_PORT=str(purge_port),
+    )
+    output = process.output()
+    printed = re.search(r"edge: +(http://\S+)/v1/us/current.json", output)
+    assert printed, output
+    edge = printed[1]
+    assert edge == f"http://127.0.0.1:{edge_port}"
+    origin = httpx.get(f"{base}/v1/us/current.json")
+    first, second = (httpx.get(f"{edge}/v1/us/current.json") for _ in range(2))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.content == origin.content
+    assert len(second.headers["x-varnish"].split()) == 2  # kept: a hit
+    # the fetcher purges Varnish's purge listener
+    fetchers = [
+        p
+        for p in psutil.Process(process.proc.pid).children()
+        if "stats_fetcher" in " ".join(p.cmdline())
+    ]
+    assert len(fetchers) == 1
+    assert fetchers[0].environ()["PURGE_URLS"] == f"http://127.0.0.1:{purge_port}/"
+    assert f"http://127.0.0.1:{purge_port}/" in output
+
+    children = _descendants(process)
+    names = set()
+    for pid in children:
+        try:
+            names.add(psutil.Process(pid).name())
+        except psutil.NoSuchProcess:  # a PostgreSQL backend that came and went
+            continue
+    assert "varnishd" in names, names  # and it goes with the rest
+    process.proc.send_signal(signal.SIGINT)
+    assert process.proc.wait(timeout=60) == 0
+    _wait_all_gone(children)

@@ -18,7 +18,7 @@ from covid_stats_contract.documents import Document
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import RESOURCES, STATES_CURRENT, STATES_DAILY, US_CURRENT
 from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.http import SERVER_HEADERS
+from covid_stats_runtime.http import SERVER_HEADERS, error_cache_control
 from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from support import Fetcher, Upstream, check_error_body, clean_env, run_fetcher
@@ -101,15 +101,17 @@ def test_a_refresh_stores_all_five_resources_and_publishes_the_upstream_bytes(
 
 
 def test_a_refresh_of_an_unchanged_upstream_costs_conditional_requests_and_no_writes(
-    service_env: dict[str, str], redis_url: str, database_url: str, upstream: Upstream
+    published_env: dict[str, str], redis_url: str, upstream: Upstream
 ) -> None:
-    refresh(service_env)
+    """After a refresh (published_env: the template's, cloned), another one of the same
+    upstream."""
+    database_url = published_env["DATABASE_URL"]
     first = snapshot_id(redis_url)
     stored_at = query(database_url, "SELECT max(fetched_at) FROM upstream_resources")
     writes = query(database_url, WRITES)
     upstream.reset()
 
-    refresh(service_env)
+    refresh(published_env)
     counts = upstream.requests()
     assert sum(c["total"] for c in counts.values()) == len(RESOURCES)
     assert sum(c["conditional"] for c in counts.values()) == len(RESOURCES)
@@ -121,25 +123,27 @@ def test_a_refresh_of_an_unchanged_upstream_costs_conditional_requests_and_no_wr
 
 
 def test_the_csv_form_gives_the_same_documents_as_the_json_form(
-    service_env: dict[str, str], redis_url: str
+    published_env: dict[str, str], redis_url: str
 ) -> None:
-    refresh(service_env)
+    """The documents of a refresh of the json form (published_env: the template's, cloned)
+    against those of a full reload of the csv form."""
     from_json = {r.key: body(redis_url, r.document("json")) for r in RESOURCES}
+    assert all(from_json.values())
     redis.Redis.from_url(redis_url).flushdb()
-    query(service_env["DATABASE_URL"], "TRUNCATE upstream_resources")  # force a full reload
-    refresh({**service_env, "UPSTREAM_FORMAT": "csv"})
+    query(published_env["DATABASE_URL"], "TRUNCATE upstream_resources")  # force a full reload
+    refresh({**published_env, "UPSTREAM_FORMAT": "csv"})
     assert {r.key: body(redis_url, r.document("json")) for r in RESOURCES} == from_json
 
 
 def test_a_changed_upstream_publishes_a_new_snapshot_and_keeps_the_old_one_for_a_while(
-    service_env: dict[str, str], redis_url: str, upstream: Upstream
+    published_env: dict[str, str], redis_url: str, upstream: Upstream
 ) -> None:
-    refresh({**service_env, "SNAPSHOT_GRACE_SECONDS": "120"})
     first = snapshot_id(redis_url)
+    assert first > 0
     changed = json.loads(upstream.get("/v1/us/current.json").content)
     changed[0]["positive"] += 1
     upstream.fault("/v1/us/current.json", "body", body=changed)
-    refresh({**service_env, "SNAPSHOT_GRACE_SECONDS": "120"})
+    refresh({**published_env, "SNAPSHOT_GRACE_SECONDS": "120"})
     assert snapshot_id(redis_url) == first + 1
     assert json.loads(body(redis_url, "v1/us/current.json") or b"") == changed
     old_key = RedisKeys().document(str(first), "v1/us/current.json")
@@ -147,28 +151,28 @@ def test_a_changed_upstream_publishes_a_new_snapshot_and_keeps_the_old_one_for_a
 
 
 def test_the_same_body_again_costs_no_writes(
-    service_env: dict[str, str], redis_url: str, database_url: str, upstream: Upstream
+    published_env: dict[str, str], redis_url: str, upstream: Upstream
 ) -> None:
     """A 200 (no 304) whose bytes equal the stored ones: the content hash stops it."""
-    refresh(service_env)
+    database_url = published_env["DATABASE_URL"]
     first = snapshot_id(redis_url)
     writes = query(database_url, WRITES)
     same = json.loads(upstream.get("/v1/states/daily.json").content)
     upstream.fault("/v1/states/daily.json", "body", body=same)  # same bytes, served as a 200
     upstream.reset_requests()
-    refresh(service_env)
+    refresh(published_env)
     assert upstream.requests()["/v1/states/daily.json"]["status"] == {"200": 1}
     assert snapshot_id(redis_url) == first
     assert query(database_url, WRITES) == writes
 
 
 def test_redis_is_rebuilt_from_postgres_without_the_upstream(
-    service_env: dict[str, str], redis_url: str
+    published_env: dict[str, str], redis_url: str
 ) -> None:
-    refresh(service_env)
     published = {r.key: body(redis_url, r.document("json")) for r in RESOURCES}
+    assert all(published.values())
     redis.Redis.from_url(redis_url).flushdb()
-    dead = {**service_env, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    dead = {**published_env, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     output = refresh(dead)
     assert '"fetch_failed"' in output
     assert {r.key: body(redis_url, r.document("json")) for r in RESOURCES} == published
@@ -307,9 +311,9 @@ def test_transient_errors_are_retried(
 
 
 def test_post_refresh_needs_the_bearer_token(
-    service_env: dict[str, str], fetcher_factory: Any
+    published_env: dict[str, str], fetcher_factory: Any
 ) -> None:
-    fetcher: Fetcher = fetcher_factory({**service_env, "REFRESH_TOKEN": TOKEN})
+    fetcher: Fetcher = fetcher_factory({**published_env, "REFRESH_TOKEN": TOKEN})
     url = f"{fetcher.url}/refresh"
     assert httpx.post(url).status_code == 401
     wrong = httpx.post(url, headers={"Authorization": "Bearer nope"})
@@ -318,7 +322,7 @@ def test_post_refresh_needs_the_bearer_token(
     assert TOKEN not in wrong.text
     assert httpx.post(url, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     _trigger_and_wait(fetcher)
-    off: Fetcher = fetcher_factory(service_env, name="no-token")
+    off: Fetcher = fetcher_factory(published_env, name="no-token", token=False)
     disabled = httpx.post(f"{off.url}/refresh", headers={"Authorization": "Bearer x"})
     assert disabled.status_code == 403
     check_error_body(disabled.content, 403, "disabled")
@@ -326,11 +330,11 @@ def test_post_refresh_needs_the_bearer_token(
 
 
 def test_the_fetchers_port_answers_errors_in_the_shared_shape(
-    service_env: dict[str, str], fetcher_factory: Any
+    published_env: dict[str, str], fetcher_factory: Any
 ) -> None:
     """Unknown paths and wrong methods too: the api's error shape (one renderer, in the
     runtime library), and the headers every answer of the project carries."""
-    fetcher: Fetcher = fetcher_factory(service_env)
+    fetcher: Fetcher = fetcher_factory(published_env)
     unknown = httpx.get(f"{fetcher.url}/nope")
     assert unknown.status_code == 404
     assert "/nope" in check_error_body(unknown.content, 404, "not_found").message
@@ -338,10 +342,18 @@ def test_the_fetchers_port_answers_errors_in_the_shared_shape(
     assert wrong_method.status_code == 405
     check_error_body(wrong_method.content, 405, "method_not_allowed")
     assert "POST" in wrong_method.headers["allow"]
-    for answer in (unknown, wrong_method, httpx.get(f"{fetcher.url}/healthz")):
+    # A trailing slash: no redirect built from Host, an unknown path.
+    slashed = httpx.get(f"{fetcher.url}/healthz/", headers={"Host": "evil.example"})
+    assert slashed.status_code == 404
+    assert "location" not in slashed.headers
+    check_error_body(slashed.content, 404, "not_found")
+    for answer in (unknown, wrong_method, slashed, httpx.get(f"{fetcher.url}/healthz")):
         assert "server" not in answer.headers
         for name, value in SERVER_HEADERS:
             assert answer.headers[name] == value
+        if answer.status_code >= 400:  # how long each error may be cached
+            expected = error_cache_control(answer.status_code).decode()
+            assert answer.headers["cache-control"] == expected
 
 
 def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(
@@ -385,14 +397,14 @@ def test_sigterm_during_a_refresh_lets_it_finish(
 
 
 def test_sigterm_past_the_grace_period_abandons_the_refresh_cleanly(
-    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+    published_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
 ) -> None:
-    refresh(service_env)
+    assert snapshot_id(redis_url) == 1  # published_env: the template's refresh, cloned
     changed = json.loads(upstream.get("/v1/us/current.json").content)
     changed[0]["death"] += 7
     upstream.fault("/v1/us/current.json", "body", body=changed)
     upstream.fault("/v1/states/daily.json", "delay", seconds=20)
-    env = {**service_env, "UPSTREAM_TIMEOUT_SECONDS": "30", "SHUTDOWN_GRACE_SECONDS": "0.5"}
+    env = {**published_env, "UPSTREAM_TIMEOUT_SECONDS": "30", "SHUTDOWN_GRACE_SECONDS": "0.5"}
     fetcher: Fetcher = fetcher_factory(env)
     wait_until(
         lambda: upstream.requests().get("/v1/states/daily.json", {}).get("total", 0) >= 1,
@@ -407,12 +419,13 @@ def test_sigterm_past_the_grace_period_abandons_the_refresh_cleanly(
 
 
 def test_a_flushed_redis_is_rebuilt_by_the_running_fetcher_without_the_upstream(
-    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+    published_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
 ) -> None:
-    env = {**service_env, "REDIS_CHECK_INTERVAL_SECONDS": "0.2", "FETCH_INTERVAL_SECONDS": "3600"}
-    fetcher_factory(env)
-    wait_until(lambda: snapshot_id(redis_url) > 0, 30, what="the first snapshot")
+    env = {**published_env, "REDIS_CHECK_INTERVAL_SECONDS": "0.2", "FETCH_INTERVAL_SECONDS": "3600"}
+    fetcher: Fetcher = fetcher_factory(env)
+    wait_until(lambda: _refreshed(fetcher, 0), 30, what="the first refresh")
     published = body(redis_url, "v1/states/daily.json")
+    assert published is not None
     upstream.reset()
     redis.Redis.from_url(redis_url).flushdb()
     wait_until(lambda: body(redis_url, "v1/states/daily.json") is not None, 20, what="the rebuild")
@@ -489,10 +502,10 @@ def test_postgres_down_during_an_upsert_then_back(
 
 
 def test_two_replicas_one_refreshes_and_the_other_takes_over_when_it_dies(
-    service_env: dict[str, str], redis_url: str, fetcher_factory: Any
+    published_env: dict[str, str], redis_url: str, fetcher_factory: Any
 ) -> None:
     lease = 1.0
-    env = {**service_env, "LEADER_LEASE_SECONDS": str(lease), "FETCH_INTERVAL_SECONDS": "0.3"}
+    env = {**published_env, "LEADER_LEASE_SECONDS": str(lease), "FETCH_INTERVAL_SECONDS": "0.3"}
     first: Fetcher = fetcher_factory(env, name="first")
     wait_until(first.is_leader, 10, what="the first replica to lead")
     second: Fetcher = fetcher_factory(env, name="second")
@@ -542,11 +555,11 @@ def test_a_stale_leader_cannot_publish(redis_url: str) -> None:
 
 
 def test_refresh_once_refuses_while_a_running_fetcher_leads(
-    service_env: dict[str, str], fetcher_factory: Any
+    published_env: dict[str, str], fetcher_factory: Any
 ) -> None:
-    fetcher: Fetcher = fetcher_factory(service_env)
+    fetcher: Fetcher = fetcher_factory(published_env)
     wait_until(fetcher.is_leader, 10, what="the fetcher to lead")
-    assert run_fetcher("refresh-once", service_env).returncode == 2
+    assert run_fetcher("refresh-once", published_env).returncode == 2
 
 
 def test_the_fetcher_keeps_running_while_postgres_is_unreachable_at_start(
@@ -567,5 +580,5 @@ def test_the_fetcher_keeps_running_while_postgres_is_unreachable_at_start(
     assert fetcher.process.proc.poll() is None
     ready = httpx.get(f"{fetcher.url}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["postgres"] == "down"
+    assert fetcher.ready()["postgres"] == "down"
     assert httpx.get(f"{fetcher.url}/healthz").status_code == 200

@@ -14,7 +14,8 @@ import httpx
 
 from covid_stats_contract import schema
 from devstack.procs import wait_until
-from support import Fetcher, Upstream, clean_env, fail_fast_env, run_fetcher
+from stacks import Template
+from support import Fetcher, Upstream, clean_env, fail_fast_env, run_fetcher, sql
 
 TOKEN = "test-refresh-token"
 NEWER = schema.LATEST_VERSION + 1  # the first version this release does not know
@@ -32,17 +33,6 @@ ALTER TABLE us_current ADD COLUMN newer_flag boolean NOT NULL DEFAULT false;
 ALTER TABLE upstream_resources ADD COLUMN newer_size bigint;
 CREATE INDEX states_daily_newer_note_idx ON states_daily (newer_note);
 """
-
-
-def sql(database_url: str, statement: str, *args: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(statement, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def apply_newer(database_url: str, breaks_older: str | None = None) -> None:
@@ -106,6 +96,7 @@ def test_this_release_runs_on_a_database_a_newer_release_migrated_additively(
     upstream: Upstream,
     fetcher_factory: Any,
     api_factory: Any,
+    template: Template,
 ) -> None:
     env = fail_fast_env(
         redis_url,
@@ -115,7 +106,8 @@ def test_this_release_runs_on_a_database_a_newer_release_migrated_additively(
         FETCH_INTERVAL_SECONDS="3600",
     )
     assert run_fetcher("migrate", env).returncode == 0
-    assert run_fetcher("refresh-once", env).returncode == 0  # data of this release's shape
+    # Data of this release's shape: what one refresh-once published (the session's, copied).
+    template.copy_into(redis_url, empty_database_url)
     apply_newer(empty_database_url)
     sql(empty_database_url, "UPDATE states_daily SET newer_note = 'kept' WHERE state = 'NY'")
 
@@ -208,8 +200,8 @@ def test_a_newer_breaking_migration_is_refused_by_migrate_and_by_the_fetcher(
     wait_until(lambda: "schema" in fetcher.ready(), 30, what="the fetcher's schema verdict")
     ready = httpx.get(f"{fetcher.url}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["postgres"] == "down"
-    assert f"{NEWER}_newer_breaking" in ready.json()["schema"]
+    assert fetcher.ready()["postgres"] == "down"
+    assert f"{NEWER}_newer_breaking" in fetcher.ready()["schema"]
     wait_until(
         lambda: any(
             f"{NEWER}_newer_breaking" in entry["error"]

@@ -25,7 +25,8 @@ FOLDERS = {
     "ctp_website_final_20210307": {"states/daily": 20780},
 }
 
-pytestmark = archive_only
+# Long together, under xdist handed out first: every folder of the archive through the pipeline.
+pytestmark = [archive_only, pytest.mark.long]
 
 
 @pytest.fixture(scope="module", params=sorted(FOLDERS))

@@ -141,7 +141,10 @@ def test_the_json_media_type_is_written_once() -> None:
     written = [where for where, text in _string_constants() if text.startswith("application/json")]
     assert len(written) == 1, written
     assert written[0].startswith("libs/covid-stats-contract/src/covid_stats_contract/documents.py:")
-    assert dict(http.error_headers(b"{}"))[b"content-type"] == documents.JSON_CONTENT_TYPE.encode()
+    assert (
+        dict(http.error_headers(422, b"{}"))[b"content-type"]
+        == documents.JSON_CONTENT_TYPE.encode()
+    )
 
 
 _STATE_CODE_TEXT = re.compile(r"\[(A-Za-z|A-Z|a-z)\]\{2\}")

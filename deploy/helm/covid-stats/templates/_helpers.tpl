@@ -495,6 +495,11 @@ topologySpreadConstraints:
 {{- join "\n" $parts | sha256sum -}}
 {{- end -}}
 
+{{/* The Secret holding WEBHOOK_SECRET: yours (existingSecret), else the chart's. */}}
+{{- define "covid-stats.webhooks.secretName" -}}
+{{- default (include "covid-stats.componentName" (list . "webhooks")) .Values.statsFetcher.webhooks.existingSecret -}}
+{{- end -}}
+
 {{- define "covid-stats.refreshToken.secretName" -}}
 {{- default (include "covid-stats.componentName" (list . "refresh-token")) .Values.statsFetcher.refreshToken.existingSecret -}}
 {{- end -}}
@@ -518,6 +523,16 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- end }}
 {{- end }}
 
+{{/* The bounds of every connection to an HTTP port, the same for the api's and the fetcher's
+     (one protocol for both, covid_stats_runtime.protocol; docs/limits.md): from api.http. */}}
+{{- define "covid-stats.httpLimits.env" -}}
+{{- with .Values.api.http -}}
+HTTP_MAX_REQUEST_HEAD_BYTES: {{ .maxRequestHeadBytes | int | quote }}
+HTTP_REQUEST_TIMEOUT_SECONDS: {{ .requestTimeoutSeconds | toString | quote }}
+HTTP_NEW_CONNECTION_TIMEOUT_SECONDS: {{ .newConnectionTimeoutSeconds | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Prometheus job names: metrics.jobs decides them, by default "<fullname>-api" and
      "<fullname>-fetcher" (one release's series never mix with another's); every place that
      names a job takes it from here. include "covid-stats.metricsJob" (list $ "api") */}}
@@ -525,8 +540,8 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- $ctx := index . 0 -}}
 {{- $jobs := $ctx.Values.metrics.jobs -}}
 {{- $fullname := include "covid-stats.fullname" $ctx -}}
-{{- $defaults := dict "api" (printf "%s-api" $fullname) "stats-fetcher" (printf "%s-fetcher" $fullname) -}}
-{{- $set := dict "api" $jobs.api "stats-fetcher" $jobs.statsFetcher -}}
+{{- $defaults := dict "api" (printf "%s-api" $fullname) "stats-fetcher" (printf "%s-fetcher" $fullname) "edge-cache" (printf "%s-edge-cache" $fullname) -}}
+{{- $set := dict "api" $jobs.api "stats-fetcher" $jobs.statsFetcher "edge-cache" ($jobs.edgeCache | default "") -}}
 {{- get $set (index . 1) | default (get $defaults (index . 1)) -}}
 {{- end -}}
 
@@ -547,6 +562,7 @@ OTEL_TRACES_SAMPLER_ARG: {{ $.Values.tracing.samplerArg | toString | quote }}
 {{- $ctx.Files.Get (index . 1)
     | replace "@API_JOB@" (include "covid-stats.metricsJob" (list $ctx "api"))
     | replace "@FETCHER_JOB@" (include "covid-stats.metricsJob" (list $ctx "stats-fetcher"))
+    | replace "@EDGE_JOB@" (include "covid-stats.metricsJob" (list $ctx "edge-cache"))
     | replace "@DASHBOARD_UID@" (include "covid-stats.dashboardUid" $ctx)
     | replace "@DASHBOARD_TITLE@" (printf "covid-stats (%s, %s)" (include "covid-stats.fullname" $ctx) $ctx.Release.Namespace) -}}
 {{- end -}}
@@ -651,6 +667,77 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- end -}}
 {{- end -}}
 
+{{/* The fetcher to its webhooks' receivers: each URL's port (none without URLs). */}}
+{{- define "covid-stats.egress.webhooks" -}}
+{{- $ports := list -}}
+{{- range .Values.statsFetcher.webhooks.urls -}}
+{{- $ports = append $ports (include "covid-stats.urlPort" . | int) -}}
+{{- end -}}
+{{- with $ports -}}
+{{- include "covid-stats.egress.external" (list $.Values.networkPolicy.egress.webhooks.to (uniq .)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "covid-stats.egress.api" -}}
 {{- include "covid-stats.egress.inRelease" (list . "api" .Values.api.port) -}}
+{{- end -}}
+
+
+{{/* The edge cache (edgeCache) ---------------------------------------------------------
+     The Service that clients and the chart's Ingress / HTTPRoute reach: the edge's when it is
+     enabled, else the api's. */}}
+{{- define "covid-stats.frontService" -}}
+{{- include "covid-stats.componentName" (list . (ternary "edge-cache" "api" .Values.edgeCache.enabled)) -}}
+{{- end -}}
+
+{{/* PURGE_URLS of the fetcher: statsFetcher.purge.urls (edges of yours), then the chart's edge
+     cache's headless purge Service when edgeCache is enabled (one address per ready pod: the
+     fetcher purges each), comma-separated; "" with neither. */}}
+{{- define "covid-stats.purgeUrls" -}}
+{{- $urls := .Values.statsFetcher.purge.urls | default list -}}
+{{- if .Values.edgeCache.enabled -}}
+{{- $urls = append $urls (printf "http://%s:%d/" (include "covid-stats.componentName" (list . "edge-cache-purge")) (int .Values.edgeCache.purgePort)) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
+{{/* The exporter sidecar's image: its tag defaults to the edge image's (the same Varnish). */}}
+{{- define "covid-stats.edgeCache.exporterImage" -}}
+{{- $image := deepCopy .Values.edgeCache.metrics.image -}}
+{{- $_ := set $image "tag" (default .Values.edgeCache.image.tag $image.tag) -}}
+{{- include "covid-stats.image" (list . $image) -}}
+{{- end -}}
+
+{{/* The VCL of the edge: files/varnish/default.vcl (`make chart-vcl` copies it from
+     deploy/varnish/default.vcl) with its backend's .host and .port set to the api Service and
+     its ACL's entries to edgeCache.purge.acl. A VCL that no longer has exactly one .host,
+     one .port and one acl fails the render rather than shipping an untemplated cache. */}}
+{{- define "covid-stats.edgeCache.vcl" -}}
+{{- $vcl := .Files.Get "files/varnish/default.vcl" -}}
+{{- $hostRe := `(\.host\s*=\s*)"[^"]*"` -}}
+{{- $portRe := `(\.port\s*=\s*)"[^"]*"` -}}
+{{- $aclRe := `(?s)(\nacl\s+[A-Za-z_][A-Za-z0-9_]*\s*\{)[^}]*\}` -}}
+{{- range $what, $re := dict "a backend .host" $hostRe "a backend .port" $portRe "an acl" $aclRe -}}
+{{- if ne (len (regexFindAll $re $vcl -1)) 1 -}}
+{{- fail (printf "edgeCache: files/varnish/default.vcl must have exactly one %s for the chart to template (found %d)" $what (len (regexFindAll $re $vcl -1))) -}}
+{{- end -}}
+{{- end -}}
+{{- $entries := list -}}
+{{- range .Values.edgeCache.purge.acl -}}
+{{- $parts := splitList "/" . -}}
+{{- if eq (len $parts) 2 -}}
+{{- $entries = append $entries (printf "    \"%s\"/%s;" (index $parts 0) (index $parts 1)) -}}
+{{- else -}}
+{{- $entries = append $entries (printf "    \"%s\";" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $vcl = regexReplaceAll $hostRe $vcl (printf "${1}\"%s\"" (include "covid-stats.componentName" (list . "api"))) -}}
+{{- $vcl = regexReplaceAll $portRe $vcl (printf "${1}\"%d\"" (int .Values.api.service.port)) -}}
+{{- $vcl = regexReplaceAll $aclRe $vcl (printf "${1}\n%s\n}" (join "\n" $entries)) -}}
+{{- $vcl -}}
+{{- end -}}
+
+{{/* The fetcher to every edge pod's purge port (edgeCache.enabled). */}}
+{{- define "covid-stats.egress.edgePurge" -}}
+{{- include "covid-stats.egress.inRelease" (list . "edge-cache" .Values.edgeCache.purgePort) -}}
 {{- end -}}

@@ -96,6 +96,12 @@ def render_csv(records: Sequence[Mapping[str, Any]]) -> bytes:
     header: dict[str, None] = {}
     for record in records:
         header.update(dict.fromkeys(record))
+    return render_csv_rows(list(header), records)
+
+
+def render_csv_rows(header: Sequence[str], records: Iterable[Mapping[str, Any]]) -> bytes:
+    """A CSV document of ``header``'s columns: one row per record, written as it comes (the
+    records may be an iterator, parsed one at a time)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)

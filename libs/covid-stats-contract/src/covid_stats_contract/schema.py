@@ -91,7 +91,7 @@ def migrations() -> list[Migration]:
     return found
 
 
-LATEST_VERSION = len(migrations())
+LATEST_VERSION = migrations()[-1].version
 
 
 class MigrationError(RuntimeError):

@@ -65,11 +65,57 @@ return {id, redis.call('HGETALL', ARGV[1] .. id .. ':doc:' .. ARGV[2])}
 """
 
 _READ_QUERY = """
--- KEYS[1]: current pointer. ARGV[1]: snapshot key prefix, ARGV[2]: query digest.
+-- KEYS[1]: current pointer, KEYS[2]: the answers' LRU index. ARGV[1]: snapshot key prefix,
+-- ARGV[2]: query digest. A hit moves the answer to the index's most recently used end.
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-return {id, redis.call('HGETALL', ARGV[1] .. id .. ':query:' .. ARGV[2])}
+local key = ARGV[1] .. id .. ':query:' .. ARGV[2]
+local found = redis.call('HGETALL', key)
+if #found > 0 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], 'XX', t[1] .. string.format('%06d', t[2]), key)
+end
+return {id, found}
 """
+
+# Stores an answer within the budget: the answers' keys are indexed by last use (a ZSET) with
+# the bytes each is counted for (a HASH) and their sum (a counter); while the sum is over the
+# budget the least recently used answers are deleted. Only keys in the index are ever
+# deleted, and only answers are indexed: a snapshot's documents cannot be pushed out. An
+# answer that expired (TTL) stays counted until the budget pushes it out: the counter
+# overstates what Redis holds, never understates it.
+_STORE_QUERY = """
+-- KEYS[1]: the answer's key, KEYS[2]: LRU index, KEYS[3]: sizes, KEYS[4]: bytes used.
+-- ARGV: body, etag, content type, gzip ('' none), TTL (s), counted bytes, budget (bytes).
+local size, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
+if size > budget then return -1 end
+local old = redis.call('HGET', KEYS[3], KEYS[1])
+if old then redis.call('DECRBY', KEYS[4], old) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'body', ARGV[1], 'etag', ARGV[2], 'content_type', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'gzip', ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], t[1] .. string.format('%06d', t[2]), KEYS[1])
+redis.call('HSET', KEYS[3], KEYS[1], size)
+local used = redis.call('INCRBY', KEYS[4], size)
+local evicted = 0
+while used > budget do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not oldest then break end
+  local counted = tonumber(redis.call('HGET', KEYS[3], oldest) or '0')
+  redis.call('ZREM', KEYS[2], oldest)
+  redis.call('HDEL', KEYS[3], oldest)
+  redis.call('UNLINK', oldest)
+  used = redis.call('DECRBY', KEYS[4], counted)
+  evicted = evicted + 1
+end
+return evicted
+"""
+
+# Bytes an answer is counted for besides its fields: its key, its index entries, Redis's
+# per-key overhead.
+QUERY_OVERHEAD_BYTES = 256
 
 # Documents are written in batches of this many per round trip.
 _BATCH = 200
@@ -110,6 +156,7 @@ class SnapshotStore:
         self._flip = redis.register_script(_FLIP)
         self._read = redis.register_script(_READ)
         self._read_query = redis.register_script(_READ_QUERY)
+        self._store_query = redis.register_script(_STORE_QUERY)
         self._snapshot_prefix = keys.snapshot_base("")
 
     async def publish(
@@ -189,7 +236,8 @@ class SnapshotStore:
     async def read_query(self, digest: str) -> QueryLookup:
         """The cached answer ``digest`` of the current snapshot, in one round trip."""
         result = await self._read_query(
-            keys=[self.keys.current_snapshot], args=[self._snapshot_prefix, digest]
+            keys=[self.keys.current_snapshot, self.keys.query_lru],
+            args=[self._snapshot_prefix, digest],
         )
         if not result:
             return QueryLookup(None, None)
@@ -218,18 +266,41 @@ class SnapshotStore:
         await self.redis.delete(self.keys.query_fill(snapshot_id, digest))
 
     async def store_query(
-        self, snapshot_id: str, digest: str, answer: CachedAnswer, ttl_seconds: int
-    ) -> None:
+        self,
+        snapshot_id: str,
+        digest: str,
+        answer: CachedAnswer,
+        ttl_seconds: int,
+        budget_bytes: int,
+    ) -> int:
+        """Cache ``answer`` for ``ttl_seconds``, keeping all the answers within
+        ``budget_bytes`` (least recently used deleted first). Returns how many answers it
+        pushed out, or -1 when ``answer`` alone is over the budget (not stored)."""
         key = self.keys.query(snapshot_id, digest)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={"body": answer.body, "etag": answer.etag, "content_type": answer.content_type},
+        size = answer_bytes(key, answer)
+        evicted = await self._store_query(
+            keys=[key, self.keys.query_lru, self.keys.query_sizes, self.keys.query_used],
+            args=[
+                answer.body,
+                answer.etag,
+                answer.content_type,
+                answer.gzip,
+                ttl_seconds,
+                size,
+                budget_bytes,
+            ],
         )
-        if answer.gzip:
-            pipe.hset(key, "gzip", answer.gzip)
-        pipe.expire(key, ttl_seconds)
-        await pipe.execute()
+        return int(evicted)
+
+    async def query_bytes(self) -> int:
+        """The bytes the cached answers are counted for (see ``store_query``)."""
+        return int(await self.redis.get(self.keys.query_used) or 0)
+
+
+def answer_bytes(key: str, answer: CachedAnswer) -> int:
+    """The bytes an answer is counted for in the budget."""
+    fields = len(answer.body) + len(answer.gzip) + len(answer.etag) + len(answer.content_type)
+    return fields + len(key) + QUERY_OVERHEAD_BYTES
 
 
 def _text(raw: bytes | str) -> str:

@@ -1,6 +1,7 @@
-"""The settings both services read the same way: their stores and their logging.
+"""The settings both services read the same way: their stores, their logging
+(``StoreSettings``) and the bounds of their HTTP ports (``PortSettings``).
 
-Each service's ``Settings`` subclasses ``StoreSettings`` and adds its own fields. Every field
+Each service's ``Settings`` subclasses ``PortSettings`` and adds its own fields. Every field
 is an environment variable of the same name in capitals (``redis_url``: ``REDIS_URL``), and
 its ``description`` is the text of docs/configuration.md's table, which ``make config-docs``
 generates from these classes.
@@ -80,3 +81,27 @@ class StoreSettings(BaseSettings):
     def env_vars(cls) -> dict[str, str]:
         """{environment variable: field name} of every setting of the class."""
         return {env: name for name in cls.model_fields for env in cls.env_var_names(name)}
+
+
+class PortSettings(StoreSettings):
+    """``StoreSettings`` and the bounds of every connection to a service's HTTP port, the
+    same for both: the api's traffic port and the fetcher's port (``.protocol``)."""
+
+    # Bounds of every connection (see covid_stats_runtime.protocol).
+    http_max_request_head_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        description="longest request head (request line and headers): longer gets 414 or 431"
+        " (see [Limits](limits.md#limits-and-hostile-clients))",
+    )
+    http_request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request must arrive whole within this time of its first byte, else 408",
+    )
+    # Keep-alive is for reuse, not for connections that never send a request.
+    http_new_connection_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a new connection that sends nothing this long is closed",
+    )

@@ -25,29 +25,41 @@ from starlette.types import ASGIApp
 from covid_stats_api import __version__, metrics
 from covid_stats_api.api import page
 from covid_stats_api.api.deps import Api
+from covid_stats_api.api.docs_policy import DocsPolicy
 from covid_stats_api.api.errors import install_error_handlers
 from covid_stats_api.api.responses import referenced_models
-from covid_stats_api.api.routes import covid_stats, health, v1
+from covid_stats_api.api.routes import changes, covid_stats, health, revisions, v1
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.compute import ComputePool
 from covid_stats_api.reads.derived import DerivedService
 from covid_stats_api.reads.documents import DocumentReader
 from covid_stats_api.reads.hot import HotCache, HotWatcher
 from covid_stats_api.reads.queries import QueryService
+from covid_stats_api.reads.recent import RecentAnswers
+from covid_stats_api.reads.span import SpanService
 from covid_stats_api.serving.asgi.direct import direct_answers
 from covid_stats_api.serving.asgi.fastpath import FastPath, document_paths
 from covid_stats_api.serving.asgi.ratelimit import RateLimit
 from covid_stats_api.serving.asgi.request_metrics import RequestMetrics
-from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
 
 # The app's routers, in the order the app matches them (one file per resource in api/routes).
-ROUTERS: tuple[APIRouter, ...] = (health.router, covid_stats.router, v1.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    covid_stats.router,
+    v1.router,
+    revisions.router,
+    changes.router,
+)
 # Their routes, in that order (what the fast path's table of document paths is built from).
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)
+# The documentation pages (fastapi-offline's; FastAPI's own attributes for them stay None).
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
 # The models whose schemas the OpenAPI document's components hold: those the routes refer to.
 RECORD_MODELS: tuple[type[BaseModel], ...] = referenced_models(ROUTES)
 
@@ -67,25 +79,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     hot = HotCache(
         settings.hot_cache_max_bytes,
-        settings.cache_max_age_seconds,
+        settings.cache_policy,
         settings.hot_cache_database_ttl_seconds,
     )
+    recent = RecentAnswers(settings.query_memory_cache_max_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any] | None]:
         stores = Stores(settings)
         await stores.open()
-        watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds)
+        watcher = HotWatcher(hot, stores.snapshots, settings.hot_cache_check_seconds, recent)
         watcher.start()
         gauges = asyncio.create_task(metrics.sample_gauges(stores, hot))
         reader = DocumentReader(stores, hot)
-        answers = AnswerCache(stores.snapshots, settings.query_cache_ttl_seconds)
+        compute = ComputePool(settings.query_compute_slots)
+        answers = AnswerCache(
+            stores.snapshots, settings.query_cache_ttl_seconds, settings.query_cache_max_bytes
+        )
         app.state.api = Api(
             settings,
             stores,
             reader,
-            QueryService(stores, answers),
-            DerivedService(reader, answers),
+            QueryService(stores, answers, settings.query_answer_max_bytes, compute),
+            DerivedService(reader, answers, compute),
+            SpanService(stores, settings.query_cache_ttl_seconds),
+            recent,
         )
         # Everything built so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, whose cost grows with the heap (a p99 and throughput win).
@@ -95,9 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # lifespan state: only the app the server runs offers it.
         direct = getattr(app.state, "direct_answers", None)
         try:
-            yield {DIRECT_ANSWERS_KEY: direct} if direct is not None else None
+            offered: dict[str, Any] = {REFUSALS_KEY: metrics.count_refusal}
+            if direct is not None:
+                offered[DIRECT_ANSWERS_KEY] = direct
+            yield offered
         finally:
             gauges.cancel()
+            compute.close()
             await watcher.stop()
             await stores.close()
 
@@ -107,6 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="COVID-19 statistics in the COVID Tracking Project v1 API's shape, "
         "served from Redis with PostgreSQL behind it.",
         lifespan=lifespan,
+        # No redirect from a path with (or without) a trailing slash to the route's: such a
+        # path answers 404. Starlette builds that redirect's Location from the Host header
+        # (a client naming another host got a redirect there).
+        redirect_slashes=False,
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -118,9 +146,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    # The documentation pages' Content-Security-Policy (their inline scripts by hash).
+    docs = (DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(DocsPolicy, paths=[path for path in docs if path], inline_styles=[REDOC_URL])
 
     # The page at / and its assets, in memory from now on (served by the fast path).
-    app.state.page = page.load(app.url_path_for, app.docs_url or "/docs")
+    app.state.page = page.load(app.url_path_for, DOCS_URL)
     for path, entry in app.state.page.items():
         app.add_api_route(
             path,
@@ -146,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.hot = hot
+    app.state.recent = recent
     return app
 
 
@@ -164,7 +196,9 @@ def create_asgi(
     api = api or create_app(settings)
     if tracer_provider is None:
         tracer_provider = tracing.create_tracer_provider("covid-stats-api", __version__)
-    fast_path = FastPath(api, api.state.hot, document_paths(ROUTES), api.state.page)
+    fast_path = FastPath(
+        api, api.state.hot, document_paths(ROUTES), api.state.page, api.state.recent
+    )
     api.state.direct_answers = direct_answers(fast_path, settings, tracer_provider is not None)
     app: ASGIApp = fast_path
     if settings.rate_limit_per_minute:

@@ -33,18 +33,19 @@ if TYPE_CHECKING:
 
 REQUESTS = Counter(
     "covid_stats_api_requests",
-    "HTTP requests answered, by route template, method and status",
+    "HTTP requests answered, by route template, method (GET, HEAD, OPTIONS, other) and status",
     ["route", "method", "status"],
 )
 DURATION = Histogram(
     "covid_stats_api_request_duration_seconds",
-    "Time to answer a request, by route template and method",
+    "Time to answer a request, by route template and method (GET, HEAD, OPTIONS, other)",
     ["route", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 CACHE_LOOKUPS = Counter(
     "covid_stats_api_cache_lookups",
-    "Cache lookups by tier (memory, redis) and result (hit, miss, stale, error)",
+    "Cache lookups by tier (memory: hot documents, query-memory: recent query answers, redis)"
+    " and result (hit, miss, stale, error)",
     ["tier", "result"],
 )
 DATA_AGE = Gauge(
@@ -69,11 +70,49 @@ DB_POOL = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+QUERY_EVICTIONS = Counter(
+    "covid_stats_api_query_answers_evicted",
+    "Cached query answers deleted from Redis to keep QUERY_CACHE_MAX_BYTES",
+)
+QUERY_COMPUTATIONS = Counter(
+    "covid_stats_api_query_computations",
+    "Query answers computed from PostgreSQL (neither memory nor Redis had them)",
+)
+QUERY_MEMORY_EVICTIONS = Counter(
+    "covid_stats_api_query_memory_evicted",
+    "Recent query answers dropped from a worker's memory to keep QUERY_MEMORY_CACHE_MAX_BYTES",
+)
+QUERY_MEMORY_BYTES = Gauge(
+    "covid_stats_api_query_memory_bytes",
+    "Bytes of recent query answers held in the workers' memory, summed over workers",
+    multiprocess_mode="livesum",
+)
+QUERY_SHORTCUTS = Counter(
+    "covid_stats_api_query_shortcuts",
+    "Questions answered without a query: empty (they select nothing; never cached), "
+    "document (they select a published document), too_large (refused, over "
+    "QUERY_ANSWER_MAX_BYTES)",
+    ["outcome"],
+)
 RATE_LIMIT = Counter(
     "covid_stats_api_rate_limit_checks",
     "Rate limit decisions: allowed, limited, or unavailable (Redis could not answer: allowed)",
     ["result"],
 )
+INVALID_REQUESTS = Counter(
+    "covid_stats_api_invalid_requests",
+    "Requests the HTTP protocol refused before the app saw them, by status (400 not HTTP/1.1,"
+    " 408 too slow, 414/431 head too large); logged sampled (docs/limits.md)",
+    ["status"],
+)
+
+
+def count_refusal(status: int) -> None:
+    """A request the protocol refused (offered to the server adapter in the lifespan state,
+    ``serving.handoff.REFUSALS_KEY``)."""
+    INVALID_REQUESTS.labels(status=str(status)).inc()
+
+
 DIRECT_ANSWERS_ENABLED = Gauge(
     "covid_stats_api_direct_answers_enabled",
     "1 when every worker's HTTP protocol writes hot documents' answers itself (direct "
@@ -99,6 +138,12 @@ REDIS_INTERNALS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The methods the api answers, which label the request metrics as they are: its routes'
+# (GET and HEAD) and CORS preflights' (OPTIONS). Any other method httptools parses (some
+# thirty: PROPFIND, MKCOL, ...) is counted as ``other``, so unusual methods add no series.
+LABELLED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OTHER_METHOD = "other"
+
 # The labelled children the request path counts with, made once each: ``labels()`` checks
 # its arguments and takes a lock on every call, a cached child costs a dict lookup. Their
 # number is bounded (route templates, the methods httptools parses, statuses).
@@ -106,7 +151,10 @@ REDIS_INTERNALS: dict[str, tuple[str, ...]] = {
 
 @functools.cache
 def request_series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
-    """The request counter and duration histogram of one route, method and status."""
+    """The request counter and duration histogram of one route, method (``other`` when
+    not in ``LABELLED_METHODS``) and status."""
+    if method not in LABELLED_METHODS:
+        method = OTHER_METHOD
     return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
 
 
@@ -114,6 +162,28 @@ def request_series(route: str, method: str, status: int) -> tuple[Counter, Histo
 def cache_lookup(tier: str, result: str) -> Counter:
     """The cache lookup counter of one tier and result."""
     return CACHE_LOOKUPS.labels(tier, result)
+
+
+def query_answers_evicted() -> Counter:
+    return QUERY_EVICTIONS
+
+
+def query_computed() -> Counter:
+    return QUERY_COMPUTATIONS
+
+
+def query_memory_evicted() -> Counter:
+    return QUERY_MEMORY_EVICTIONS
+
+
+def query_memory_bytes() -> Gauge:
+    return QUERY_MEMORY_BYTES
+
+
+@functools.cache
+def query_shortcut(outcome: str) -> Counter:
+    """The counter of questions answered without a query, of one outcome."""
+    return QUERY_SHORTCUTS.labels(outcome)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+import structlog
 from redis.exceptions import RedisError
 from tenacity import (
     AsyncRetrying,
@@ -28,6 +29,8 @@ from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
 from stats_fetcher.service import FetcherService
 
+log = structlog.get_logger("stats_fetcher.commands")
+
 
 @contextlib.asynccontextmanager
 async def one_shot(settings: Settings) -> AsyncIterator[FetcherService]:
@@ -36,6 +39,10 @@ async def one_shot(settings: Settings) -> AsyncIterator[FetcherService]:
         yield service
     finally:
         await service.close()
+
+
+# How long ``refresh-once`` sends its publish's purge (retries included) before it exits.
+PURGE_DRAIN_SECONDS = 10.0
 
 
 class LeaseHeld(RuntimeError):
@@ -60,6 +67,12 @@ async def refresh_once(settings: Settings) -> bool:
         renewing = asyncio.create_task(_renew(service.lease, settings.leader_lease_seconds / 3))
         try:
             result = await service.refresh()
+            # No sender runs after this command: its publish's purge is sent now, within
+            # a bounded time (a dead edge does not hold the command long).
+            if service.purger.enabled and not await service.purger.drain(PURGE_DRAIN_SECONDS):
+                log.warning(
+                    "purge_incomplete", pending=sum(map(len, service.purger.pending.values()))
+                )
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,6 +20,13 @@ FETCHES = Counter(
     ["resource", "outcome"],
     namespace=NAMESPACE,
 )
+INVALID_REQUESTS = Counter(
+    "invalid_requests",
+    "Requests the port's HTTP protocol refused before the app saw them, by status (400 not"
+    " HTTP/1.1, 408 too slow, 414/431 head too large); logged sampled (docs/limits.md)",
+    ["status"],
+    namespace=NAMESPACE,
+)
 FETCH_ERRORS = Counter(
     "fetch_errors",
     "Fetches that failed or whose payload was rejected, by resource and reason",
@@ -102,5 +109,45 @@ UPSTREAM_BODY_BYTES = Gauge(
     "upstream_body_bytes",
     "Size of the resource's last upstream body read whole (a 200 within UPSTREAM_MAX_BYTES)",
     ["resource"],
+    namespace=NAMESPACE,
+)
+
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (a 2xx), retry (failed, tried again"
+    " later), given_up (failed its WEBHOOK_MAX_ATTEMPTS-th attempt)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    "webhook_delivery_duration_seconds",
+    "Time of one webhook delivery attempt (the POST, until its answer or failure)",
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WEBHOOK_PENDING = Gauge(
+    "webhook_deliveries_pending",
+    "Webhook deliveries not yet delivered nor given up, as the leader last counted them",
+    namespace=NAMESPACE,
+)
+
+PURGES = Counter(
+    "purges",
+    "PURGE requests sent to the edge caches (one per address of a PURGE_URLS host and batch"
+    " of keys) by outcome: purged (a 2xx), failed (a non-2xx, a timeout, a connection or"
+    " name resolution error: the keys are tried again)",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+PURGE_DURATION = Histogram(
+    "purge_duration_seconds",
+    "Time of one PURGE request (until its answer or failure)",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PURGE_PENDING_KEYS = Gauge(
+    "purge_keys_pending",
+    "Surrogate keys waiting to be purged, over every PURGE_URLS URL (0 when every purge"
+    " reached every address)",
     namespace=NAMESPACE,
 )

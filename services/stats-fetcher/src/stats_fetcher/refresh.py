@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,11 +24,14 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError, ResponseError
 
+from covid_stats_contract import history
 from covid_stats_contract import records as store
-from covid_stats_contract.documents import content_hash
+from covid_stats_contract.documents import DocumentBody, content_hash
+from covid_stats_contract.publishes import Publish, record_publish
 from covid_stats_contract.records import UpstreamState
 from covid_stats_contract.resources import RESOURCES, Resource
 from covid_stats_contract.snapshots import SnapshotStore
+from covid_stats_runtime.stores import DATABASE_ERRORS
 from stats_fetcher import metrics
 from stats_fetcher.upstream import FetchFailed, UpstreamClient
 from stats_fetcher.validation import Rejected, jurisdictions, parse_payload
@@ -52,6 +57,7 @@ class RefreshResult:
     outcomes: list[Outcome] = field(default_factory=list)
     snapshot_id: str | None = None
     publish_error: str | None = None
+    logged: Publish | None = None  # the publishes row (None: nothing changed, or not logged)
 
     @property
     def changed(self) -> bool:
@@ -71,12 +77,14 @@ class Refresher:
         *,
         max_future_days: int = 1,
         min_ratio: float = 0.9,
+        webhook_urls: tuple[str, ...] = (),
     ) -> None:
         self.upstream = upstream
         self.pool = pool
         self.snapshots = snapshots
         self.max_future_days = max_future_days
         self.min_ratio = min_ratio
+        self.webhook_urls = webhook_urls
 
     async def refresh(self, fence: str = "") -> RefreshResult:
         started = time.perf_counter()
@@ -121,13 +129,19 @@ class Refresher:
 
     async def _publish(self, result: RefreshResult, fence: str) -> None:
         async with self.pool.acquire() as conn:
+            marks = await history.version_marks(conn)  # the versions these documents serve
             documents = await store.load_documents(conn)
             states = await store.upstream_states(conn)
         if not documents:
             return
         meta = {"published_at": _iso_now(), "resources": json.dumps(_sources(states))}
         try:
-            result.snapshot_id = await self.snapshots.publish(documents, meta, fence)
+            # Staged, the versions it serves stamped with its id, then activated: an answer
+            # computed for the new snapshot already names it (covid_stats_contract.history).
+            snapshot_id = await self.snapshots.stage(documents, meta)
+            await self._versions(history.stamp_snapshot, snapshot_id, marks)
+            await self.snapshots.activate(snapshot_id, fence)
+            result.snapshot_id = snapshot_id
         except ResponseError as exc:
             reason = "fenced" if "FENCED" in str(exc) else "redis"
             result.publish_error = reason
@@ -139,9 +153,63 @@ class Refresher:
             metrics.PUBLISH_ERRORS.labels("redis").inc()
             log.error("publish_failed", error=repr(exc))
             return
+        await self._versions(history.confirm_published, result.snapshot_id, datetime.now(UTC))
         metrics.SNAPSHOTS_PUBLISHED.inc()
         metrics.SNAPSHOT_ID.set(int(result.snapshot_id))
         log.info("snapshot_published", snapshot_id=result.snapshot_id, documents=len(documents))
+        await self._log_publish(result, documents, meta["published_at"], fence)
+
+    async def _log_publish(
+        self, result: RefreshResult, documents: list[DocumentBody], published_at: str, fence: str
+    ) -> None:
+        """Log what the publish changed (``publishes``) and queue its webhook deliveries.
+        The snapshot is current already: a failure here is logged, and the changes are
+        logged with the next publish (compared with the last logged digests)."""
+        assert result.snapshot_id is not None
+        started = time.perf_counter()
+        digests = await asyncio.to_thread(
+            lambda: {doc.name: content_hash(doc.body) for doc in documents}
+        )
+
+        async def still_leading() -> bool:
+            if not fence:
+                return True
+            current = await self.snapshots.redis.get(self.snapshots.keys.leader)
+            return current in (fence, fence.encode())
+
+        try:
+            async with self.pool.acquire() as conn:
+                result.logged = await record_publish(
+                    conn,
+                    result.snapshot_id,
+                    datetime.fromisoformat(published_at),
+                    digests,
+                    self.webhook_urls,
+                    still_leading,
+                )
+        except (*DATABASE_ERRORS, RedisError) as exc:
+            log.error("publish_log_failed", snapshot_id=result.snapshot_id, error=repr(exc))
+            return
+        if result.logged is not None:
+            changes = result.logged.changes
+            log.info(
+                "publish_logged",
+                snapshot_id=result.snapshot_id,
+                publish_id=result.logged.id,
+                resources=list(changes.resources),
+                states=len(changes.states),
+                documents=len(changes.documents),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+
+    async def _versions(self, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A step of the records' history at publish; a database error is logged, never
+        stops the publish (the next publish stamps the versions left unconfirmed)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await step(conn, *args)
+        except DATABASE_ERRORS as exc:
+            log.warning("versions_stamp_failed", step=step.__name__, error=repr(exc))
 
     async def _refresh_resource(self, resource: Resource, last: UpstreamState | None) -> Outcome:
         with tracer.start_as_current_span(f"refresh {resource.key}") as span:

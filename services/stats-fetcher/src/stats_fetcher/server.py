@@ -1,9 +1,10 @@
 """The fetcher's own HTTP port: probes, metrics, and ``POST /refresh``.
 
 - ``GET /healthz``: the process answers (checks nothing else).
-- ``GET /readyz``: Redis and PostgreSQL answer; the body also says whether this replica
-  leads, and (``schema``) why the database's schema was refused while it is. 503 when either
-  store is unreachable or the schema refused.
+- ``GET /readyz``: Redis and PostgreSQL answer; 503 when either store is unreachable or the
+  schema refused. The body is ``{"status": "ready"|"unavailable"}`` only (what a probe needs);
+  with ``Authorization: Bearer <REFRESH_TOKEN>`` it also says which store is down, whether
+  this replica leads, and (``schema``) why the database's schema was refused.
 - ``GET /metrics``: Prometheus text format.
 - ``POST /refresh``: asks the leader (whichever replica it is) to refresh now. Needs
   ``Authorization: Bearer <REFRESH_TOKEN>``: 401 without or with a wrong token (compared in
@@ -11,7 +12,11 @@
 
 Errors, unknown paths and wrong methods included, have the api's error shape
 (``covid_stats_runtime.http``); every answer carries its ``SERVER_HEADERS`` and no
-``Server`` header.
+``Server`` header. The port serves through the api's limited protocol
+(``covid_stats_runtime.protocol``): the same head limit and timeouts
+(``HTTP_MAX_REQUEST_HEAD_BYTES``, ``HTTP_REQUEST_TIMEOUT_SECONDS``,
+``HTTP_NEW_CONNECTION_TIMEOUT_SECONDS``), its refusals counted in
+``covid_stats_fetcher_invalid_requests_total{status}`` and logged sampled.
 
 The server runs inside the service's event loop (:func:`embedded_server`) and needs of it only
 the small :class:`Service` protocol, so this module does not import ``service``.
@@ -36,8 +41,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from covid_stats_runtime.http import SERVER_HEADERS, http_error_response, starlette_error_response
+from covid_stats_runtime.protocol import limited_protocol
 from covid_stats_runtime.tracing import trace_asgi
 from stats_fetcher.config import Settings
+from stats_fetcher.metrics import INVALID_REQUESTS
+
+# uvicorn's keep-alive timeout on this port: the probes and Prometheus connect anew, or
+# reuse a connection within seconds.
+KEEP_ALIVE_SECONDS = 5
 
 
 class Service(Protocol):
@@ -52,14 +63,25 @@ class Service(Protocol):
         ...
 
 
+def _bearer_matches(request: Request, token: SecretStr | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (constant time)."""
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected)
+
+
 def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(_: Request) -> Response:
+    async def readyz(request: Request) -> Response:
         checks = await service.readiness()
         ready = checks["redis"] == "ok" and checks["postgres"] == "ok"
-        body = {"status": "ready" if ready else "unavailable", **checks}
+        body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
+        if _bearer_matches(request, refresh_token):  # the details: for operators only
+            body.update(checks)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(_: Request) -> Response:
@@ -70,9 +92,7 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             return starlette_error_response(
                 403, "disabled", "POST /refresh is off: no REFRESH_TOKEN is configured"
             )
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = refresh_token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+        if not _bearer_matches(request, refresh_token):
             return starlette_error_response(
                 401,
                 "unauthorized",
@@ -85,7 +105,7 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             )
         return JSONResponse({"status": "accepted"}, status_code=202)
 
-    return Starlette(
+    app = Starlette(
         exception_handlers={HTTPException: http_error_response},
         routes=[
             Route("/healthz", healthz),
@@ -94,6 +114,9 @@ def create_app(service: Service, refresh_token: SecretStr | None) -> Starlette:
             Route("/refresh", refresh, methods=["POST"]),
         ],
     )
+    # A trailing slash is an unknown path (404): Starlette's redirect is built from Host.
+    app.router.redirect_slashes = False
+    return app
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -108,7 +131,8 @@ def embedded_server(
     service: Service, settings: Settings, tracer_provider: TracerProvider | None = None
 ) -> uvicorn.Server:
     """The port's server, to run in the service's event loop (``await server.serve()``; set
-    ``server.should_exit`` to stop it). Signals are left to the service."""
+    ``server.should_exit`` to stop it), through the limited protocol with ``settings``'
+    bounds. Signals are left to the service."""
     app: ASGIApp = create_app(service, settings.refresh_token)
     if tracer_provider is not None:
         app = trace_asgi(app, tracer_provider)
@@ -117,6 +141,13 @@ def embedded_server(
             app,
             host=settings.fetcher_host,
             port=settings.fetcher_port,
+            http=limited_protocol(
+                settings.http_max_request_head_bytes,
+                settings.http_request_timeout_seconds,
+                settings.http_new_connection_timeout_seconds,
+                count=_count_refusal,
+            ),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             log_level="warning",
             lifespan="off",
             access_log=False,
@@ -124,3 +155,7 @@ def embedded_server(
             server_header=False,
         )
     )
+
+
+def _count_refusal(status: int) -> None:
+    INVALID_REQUESTS.labels(status=str(status)).inc()

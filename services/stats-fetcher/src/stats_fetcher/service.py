@@ -9,6 +9,9 @@ requests) and its signal handling. Its connections are in ``stores``, its HTTP p
 - Every ``REDIS_CHECK_INTERVAL_SECONDS`` the leader checks that Redis has a current snapshot
   of PostgreSQL's data and rebuilds it from PostgreSQL if not (Redis restarted or flushed; a
   refresh stored records, then died or could not publish): no upstream needed.
+- While it leads, the webhook sender (``webhooks``) delivers the events the publishes queued,
+  in the background: a publish never waits for a receiver; the purger (``purge``) sends the
+  edge caches the surrogate keys each publish changed, in the background too.
 - SIGTERM/SIGINT: no new refresh starts; one in flight gets ``SHUTDOWN_GRACE_SECONDS`` to
   finish, else it is cancelled (its transaction rolls back, its staged snapshot is never
   activated and expires); the lease is released so a follower takes over at once.
@@ -34,14 +37,17 @@ from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError
 
 from covid_stats_contract import records
+from covid_stats_contract.edge import purge_keys
 from covid_stats_runtime.stores import DATABASE_ERRORS
 from covid_stats_runtime.tracing import new_trace, untraced
 from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
+from stats_fetcher.purge import PendingKeys, Purger
 from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
 from stats_fetcher.stores import SchemaNotReady, Stores
+from stats_fetcher.webhooks import WebhookSender
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)
@@ -58,6 +64,12 @@ class FetcherService:
             f"{socket.gethostname()}/{os.getpid()}",
             settings.leader_lease_seconds,
         )
+        self.webhooks = WebhookSender(settings, self.stores, self.lease)
+        self.purger = Purger(
+            settings,
+            lambda: self.lease.held,
+            saved=PendingKeys(self.stores.redis, self.stores.keys),
+        )
         self._busy = asyncio.Lock()  # one refresh or rebuild at a time
         self._wake = asyncio.Event()
         self._requested = False
@@ -67,6 +79,8 @@ class FetcherService:
     # -- stores -----------------------------------------------------------------------------
 
     async def close(self) -> None:
+        await self.webhooks.close()
+        await self.purger.close()
         await self.stores.close()
 
     async def readiness(self) -> dict[str, Any]:
@@ -103,9 +117,14 @@ class FetcherService:
                 self.stores.snapshots,
                 max_future_days=self.settings.max_future_days,
                 min_ratio=self.settings.min_jurisdictions_ratio,
+                webhook_urls=self.settings.webhook_url_list,
             )
             async with self._busy:
-                return await work(refresher)
+                result = await work(refresher)
+            if result is not None and result.logged is not None:
+                self.webhooks.wake()  # the sender posts in the background: no wait here
+                self.purger.purge(purge_keys(result.logged.changes))  # the same: queued
+            return result
         except SchemaNotReady as exc:
             log.error("schema_not_ready", error=str(exc))
         except DATABASE_ERRORS as exc:
@@ -167,6 +186,7 @@ class FetcherService:
                 log.info("became_leader", lease=self.lease.value)
                 self._requested = True
                 self._wake.set()
+                self.purger.wake()  # it takes up the purges a predecessor left
             elif was and not held:
                 log.warning("lost_leadership")
             await self._sleep(self.settings.leader_lease_seconds / 3)
@@ -241,6 +261,8 @@ class FetcherService:
                 self._schedule(),
                 self._watch_redis(),
                 self._listen(),
+                self.webhooks.run(self._stopping),
+                self.purger.run(self._stopping),
             )
         ]
         await self._stopping.wait()

@@ -33,9 +33,13 @@ from covid_stats_api.core.config import Settings
 from covid_stats_api.serving.metrics_server import METRICS_PATH
 from devstack.procs import free_port, pdeathsig_preexec, terminate, wait_until
 from devstack.servers import LocalPostgres, LocalRedis, redact_url
+from devstack.varnish import Varnish
 
 # Defaults of `make run` that differ from the services' own (container) defaults.
 LOCAL_DEFAULTS = {"API_HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}
+# EDGE_CACHE=1 make run: Varnish (deploy/varnish/default.vcl) in front of the api, its public
+# port EDGE_CACHE_PORT and its purge port (the fetcher's PURGE_URLS) EDGE_CACHE_PURGE_PORT.
+EDGE_CACHE_DEFAULTS = {"EDGE_CACHE_PORT": "6081", "EDGE_CACHE_PURGE_PORT": "6091"}
 
 
 class StartupError(RuntimeError):
@@ -65,6 +69,7 @@ class Stack:
     env: dict[str, str]
     children: list[Child] = field(default_factory=list)
     servers: list[LocalRedis | LocalPostgres] = field(default_factory=list)
+    edge: Varnish | None = None
 
     def spawn(self, name: str, argv: list[str], stop_timeout: float = 10.0) -> Child:
         proc = subprocess.Popen(
@@ -173,6 +178,9 @@ def start(stack: Stack, state_dir: Path) -> str:
             what="the replay upstream",
         )
 
+    edge = _edge_cache(env, state_dir)
+    if edge is not None:
+        env.setdefault("PURGE_URLS", edge.purge_url)  # the fetcher purges it at each publish
     env.setdefault("FETCHER_HOST", "127.0.0.1")
     env.setdefault("FETCHER_PORT", str(free_port()))
     if "REFRESH_TOKEN" not in env:
@@ -204,7 +212,33 @@ def start(stack: Stack, state_dir: Path) -> str:
     )
     base = _local_url(env["API_HOST"], env.get("API_PORT", "8000"))
     wait_until(_alive_and(api, _http_ok(f"{base}/readyz")), timeout=60, what="the api to be ready")
+    if edge is not None:
+        varnish = stack.spawn("varnish", edge.argv())
+        edge.wait_listening(varnish.proc)
+        stack.edge = edge
     return base
+
+
+def _edge_cache(env: dict[str, str], state_dir: Path) -> Varnish | None:
+    """The Varnish of ``EDGE_CACHE=1`` (not started), in front of the api's port."""
+    if env.get("EDGE_CACHE", "") in ("", "0"):
+        return None
+    ports = {name: int(env.get(name, default)) for name, default in EDGE_CACHE_DEFAULTS.items()}
+    return Varnish(
+        workdir=state_dir / "varnish",
+        http_port=ports["EDGE_CACHE_PORT"],
+        purge_port=ports["EDGE_CACHE_PURGE_PORT"],
+        backend_port=int(env.get("API_PORT", "8000")),
+    )
+
+
+def _edge_hint(edge: Varnish | None) -> str:
+    if edge is None:
+        return ""
+    return (
+        f"  edge:     {edge.url}/v1/us/current.json  (Varnish in front of the api; the "
+        f"fetcher purges {edge.purge_url} at each publish)\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  fetcher:  {fetcher_url}/metrics  (POST {fetcher_url}/refresh with "
             f"'Authorization: Bearer <token>'{token_hint})\n"
             f"{stores_hint}"
+            f"{_edge_hint(stack.edge)}"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

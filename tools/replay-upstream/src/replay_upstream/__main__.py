@@ -1,11 +1,14 @@
 """Command line: run the replay upstream server, or write the synthetic dataset to a folder.
 
-    replay-upstream [--dataset DIR | --synthetic] [--control] [--github-raw] [--host H]
-                    [--port P] [--log-level L]
+    replay-upstream [--dataset DIR | --synthetic | --editions DIR... | --ctp-editions]
+                    [--control] [--github-raw] [--host H] [--port P] [--log-level L]
     replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
 
-Without ``--dataset`` or ``--synthetic`` the server picks, in order: ``$REPLAY_DATASET_DIR``,
-the archive at ``<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902``, synthetic.
+Without ``--dataset``, ``--synthetic`` or editions the server picks, in order:
+``$REPLAY_EDITIONS`` (folders served one after the other, ``ctp``: the real editions),
+``$REPLAY_DATASET_DIR``, the archive at
+``<repo root>/../shared/covidtracking/ctp_v1_api_snapshot_20200902``, synthetic.
+``--editions DIR...`` / ``--ctp-editions`` serve editions, moved by ``/_control/edition``.
 ``--control`` enables the control API under ``/_control/`` (fault injection, request counts).
 ``--github-raw`` answers in the shape of the default upstream, raw.githubusercontent.com serving
 the archived CTP files (``/COVID19Tracking/covid-public-api/HEAD/v1/...``, ``text/plain``).
@@ -24,6 +27,7 @@ import uvicorn
 
 from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX, create_app
 from replay_upstream.dataset import Dataset, default_archive_dir, load_dataset
+from replay_upstream.editions import Editions, ctp_editions
 from replay_upstream.synthetic import (
     DEFAULT_END,
     DEFAULT_SEED,
@@ -33,6 +37,8 @@ from replay_upstream.synthetic import (
 )
 
 ENV_DATASET_DIR = "REPLAY_DATASET_DIR"
+ENV_EDITIONS = "REPLAY_EDITIONS"
+CTP_EDITIONS = "ctp"  # $REPLAY_EDITIONS naming the real editions (--ctp-editions)
 _PROG = "replay-upstream"
 
 
@@ -61,6 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--synthetic", action="store_true", help="serve the synthetic dataset (in memory)"
+    )
+    source.add_argument(
+        "--editions",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help=(
+            "serve these dataset folders one after the other, from the first: POST "
+            '/_control/edition moves to the next, PUT /_control/edition {"edition": N} to any '
+            "(with or without --control); an edition lacking a kind of records keeps the "
+            f"previous edition's. Default: ${ENV_EDITIONS} (folders separated by "
+            f"'{os.pathsep}', or '{CTP_EDITIONS}': --ctp-editions), when no other source is given"
+        ),
+    )
+    source.add_argument(
+        "--ctp-editions",
+        action="store_true",
+        help=(
+            "--editions with the COVID Tracking Project's three real editions of the states "
+            "history in <repo root>/../shared/covidtracking: 2020-09-02, 2020-12-06, 2021-03-07"
+        ),
     )
     parser.add_argument(
         "--control",
@@ -127,6 +154,22 @@ def _synthetic_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     )
 
 
+def choose_editions(args: argparse.Namespace) -> Editions | None:
+    """The editions the arguments (or, failing them, ``$REPLAY_EDITIONS``) ask for (None: one
+    dataset)."""
+    if args.ctp_editions:
+        return Editions(ctp_editions())
+    if args.editions:
+        return Editions(args.editions)
+    if args.dataset is None and not args.synthetic:
+        from_env = os.environ.get(ENV_EDITIONS, "")
+        if from_env == CTP_EDITIONS:
+            return Editions(ctp_editions())
+        if from_env:
+            return Editions([Path(part) for part in from_env.split(os.pathsep) if part])
+    return None
+
+
 def choose_dataset(args: argparse.Namespace) -> Dataset:
     """The dataset the arguments (or, failing them, the environment) ask for."""
     if args.dataset is not None:
@@ -152,11 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{_PROG}: wrote {len(written)} files to {args.directory}", file=sys.stderr)
             return 0
-        dataset = choose_dataset(args)
+        editions = choose_editions(args)
+        dataset = editions.current if editions is not None else choose_dataset(args)
     except (OSError, ValueError) as error:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2
-    app = create_app(dataset, control=args.control, github_raw=args.github_raw)
+    app = create_app(dataset, control=args.control, github_raw=args.github_raw, editions=editions)
     control = f", control API at http://{args.host}:{args.port}/_control/" if args.control else ""
     print(
         f"{_PROG}: serving {dataset.source} ({dataset.layout}, {len(app.state.paths)} paths) "

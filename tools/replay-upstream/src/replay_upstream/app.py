@@ -30,8 +30,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from replay_upstream.control import CONTROL_PREFIX, Control, control_endpoint
+from replay_upstream.control import (
+    CONTROL_PREFIX,
+    EDITION_PATH,
+    Control,
+    EditionSwitch,
+    control_endpoint,
+    edition_endpoint,
+)
 from replay_upstream.dataset import Dataset
+from replay_upstream.editions import Editions
 from replay_upstream.faults import faulty_response
 from replay_upstream.resources import BODY_HEADERS, Resource, build_resources, error_resource
 
@@ -51,16 +59,35 @@ _PREFLIGHT = {
 }
 
 
-def create_app(dataset: Dataset, *, control: bool = False, github_raw: bool = False) -> Starlette:
+def create_app(
+    dataset: Dataset,
+    *,
+    control: bool = False,
+    github_raw: bool = False,
+    editions: Editions | None = None,
+) -> Starlette:
     """An ASGI app serving ``dataset``; all bytes are built here, before the first request.
 
     ``control``: also serve the control API (fault injection, request counts) under
     ``/_control/``; the app's ``state.control`` is then its :class:`Control` (else None).
     ``github_raw``: answer in raw.githubusercontent.com's shape (the module's docstring).
+    ``editions``: the datasets served one after the other (``dataset`` is the current one);
+    ``/_control/edition`` (with or without ``control``) moves between them, building the next
+    edition's bytes before it replaces the current ones in one step.
     """
     resources = build_resources(dataset)
     last_modified = dataset.last_modified
     controller = Control() if control else None
+
+    def serve_dataset(served: Dataset) -> None:  # in a thread: builds every path's bytes
+        nonlocal resources, last_modified
+        built = build_resources(served)
+        last_modified = served.last_modified
+        resources = built
+        app.state.dataset = served
+        app.state.paths = frozenset(built)
+
+    switch = EditionSwitch(editions, serve_dataset) if editions is not None else None
 
     async def serve(request: Request) -> Response:
         response = await answer(request)
@@ -68,6 +95,8 @@ def create_app(dataset: Dataset, *, control: bool = False, github_raw: bool = Fa
 
     async def answer(request: Request) -> Response:
         path, method = request.url.path, request.method
+        if switch is not None and path == EDITION_PATH:
+            return await edition_endpoint(switch, request)
         if controller is not None and path.startswith(CONTROL_PREFIX):
             return await control_endpoint(controller, request)
         if method == "OPTIONS":

@@ -16,6 +16,12 @@ what the client asked for, over HTTP, against the real server:
   counts a request as it arrives, ``status`` as it is answered (a client that left during a
   ``delay`` is never answered).
 - ``DELETE /_control/requests``: reset the counts (204).
+- ``GET /_control/edition`` (served whenever the server serves editions, ``--editions``,
+  ``--ctp-editions``, with or without ``--control``: :func:`edition_endpoint`):
+  ``{"edition": n, "editions": N, "folders": [...], "last_modified": ...}``;
+  ``POST /_control/edition``: serve the next edition (409 at the last one);
+  ``PUT /_control/edition`` with ``{"edition": n}``: serve edition n (1..N). Both answer
+  once the edition's bytes are served, with the GET's body. Without editions: 404.
 
 What each kind does to a response is in :mod:`replay_upstream.faults`. This module keeps the
 state (:class:`Control`) and answers the control paths (:func:`control_endpoint`).
@@ -23,9 +29,10 @@ state (:class:`Control`) and answers the control paths (:func:`control_endpoint`
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,11 +40,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from replay_upstream.dataset import Dataset
+from replay_upstream.editions import Editions
 from replay_upstream.resources import JSON, error_resource
 
 CONTROL_PREFIX = "/_control/"
 FAULTS_PATH = "/_control/faults"
 REQUESTS_PATH = "/_control/requests"
+EDITION_PATH = "/_control/edition"
 
 FAULT_PARAMS: Mapping[str, frozenset[str]] = {
     "status": frozenset({"status", "retry_after"}),
@@ -95,6 +105,24 @@ class PathCounts:
     def describe(self) -> dict[str, Any]:
         statuses = {str(code): n for code, n in sorted(self.status.items())}
         return {"total": self.total, "conditional": self.conditional, "status": statuses}
+
+
+class EditionSwitch:
+    """Moves the server between its editions, one move at a time; ``serve`` makes a dataset
+    the served one (it builds its bytes: run off the event loop)."""
+
+    def __init__(self, editions: Editions, serve: Callable[[Dataset], None]) -> None:
+        self.editions = editions
+        self._serve = serve
+        self._lock = asyncio.Lock()
+
+    async def go_to(self, number: int) -> None:
+        """Serve edition ``number``; ValueError when out of range."""
+        async with self._lock:
+            await asyncio.to_thread(self._go_to, number)
+
+    def _go_to(self, number: int) -> None:
+        self._serve(self.editions.go_to(number))
 
 
 @dataclass
@@ -190,6 +218,29 @@ async def control_endpoint(control: Control, request: Request) -> Response:
             return Response(status_code=204)
         return _not_allowed(path, "GET, DELETE")
     return error_resource(404, "not found", path).response()
+
+
+async def edition_endpoint(switch: EditionSwitch, request: Request) -> Response:
+    """Answer a request of ``/_control/edition``."""
+    method, editions = request.method, switch.editions
+    if method == "GET":
+        return _json(editions.describe())
+    if method == "POST":
+        if editions.number >= len(editions.folders):
+            return error_resource(409, "already serving the last edition", EDITION_PATH).response()
+        await switch.go_to(editions.number + 1)
+        return _json(editions.describe())
+    if method == "PUT":
+        try:
+            spec = json.loads(await request.body())
+            if not isinstance(spec, dict) or set(spec) != {"edition"}:
+                raise ValueError('expected {"edition": <number>}')
+            number = _int(spec["edition"], "edition", minimum=1, maximum=len(editions.folders))
+            await switch.go_to(number)
+        except ValueError as error:
+            return error_resource(400, str(error), EDITION_PATH).response()
+        return _json(editions.describe())
+    return _not_allowed(EDITION_PATH, "GET, POST, PUT")
 
 
 async def _put_fault(control: Control, request: Request) -> Response:

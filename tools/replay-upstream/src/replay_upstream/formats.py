@@ -118,16 +118,22 @@ class FieldTypes:
 
 
 def parse_csv(data: bytes, types: FieldTypes) -> list[Record]:
-    """Typed records from upstream CSV bytes, keys in the header's order."""
+    """Typed records from upstream CSV bytes, keys in the header's order. A column the
+    header repeats (a data repository file repeated ``date``) is read from its first
+    occurrence."""
     rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
     header = next(rows, None)
     if header is None:
         return []
-    return [
-        {key: types.cell(key, text) for key, text in zip(header, row, strict=True)}
-        for row in rows
-        if row
-    ]
+    first = [i for i, key in enumerate(header) if header.index(key) == i]
+    records = []
+    for row in rows:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"a CSV row has {len(row)} cells, the header {len(header)}")
+        records.append({header[i]: types.cell(header[i], row[i]) for i in first})
+    return records
 
 
 def parse_json_records(data: bytes) -> list[Record]:

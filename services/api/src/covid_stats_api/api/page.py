@@ -106,6 +106,8 @@ def api_urls(url_for: Callable[..., str]) -> dict[str, str]:
         "us-derived": url_for("us_derived", fmt=fmt),
         "state-daily": url_for("state_daily", state=state, fmt=fmt),
         "state-derived": url_for("state_derived", state=state, fmt=fmt),
+        "us-revisions": url_for("us_revisions", fmt="json"),
+        "state-revisions": url_for("state_revisions", state=state, fmt="json"),
     }
 
 

@@ -10,7 +10,7 @@ naming the parameter.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import Query as Param
@@ -25,6 +25,20 @@ from covid_stats_contract.resources import Format, Resource, state_code_pattern
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9]*", re.ASCII)
 _DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})", re.ASCII)  # YYYYMMDD or YYYY-MM-DD
 _STATE = re.compile(state_code_pattern(), re.ASCII)
+# A question sorts by at most this many fields (each one a statement text per direction).
+MAX_SORT_KEYS = 4
+# An ISO 8601 instant with its offset: date, time (seconds and a fraction optional), Z or +hh:mm.
+_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+AS_OF = "as_of"
+AS_OF_DESCRIPTION = (
+    "Answer exactly as this api served it at this ISO 8601 instant, with its offset "
+    "(`2026-12-04T23:00:00Z`): the records of the snapshot current then, the other parameters "
+    "applied as to current data. 404 (`not_published`) before the first publish; 422 for a "
+    "malformed instant or one in the future."
+)
 
 
 class DateConvertor(Convertor[str]):
@@ -60,8 +74,9 @@ def sort_param(example: str) -> Any:
     """The ``sort`` parameter, documented with an example valid for its records."""
     return Field(
         None,
-        description="Sort by a field, ascending (`positive`) or descending (`-positive`); "
-        "nulls last. Default: the upstream's order.",
+        description="Sort by fields, each ascending (`positive`) or descending (`-positive`),"
+        " nulls last; several, comma-separated, sort by each in turn (`-death,positive`: ties"
+        f" of `death` by `positive`), at most {MAX_SORT_KEYS}. Default: the upstream's order.",
         examples=[example],
         max_length=100,
     )
@@ -70,11 +85,16 @@ def sort_param(example: str) -> Any:
 class QueryParams(BaseModel):
     """Query parameters of one shape; FastAPI reads a model's fields from the query string
     (``Annotated[Model, Query()]``) and answers 422 naming the field that is malformed.
-    Parameters a shape does not have are ignored, as they always were.
+    Parameters a shape does not have are ignored, as they always were. Every shape has
+    ``as_of``.
 
     The shapes below are the states' records' (their examples name a state's fields); the
     ``Us*`` and ``Info*`` models change only the examples, since a documented example must
     be a valid request (schemathesis sends them)."""
+
+    as_of: str | None = Field(
+        None, description=AS_OF_DESCRIPTION, examples=["2026-12-04T23:00:00Z"], max_length=40
+    )
 
     @property
     def asked(self) -> bool:
@@ -180,6 +200,49 @@ def parse_date(value: str, parameter: str) -> int:
     )
 
 
+NOT_AS_OF_DESCRIPTION = "Not accepted here (422 naming it): {why}."
+
+
+def not_as_of(why: str) -> Any:
+    """An ``as_of`` parameter a path refuses (``refuse_as_of``), documented with the reason."""
+    return Param(alias=AS_OF, description=NOT_AS_OF_DESCRIPTION.format(why=why), max_length=40)
+
+
+def parse_instant(value: str, parameter: str) -> datetime:
+    """An ISO 8601 instant with its UTC offset (``2026-12-04T23:00:00Z``); 422 otherwise."""
+    try:
+        if not _INSTANT.fullmatch(value):
+            raise ValueError(value)
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"Invalid {parameter}: expected an ISO 8601 instant with its offset, such as "
+            "2026-12-04T23:00:00Z",
+            parameter=parameter,
+        ) from None
+
+
+def parse_as_of(value: str) -> datetime:
+    """``as_of``: an instant (``parse_instant``) not in the future (what will be served
+    then is not known yet; 422)."""
+    instant = parse_instant(value, AS_OF)
+    if instant > datetime.now(UTC):
+        raise ApiError(
+            422, "invalid_parameter", "as_of: the instant is in the future", parameter=AS_OF
+        )
+    return instant
+
+
+def refuse_as_of(value: str | None, why: str) -> None:
+    """422 naming ``as_of`` on a path that does not answer as of an instant."""
+    if value is not None:
+        raise ApiError(
+            422, "invalid_parameter", f"as_of: not accepted on this path ({why})", parameter=AS_OF
+        )
+
+
 def _names(value: str, parameter: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     bad = [name for name in names if not _FIELD.fullmatch(name)]
@@ -191,6 +254,29 @@ def _names(value: str, parameter: str) -> tuple[str, ...]:
             parameter=parameter,
         )
     return names
+
+
+def _sort_keys(value: str) -> tuple[tuple[str, bool], ...]:
+    """``sort``'s keys in order, each (field, descending); a field given twice counts once
+    (its first place: later ones could not reorder anything)."""
+    keys: dict[str, bool] = {}
+    for part in filter(None, (text.strip() for text in value.split(","))):
+        name = part.removeprefix("-").removeprefix("+") if part[:1] in "-+" else part
+        if not _FIELD.fullmatch(name):
+            raise ApiError(
+                422, "invalid_parameter", f"sort: not a field name: {part!r}", parameter="sort"
+            )
+        keys.setdefault(name, part.startswith("-"))
+    if not keys:
+        raise ApiError(422, "invalid_parameter", f"sort: no field: {value!r}", parameter="sort")
+    if len(keys) > MAX_SORT_KEYS:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"sort: at most {MAX_SORT_KEYS} fields, not {len(keys)}",
+            parameter="sort",
+        )
+    return tuple(keys.items())
 
 
 def build(
@@ -207,11 +293,9 @@ def build(
     given: dict[str, Any] = params.model_dump()
     fields, sort, states = given.get("fields"), given.get("sort"), given.get("states")
     date_from, date_to, last_days = given.get("date_from"), given.get("to"), given.get("lastdays")
+    as_of = parse_as_of(given["as_of"]) if given.get("as_of") is not None else None
     field_names = _names(fields, "fields") if fields is not None else ()
-    sort_name, descending = None, False
-    if sort is not None:
-        descending = sort.startswith("-")
-        (sort_name,) = _names(sort.removeprefix("-").removeprefix("+"), "sort")[:1]
+    sort_keys = _sort_keys(sort) if sort is not None else ()
     start = parse_date(date_from, "from") if date_from is not None else None
     end = parse_date(date_to, "to") if date_to is not None else None
     if start is not None and end is not None and start > end:
@@ -236,11 +320,11 @@ def build(
         resource=resource,
         fmt=fmt,
         fields=field_names,
-        sort=sort_name,
-        descending=descending,
+        sort=sort_keys,
         date_from=start,
         date_to=end,
         last_days=last_days,
         states=codes,
         single=single,
+        as_of=as_of,
     )

@@ -13,13 +13,19 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from covid_stats_api.reads.documents import Served
-from covid_stats_runtime.http import Representation, RepresentationResponse, data_headers
+from covid_stats_runtime.http import (
+    CachePolicy,
+    Representation,
+    RepresentationResponse,
+    data_headers,
+)
 
 
-def send(served: Served, max_age: int) -> Response:
+def send(served: Served, policy: CachePolicy, keys: Iterable[str]) -> RepresentationResponse:
     """``served`` as the fast path would send it from memory: the same representation
-    (``covid_stats_runtime.http``), so the same status, headers and bytes."""
-    common = data_headers(max_age, served.source)
+    (``covid_stats_runtime.http``), so the same status, headers and bytes; ``keys``: its
+    surrogate keys (``covid_stats_contract.edge``)."""
+    common = data_headers(policy, served.source, keys)
     return RepresentationResponse(
         Representation.build(
             served.body, served.gzip, served.br, served.etag, served.content_type, common

@@ -1,5 +1,5 @@
 """Settings of the api, read from the environment (docs/configuration.md's table, which
-``make config-docs`` generates from this class and the shared ``StoreSettings``)."""
+``make config-docs`` generates from this class and the shared ``PortSettings``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
-from covid_stats_runtime.settings import StoreSettings
+from covid_stats_runtime.http import CachePolicy
+from covid_stats_runtime.settings import PortSettings
 
 
-class Settings(StoreSettings):
+class Settings(PortSettings):
     api_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - a container's server listens on all interfaces
         description="address gunicorn binds (`make run`: `127.0.0.1`)",
@@ -45,10 +46,56 @@ class Settings(StoreSettings):
     cache_max_age_seconds: int = Field(
         default=60, ge=0, description="`Cache-Control: max-age` of data responses"
     )
+    cache_stale_while_revalidate_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="`Cache-Control: stale-while-revalidate` of data responses: how long past"
+        " `max-age` a cache may serve an answer while it fetches the next (0: not sent)",
+    )
+    cache_stale_if_error_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="`Cache-Control: stale-if-error` of data responses: how long past"
+        " `max-age` a cache may serve an answer while the api fails or is down (0: not sent)",
+    )
+    cache_surrogate_max_age_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="`Surrogate-Control: max-age` of data responses: how long an edge cache"
+        " keeps an answer unless a publish purges its `Surrogate-Key` first (the most an"
+        " edge serves old data when purges are lost); see [Edge cache](edge-cache.md)",
+    )
     query_cache_ttl_seconds: int = Field(
         default=300,
         ge=1,
         description="how long a query's or derived series' answer stays cached in Redis",
+    )
+    query_cache_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Redis memory for cached query and derived answers, all workers and pods"
+        " together: past it the least recently used go (0: answers are not cached); see"
+        " [Query answers](limits.md#query-answers)",
+    )
+    query_answer_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest query answer (uncompressed): a larger one is refused with 422"
+        " `too_large` (the published documents are not limited)",
+    )
+    query_compute_slots: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="questions a worker computes at once (the others wait their turn), the"
+        " large ones each in a process of its own at a lower CPU priority; bounds what"
+        " computations hold, see [Query answers](limits.md#query-answers)",
+    )
+    query_memory_cache_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="memory for recent query answers, per worker (least recently used out"
+        " first; dropped on each publish; 0 turns this tier off)",
     )
     hot_cache_max_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -89,24 +136,6 @@ class Settings(StoreSettings):
         ge=0,
         description="random extra, so workers do not recycle together",
     )
-    # Bounds of every connection (see covid_stats_api.serving.server.uvicorn_adapter).
-    http_max_request_head_bytes: int = Field(
-        default=16384,
-        ge=1024,
-        description="longest request head (request line and headers): longer gets 414 or 431"
-        " (see [Limits](limits.md#limits-and-hostile-clients))",
-    )
-    http_request_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description="a request must arrive whole within this time of its first byte, else 408",
-    )
-    # Keep-alive is for reuse, not for connections that never send a request.
-    http_new_connection_timeout_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        description="a new connection that sends nothing this long is closed",
-    )
     # gunicorn's own FORWARDED_ALLOW_IPS, with its default.
     forwarded_allow_ips: str = Field(
         default="127.0.0.1,::1",
@@ -128,6 +157,16 @@ class Settings(StoreSettings):
         description="share of requests written to the access log (0: off, 1: all; when on,"
         " every 5xx is written); needs `LOG_LEVEL` `INFO`",
     )
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """How long browsers and edge caches keep a data answer."""
+        return CachePolicy(
+            self.cache_max_age_seconds,
+            self.cache_stale_while_revalidate_seconds,
+            self.cache_stale_if_error_seconds,
+            self.cache_surrogate_max_age_seconds,
+        )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

@@ -11,6 +11,10 @@ the cache.
 
 Every answer is compressed once, when it is computed (in a thread when large), and its gzip
 body is cached with it: clients that accept gzip get it, as for documents.
+
+The answers share one byte budget (``QUERY_CACHE_MAX_BYTES``, kept by
+``SnapshotStore.store_query``: least recently used answers out first), and a computation
+that raises ``Uncached`` (an empty answer) is served without being stored.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import replace
 import structlog
 from redis.exceptions import RedisError
 
-from covid_stats_api.metrics import cache_lookup
+from covid_stats_api.metrics import cache_lookup, query_answers_evicted
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import compress
 from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
@@ -49,15 +53,24 @@ async def _compressed(compute: Callable[[], Awaitable[Served]]) -> Served:
     return replace(served, gzip=compress(served.body))
 
 
+class Uncached(Exception):
+    """Raised by a computation whose answer must be served but not cached."""
+
+    def __init__(self, served: Served) -> None:
+        super().__init__("uncached answer")
+        self.served = served
+
+
 def _served(found: CachedAnswer) -> Served:
     """An answer read back from Redis."""
     return Served(found.body, found.etag, "cache", found.content_type, found.gzip)
 
 
 class AnswerCache:
-    def __init__(self, snapshots: SnapshotStore, ttl_seconds: int) -> None:
+    def __init__(self, snapshots: SnapshotStore, ttl_seconds: int, budget_bytes: int) -> None:
         self.snapshots = snapshots
         self.ttl_seconds = ttl_seconds
+        self.budget_bytes = budget_bytes
         self._inflight: dict[str, asyncio.Future[Served]] = {}
 
     async def get(self, key: str, compute: Callable[[], Awaitable[Served]]) -> Served:
@@ -69,6 +82,9 @@ class AnswerCache:
         self._inflight[digest] = future
         try:
             served = await self._fill(digest, compute)
+        except Uncached as uncached:
+            future.set_result(uncached.served)
+            return uncached.served
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: no warning when nobody else waited
@@ -91,7 +107,7 @@ class AnswerCache:
             cache_lookup("redis", "miss" if lookup.answer is None else "hit").inc()
             if (found := lookup.answer) is not None:
                 return _served(found)
-        if snapshot_id is None:
+        if snapshot_id is None or self.budget_bytes == 0:
             return await _compressed(compute)
         locked = True
         with contextlib.suppress(RedisError):
@@ -111,8 +127,15 @@ class AnswerCache:
                         return _served(found)
             served = await _compressed(compute)
             answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
-            with contextlib.suppress(RedisError):
-                await self.snapshots.store_query(snapshot_id, digest, answer, self.ttl_seconds)
+            try:
+                evicted = await self.snapshots.store_query(
+                    snapshot_id, digest, answer, self.ttl_seconds, self.budget_bytes
+                )
+            except RedisError as exc:
+                log.warning("redis_answer_write_failed", error=repr(exc))
+            else:
+                if evicted > 0:
+                    query_answers_evicted().inc(evicted)
             return served
         finally:
             if locked:

@@ -1,8 +1,10 @@
 """Derived series: 7-day rolling averages of the daily increases, and test positivity.
 
-Computed from a daily series (``us/daily`` or one state's daily document) in a worker thread,
-never on the event loop, and cached per snapshot through the ``AnswerCache`` (concurrent
-requests for the same series in one worker share one computation).
+Computed from a daily series (``us/daily`` or one state's daily document) in one of the
+worker's computation processes (``reads.compute``; in a thread, parsing a daily document held
+the GIL the event loop needs for every hot read), never on the event loop, and cached per
+snapshot through the ``AnswerCache`` (concurrent requests for the same series in one worker
+share one computation).
 
 For each date, newest first: the ``<increase>Avg7d`` fields average the increase over the 7
 calendar days ending that date (null unless all 7 days have a value); ``testPositivity`` is
@@ -17,15 +19,17 @@ are kept.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from datetime import date, timedelta
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from covid_stats_api.reads.answers import AnswerCache
+from covid_stats_api.reads.compute import ComputePool
 from covid_stats_api.reads.documents import DocumentReader, Served
 from covid_stats_api.reads.queries import Query, StoreUnavailable, UnknownField
 from covid_stats_contract.documents import (
@@ -35,6 +39,8 @@ from covid_stats_contract.documents import (
     render_array,
     render_csv,
 )
+
+log = structlog.get_logger("covid_stats_api.reads.derived")
 
 INCREASES = (
     "positiveIncrease",
@@ -125,26 +131,44 @@ def render(daily_body: bytes, query: Query) -> bytes:
     return render_array(encode_record(r) for r in series)
 
 
+def empty(query: Query) -> Served:
+    """The answer to a question that selects no date (never cached)."""
+    body = render_csv([]) if query.fmt == "csv" else render_array([])
+    return Served(body, etag_for(body), "database", CONTENT_TYPES[query.fmt])
+
+
 class DerivedService:
-    def __init__(self, reader: DocumentReader, answers: AnswerCache) -> None:
+    def __init__(self, reader: DocumentReader, answers: AnswerCache, compute: ComputePool) -> None:
         self.reader = reader
         self.answers = answers
+        self.compute = compute
 
-    async def series(self, daily_document: str, query: Query) -> Served:
-        """The derived series of ``daily_document``, narrowed and projected as ``query``
-        asks; raises UnknownField for a field a derived record lacks, StoreUnavailable
-        without data."""
+    async def series(
+        self, daily_document: str, query: Query, daily: Served | None = None
+    ) -> Served:
+        """The derived series of ``daily_document`` (or of ``daily``, that document as
+        served at another time: ``as_of``), narrowed and projected as ``query`` asks; raises
+        UnknownField for a field a derived record lacks, StoreUnavailable without data."""
         for name in query.fields:
             if name not in FIELDS:
                 raise UnknownField("fields", name)
         key = f"derived|{daily_document}|{query.fmt}"
         if query != Query(query.resource, query.fmt):  # narrowed or projected
             key += f"|{query.key}"
-        return await self.answers.get(key, lambda: self._compute(daily_document, query))
+        if daily is not None:
+            key += f"|daily:{daily.etag}"
+        return await self.answers.get(key, lambda: self._compute(daily_document, query, daily))
 
-    async def _compute(self, daily_document: str, query: Query) -> Served:
-        daily = await self.reader.read(daily_document)
+    async def _compute(
+        self, daily_document: str, query: Query, daily: Served | None = None
+    ) -> Served:
+        if daily is None:
+            daily = await self.reader.read(daily_document)
         if daily is None:
             raise StoreUnavailable
-        body = await asyncio.to_thread(render, daily.body, query)
+        try:
+            body = await self.compute.call(render, daily.body, query)
+        except BrokenProcessPool as exc:
+            log.warning("derived_compute_failed", error=repr(exc))
+            raise StoreUnavailable from exc
         return Served(body, etag_for(body), daily.source, CONTENT_TYPES[query.fmt])

@@ -1,7 +1,8 @@
 """The in-process tier: each worker's own copy of the hot documents.
 
 An entry holds what a response needs, ready to send: the body, the gzip and Brotli bodies the
-fetcher compressed, the ETag and the header list. ``fastpath`` serves entries without touching
+fetcher compressed, the ETag and the header list (surrogate keys included: built once, when
+the document is kept). ``fastpath`` serves entries without touching
 FastAPI or Redis; the slow path (``documents``) fills entries as it reads documents.
 
 Freshness: a watcher task reads the snapshot pointer and that snapshot's publish time every
@@ -10,7 +11,8 @@ events because it needs no extra connection or server configuration and cannot m
 message across a Redis restart). When either changes (ids count from 1 again in a Redis that
 lost its data) it refetches every cached document of the new snapshot; until each
 arrives the old one keeps being served (stale-while-revalidate), so a new snapshot reaches
-every worker within one check interval plus one refill. When Redis is unreachable or empty,
+every worker within one check interval plus one refill. At that moment the worker's recent
+query answers (``reads.recent``) are dropped too. When Redis is unreachable or empty,
 the entries stay: the last good documents keep being served. Entries rendered from
 PostgreSQL (Redis down) live only ``HOT_CACHE_DATABASE_TTL_SECONDS``. Memory is bounded by
 ``HOT_CACHE_MAX_BYTES`` per worker (least recently used entries go first).
@@ -29,6 +31,7 @@ from datetime import datetime
 import structlog
 from redis.exceptions import RedisError
 
+from covid_stats_api.reads.recent import RecentAnswers
 from covid_stats_contract.documents import (
     JSON_CONTENT_TYPE,
     US_CURRENT,
@@ -36,8 +39,9 @@ from covid_stats_contract.documents import (
     compress,
     compress_br,
 )
+from covid_stats_contract.edge import document_keys
 from covid_stats_contract.snapshots import SnapshotStore
-from covid_stats_runtime.http import Representation, data_headers
+from covid_stats_runtime.http import CachePolicy, Representation, data_headers
 from covid_stats_runtime.tracing import untraced
 
 log = structlog.get_logger("covid_stats_api.reads.hot")
@@ -76,9 +80,9 @@ class HotEntry(Representation):
 
 
 class HotCache:
-    def __init__(self, max_bytes: int, max_age: int, database_ttl: float) -> None:
+    def __init__(self, max_bytes: int, policy: CachePolicy, database_ttl: float) -> None:
         self.max_bytes = max_bytes
-        self.max_age = max_age
+        self.policy = policy
         self.database_ttl = database_ttl
         self.version: str | None = None  # the snapshot id last seen in Redis
         self.published_at: float | None = None  # its publish time (unix), when known
@@ -112,7 +116,8 @@ class HotCache:
         """Keep a document (from Redis: ``version`` is its snapshot id; from PostgreSQL:
         ``version`` is "" and the entry expires soon)."""
         expires = time.monotonic() + (self.database_ttl if not version else float("inf"))
-        common = data_headers(self.max_age, source)
+        # The headers, surrogate keys included, are built here once per document and kept.
+        common = data_headers(self.policy, source, document_keys(name))
 
         def keep(name: str, body: bytes, gzip: bytes, br: bytes, etag: str, kind: str) -> None:
             entry = HotEntry.build(
@@ -166,8 +171,15 @@ class HotCache:
 class HotWatcher:
     """Keeps a worker's ``HotCache`` in step with the current snapshot."""
 
-    def __init__(self, hot: HotCache, snapshots: SnapshotStore, interval: float) -> None:
+    def __init__(
+        self,
+        hot: HotCache,
+        snapshots: SnapshotStore,
+        interval: float,
+        recent: RecentAnswers | None = None,
+    ) -> None:
         self.hot = hot
+        self.recent = recent  # the recent query answers: dropped with each new snapshot
         self.snapshots = snapshots
         self.interval = interval
         self._published: str | None = None  # the publish time of the snapshot held
@@ -212,6 +224,8 @@ class HotWatcher:
                 continue
             self.hot.put_document(doc)
         # Only now: a refill cut short (Redis gone again) is taken up at the next check.
+        if self.recent is not None:
+            self.recent.clear()
         self.hot.version = current
         self._published = published
         if published:

@@ -1,7 +1,11 @@
 // covid-stats: the page at /. Draws the api's daily and derived series as SVG charts, with
 // no library. Everything from the URL or the data reaches the page as text (textContent,
 // setAttribute of numbers), never as markup. The api's URLs come from the page's <body>
-// (data-* attributes the server writes from its routes).
+// (data-* attributes the server writes from its routes). With an "as of" instant in the view,
+// every request for a document (the series, the list of places) carries as_of=<instant>: the
+// api answers what it served then. The revisions and the status refuse as_of (the revisions
+// are a history already: those first seen after the instant are left out here; the status
+// is the data held now).
 "use strict";
 
 (() => {
@@ -17,15 +21,17 @@
   };
   const CHARTS = [
     { id: "cases", title: "New cases", short: "Cases a day", noun: "new cases",
-      bars: ["daily", "positiveIncrease"], line: ["derived", "positiveIncreaseAvg7d"] },
+      bars: ["daily", "positiveIncrease"], line: ["derived", "positiveIncreaseAvg7d"],
+      revised: "positiveIncrease" },
     { id: "deaths", title: "New deaths", short: "Deaths a day", noun: "deaths",
-      bars: ["daily", "deathIncrease"], line: ["derived", "deathIncreaseAvg7d"] },
+      bars: ["daily", "deathIncrease"], line: ["derived", "deathIncreaseAvg7d"],
+      revised: "deathIncrease" },
     { id: "tests", title: "New test results", short: "Tests a day", noun: "test results",
       bars: ["daily", "totalTestResultsIncrease"],
-      line: ["derived", "totalTestResultsIncreaseAvg7d"] },
+      line: ["derived", "totalTestResultsIncreaseAvg7d"], revised: "totalTestResultsIncrease" },
     { id: "hospitalized", title: "Currently hospitalized", short: "In hospital",
       noun: "people in hospital",
-      line: ["daily", "hospitalizedCurrently"], area: true },
+      line: ["daily", "hospitalizedCurrently"], area: true, revised: "hospitalizedCurrently" },
     { id: "positivity", title: "Test positivity", short: "Tests positive",
       noun: "of tests positive",
       bars: ["derived", "testPositivity"], line: ["derived", "testPositivity7d"], percent: true,
@@ -53,10 +59,13 @@
   const shortDate = new Intl.DateTimeFormat("en-US",
     { timeZone: "UTC", month: "short", day: "numeric", year: "numeric" });
   const monthName = new Intl.DateTimeFormat("en-US", { timeZone: "UTC", month: "short" });
+  const exact = new Intl.NumberFormat("en-US", { maximumFractionDigits: 6 });
+  // An instant in UTC, to the second: 2020-12-01 00:00:00 UTC.
+  const utcText = (d) => `${d.toISOString().slice(0, 19).replace("T", " ")} UTC`;
   const DAY = 86400000;
 
   let states = new Map(); // "ca" -> "California"
-  let shown = null; // { view, rows } of the charts on screen
+  let shown = null; // { view, rows, revised } of the charts on screen
   let generation = 0; // the latest load: an older one's answer is dropped
 
   // -- the view: place and dates, read from and written to the URL ---------------------------
@@ -67,9 +76,29 @@
     return !Number.isNaN(d.getTime()) && d.toISOString().slice(0, 10) === text;
   }
 
+  // An ISO 8601 instant with its UTC offset, as the api takes it: 2020-12-01T00:00:00Z.
+  function isInstant(text) {
+    const m = /^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?(?:Z|[+-](\d{2}):(\d{2}))$/
+      .exec(text);
+    return Boolean(m) && isDate(m[1]) && +m[2] < 24 && +m[3] < 60 && +(m[4] || 0) < 60
+      && +(m[5] || 0) < 24 && +(m[6] || 0) < 60;
+  }
+
+  // The instant as a datetime-local input's value, in UTC (seconds: the input's step is 1).
+  function utcInput(instant) {
+    const d = new Date(instant);
+    return Number.isNaN(d.getTime()) ? "" : d.toISOString().slice(0, 19);
+  }
+
+  // Adds as_of to a query when the view has one.
+  function withAsOf(query, view) {
+    if (view.asOf) query.set("as_of", view.asOf);
+    return query;
+  }
+
   function readUrl() {
     const query = new URLSearchParams(location.search);
-    const view = { state: "", from: "", to: "", days: "" };
+    const view = { state: "", from: "", to: "", days: "", asOf: "" };
     const notices = [];
     const place = query.get("state");
     if (place && place.toLowerCase() !== "us") {
@@ -87,6 +116,11 @@
       if (/^[1-9]\d{0,3}$/.test(days)) view.days = days;
       else notices.push(`Ignored days=“${days}”: not a number of days.`);
     }
+    const asOf = query.get("as_of");
+    if (asOf) {
+      if (isInstant(asOf)) view.asOf = asOf;
+      else notices.push(`Ignored as_of=“${asOf}”: not an instant (YYYY-MM-DDThh:mm:ssZ).`);
+    }
     if (view.from && view.to && view.from > view.to) {
       notices.push("“From” is after “To”: showing every date.");
       view.from = view.to = "";
@@ -97,6 +131,7 @@
   function pageUrl(view) {
     const query = new URLSearchParams();
     for (const key of ["state", "from", "to", "days"]) if (view[key]) query.set(key, view[key]);
+    withAsOf(query, view);
     const text = query.toString();
     return location.pathname + (text ? "?" + text : "");
   }
@@ -110,6 +145,14 @@
     if (view.from) query.set("from", view.from);
     if (view.to) query.set("to", view.to);
     if (view.days) query.set("lastdays", view.days);
+    return path + "?" + withAsOf(query, view).toString();
+  }
+
+  // The revisions of one field of the view's place, for the dates shown (never as_of).
+  function revisionsUrl(view, field, first, last) {
+    const path = view.state ? api.stateRevisions.replace("{state}", encodeURIComponent(view.state))
+      : api.usRevisions;
+    const query = new URLSearchParams({ field, from: String(first), to: String(last) });
     return path + "?" + query.toString();
   }
 
@@ -121,23 +164,25 @@
   // -- loading ---------------------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, code) {
       super(message);
       this.status = status;
+      this.code = code;
     }
   }
 
   async function getJson(url) {
     const response = await fetch(url, { headers: { Accept: "application/json" } });
     if (!response.ok) {
-      let message = `${response.status} ${response.statusText}`;
+      let message = `${response.status} ${response.statusText}`, code = "";
       try {
         const body = await response.json();
         if (body && body.error && typeof body.error.message === "string") {
           message = body.error.message;
+          code = String(body.error.code);
         }
       } catch (_) { /* not the api's error shape */ }
-      throw new ApiError(response.status, message);
+      throw new ApiError(response.status, message, code);
     }
     return response.json();
   }
@@ -158,9 +203,10 @@
       ]);
       if (mine !== generation) return;
       render(view, Array.isArray(daily) ? daily : [], Array.isArray(derived) ? derived : []);
+      await showRevisions(mine);
     } catch (error) {
       if (mine !== generation) return;
-      if (error instanceof ApiError && error.status === 404 && view.state) {
+      if (error instanceof ApiError && error.code === "unknown_state" && view.state) {
         notice(`No data for “${view.state.toUpperCase()}”: showing the United States.`);
         const us = { ...view, state: "" };
         history.replaceState(null, "", pageUrl(us));
@@ -174,9 +220,82 @@
     }
   }
 
+  // The revised values of the view's daily series: one request per field the charts show,
+  // for the dates on screen; then the marks, the summary line and the list.
+  async function showRevisions(mine) {
+    const { view, rows } = shown;
+    const asOf = view.asOf ? Date.parse(view.asOf) : Infinity; // what was known then
+    const fields = CHARTS.filter((spec) => spec.revised).map((spec) => spec.revised);
+    const revised = new Map(fields.map((f) => [f, new Map()])); // field -> date -> [revision]
+    if (rows.length) {
+      const first = rows[0].date, last = rows[rows.length - 1].date;
+      const dates = new Set(rows.map((r) => r.date));
+      let answers;
+      try {
+        answers = await Promise.all(fields.map((f) => getJson(revisionsUrl(view, f, first, last))));
+      } catch (error) {
+        if (mine === generation) notice(`Could not load the revisions: ${error.message}`);
+        return;
+      }
+      if (mine !== generation) return;
+      answers.forEach((list, i) => {
+        for (const r of Array.isArray(list) ? list : []) {
+          if (!r || r.field !== fields[i] || !dates.has(r.date)) continue;
+          if (!(Date.parse(r.firstSeen) <= asOf)) continue;
+          const byDate = revised.get(fields[i]);
+          if (!byDate.has(r.date)) byDate.set(r.date, []);
+          byDate.get(r.date).push(r);
+        }
+      });
+    }
+    shown.revised = revised;
+    drawAll();
+    listRevisions(revised);
+  }
+
+  function shownValue(v) {
+    if (v === null || v === undefined) return "no value";
+    return typeof v === "number" ? exact.format(v) : String(v);
+  }
+
+  function whenSeen(r) {
+    const d = new Date(r.firstSeen);
+    return Number.isNaN(d.getTime()) ? String(r.firstSeen) : utcText(d);
+  }
+
+  // "new cases on Mar 2, 2020 revised: 0 → 5 (first seen 2026-12-05 04:12:03 UTC)".
+  function revisionText(spec, date, list) {
+    const changes = [...list].reverse()
+      .map((r) => `${shownValue(r.old)} → ${shownValue(r.new)} (first seen ${whenSeen(r)})`);
+    return `${spec.noun} on ${shortDate.format(dayOf(date) * DAY)} revised: ${changes.join(", then ")}`;
+  }
+
+  function listRevisions(revised) {
+    const box = $("revised"), list = $("revised-list");
+    const items = [], parts = [];
+    for (const spec of CHARTS.filter((c) => c.revised)) {
+      const byDate = revised.get(spec.revised);
+      if (byDate.size) parts.push(`${spec.noun} ${count.format(byDate.size)}`);
+      for (const [date, rs] of [...byDate.entries()].sort((a, b) => b[0] - a[0])) {
+        const li = document.createElement("li");
+        li.textContent = revisionText(spec, date, rs);
+        items.push(li);
+      }
+    }
+    list.replaceChildren(...items);
+    const total = items.length;
+    $("revised-summary").textContent = total
+      ? `${count.format(total)} ${total === 1 ? "value" : "values"} of this view revised since `
+        + `first published (${parts.join(", ")}), each marked ◆ on its chart: `
+        + "from what, to what, and when"
+      : "";
+    box.hidden = !total;
+  }
+
   async function loadStates() {
     try {
-      const list = await getJson(api.states + "?fields=state,name");
+      const query = withAsOf(new URLSearchParams({ fields: "state,name" }), currentView());
+      const list = await getJson(api.states + "?" + query.toString());
       const select = $("state");
       for (const record of Array.isArray(list) ? list : []) {
         const code = typeof record.state === "string" ? record.state : "";
@@ -248,11 +367,15 @@
     } else {
       $("lede").textContent = "No data for these dates.";
     }
+    if (view.asOf) {
+      $("lede").textContent += ` As published at ${utcText(new Date(view.asOf))}.`;
+    }
   }
 
   function render(view, daily, derived) {
     const rows = rowsOf(daily, derived);
-    shown = { view, rows };
+    shown = { view, rows, revised: null };
+    $("revised").hidden = true;
     title(view, rows);
     $("newest").textContent = rows.length ? shortDate.format(rows[rows.length - 1].day * DAY) : "none";
     const links = {
@@ -480,6 +603,24 @@
     if (spec.area && area) el("path", { class: "area", d: area }, svg);
     el("path", { class: "line", d }, svg);
 
+    // Revised values: a diamond at the value drawn, with its story as the mark's title.
+    const revised = shown.revised && spec.revised ? shown.revised.get(spec.revised) : null;
+    if (revised && revised.size) {
+      const marks = el("g", { class: "revisions" }, svg);
+      rows.forEach((row) => {
+        const rs = revised.get(row.date);
+        if (!rs) return;
+        const v = value(row, spec.bars || spec.line);
+        const cx = x(row.day), cy = v === null ? zero : y(v);
+        const mark = el("path", {
+          class: "revised",
+          d: `M${cx.toFixed(1)},${(cy - 5).toFixed(1)}l4,4l-4,4l-4,-4z`,
+          "data-date": row.date,
+        }, marks);
+        el("title", {}, mark).textContent = revisionText(spec, row.date, rs);
+      });
+    }
+
     const cursor = el("g", { class: "cursor" }, svg);
     const rule = el("line", { y1: m.top, y2: height - m.bottom }, cursor);
     const dot = el("circle", { r: 3.5 }, cursor);
@@ -491,6 +632,8 @@
       if (spec.bars) parts.push(b === null ? "no daily figure" : `${formatValue(spec, b)} ${spec.noun}`);
       if (spec.bars) parts.push(l === null ? "no 7-day average" : `7-day average ${formatValue(spec, l)}`);
       else parts.push(l === null ? "no figure" : `${formatValue(spec, l)} ${spec.noun}`);
+      const rs = revised ? revised.get(row.date) : null;
+      if (rs) parts.push(`◆ revised: first ${shownValue(rs[rs.length - 1].old)}`);
       return parts.join(" · ");
     };
     let at = rows.length - 1;
@@ -569,6 +712,7 @@
     select.value = states.has(view.state) || !view.state ? view.state : select.value;
     $("from").value = view.from;
     $("to").value = view.to;
+    $("as-of").value = view.asOf ? utcInput(view.asOf) : "";
     for (const button of document.querySelectorAll(".presets button")) {
       const pressed = button.dataset.days === view.days && !view.from && !view.to;
       button.setAttribute("aria-pressed", String(pressed));
@@ -590,6 +734,13 @@
     view.to = isDate(to) ? to : "";
     if (view.from && view.to && view.from > view.to) [view.from, view.to] = [view.to, view.from];
     if (view.from || view.to) view.days = "";
+    // The input holds UTC to the second (hh:mm when the seconds are 0); the instant of the
+    // URL is kept, as written, while the input shows it.
+    const asOf = $("as-of").value;
+    const text = asOf ? (asOf.length === 16 ? asOf + ":00" : asOf.slice(0, 19)) + "Z" : "";
+    const second = (t) => Math.floor(Date.parse(t) / 1000);
+    if (!isInstant(text)) view.asOf = "";
+    else if (!view.asOf || second(view.asOf) !== second(text)) view.asOf = text;
     return view;
   }
 
@@ -601,6 +752,8 @@
     $("state").addEventListener("change", () => go(fromControls()));
     $("from").addEventListener("change", () => go(fromControls()));
     $("to").addEventListener("change", () => go(fromControls()));
+    $("as-of").addEventListener("change", () => go(fromControls()));
+    $("as-of-latest").addEventListener("click", () => go({ ...fromControls(), asOf: "" }));
     $("controls").addEventListener("submit", (event) => {
       event.preventDefault();
       go(fromControls());

@@ -16,6 +16,7 @@ from covid_stats_api.api.responses import SchemaRef, get_and_head
 from covid_stats_api.reads.documents import Served
 from covid_stats_api.reads.hot import envelope_bodies, envelope_etag
 from covid_stats_contract.documents import JSON_CONTENT_TYPE, US_CURRENT
+from covid_stats_contract.edge import document_keys
 from covid_stats_contract.models import UsRecord
 
 router = APIRouter(tags=["covid-stats"])
@@ -57,4 +58,4 @@ async def covid_stats(api: ApiDep) -> Response:
     body, gzip, br = envelope_bodies(served.source, served.body)
     tag = envelope_etag(served.source, served.etag)
     served = Served(body, tag, served.source, JSON_CONTENT_TYPE, gzip, br)
-    return api.send(served)
+    return api.send(served, document_keys(US_CURRENT))

@@ -89,7 +89,10 @@ def responses(schema: dict[str, Any], description: str) -> dict[int | str, dict[
                 DATA_SOURCE_HEADER: {"schema": {"type": "string", "enum": ["cache", "database"]}},
             },
         },
-        304: {"description": "Not modified: the `If-None-Match` tag is current"},
+        304: {
+            "description": "Not modified: `If-None-Match` names the tag of the representation "
+            "a 200 would send (its `Accept-Encoding`); the 304 carries that tag"
+        },
         **ERROR_RESPONSES,
     }
 
@@ -261,6 +264,9 @@ async def state_date(
     return await api.answer(question, state=code)
 
 
+STATUS_NOT_AS_OF = "the status describes the data held now"
+
+
 @get_and_head(
     router,
     "/status.json",
@@ -274,5 +280,8 @@ async def state_date(
         **ERROR_RESPONSES,
     },
 )
-async def status(api: ApiDep) -> Response:
+async def status(
+    api: ApiDep, as_of: Annotated[str | None, params.not_as_of(STATUS_NOT_AS_OF)] = None
+) -> Response:
+    params.refuse_as_of(as_of, STATUS_NOT_AS_OF)
     return await api.document(STATUS)

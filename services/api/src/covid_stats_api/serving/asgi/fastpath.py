@@ -9,26 +9,44 @@ are sent as they are (the gzip body when the client accepts gzip; 304 when
 ``If-None-Match`` matches). Anything else, including every error, goes to FastAPI, so the
 OpenAPI document and the error model stay whole: both paths answer the same request with the
 same status, headers and bytes. The page and its assets (``page``), fixed bytes held in
-memory from start-up, are answered here too, whatever their query string.
+memory from start-up, are answered here too, whatever their query string. So are query
+answers the worker keeps in memory (``reads.recent``), by the exact request target (path
+and query string) that FastAPI answered them for: the same bytes and headers again.
 ``FastPath.find`` is the one place that decides: under gunicorn the HTTP protocol asks it
 first and writes the answer itself (``direct``); this layer answers what reaches the app.
+It is also where the path to route is settled (``routed_path``): an encoded slash (``%2F``)
+stays encoded, part of its segment, for the fast path and FastAPI alike.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry
+from covid_stats_api.reads.recent import RecentAnswers, current_request
 from covid_stats_contract.documents import STATE_CODE_RE, STATE_PLACEHOLDER, document_families
 from covid_stats_runtime.http import Representation, send_representation
 
 # A code put in a family's name to ask the routes which one answers it (any valid code).
 _SAMPLE_STATE = "zz"
+_ENCODED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
+
+
+def routed_path(raw_path: bytes) -> str:
+    """The path to route from the request's raw (percent-encoded) path: decoded as the
+    server decodes it, except each ``%2F``, kept as the text ``%2F``: a slash sent encoded
+    belongs to its segment and never separates two (uvicorn decodes it, so
+    ``/v1/states/ca%2fcurrent.json`` would be routed as ``/v1/states/ca/current.json``).
+    A query string some clients leave in ``raw_path`` (httpx's ASGI transport) is dropped."""
+    path = raw_path.partition(b"?")[0]
+    return "%2F".join(unquote(part.decode("latin-1")) for part in _ENCODED_SLASH.split(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +115,22 @@ class FastPath:
         hot: HotCache,
         paths: DocumentPaths,
         static: Mapping[str, HotEntry] | None = None,
+        recent: RecentAnswers | None = None,
     ) -> None:
         self.app = app
         self.hot = hot
         self.paths = paths  # which document a path names
         self.static = static or {}  # fixed answers by path (the page): any query string
+        self.recent = recent  # recent query answers, by the request target that led to them
 
     def find(self, scope: Scope) -> tuple[str, Representation] | None:
         """The answer this layer has for an HTTP request, with its route template (the
         metrics' label), or None when FastAPI must answer it. Counts the memory tier's
-        lookups."""
+        lookups. A raw path with an encoded slash has its ``path`` set to
+        :func:`routed_path` first (so FastAPI, answering after, routes that too)."""
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw and _ENCODED_SLASH.search(raw):
+            scope["path"] = routed_path(raw)
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return None
@@ -114,7 +138,12 @@ class FastPath:
         fixed = self.static.get(path)
         if fixed is not None:
             return path, fixed
-        if scope["query_string"] or (target := self.paths.resolve(path)) is None:
+        query_string = scope["query_string"]
+        if query_string:
+            if self.recent is None:
+                return None
+            return self.recent.find(path, query_string, self.hot.version)
+        if (target := self.paths.resolve(path)) is None:
             return None
         name, route = target
         entry = self.hot.get(name)
@@ -126,8 +155,16 @@ class FastPath:
         return route, entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (found := self.find(scope)) is not None:
-            scope["route_template"], representation = found
-            await send_representation(scope, send, representation)
-            return
+        if scope["type"] == "http":
+            if (found := self.find(scope)) is not None:
+                scope["route_template"], representation = found
+                await send_representation(scope, send, representation)
+                return
+            if scope["query_string"]:  # an answer FastAPI gives may be kept for its target
+                token = current_request.set(scope)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    current_request.reset(token)
+                return
         await self.app(scope, receive, send)

@@ -161,6 +161,7 @@ class RateLimit:
                 "type": "http.response.start",
                 "status": 429,
                 "headers": error_headers(
+                    429,
                     body,
                     (b"retry-after", str(retry_after).encode()),
                     (b"access-control-allow-origin", b"*"),

@@ -1,10 +1,12 @@
 """The server adapter: everything of uvicorn's and uvicorn-worker's this service builds on,
-in one module. Every write to uvicorn's per-connection state and every use of a private name
-of theirs is here, listed in ``UVICORN_INTERNALS`` (a test checks each against the installed
-versions); the app's ASGI layers (``serving.asgi``) know nothing of uvicorn.
+in one module (and the limited protocol it shares with the fetcher,
+``covid_stats_runtime.protocol``). Every write to uvicorn's per-connection state and every
+use of a private name of theirs is here or there, listed in ``UVICORN_INTERNALS`` (a test
+checks each against the installed versions); the app's ASGI layers (``serving.asgi``) know
+nothing of uvicorn.
 
-- the protocol (``LimitedHttpToolsProtocol``): uvicorn's httptools protocol with limits on
-  every connection (below);
+- the protocol (``LimitedHttpToolsProtocol``, ``covid_stats_runtime.protocol``'s): uvicorn's
+  httptools protocol with limits on every connection (below);
 - direct answers (``DirectAnsweringProtocol``): a hot document's answer, found by the app
   (``serving.asgi.direct``), written by the protocol itself, its request cycle completed as
   uvicorn's ``send`` would; off, with one log line and
@@ -17,28 +19,12 @@ versions); the app's ASGI layers (``serving.asgi``) know nothing of uvicorn.
 Limits on every connection
 --------------------------
 
-uvicorn's httptools protocol bounds neither the size of a request's head (the request line
-and the headers: httptools buffers a header whole, however long, and uvicorn refuses a URL
-over 65,535 bytes only once the whole head has arrived) nor the time a client takes to send
-it: uvicorn's keep-alive timer runs only between two requests, every byte received cancels
-it, and a new connection has none at all. gunicorn's ``limit_request_*`` settings bound its
-own workers' parser, not uvicorn's. So a client could make a worker buffer a header of any
-size, or hold connections open forever by trickling bytes (slowloris). This protocol, the
-httptools one with three bounds added, closes those holes:
-
-* ``HTTP_MAX_REQUEST_HEAD_BYTES``: a request whose head grows past this is answered 414 (the
-  request line alone is too long) or 431 (the headers are), as soon as that many bytes have
-  arrived: a worker never holds more than this plus one socket read of a head.
-* ``HTTP_REQUEST_TIMEOUT_SECONDS``: a request must arrive whole (head and body) within this
-  time of its first byte, else it is answered 408.
-* ``HTTP_NEW_CONNECTION_TIMEOUT_SECONDS``: a new connection that sends nothing is closed
-  after this long (``GUNICORN_KEEPALIVE_SECONDS``, longer to outlast a load balancer's own
-  idle timeout, bounds only a connection idle after an answer).
-
-These answers, and the 400 for bytes that are not HTTP/1.1, have the api's error shape (JSON,
-``Access-Control-Allow-Origin: *``) and close the connection "lingering": the answer is sent
-with a FIN, then what the client still sends is read and dropped for up to
-``_LINGER_SECONDS``, so that it reads the answer instead of a connection reset.
+The protocol is ``covid_stats_runtime.protocol``'s (the fetcher's port serves through it
+too): uvicorn's httptools protocol with a bounded head (``HTTP_MAX_REQUEST_HEAD_BYTES``:
+414/431), a request deadline (``HTTP_REQUEST_TIMEOUT_SECONDS``: 408) and an idle timer on new
+connections (``HTTP_NEW_CONNECTION_TIMEOUT_SECONDS``), its refusals counted in
+``covid_stats_api_invalid_requests_total{status}`` and logged sampled. What it relies on of
+uvicorn's is listed there and included in ``UVICORN_INTERNALS`` below.
 
 Drain on shutdown
 -----------------
@@ -90,18 +76,12 @@ from uvicorn.server import Server, ServerState
 
 from covid_stats_api.core.config import Settings, get_settings
 from covid_stats_api.serving.asgi.drain import Drain
-from covid_stats_api.serving.handoff import (
-    DIRECT_ANSWERS_KEY,
-    DirectAnswerSource,
-    closing_error_answer,
-)
+from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY, DirectAnswerSource
 from covid_stats_api.serving.server.accept import AcceptServer
+from covid_stats_runtime import protocol as limits
 from covid_stats_runtime.http import SERVER_HEADERS
 
 log = structlog.get_logger("covid_stats_api.serving.server.uvicorn_adapter")
-
-# How long a rejected client's further bytes are read and dropped before the socket closes.
-_LINGER_SECONDS = 1.0
 
 
 # -- what this module relies on, of uvicorn's and uvicorn-worker's internals -------------------
@@ -109,9 +89,10 @@ _LINGER_SECONDS = 1.0
 # Every attribute, method and keyword of theirs this module reads, writes, calls or
 # overrides, by the class that has it: the one list (tests/api/test_uvicorn_compat.py checks
 # each against the installed versions, and that this module uses no private name, ``_x``,
-# of theirs that is not here). uvicorn's protocol and cycle keep their state in plain
-# attributes; none of this is public API.
-UVICORN_INTERNALS: dict[type, tuple[str, ...]] = {
+# of theirs that is not here), with those of the protocol it shares with the fetcher
+# (``covid_stats_runtime.protocol.UVICORN_INTERNALS``, checked against that module's source).
+# uvicorn's protocol and cycle keep their state in plain attributes; none of this is public API.
+_ADAPTER_INTERNALS: dict[type, tuple[str, ...]] = {
     HttpToolsProtocol: (
         # set by __init__ / connection_made, read here
         "app",
@@ -173,6 +154,10 @@ UVICORN_INTERNALS: dict[type, tuple[str, ...]] = {
         "_install_sigquit_handler",
     ),
 }
+UVICORN_INTERNALS: dict[type, tuple[str, ...]] = {
+    cls: tuple(dict.fromkeys((*limits.UVICORN_INTERNALS.get(cls, ()), *names)))
+    for cls, names in _ADAPTER_INTERNALS.items()
+}
 # The parameters of the methods this module overrides or calls with arguments, as it
 # assumes them (``_loop``: the protocol's keyword for its event loop, passed by the server).
 UVICORN_SIGNATURES: dict[str, tuple[type, str, tuple[str, ...]]] = {
@@ -223,163 +208,19 @@ def direct_answer_hooks_missing() -> str | None:
     return None
 
 
-class _Rejected(Exception):
-    """Raised in a parser callback to stop parsing a request that is refused."""
+class LimitedHttpToolsProtocol(limits.LimitedHttpToolsProtocol):
+    """The limited protocol both services share (``covid_stats_runtime.protocol``), as the
+    api's workers run it when they cannot write direct answers."""
 
-
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bounded request head, a request deadline and an
-    idle timer on new connections. Use :func:`protocol_class` to set the bounds.
-
-    Cheap on the common path: a request that arrives whole in one socket read costs a few
-    attribute reads and no timer; the deadline is armed only while a request is incomplete.
-    Where a request stands is read from uvicorn's own state: ``self.scope`` is the request
-    being parsed (a new one per request head begun), ``self.cycle`` the last one whose head
-    was complete, and ``cycle.more_body`` whether its body is still to come.
-    """
-
-    max_head_bytes: ClassVar[int] = 16384
-    request_timeout_seconds: ClassVar[float] = 10.0
-    new_connection_timeout_seconds: ClassVar[float] = 5.0
     # Why this protocol writes no direct answers (``protocol_class``), or None.
     direct_answers_off: ClassVar[str | None] = "not a DirectAnsweringProtocol"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Bytes of the socket reads that began outside a request body since the last
-        # complete head: bounds what httptools buffers of a head (it keeps a header whole
-        # before calling back), exactly unless a head begins in the middle of a read
-        # (pipelining), when that one read (at most 256 KiB) may go uncounted.
-        self._read_while_head = 0
-        self._deadline: asyncio.TimerHandle | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._rejection: tuple[int, str, str] | None = None
-        self._refused = False  # answered with an error: the rest of the input is dropped
-
-    # -- connection ----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        # uvicorn arms its keep-alive timer only after a response: a connection that never
-        # sends a byte would otherwise live as long as the worker. Its first byte cancels it.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.new_connection_timeout_seconds, self.timeout_keep_alive_handler
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_deadline()
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering: drop what the client still sends
-        scope, cycle = self.scope, self.cycle
-        in_body = cycle is not None and cycle.scope is scope and cycle.more_body
-        if not in_body:
-            self._read_while_head += len(data)
-        super().data_received(data)
-        if self._refused or self.transport.is_closing():
-            return
-        if self.cycle is not None and self.cycle.scope is self.scope:
-            pending = self.cycle.more_body  # the body is still to come
-        elif self.scope is not None:  # a head begun and not complete
-            if self._read_while_head > self.max_head_bytes:
-                self._reject(*self._too_large(self._read_while_head))
-                return
-            pending = True
-        else:
-            pending = False
-        progressed = self.scope is not scope or self.cycle is not cycle
-        if not (pending or progressed or in_body):
-            pending = True  # bytes outside any request (blank lines): they count too
-        if pending:
-            if progressed or self._deadline is None:  # from this request's first read
-                self._cancel_deadline()
-                self._deadline = self.loop.call_later(
-                    self.request_timeout_seconds, self._request_timed_out
-                )
-        elif self._deadline is not None:
-            self._cancel_deadline()
-
-    # -- parser callbacks ----------------------------------------------------------------
-
-    def on_headers_complete(self) -> None:
-        read, self._read_while_head = self._read_while_head, 0
-        # The reads counted are an upper bound of the head's size, except for a head that
-        # began in the middle of a read (read == 0, or the first of several reads): then,
-        # and when the bound is exceeded, measure the head itself.
-        if (read == 0 or read > self.max_head_bytes) and (
-            size := self._head_size()
-        ) > self.max_head_bytes:
-            self._rejection = self._too_large(size)
-            raise _Rejected
-        super().on_headers_complete()
-
-    def _head_size(self) -> int:
-        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-
-    # -- answers -------------------------------------------------------------------------
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn calls this when httptools refuses the input, or a callback raised."""
-        rejection = self._rejection or (400, "bad_request", "The request is not valid HTTP/1.1.")
-        self._reject(*rejection)
-
-    def _too_large(self, size: int) -> tuple[int, str, str]:
-        """414 when the request line makes most of the ``size`` bytes of head, else 431."""
-        limit = f"the limit of {self.max_head_bytes} bytes"
-        if not self.headers or 2 * len(self.url) >= size:
-            return 414, "uri_too_long", f"The request line is over {limit}."
-        return 431, "headers_too_large", f"The request's headers are over {limit}."
-
-    def _request_timed_out(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing() or self._refused:
-            return
-        if self.flow is not None and self.flow.read_paused:
-            # uvicorn stopped reading (pipelined requests wait for a response): the server
-            # is the slow one, not the client.
-            self._deadline = self.loop.call_later(
-                self.request_timeout_seconds, self._request_timed_out
-            )
-            return
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # A response is on its way while its request's body still trickles in: the
-            # connection closes once it is sent.
-            cycle.keep_alive = False
-        elif cycle is None or cycle.scope is not self.scope:  # a head never completed
-            self._reject(
-                408,
-                "request_timeout",
-                f"The request did not arrive within {self.request_timeout_seconds:g} seconds.",
-            )
-        else:
-            self.transport.close()
-
-    def _reject(self, status: int, code: str, message: str) -> None:
-        self._refused = True
-        self._cancel_deadline()
-        self._unset_keepalive_if_required()
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined request is refused while the previous one's response is being
-            # sent: that response finishes, then the connection closes.
-            self.cycle.keep_alive = False
-            return
-        self.transport.write(
-            closing_error_answer(status, code, message, self.server_state.default_headers)
-        )
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self._linger = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def count_refusal(self, status: int) -> None:
+        """In ``covid_stats_api_invalid_requests_total``, through the counter the app offers
+        in its lifespan state (this module imports no module defining metrics)."""
+        count = self.app_state.get(REFUSALS_KEY)
+        if count is not None:
+            count(status)
 
 
 class DirectAnsweringProtocol(LimitedHttpToolsProtocol):
@@ -433,17 +274,15 @@ def protocol_class(settings: Settings) -> type[LimitedHttpToolsProtocol]:
     cannot (``direct_answer_hooks_missing``: its reason is the class's
     ``direct_answers_off``)."""
     missing = direct_answer_hooks_missing()
-    base = LimitedHttpToolsProtocol if missing else DirectAnsweringProtocol
-    return type(
-        "LimitedHttpToolsProtocol",
-        (base,),
-        {
-            "max_head_bytes": settings.http_max_request_head_bytes,
-            "request_timeout_seconds": settings.http_request_timeout_seconds,
-            "new_connection_timeout_seconds": settings.http_new_connection_timeout_seconds,
-            "direct_answers_off": missing,
-        },
+    cls = limits.limited_protocol(
+        settings.http_max_request_head_bytes,
+        settings.http_request_timeout_seconds,
+        settings.http_new_connection_timeout_seconds,
+        base=LimitedHttpToolsProtocol if missing else DirectAnsweringProtocol,
+        direct_answers_off=missing,
     )
+    assert issubclass(cls, LimitedHttpToolsProtocol)  # a subclass of ``base``
+    return cls
 
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]  # untyped package
