@@ -484,9 +484,18 @@ def test_postgres_dies_under_load_then_comes_back(
     assert failed == [], describe(failed)
     during = between(uncached, killed, back)
     refused = [o for o in during if o.status == 503 and o.retry_after == "7"]
-    # Before the kill and after the first answer again, uncached queries are answered.
+    # Before the kill, and after the first answer again, uncached queries are answered. Each
+    # api worker reconnects to PostgreSQL by itself, and a keep-alive connection stays on one
+    # worker: on each connection, recovery ends at its own first answer again (the other
+    # worker may answer a few milliseconds later: a load as fast as this one's reaches it).
+    answered_again: dict[float, float] = {}
+    for o in sorted(uncached, key=lambda o: o.started):
+        if o.started >= back and o.status == 200:
+            answered_again.setdefault(o.connected, o.started)
     wrong = [o for o in uncached if o not in during and o.status != 200]
-    wrong = [o for o in wrong if not (back <= o.started < answered.started)]
+    wrong = [
+        o for o in wrong if not (back <= o.started < answered_again.get(o.connected, math.inf))
+    ]
     assert set(during) - set(refused) == set(), describe([o for o in during if o not in refused])
     assert wrong == [], describe(wrong)
     assert refused, "no uncached query was sent during the outage"
