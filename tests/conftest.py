@@ -123,9 +123,9 @@ def _run_phase(item: pytest.Item, exclusive: bool) -> Iterator[None]:
     for it."""
     if xdist_worker() is None:
         return (yield)
-    # pytest-N/, this run's (each worker's basetemp is pytest-N/popen-gwN/).
-    run_dir = Path(item.config.option.basetemp).parent
-    gate, lock = run_dir / "load-gate.lock", run_dir / "load.lock"
+    shared = run_dir(item.config)
+    assert shared is not None
+    gate, lock = shared / "load-gate.lock", shared / "load.lock"
     with contextlib.ExitStack() as held:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         with _flock(gate, mode):
@@ -289,13 +289,27 @@ def upstream(upstream_server: Upstream) -> Upstream:
     return upstream_server
 
 
+def run_dir(config: pytest.Config) -> Path | None:
+    """Under xdist, the folder every worker of this run shares (pytest-N/; each worker's
+    basetemp is pytest-N/popen-gwN/); None when pytest runs alone."""
+    if xdist_worker() is None:
+        return None
+    return Path(config.option.basetemp).parent
+
+
 @pytest.fixture(scope="session")
 def template(
-    redis_server_url: str, postgres_server_url: str, upstream_server: Upstream
+    request: pytest.FixtureRequest,
+    redis_server_url: str,
+    postgres_server_url: str,
+    upstream_server: Upstream,
 ) -> Iterator[Template]:
     """What one real ``refresh-once`` of the session upstream left in the stores, made once
-    per session and cloned by ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
-    with published_template(redis_server_url, postgres_server_url, upstream_server) as made:
+    per session (under xdist once per run, and loaded by every other worker) and cloned by
+    ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
+    with published_template(
+        redis_server_url, postgres_server_url, upstream_server, shared=run_dir(request.config)
+    ) as made:
         yield made
 
 
