@@ -163,9 +163,17 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+# The polls' client (``http_ok``: ``Process.wait_http``, ``stacks.wait_ready``): no connection
+# kept, each poll a new one as with ``httpx.get``, but one client, so its SSL context (httpx
+# loads certifi's CA bundle for each client: about 20 ms of CPU) is built once per process,
+# not at every poll of every server start. (Not for the tests' own requests: several count on
+# fresh connections from a client that slow to reach both api workers.)
+_POLLS = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=2)
+
+
 def http_ok(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return _POLLS.get(url).status_code == 200
     except httpx.HTTPError:
         return False
 
