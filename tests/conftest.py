@@ -21,11 +21,14 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import ssl
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import httpx._transports.default as httpx_transports
 import pytest
 import redis
 
@@ -87,6 +90,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("measured")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# httpx builds an SSL context for every Client (loading certifi's CA bundle: about 20 ms of
+# CPU), and httpx.get() and the like build a Client per call: the tests' thousands of calls,
+# each poll of a wait_until among them, paid it every time, for plain-HTTP requests. The
+# default context (verify=True, no client certificate, the environment's CA settings as at the
+# first call) is built once per test process and shared; any other is built as before.
+# tests/system/test_harness.py checks that this holds for the installed httpx.
+_create_ssl_context = httpx.create_ssl_context  # the transports' name for it, public
+_DEFAULT_SSL_CONTEXT: list[ssl.SSLContext] = []
+
+
+def _shared_default_ssl_context(
+    verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+) -> ssl.SSLContext:
+    if verify is not True or cert is not None or not trust_env:
+        return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+    if not _DEFAULT_SSL_CONTEXT:
+        _DEFAULT_SSL_CONTEXT.append(_create_ssl_context())
+    return _DEFAULT_SSL_CONTEXT[0]
+
+
+# The name the transports call it by (a private module: tests/system/test_harness.py checks it).
+httpx_transports.create_ssl_context = _shared_default_ssl_context  # type: ignore[attr-defined]
 
 
 def xdist_worker() -> str | None:

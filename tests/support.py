@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -163,19 +164,32 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-# The polls' client (``http_ok``: ``Process.wait_http``, ``stacks.wait_ready``): no connection
-# kept, each poll a new one as with ``httpx.get``, but one client, so its SSL context (httpx
-# loads certifi's CA bundle for each client: about 20 ms of CPU) is built once per process,
-# not at every poll of every server start. (Not for the tests' own requests: several count on
-# fresh connections from a client that slow to reach both api workers.)
-_POLLS = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=2)
-
-
 def http_ok(url: str) -> bool:
     try:
-        return _POLLS.get(url).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def api_workers(api: ApiUrl) -> list[int]:
+    """The pids of the gunicorn workers serving ``api`` now: its master's children."""
+    return sorted(child.pid for child in psutil.Process(api.master).children())
+
+
+@contextlib.contextmanager
+def accepted_by(worker: int, workers: Sequence[int]) -> Iterator[None]:
+    """New connections to the api accepted by ``worker`` alone: the other ``workers`` stopped
+    (SIGSTOP) meanwhile, continued after. Otherwise which worker accepts a new connection is
+    the kernel's race, which one worker may win every time against a client quick between
+    connections: a warm-up "often enough, on fresh connections" proves nothing then."""
+    others = [psutil.Process(pid) for pid in workers if pid != worker]
+    for other in others:
+        other.suspend()
+    try:
+        yield
+    finally:
+        for other in others:
+            other.resume()
 
 
 @dataclass
@@ -234,9 +248,11 @@ def run_fetcher(command: str, env: Mapping[str, str], timeout: float = 120) -> A
 
 class ApiUrl(str):
     """The api's base URL (its traffic port), and ``metrics``: the URL of its ``/metrics``,
-    served on its own port (``API_METRICS_PORT``) by the gunicorn master."""
+    served on its own port (``API_METRICS_PORT``) by the gunicorn master; ``master``: the
+    master's pid."""
 
     metrics: str
+    master: int
 
 
 def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, ApiUrl]:
@@ -266,6 +282,7 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
     )
     base = ApiUrl(f"http://127.0.0.1:{port}")
     base.metrics = f"http://127.0.0.1:{metrics_port}{METRICS_PATH}"
+    base.master = process.proc.pid
     process.wait_http(f"{base}/healthz")
     if metrics_port:
         process.wait_http(base.metrics)

@@ -40,6 +40,8 @@ from support import (
     Fetcher,
     Process,
     Upstream,
+    accepted_by,
+    api_workers,
     clean_env,
     metric_samples,
     receive_answer,
@@ -194,15 +196,18 @@ def snapshot_id(redis_url: str) -> str | None:
     return None if raw is None else str(raw)
 
 
-def warm(api: str, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
-    """Request each path often enough, on fresh connections, for both workers to keep it in
-    memory; returns each path's body digest."""
+def warm(api: ApiUrl, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
+    """Request each path ``rounds`` times, on fresh connections, the rounds taken in turn by
+    each worker (``accepted_by``), so that every worker keeps it in memory; returns each
+    path's body digest."""
     digests: dict[str, str] = {}
-    for _ in range(rounds):
-        for path in paths:
-            response = httpx.get(f"{api}{path}")
-            assert response.status_code == 200, (path, response.text)
-            digests[path] = body_digest(response.content)
+    serving = api_workers(api)
+    for round_ in range(rounds):
+        with accepted_by(serving[round_ % len(serving)], serving):
+            for path in paths:
+                response = httpx.get(f"{api}{path}")
+                assert response.status_code == 200, (path, response.text)
+                digests[path] = body_digest(response.content)
     return digests
 
 
