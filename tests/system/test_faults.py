@@ -487,7 +487,10 @@ def test_postgres_dies_under_load_then_comes_back(
     uncached = [o for o in counted if o.kind == UNCACHED.kind]
     failed = [o for o in cached if o.status != 200]
     assert failed == [], describe(failed)
-    during = between(uncached, killed, back)
+    # A question still in flight when PostgreSQL starts again may be answered either way
+    # (refused, or answered once it is back), as those in flight at the kill are excused.
+    settling = in_flight_at(uncached, back)
+    during = [o for o in between(uncached, killed, back) if o not in settling]
     refused = [o for o in during if o.status == 503 and o.retry_after == "7"]
     # Before the kill, and after the first answer again, uncached queries are answered. Each
     # api worker reconnects to PostgreSQL by itself, and a keep-alive connection stays on one
@@ -497,7 +500,7 @@ def test_postgres_dies_under_load_then_comes_back(
     for o in sorted(uncached, key=lambda o: o.started):
         if o.started >= back and o.status == 200:
             answered_again.setdefault(o.connected, o.started)
-    wrong = [o for o in uncached if o not in during and o.status != 200]
+    wrong = [o for o in uncached if o not in during + settling and o.status != 200]
     wrong = [
         o for o in wrong if not (back <= o.started < answered_again.get(o.connected, math.inf))
     ]
