@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 from pathlib import Path
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
 
-from covid_stats_api.reads.compute import COMPUTE_NICE
+from covid_stats_api.reads.compute import APPLICATION_NAME, COMPUTE_NICE
 from covid_stats_api.reads.queries import RENDER_INLINE_MAX, SEPARATOR
 from support import Process, sql, start_api
 
@@ -76,11 +77,59 @@ def test_large_answers_are_computed_in_niced_processes_not_the_worker(
         after = worker.cpu_times()
         computers = _niced(worker)
         assert len(computers) == 2  # QUERY_COMPUTE_SLOTS
+        # Each in a session of its own, whose CPU group (autogroup, where the kernel has it)
+        # is niced as well: a nice value orders processes only within their group.
+        for computer in computers:
+            assert os.getsid(computer.pid) == computer.pid != os.getsid(worker.pid)
+            group = Path(f"/proc/{computer.pid}/autogroup")
+            if group.exists():
+                assert group.read_text().split()[-1] == str(COMPUTE_NICE), group.read_text()
         spent = sum(c.cpu_times().user + c.cpu_times().system for c in computers)
         in_worker = (after.user + after.system) - (before.user + before.system)
         # The rendering (every record parsed) and the compression are the bulk of a large
         # answer's CPU: it went to the processes, not to the interpreter of the event loop.
         assert spent > in_worker, (spent, in_worker)
+    finally:
+        process.stop()
+
+
+def _read_bytes(process: psutil.Process) -> int:
+    """What ``process`` has read with read(2): files, pipes, and the sockets of a uvloop
+    worker (libuv reads with read(2); ``/proc/<pid>/io``'s rchar, which recv(2) skips)."""
+    return int(process.io_counters().read_chars)
+
+
+def test_large_questions_texts_are_fetched_by_the_processes_never_the_worker(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A large question's records' texts (the whole daily series: 13.5 MB) are fetched by the
+    computation process over a PostgreSQL connection of its own: receiving and handing them
+    on held the worker's event loop for 15-25 ms per question. The worker reads back the
+    answers only: what it reads is under half the texts; each process holds one connection,
+    named ``APPLICATION_NAME``, from a port of its own (and the answers are right: the other
+    tests compare them)."""
+    database = published_env["DATABASE_URL"]
+    ((texts,),) = sql(database, "SELECT sum(octet_length(record::text)) FROM states_daily")
+    process, base = _start(published_env, tmp_path_factory, 2)
+    try:
+        worker = _worker(process)
+        read_before = _read_bytes(worker)
+        assert asyncio.run(_ask_all(base, HEAVY)) == [200] * len(HEAVY)
+        in_worker = _read_bytes(worker) - read_before
+        computers = _niced(worker)
+        # Every HEAVY question selects every record of the states' daily series; the worker
+        # reads their answers (and gzip bodies) from the processes' pipe, and no texts.
+        assert in_worker < len(HEAVY) * texts / 2, (in_worker, texts)
+        named = sql(
+            database,
+            "SELECT client_port FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
+        )
+        theirs = {c.laddr.port for p in computers for c in p.net_connections(kind="tcp")}
+        assert len(computers) == 2  # QUERY_COMPUTE_SLOTS
+        assert len(theirs) == 2, theirs  # one connection each
+        assert theirs <= {port for (port,) in named}, (named, theirs)
     finally:
         process.stop()
 

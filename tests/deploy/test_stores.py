@@ -106,7 +106,9 @@ def _connections_at_most(rendered: Rendered) -> tuple[int, int]:
         surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
         (container,) = rendered.pod_spec(deployment)["containers"]
         env = container_env(rendered, container)
-        per_pod = int(env.get("WEB_CONCURRENCY", "1")) * int(env["DB_POOL_MAX_SIZE"])
+        # The api's workers: their pools and each of their computation processes' own.
+        per_worker = int(env["DB_POOL_MAX_SIZE"]) + int(env.get("QUERY_COMPUTE_SLOTS", "0"))
+        per_pod = int(env.get("WEB_CONCURRENCY", "1")) * per_worker
         total += (running + 2 * surge) * per_pod
     postgres = rendered.container("StatefulSet", f"{RELEASE}-postgresql", "postgresql")
     args = dict(a.split("=", 1) for a in postgres["args"] if "=" in a)

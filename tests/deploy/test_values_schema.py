@@ -61,7 +61,8 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
         (
             {"api.autoscaling.maxReplicas": 9},
             "PostgreSQL connection budget exceeded: the api may open (9 pods + 1 surge + 1 "
-            "terminating) x 2 workers (api.workers) x 10 (api.dbPool.maxSize) = 220 "
+            "terminating) x 2 workers (api.workers) x (8 (api.dbPool.maxSize) + 2 "
+            "(api.queryComputeSlots)) = 220 "
             "connections, the fetcher (2 pods + 1 surge + 1 terminating) x 4 "
             "(statsFetcher.dbPoolMaxSize) = 16, the migration 1: 237 in all, but PostgreSQL "
             "allows 197",

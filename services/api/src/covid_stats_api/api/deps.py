@@ -118,7 +118,7 @@ class Api:
                     raise NoRecords
                 served = empty(query)
             else:
-                served = await self.queries.answer(query)
+                served = await self.queries.answer(query, asked.rows)
         except TooLarge as exc:
             raise too_large(exc) from None
         except UnknownField as exc:

@@ -37,7 +37,12 @@ class Settings(PortSettings):
     db_pool_min_size: int = Field(
         default=1, ge=0, description="asyncpg connections kept open per worker"
     )
-    db_pool_max_size: int = Field(default=10, ge=1, description="asyncpg pool size, per worker")
+    db_pool_max_size: int = Field(
+        default=8,
+        ge=1,
+        description="asyncpg pool size, per worker; each of its `QUERY_COMPUTE_SLOTS`"
+        " computation processes holds one connection more (the connection budget)",
+    )
     db_command_timeout_seconds: float = Field(
         default=5.0, gt=0, description="PostgreSQL connect and query timeout"
     )
@@ -88,8 +93,9 @@ class Settings(PortSettings):
         ge=1,
         le=16,
         description="questions a worker computes at once (the others wait their turn), the"
-        " large ones each in a process of its own at a lower CPU priority; bounds what"
-        " computations hold, see [Query answers](limits.md#query-answers)",
+        " large ones each in a process of its own at a lower CPU priority, which fetches"
+        " them over a PostgreSQL connection of its own; bounds what computations hold, see"
+        " [Query answers](limits.md#query-answers)",
     )
     query_memory_cache_max_bytes: int = Field(
         default=16 * 1024 * 1024,

@@ -27,6 +27,15 @@ log = structlog.get_logger("covid_stats_api.stores")
 _FIRST_CONNECT_WAIT_SECONDS = 3.0
 
 
+def postgres_options(settings: Settings) -> dict[str, float]:
+    """How every connection of the api's to PostgreSQL is opened: the worker's pool and each
+    computation process's own connection (``reads.compute``)."""
+    return {
+        "command_timeout": settings.db_command_timeout_seconds,
+        "timeout": settings.db_command_timeout_seconds,
+    }
+
+
 class Stores:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -63,8 +72,7 @@ class Stores:
                     self.settings.database_url,
                     min_size=self.settings.db_pool_min_size,
                     max_size=self.settings.db_pool_max_size,
-                    command_timeout=self.settings.db_command_timeout_seconds,
-                    timeout=self.settings.db_command_timeout_seconds,
+                    **postgres_options(self.settings),
                 )
         log.info("postgres_pool_ready")
 

@@ -48,6 +48,9 @@ class Canonical:
     query: Query  # the question as it is keyed and asked of PostgreSQL
     empty: bool = False  # it selects no record
     document: str | None = None  # the published document that is its answer
+    # How many records it selects in the span (None: not known): where it is computed
+    # (``queries.inline``).
+    rows: int | None = None
 
 
 def default_order(resource: Resource) -> tuple[tuple[str, bool], ...]:
@@ -156,4 +159,4 @@ def canonical(query: Query, span: Span | None, max_bytes: int) -> Canonical:
     least = least_bytes(query, span)
     if least > max_bytes:
         raise TooLarge(least, max_bytes, resource.document(query.fmt))
-    return Canonical(query)
+    return Canonical(query, rows=_rows(query, span))

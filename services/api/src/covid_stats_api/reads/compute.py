@@ -1,21 +1,29 @@
-"""Where a large query answer is rendered: a small pool of processes per worker, at a lower
-CPU priority, so the worker's event loop never waits on them.
+"""Where a large query answer is fetched and rendered: a small pool of processes per worker,
+at a lower CPU priority, so the worker's event loop never waits on them.
 
 A worker renders an answer of more than a few hundred records (``queries.render``: a
 projection or a CSV parses every record) and compresses it. In a thread of the worker, that
 work held the GIL the event loop needs: with two such computations running, the loop's
 wake-ups waited up to the interpreter's switch interval each, and the hot documents' p99 went
 from 4 ms to 104 ms during ``make bench-queries`` (docs/performance.md, "Hostile queries").
-Here the records' texts, one buffer as PostgreSQL joined them, go to one of
-``QUERY_COMPUTE_SLOTS`` processes (started from a preloaded fork server on first use, niced
-by ``COMPUTE_NICE``, so the kernel runs the worker first when they share a core) and the
-body and its gzip body come back. The worker keeps the fetch (asyncpg: one row of two
-values, never a row per record) and the cache; the process splits and parses the records,
-one computation at a time, and hands its heap back to the system after each large one.
+Fetching the records' texts in the worker held its loop too: up to 13.5 MB arrive per
+question (the whole daily series, for a projection a few hundred KB long), and receiving,
+decoding and handing them on held the loop for 15-25 ms each time (a loop-lag probe during
+the bench: the worker's own CPU, in uvloop's and asyncpg's C code, and the pool's feeder
+thread pickling the buffer).
+
+So one of ``QUERY_COMPUTE_SLOTS`` processes (started from a preloaded fork server on first
+use, niced by ``COMPUTE_NICE``, so the kernel runs the worker first when they share a core;
+each in a session of its own whose CPU group is niced too, ``_own_group``)
+does the whole computation: it fetches the texts over a PostgreSQL connection of its own
+(``ProcessDatabase``: opened on first use, with the worker's settings; counted in the
+connection budget), splits and parses the records, renders and compresses the body, and
+hands its heap back to the system after each large one. The worker gets back the answer
+(body, ETag, gzip body: at most ``QUERY_ANSWER_MAX_BYTES`` and its gzip) and keeps the cache.
 
 The slots bound a worker's computations (the others wait their turn in ``QueryService``), so
 what they hold: at most ``QUERY_COMPUTE_SLOTS`` times one question's texts and answer, in the
-worker and in its processes (docs/limits.md, "Query answers").
+processes, and their answers in the worker (docs/limits.md, "Query answers").
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from covid_stats_contract.documents import compress, etag_for
+from covid_stats_runtime.stores import DATABASE_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import asyncpg
 
     from covid_stats_api.reads.queries import Query
 
@@ -58,6 +69,21 @@ def _watch(worker: int) -> None:
             os._exit(0)
 
 
+def _own_group() -> None:
+    """Where the kernel groups processes by session for the CPU (autogroup: a host's own
+    sessions, not a container's cgroup), a nice value orders processes only within their
+    group, and the computations counted against the workers' group: while they ran, a
+    worker waking for a hot read waited behind PostgreSQL's and the clients' groups (a
+    loop-lag probe read the worker's run-queue wait in ``/proc``: most of its stalls during
+    ``make bench-queries``). So a session of its own, with the group's nice lowered too."""
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(COMPUTE_NICE))
+    except OSError:
+        pass
+
+
 def _start(worker: int) -> None:
     """A computation process's start: a lower CPU priority than the worker's, and no metrics
     files: the process counts nothing, and a process of its own writing in the workers'
@@ -67,30 +93,86 @@ def _start(worker: int) -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     os.environ.pop("prometheus_multiproc_dir", None)
     os.nice(COMPUTE_NICE)
+    _own_group()
     threading.Thread(target=_watch, args=(worker,), name="watch-worker", daemon=True).start()
     import covid_stats_api.reads.queries  # noqa: F401 - loaded once, before the first task
 
 
-Rendered = tuple[int, bytes, str, bytes]  # size, body, ETag, gzip body
+# What a computation answers: the number of records, the body's size, and the body, ETag and
+# gzip body (empty when over the size limit: only the size counts then).
+Answered = tuple[int, int, bytes, str, bytes]
 T = TypeVar("T")
+# The name a computation process's connection shows PostgreSQL (pg_stat_activity).
+APPLICATION_NAME = "covid-stats-api-compute"
 
 
-def rendered(query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
-    """(size, body, ETag, gzip body) of ``query``'s answer over the records' texts
-    ``joined`` (``queries.statement``); over ``max_bytes`` (None: no limit) the body, tag
-    and gzip are left out (the answer is refused: only its size counts). Raises
-    ``queries.UnknownField``."""
+class ProcessDatabase:
+    """A computation process's own PostgreSQL connection, opened on first use with the
+    worker's settings (``core.stores.postgres_options``) and dropped after an error (the next
+    question opens a new one). One question at a time: the process runs one task at a time."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connection: asyncpg.Connection | None = None
+
+    def run(self, query: Query, mark: int | None) -> tuple[int, bytes]:
+        """The number of ``query``'s records and their texts, joined (``queries.fetch``).
+        Raises ``queries.StoreUnavailable`` (it pickles: the worker answers 503)."""
+        from covid_stats_api.reads.queries import StoreUnavailable
+
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        try:
+            return self._loop.run_until_complete(self._fetch(query, mark))
+        except DATABASE_ERRORS as exc:
+            self._drop()
+            raise StoreUnavailable(repr(exc)) from None
+
+    async def _fetch(self, query: Query, mark: int | None) -> tuple[int, bytes]:
+        import asyncpg
+
+        from covid_stats_api.core.config import get_settings
+        from covid_stats_api.core.stores import postgres_options
+        from covid_stats_api.reads.queries import fetch
+
+        if self._connection is None or self._connection.is_closed():
+            settings = get_settings()
+            self._connection = await asyncpg.connect(
+                settings.database_url,
+                server_settings={"application_name": APPLICATION_NAME},
+                **postgres_options(settings),
+            )
+        return await fetch(self._connection, query, mark)
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.terminate()
+
+
+_database = ProcessDatabase()
+
+
+def answered(query: Query, mark: int | None, max_bytes: int | None) -> Answered:
+    """(records, size, body, ETag, gzip body) of ``query``'s answer (as of the version
+    ``mark``; None: now), fetched and rendered in this process; over ``max_bytes`` (None: no
+    limit) the body, tag and gzip are left out (the answer is refused: only its size counts).
+    Raises ``queries.UnknownField`` and ``queries.StoreUnavailable``."""
     from covid_stats_api.reads.queries import render, split, trim_heap
 
+    records, joined = _database.run(query, mark)
+    if not records and query.single:  # no record to render: the worker answers NoRecords
+        return records, 0, b"", "", b""
     body = render(query, split(joined))
+    del joined
     size = len(body)
     if max_bytes is not None and size > max_bytes:
         del body
         trim_heap()
-        return size, b"", "", b""
+        return records, size, b"", "", b""
     gzip = compress(body)
     trim_heap()
-    return size, body, etag_for(body), gzip
+    return records, size, body, etag_for(body), gzip
 
 
 class ComputePool:
@@ -109,9 +191,9 @@ class ComputePool:
             )
         return self._pool
 
-    async def render(self, query: Query, joined: bytes, max_bytes: int | None) -> Rendered:
-        """``rendered`` in one of the processes."""
-        return await self.call(rendered, query, joined, max_bytes)
+    async def answer(self, query: Query, mark: int | None, max_bytes: int | None) -> Answered:
+        """``answered`` in one of the processes."""
+        return await self.call(answered, query, mark, max_bytes)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in one of the processes (a module-level function: it travels

@@ -4,9 +4,11 @@ A ``Query`` (built from a request by ``api.params``) is answered through the ``A
 (Redis, per snapshot, single-flight). On a miss PostgreSQL answers it through the asyncpg pool: each
 statement text is fixed per resource and sort direction, so asyncpg prepares it once per
 connection and reuses it. PostgreSQL answers with two values, the number of records and their
-texts joined by ``SEPARATOR`` (in order, as bytes): the event loop never decodes a row per
-record (10,000 of them took tens of milliseconds of the loop's time), and the texts travel to
-a computation process (``reads.compute``) as one buffer, where a large body is rendered.
+texts joined by ``SEPARATOR`` (in order, as bytes): nothing decodes a row per record (10,000
+of them took tens of milliseconds of the loop's time). A question of a few records is
+fetched and rendered in the worker; a larger one (by the count the data's span gives,
+``Canonical.rows``) is fetched and rendered in a computation process (``reads.compute``), over
+its own connection: the texts, up to 13.5 MB, never reach the worker's event loop.
 
 A question ``as_of`` an instant reads the records the snapshot current at that instant
 served (``covid_stats_contract.history``: the version tables up to that publish's mark)
@@ -53,16 +55,20 @@ log = structlog.get_logger("covid_stats_api.reads.queries")
 # Between two records' texts in what PostgreSQL returns: RFC 7464's record separator, which
 # JSON text never holds raw (a control character: escaped inside strings, not whitespace).
 SEPARATOR = "\x1e"
-# Answers with more records than this are rendered in a computation process
-# (``reads.compute``), off the worker; smaller ones cost less than the trip there. An answer
+# Questions of more records than this are fetched and rendered in a computation process
+# (``reads.compute``), off the worker; smaller ones cost less than the trip there. A question
 # whose records must be parsed (``parses``) goes there beyond PARSE_INLINE_MAX records: a
 # parse is about 20 microseconds a record, and 200 of them, twice for a CSV, held the event
-# loop for milliseconds (py-spy on a worker during ``make bench-queries``).
+# loop for milliseconds (py-spy on a worker during ``make bench-queries``). A question whose
+# count is not known beforehand (``as_of``) goes there too.
 RENDER_INLINE_MAX = 200
 PARSE_INLINE_MAX = 10
-# After a large computation, free heap memory is handed back to the system (glibc keeps it
-# otherwise: a worker's RSS would stay at its peak), at most this often.
-_TRIM_EVERY_SECONDS = 1.0
+# A worker's heap is never trimmed (``trim_heap`` runs in the computation processes only).
+# Trimming it from a thread after large answers held the allocator's lock while it walked the
+# heap, and the event loop's allocations waited; and the pages it handed back were faulted in
+# again by the next large buffer: growing a 5 MB buffer (a Redis reply) took 0.26 ms in pages
+# the heap kept, 5.2 ms in fresh ones (glibc's mmap threshold pinned at 256 KiB, tried and
+# dropped). What a worker keeps is its peak: docs/limits.md, "A worker's memory bound".
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,22 @@ def _arguments(query: Query, mark: int | None = None) -> list[Any]:
     return args
 
 
+async def fetch(conn: Any, query: Query, mark: int | None = None) -> tuple[int, bytes]:
+    """The number of ``query``'s records and their texts, joined (``statement``), over the
+    asyncpg connection ``conn`` (as of the version ``mark``; None: now)."""
+    directions = tuple(descending for _, descending in query.sort)
+    sql = statement(query.resource, directions, mark is not None)
+    records, joined = await conn.fetchrow(sql, *_arguments(query, mark))
+    return records, joined or b""
+
+
+def inline(query: Query, rows: int | None) -> bool:
+    """Whether a question of ``rows`` records (None: not known) is computed in the worker."""
+    if rows is None:
+        return False
+    return rows <= (PARSE_INLINE_MAX if parses(query) else RENDER_INLINE_MAX)
+
+
 def split(joined: bytes) -> list[str]:
     """The records' texts PostgreSQL joined (``statement``)."""
     return joined.decode().split(SEPARATOR) if joined else []
@@ -281,7 +303,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def trim_heap() -> None:
-    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing)."""
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing). In a
+    computation process, after a computation: it locks the allocator while it runs."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -305,17 +328,16 @@ class QueryService:
         self.max_bytes = max_bytes
         self.compute = compute
         self._slots = asyncio.Semaphore(compute.processes)
-        self._trimmed = 0.0  # loop time of the last trim
-        self._large = False  # a large computation since
 
-    async def answer(self, query: Query) -> Served:
-        """Raises NoRecords, UnknownField, TooLarge or StoreUnavailable (and, ``as_of``,
+    async def answer(self, query: Query, rows: int | None = None) -> Served:
+        """The answer to ``query``, of ``rows`` records if known (``Canonical.rows``). Raises
+        NoRecords, UnknownField, TooLarge or StoreUnavailable (and, ``as_of``,
         NotPublishedYet). An empty answer is served, never cached."""
         if query.as_of is None:
-            return await self.answers.get(query.key, lambda: self._compute(query))
+            return await self.answers.get(query.key, lambda: self._compute(query, rows))
         mark = await self._served_mark(query.resource, query.as_of)
         key = f"{query.key}|as_of:{history.versions_table(query.resource)}<={mark}"
-        return await self.answers.get(key, lambda: self._compute(query, mark))
+        return await self.answers.get(key, lambda: self._compute(query, None, mark))
 
     async def _served_mark(self, resource: Resource, instant: datetime) -> int:
         pool = self.stores.pg_pool
@@ -331,34 +353,23 @@ class QueryService:
             raise NotPublishedYet(found.first_published)
         return found.up_to
 
-    async def _compute(self, query: Query, mark: int | None = None) -> Served:
+    async def _compute(self, query: Query, rows: int | None, mark: int | None = None) -> Served:
         query_computed().inc()
         async with self._slots:
-            try:
-                return await self._compute_now(query, mark)
-            finally:
-                now = asyncio.get_running_loop().time()
-                if self._large and now - self._trimmed >= _TRIM_EVERY_SECONDS:
-                    self._large, self._trimmed = False, now
-                    await asyncio.to_thread(trim_heap)
+            return await self._compute_now(query, rows, mark)
 
-    async def _compute_now(self, query: Query, mark: int | None = None) -> Served:
-        records, joined = await self._fetch(query, mark)
-        if not records and query.single:
-            raise NoRecords
+    async def _compute_now(self, query: Query, rows: int | None, mark: int | None) -> Served:
         # A published document as of an instant (no other parameter) is what this api
         # served then, whatever its size: one answer per publish, not a question to narrow.
         limit = None if mark is not None and query.asks_document else self.max_bytes
-        if records > (PARSE_INLINE_MAX if parses(query) else RENDER_INLINE_MAX):
-            self._large = True
-            try:
-                size, body, etag, gzip = await self.compute.render(query, joined, limit)
-            except BrokenProcessPool as exc:
-                log.warning("query_compute_failed", error=repr(exc))
-                raise StoreUnavailable from exc
-        else:
+        if inline(query, rows):
+            records, joined = await self._fetch(query, mark)
             body = render(query, split(joined))
             size, etag, gzip = len(body), etag_for(body), b""
+        else:
+            records, size, body, etag, gzip = await self._compute_elsewhere(query, mark, limit)
+        if not records and query.single:
+            raise NoRecords
         if limit is not None and size > limit:
             raise TooLarge(size, limit, query.resource.document(query.fmt))
         served = Served(body, etag, "database", CONTENT_TYPES[query.fmt], gzip)
@@ -366,17 +377,29 @@ class QueryService:
             raise Uncached(served)
         return served
 
+    async def _compute_elsewhere(
+        self, query: Query, mark: int | None, limit: int | None
+    ) -> tuple[int, int, bytes, str, bytes]:
+        """``compute.answered`` in a computation process: its texts never reach the worker."""
+        if self.stores.pg_pool is None:  # PostgreSQL not reached yet (or not configured)
+            raise StoreUnavailable
+        try:
+            return await self.compute.answer(query, mark, limit)
+        except BrokenProcessPool as exc:
+            log.warning("query_compute_failed", error=repr(exc))
+            raise StoreUnavailable from exc
+        except StoreUnavailable as exc:
+            log.warning("postgres_query_failed", error=str(exc), where="compute")
+            raise
+
     async def _fetch(self, query: Query, mark: int | None = None) -> tuple[int, bytes]:
-        """The number of records and their texts, joined (``statement``)."""
+        """The number of records and their texts, joined (``fetch``), over the pool."""
         pool = self.stores.pg_pool
         if pool is None:
             raise StoreUnavailable
-        directions = tuple(descending for _, descending in query.sort)
-        sql = statement(query.resource, directions, mark is not None)
         try:
             async with pool.acquire() as conn:
-                records, joined = await conn.fetchrow(sql, *_arguments(query, mark))
+                return await fetch(conn, query, mark)
         except DATABASE_ERRORS as exc:
             log.warning("postgres_query_failed", error=repr(exc))
             raise StoreUnavailable from exc
-        return records, joined or b""
