@@ -21,11 +21,14 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import ssl
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import httpx._transports.default as httpx_transports
 import pytest
 import redis
 
@@ -89,6 +92,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+# httpx builds an SSL context for every Client (loading certifi's CA bundle: about 20 ms of
+# CPU), and httpx.get() and the like build a Client per call: the tests' thousands of calls,
+# each poll of a wait_until among them, paid it every time, for plain-HTTP requests. The
+# default context (verify=True, no client certificate, the environment's CA settings as at the
+# first call) is built once per test process and shared; any other is built as before.
+# tests/system/test_harness.py checks that this holds for the installed httpx.
+_create_ssl_context = httpx.create_ssl_context  # the transports' name for it, public
+_DEFAULT_SSL_CONTEXT: list[ssl.SSLContext] = []
+
+
+def _shared_default_ssl_context(
+    verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+) -> ssl.SSLContext:
+    if verify is not True or cert is not None or not trust_env:
+        return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+    if not _DEFAULT_SSL_CONTEXT:
+        _DEFAULT_SSL_CONTEXT.append(_create_ssl_context())
+    return _DEFAULT_SSL_CONTEXT[0]
+
+
+# The name the transports call it by (a private module: tests/system/test_harness.py checks it).
+httpx_transports.create_ssl_context = _shared_default_ssl_context  # type: ignore[attr-defined]
+
+
 def xdist_worker() -> str | None:
     """This process's pytest-xdist worker name (``gw0``), None when pytest runs alone."""
     return os.environ.get("PYTEST_XDIST_WORKER")
@@ -123,9 +150,9 @@ def _run_phase(item: pytest.Item, exclusive: bool) -> Iterator[None]:
     for it."""
     if xdist_worker() is None:
         return (yield)
-    # pytest-N/, this run's (each worker's basetemp is pytest-N/popen-gwN/).
-    run_dir = Path(item.config.option.basetemp).parent
-    gate, lock = run_dir / "load-gate.lock", run_dir / "load.lock"
+    shared = run_dir(item.config)
+    assert shared is not None
+    gate, lock = shared / "load-gate.lock", shared / "load.lock"
     with contextlib.ExitStack() as held:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         with _flock(gate, mode):
@@ -289,13 +316,27 @@ def upstream(upstream_server: Upstream) -> Upstream:
     return upstream_server
 
 
+def run_dir(config: pytest.Config) -> Path | None:
+    """Under xdist, the folder every worker of this run shares (pytest-N/; each worker's
+    basetemp is pytest-N/popen-gwN/); None when pytest runs alone."""
+    if xdist_worker() is None:
+        return None
+    return Path(config.option.basetemp).parent
+
+
 @pytest.fixture(scope="session")
 def template(
-    redis_server_url: str, postgres_server_url: str, upstream_server: Upstream
+    request: pytest.FixtureRequest,
+    redis_server_url: str,
+    postgres_server_url: str,
+    upstream_server: Upstream,
 ) -> Iterator[Template]:
     """What one real ``refresh-once`` of the session upstream left in the stores, made once
-    per session and cloned by ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
-    with published_template(redis_server_url, postgres_server_url, upstream_server) as made:
+    per session (under xdist once per run, and loaded by every other worker) and cloned by
+    ``published_env`` and ``shared_api`` (see tests/stacks.py)."""
+    with published_template(
+        redis_server_url, postgres_server_url, upstream_server, shared=run_dir(request.config)
+    ) as made:
         yield made
 
 

@@ -27,7 +27,10 @@ the session, when its tests only read.
 from __future__ import annotations
 
 import asyncio
+import base64
+import fcntl
 import itertools
+import json
 import os
 import subprocess
 import urllib.parse
@@ -131,21 +134,12 @@ def copy_rows(source_url: str, target_url: str) -> None:
     (on any server; migrated to the same schema, its tables empty), the sequences' values
     too; ``schema_migrations`` is the target's own. ``pg_dump --data-only`` into ``psql``,
     triggers off while it loads (so foreign keys need no order)."""
-    dump = _pg_tool(
-        "pg_dump",
-        "--data-only",
-        "--disable-triggers",
-        "--exclude-table-data=schema_migrations",
-        f"--dbname={source_url}",
-    )
-    _pg_tool(
-        "psql",
-        "--quiet",
-        "--no-psqlrc",
-        "--set=ON_ERROR_STOP=1",
-        f"--dbname={target_url}",
-        stdin=dump,
-    )
+    dump = _pg_tool("pg_dump", *_DATA_ONLY, f"--dbname={source_url}")
+    _pg_tool(*_PSQL_LOAD, f"--dbname={target_url}", stdin=dump)
+
+
+_DATA_ONLY = ("--data-only", "--disable-triggers", "--exclude-table-data=schema_migrations")
+_PSQL_LOAD = ("psql", "--quiet", "--no-psqlrc", "--set=ON_ERROR_STOP=1")
 
 
 # The Redis database number the session's template keeps its keys in (the tests' own
@@ -202,22 +196,107 @@ class Template:
             yield url
 
 
+def _refresh_into(template_redis: str, database_url: str, upstream: Upstream) -> datetime:
+    """One real ``refresh-once`` of ``upstream`` into the (empty, migrated) stores; returns an
+    instant before it began."""
+    upstream.reset()
+    refreshed_after = datetime.now(UTC)
+    result = run_fetcher("refresh-once", fail_fast_env(template_redis, database_url, upstream.url))
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    upstream.reset()  # its request counters as a fresh upstream's, whichever way it was made
+    return refreshed_after
+
+
+# The files of a run's shared template (``published_template(..., shared=folder)``).
+_ROWS, _KEYS, _MADE = "template-rows.sql", "template-keys.json", "template-made.json"
+
+
+def _export(
+    folder: Path, template_redis: str, database_url: str, refreshed_after: datetime
+) -> None:
+    """Write what the refresh left to ``folder``: the rows (``pg_dump --data-only``, as
+    ``copy_rows`` loads them), every key with its TTL (``DUMP``), then the marker file that
+    says the others are whole (written last, renamed into place)."""
+    (folder / _ROWS).write_bytes(_pg_tool("pg_dump", *_DATA_ONLY, f"--dbname={database_url}"))
+    client = redis.Redis.from_url(template_redis)
+    try:
+        keys = list(client.scan_iter(count=1000))
+        read = client.pipeline(transaction=False)
+        for key in keys:
+            read.pttl(key)
+            read.dump(key)
+        answers = read.execute()
+    finally:
+        client.close()
+    entries = []
+    for key, ttl, payload in zip(keys, answers[::2], answers[1::2], strict=True):
+        assert payload is not None, key
+        entries.append([_b64(key), ttl, _b64(payload)])
+    (folder / _KEYS).write_text(json.dumps(entries))
+    scratch = folder / f"{_MADE}.partial"
+    scratch.write_text(json.dumps({"refreshed_after": refreshed_after.isoformat()}))
+    scratch.rename(folder / _MADE)
+
+
+def _import(folder: Path, template_redis: str, database_url: str) -> datetime:
+    """Load a template ``_export`` wrote into the (empty, migrated) stores; returns the
+    instant before its refresh began."""
+    _pg_tool(*_PSQL_LOAD, f"--dbname={database_url}", stdin=(folder / _ROWS).read_bytes())
+    client = redis.Redis.from_url(template_redis)
+    try:
+        write = client.pipeline(transaction=False)
+        for key, ttl, payload in json.loads((folder / _KEYS).read_text()):
+            write.restore(base64.b64decode(key), max(ttl, 0), base64.b64decode(payload))
+        write.execute()
+    finally:
+        client.close()
+    made = json.loads((folder / _MADE).read_text())
+    return datetime.fromisoformat(made["refreshed_after"])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    with path.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
 @contextmanager
 def published_template(
-    redis_server_url: str, postgres_server_url: str, upstream: Upstream
+    redis_server_url: str,
+    postgres_server_url: str,
+    upstream: Upstream,
+    shared: Path | None = None,
 ) -> Iterator[Template]:
-    """Run one real ``refresh-once`` of ``upstream`` into stores of its own and keep them as
-    the session's template (dropped after)."""
+    """The session's template, in stores of its own (dropped after): what one real
+    ``refresh-once`` of ``upstream`` leaves.
+
+    With ``shared`` (a folder all of a run's xdist workers see), the run refreshes once: the
+    first worker here runs the refresh and writes its result to the folder, every other
+    worker loads that into its own template (its own servers: each worker's upstream serves
+    the same data, with the same validators, so a clone's later conditional refresh finds it
+    unchanged there too). The refresh is deterministic in what it stores; only its instant
+    (``refreshed_after``) is the first worker's."""
     template_redis = with_redis_db(redis_server_url, TEMPLATE_REDIS_DB)
     redis.Redis.from_url(template_redis).flushdb()
     with new_database(postgres_server_url, "template") as database_url:
         migrate(database_url)
-        upstream.reset()
-        refreshed_after = datetime.now(UTC)
-        result = run_fetcher(
-            "refresh-once", fail_fast_env(template_redis, database_url, upstream.url)
-        )
-        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+        if shared is None:
+            refreshed_after = _refresh_into(template_redis, database_url, upstream)
+        else:
+            with _exclusive(shared / "template.lock"):
+                if (shared / _MADE).exists():
+                    refreshed_after = _import(shared, template_redis, database_url)
+                else:
+                    refreshed_after = _refresh_into(template_redis, database_url, upstream)
+                    _export(shared, template_redis, database_url, refreshed_after)
         name = urllib.parse.urlsplit(database_url).path.strip("/")
         try:
             yield Template(postgres_server_url, name, template_redis, refreshed_after)

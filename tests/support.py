@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -170,6 +171,27 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def api_workers(api: ApiUrl) -> list[int]:
+    """The pids of the gunicorn workers serving ``api`` now: its master's children."""
+    return sorted(child.pid for child in psutil.Process(api.master).children())
+
+
+@contextlib.contextmanager
+def accepted_by(worker: int, workers: Sequence[int]) -> Iterator[None]:
+    """New connections to the api accepted by ``worker`` alone: the other ``workers`` stopped
+    (SIGSTOP) meanwhile, continued after. Otherwise which worker accepts a new connection is
+    the kernel's race, which one worker may win every time against a client quick between
+    connections: a warm-up "often enough, on fresh connections" proves nothing then."""
+    others = [psutil.Process(pid) for pid in workers if pid != worker]
+    for other in others:
+        other.suspend()
+    try:
+        yield
+    finally:
+        for other in others:
+            other.resume()
+
+
 @dataclass
 class Process:
     """A project process started by a test, its output in a log file."""
@@ -226,9 +248,11 @@ def run_fetcher(command: str, env: Mapping[str, str], timeout: float = 120) -> A
 
 class ApiUrl(str):
     """The api's base URL (its traffic port), and ``metrics``: the URL of its ``/metrics``,
-    served on its own port (``API_METRICS_PORT``) by the gunicorn master."""
+    served on its own port (``API_METRICS_PORT``) by the gunicorn master; ``master``: the
+    master's pid."""
 
     metrics: str
+    master: int
 
 
 def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, ApiUrl]:
@@ -258,6 +282,7 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
     )
     base = ApiUrl(f"http://127.0.0.1:{port}")
     base.metrics = f"http://127.0.0.1:{metrics_port}{METRICS_PATH}"
+    base.master = process.proc.pid
     process.wait_http(f"{base}/healthz")
     if metrics_port:
         process.wait_http(base.metrics)

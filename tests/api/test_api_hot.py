@@ -28,7 +28,10 @@ from devstack.procs import wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from stacks import Template
 from support import (
+    ApiUrl,
     Upstream,
+    accepted_by,
+    api_workers,
     metric_samples,
     representation_variants,
     run_fetcher,
@@ -36,15 +39,18 @@ from support import (
     start_api,
 )
 
-ApiFactory = Callable[[dict[str, str]], str]
+ApiFactory = Callable[[dict[str, str]], ApiUrl]
 HOT = ["covid-stats", "v1/us/current.json", "v1/states/current.json", "v1/states/ca/daily.csv"]
 
 
-def _warm(api: str, paths: list[str], rounds: int = 20) -> None:
-    """Request each path often enough, on fresh connections, for both workers to keep it."""
-    for _ in range(rounds):
-        for path in paths:
-            assert httpx.get(f"{api}/{path}").status_code == 200
+def _warm(api: ApiUrl, paths: list[str], rounds: int = 20) -> None:
+    """Request each path ``rounds`` times, on fresh connections, the rounds taken in turn by
+    each worker (``accepted_by``), so that every worker keeps it."""
+    serving = api_workers(api)
+    for round_ in range(rounds):
+        with accepted_by(serving[round_ % len(serving)], serving):
+            for path in paths:
+                assert httpx.get(f"{api}/{path}").status_code == 200
 
 
 def test_hot_documents_answer_from_memory_while_redis_is_down(

@@ -40,6 +40,8 @@ from support import (
     Fetcher,
     Process,
     Upstream,
+    accepted_by,
+    api_workers,
     clean_env,
     metric_samples,
     receive_answer,
@@ -194,15 +196,18 @@ def snapshot_id(redis_url: str) -> str | None:
     return None if raw is None else str(raw)
 
 
-def warm(api: str, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
-    """Request each path often enough, on fresh connections, for both workers to keep it in
-    memory; returns each path's body digest."""
+def warm(api: ApiUrl, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
+    """Request each path ``rounds`` times, on fresh connections, the rounds taken in turn by
+    each worker (``accepted_by``), so that every worker keeps it in memory; returns each
+    path's body digest."""
     digests: dict[str, str] = {}
-    for _ in range(rounds):
-        for path in paths:
-            response = httpx.get(f"{api}{path}")
-            assert response.status_code == 200, (path, response.text)
-            digests[path] = body_digest(response.content)
+    serving = api_workers(api)
+    for round_ in range(rounds):
+        with accepted_by(serving[round_ % len(serving)], serving):
+            for path in paths:
+                response = httpx.get(f"{api}{path}")
+                assert response.status_code == 200, (path, response.text)
+                digests[path] = body_digest(response.content)
     return digests
 
 
@@ -482,11 +487,23 @@ def test_postgres_dies_under_load_then_comes_back(
     uncached = [o for o in counted if o.kind == UNCACHED.kind]
     failed = [o for o in cached if o.status != 200]
     assert failed == [], describe(failed)
-    during = between(uncached, killed, back)
+    # A question still in flight when PostgreSQL starts again may be answered either way
+    # (refused, or answered once it is back), as those in flight at the kill are excused.
+    settling = in_flight_at(uncached, back)
+    during = [o for o in between(uncached, killed, back) if o not in settling]
     refused = [o for o in during if o.status == 503 and o.retry_after == "7"]
-    # Before the kill and after the first answer again, uncached queries are answered.
-    wrong = [o for o in uncached if o not in during and o.status != 200]
-    wrong = [o for o in wrong if not (back <= o.started < answered.started)]
+    # Before the kill, and after the first answer again, uncached queries are answered. Each
+    # api worker reconnects to PostgreSQL by itself, and a keep-alive connection stays on one
+    # worker: on each connection, recovery ends at its own first answer again (the other
+    # worker may answer a few milliseconds later: a load as fast as this one's reaches it).
+    answered_again: dict[float, float] = {}
+    for o in sorted(uncached, key=lambda o: o.started):
+        if o.started >= back and o.status == 200:
+            answered_again.setdefault(o.connected, o.started)
+    wrong = [o for o in uncached if o not in during + settling and o.status != 200]
+    wrong = [
+        o for o in wrong if not (back <= o.started < answered_again.get(o.connected, math.inf))
+    ]
     assert set(during) - set(refused) == set(), describe([o for o in during if o not in refused])
     assert wrong == [], describe(wrong)
     assert refused, "no uncached query was sent during the outage"

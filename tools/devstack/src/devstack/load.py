@@ -2,11 +2,17 @@
 keep-alive clients in a background thread, every request's outcome recorded with its
 timestamps.
 
-Each client is one ``httpx.AsyncClient`` holding at most one connection, so the connection a
-request went out on is known: its ``connected`` time is when that TCP connection was
-established (httpx's ``trace`` extension reports it), whether it was opened for this request
-or reused. A client that finds its connection closed by the server while idle opens a new one
-(as every HTTP client does); one whose request got no complete answer records the error.
+Each client holds at most one keep-alive HTTP/1.1 connection (``_Connection``: asyncio streams
+and a minimal client written for this, far less CPU per request than httpx took, so the
+load's own cost no longer competes with the servers under test), so the connection a request
+went out on is known: its ``connected`` time is when that TCP connection was established,
+whether it was opened for this request or reused. A client that finds its connection closed
+by the server while idle opens a new one (as every HTTP client does); one whose request got
+no complete answer records the error, by httpx's name for it (``ConnectError``,
+``RemoteProtocolError``, ``ReadTimeout``, ...), and goes on on a new connection. Every
+request asks for the codings httpx asked for (``ACCEPT_ENCODING``) and its body is decoded
+before it is digested. tests/devstack/test_load.py checks this accounting against a server
+whose answers it knows.
 
 Timestamps are ``time.monotonic()`` values, comparable with the test's own clock. With
 ``rate`` the clients share one schedule of evenly spaced request slots (a fixed request
@@ -20,13 +26,15 @@ import array
 import asyncio
 import hashlib
 import math
+import select
 import threading
 import time
+import urllib.parse
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
+import brotli  # type: ignore[import-untyped]  # no stubs published
 
 from devstack.procs import wait_until
 
@@ -64,6 +72,174 @@ class Outcome:
         return self.status is not None and (200 <= self.status < 300 or self.status == 304)
 
 
+# The codings every request accepts, and ``_decoded`` undoes.
+ACCEPT_ENCODING = "gzip, deflate, br"
+
+
+class _Failure(Exception):
+    """A request without a complete answer; ``name`` is what its outcome records (httpx's
+    names for the same failures, which the reports used before)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"{name}: {detail}" if detail else name)
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case; repeated fields joined by ", "
+    body: bytes  # decoded
+    close: bool  # the connection must not be used again
+
+
+def _decoded(body: bytes, coding: str) -> bytes:
+    """``body`` with its Content-Encoding undone (the last coding applied first)."""
+    for name in reversed([c.strip().lower() for c in coding.split(",") if c.strip()]):
+        try:
+            if name in ("gzip", "x-gzip"):
+                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            elif name == "deflate":
+                try:
+                    body = zlib.decompress(body)
+                except zlib.error:
+                    body = zlib.decompress(body, -zlib.MAX_WBITS)
+            elif name == "br":
+                body = brotli.decompress(body)
+            elif name != "identity":
+                raise _Failure("DecodingError", f"unknown content-encoding {name!r}")
+        except (zlib.error, brotli.error) as exc:
+            raise _Failure("DecodingError", str(exc)) from exc
+    return body
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection (asyncio streams): a minimal client that sends a
+    GET and reads its whole answer (Content-Length, chunked, or until the server closes).
+    A read waits at most ``wait`` seconds for each piece of the answer, a connect as long
+    (httpx's timeouts); every failure raises ``_Failure``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.connected = time.monotonic()  # when the TCP connection was established
+        self._socket = writer.get_extra_info("socket")
+
+    @classmethod
+    async def open(cls, host: str, port: int, wait: float) -> _Connection:
+        try:
+            async with asyncio.timeout(wait):
+                reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+        except TimeoutError as exc:
+            raise _Failure("ConnectTimeout") from exc
+        except OSError as exc:
+            raise _Failure("ConnectError", str(exc)) from exc
+        return cls(reader, writer)
+
+    def closed_while_idle(self) -> bool:
+        """Whether the server closed (or wrote on) the connection since its last answer: an
+        idle connection is never readable (httpcore's check before it reuses one)."""
+        if self.reader.at_eof() or self.reader.exception() is not None:
+            return True
+        if self.writer.is_closing():
+            return True
+        readable, _, _ = select.select([self._socket], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def exchange(self, head: bytes, wait: float, close_after: bool) -> _Answer:
+        """Send the request ``head`` (a GET: no body) and read its answer."""
+        try:
+            self.writer.write(head)
+            async with asyncio.timeout(wait):
+                await self.writer.drain()
+        except TimeoutError as exc:
+            raise _Failure("WriteTimeout") from exc
+        except OSError as exc:
+            raise _Failure("WriteError", str(exc)) from exc
+        try:
+            return await self._answer(wait, close_after)
+        except TimeoutError as exc:
+            raise _Failure("ReadTimeout") from exc
+        except asyncio.IncompleteReadError as exc:
+            what = "a complete head" if exc.expected is None else "a complete body"
+            raise _Failure("RemoteProtocolError", f"closed before {what}") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise _Failure("RemoteProtocolError", "a head or chunk line too long") from exc
+        except (ValueError, IndexError) as exc:  # a malformed status line, field or size
+            raise _Failure("RemoteProtocolError", str(exc)) from exc
+        except OSError as exc:  # reset
+            raise _Failure("ReadError", str(exc)) from exc
+
+    async def _read(self, until: bytes, wait: float) -> bytes:
+        async with asyncio.timeout(wait):
+            return await self.reader.readuntil(until)
+
+    async def _read_exactly(self, count: int, wait: float) -> bytes:
+        pieces: list[bytes] = []
+        while count > 0:
+            async with asyncio.timeout(wait):
+                piece = await self.reader.read(min(count, 2**20))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"".join(pieces), count)
+            pieces.append(piece)
+            count -= len(piece)
+        return b"".join(pieces)
+
+    async def _answer(self, wait: float, close_after: bool) -> _Answer:
+        while True:  # 1xx interim answers are skipped (none is expected)
+            head = await self._read(b"\r\n\r\n", wait)
+            status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+            version, code, *_ = status_line.split(" ", 2)
+            if not version.startswith("HTTP/1.") or len(code) != 3:
+                raise ValueError(f"not an HTTP/1.x status line: {status_line!r}")
+            status = int(code)
+            if status >= 200 or status == 101:
+                break
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"a header line without a colon: {line!r}")
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        connection = headers.get("connection", "").lower()
+        # A 500 is what an unhandled exception leaves (Starlette answers it, then re-raises),
+        # and uvicorn then closes the connection without saying so: a request sent on it at
+        # once would meet the close. httpx, slower between requests, mostly saw the close
+        # first; a client this fast must not count on that, so it opens a new connection.
+        close = close_after or "close" in connection or status == 500
+        if version == "HTTP/1.0" and "keep-alive" not in connection:
+            close = True
+        pieces: list[bytes] = []
+        if status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int((await self._read(b"\r\n", wait)).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while await self._read(b"\r\n", wait) != b"\r\n":  # trailers
+                        pass
+                    break
+                pieces.append(await self._read_exactly(size, wait))
+                if await self._read_exactly(2, wait) != b"\r\n":
+                    raise ValueError("a chunk not followed by CRLF")
+            body = b"".join(pieces)
+        elif "content-length" in headers:
+            body = await self._read_exactly(int(headers["content-length"]), wait)
+        else:  # until the server closes
+            while True:
+                async with asyncio.timeout(wait):
+                    piece = await self.reader.read(2**20)
+                if not piece:
+                    break
+                pieces.append(piece)
+            body, close = b"".join(pieces), True
+        return _Answer(status, headers, _decoded(body, headers.get("content-encoding", "")), close)
+
+
 def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16] if body else ""
 
@@ -90,6 +266,22 @@ class Load:
         if not paths:
             raise ValueError("no paths to request")
         self.base = base.rstrip("/")
+        url = urllib.parse.urlsplit(self.base)
+        if url.scheme != "http" or not url.hostname or url.path:
+            raise ValueError(f"an http://host[:port] base URL, not {base!r}")
+        self._host, self._port = url.hostname, url.port or 80
+        # What httpx, the client this one replaced, sent: the same representations asked
+        # for (and decoded), the caller's headers on top (``Connection: close`` included).
+        fields = {
+            "host": ("Host", url.netloc),
+            "accept": ("Accept", "*/*"),
+            "accept-encoding": ("Accept-Encoding", ACCEPT_ENCODING),
+            "connection": ("Connection", "keep-alive"),
+            "user-agent": ("User-Agent", "covid-stats-load"),
+        }
+        fields.update({name.lower(): (name, value) for name, value in (headers or {}).items()})
+        self._head_fields = "".join(f"{n}: {v}\r\n" for n, v in fields.values()).encode() + b"\r\n"
+        self._close_after = "close" in fields["connection"][1].lower()
         self.paths = list(paths)
         self.clients = clients
         self.rate = rate
@@ -140,18 +332,9 @@ class Load:
         await asyncio.gather(*(self._client(i) for i in range(self.clients)))
 
     async def _client(self, number: int) -> None:
-        connected = math.nan
-
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal connected
-            if event == "connection.connect_tcp.complete":
-                connected = time.monotonic()
-
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(
-            base_url=self.base, limits=limits, timeout=self.timeout, headers=self.headers
-        ) as client:
-            index = number
+        connection: _Connection | None = None
+        index = number
+        try:
             while not self._stop.is_set():
                 if self.rate is not None and not await self._wait_for_slot():
                     break
@@ -163,12 +346,18 @@ class Load:
                 else:
                     kind = path = entry
                 started = time.monotonic()
+                if connection is not None and connection.closed_while_idle():
+                    connection.close()  # closed by the server while idle: a new one
+                    connection = None
                 try:
-                    response = await client.get(path, extensions={"trace": trace})
-                except httpx.HTTPError as exc:
+                    if connection is None:
+                        connection = await _Connection.open(self._host, self._port, self.timeout)
+                    answer = await connection.exchange(
+                        self._request_head(path), self.timeout, self._close_after
+                    )
+                except _Failure as failure:
                     # A connect error: no connection was established for this request.
-                    refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                    on = math.nan if refused else connected
+                    on = math.nan if connection is None else connection.connected
                     self._record(
                         Outcome(
                             number,
@@ -178,33 +367,42 @@ class Load:
                             started,
                             time.monotonic(),
                             None,
-                            type(exc).__name__,
+                            failure.name,
                             None,
                             "",
                             None,
                         )
                     )
-                    connected = math.nan  # the next request opens a new connection
-                    if refused:
+                    if connection is None:
                         await asyncio.sleep(0.01)  # no busy loop while nothing listens
+                    else:
+                        connection.close()  # the next request opens a new connection
+                        connection = None
                     continue
                 self._record(
                     Outcome(
                         number,
                         kind,
                         path,
-                        connected,
+                        connection.connected,
                         started,
                         time.monotonic(),
-                        response.status_code,
+                        answer.status,
                         None,
-                        response.headers.get("x-data-source"),
-                        body_digest(response.content),
-                        response.headers.get("retry-after"),
+                        answer.headers.get("x-data-source"),
+                        body_digest(answer.body),
+                        answer.headers.get("retry-after"),
                     )
                 )
-                if response.headers.get("connection", "").lower() == "close":
-                    connected = math.nan
+                if answer.close:
+                    connection.close()
+                    connection = None
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _request_head(self, path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\n".encode() + self._head_fields
 
     async def _wait_for_slot(self) -> bool:
         """Sleep until this request's slot of the fixed-rate schedule; False when stopping."""
