@@ -120,6 +120,9 @@ def test_large_questions_texts_are_fetched_by_the_processes_never_the_worker(
         # Every HEAVY question selects every record of the states' daily series; the worker
         # reads their answers (and gzip bodies) from the processes' pipe, and no texts.
         assert in_worker < len(HEAVY) * texts / 2, (in_worker, texts)
+        # ... and rchar does count what it reads: the answers, megabytes from the pipe (were
+        # it blind to the worker's reads, the bound above would hold whatever they were).
+        assert in_worker > 1_000_000, in_worker
         named = sql(
             database,
             "SELECT client_port FROM pg_stat_activity"
