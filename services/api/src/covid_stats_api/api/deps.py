@@ -231,7 +231,9 @@ def not_published(exc: NotPublishedYet) -> ApiError:
     )
 
 
-def get_api(request: Request) -> Api:
+async def get_api(request: Request) -> Api:
+    """The worker's ``Api``. A coroutine, though it awaits nothing: FastAPI runs a plain
+    function dependency in its thread pool, a thread hand-off per request on the loop."""
     api: Api = request.app.state.api
     return api
 
