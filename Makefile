@@ -64,8 +64,8 @@ bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document
 	$(BIN)/python -m devstack.bench_fetcher
 
 .PHONY: bench-queries
-bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk)
-	$(BIN)/python -m devstack.bench_queries
+bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk; BENCH_ARGS="--apart": the api alone on CPU 0)
+	$(BIN)/python -m devstack.bench_queries $(BENCH_ARGS)
 
 .PHONY: soak
 soak: $(STAMP) ## Whole system at a fixed rate for long, watching memory, fds, errors (SOAK_SECONDS=600 SOAK_RATE=500 SOAK_CLIENTS=32)

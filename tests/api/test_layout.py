@@ -2,7 +2,8 @@
 ASGI layers never import the server adapter and only the adapter imports uvicorn, every
 metric is defined in the one metrics module, and every HTTP answer's error body, ETag and
 representation headers are built by the one HTTP module (``covid_stats_runtime.http``), and
-the fast path's table of document paths comes from the app's routes.
+the fast path's table of document paths comes from the app's routes, and no route or
+dependency runs in FastAPI's thread pool.
 
 Read from the source itself (the package's own files, parsed), so a new module is checked
 the day it is added.
@@ -11,6 +12,7 @@ the day it is added.
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 import covid_stats_api
@@ -181,6 +184,25 @@ def test_the_fast_paths_table_comes_from_the_routes_and_fails_without_one() -> N
     without_v1 = [route for router in ROUTERS if router is not v1.router for route in router.routes]
     with pytest.raises(LookupError, match="no route answers"):
         document_paths(without_v1)
+
+
+def _dependencies(dependant: Dependant) -> list[Dependant]:
+    return [d for sub in dependant.dependencies for d in (sub, *_dependencies(sub))]
+
+
+def test_every_route_runs_on_the_event_loop_no_thread_pool() -> None:
+    """Every route's endpoint and every dependency it has is a coroutine: FastAPI runs a
+    plain function in its thread pool, a thread hand-off per request (the per-request
+    ``get_api`` was one, in every profile of the questions)."""
+    routes = [route for route in ROUTES if isinstance(route, APIRoute)]
+    assert routes
+    plain = [
+        f"{route.path}: {getattr(d.call, '__qualname__', d.call)}"
+        for route in routes
+        for d in (route.dependant, *_dependencies(route.dependant))
+        if d.call is not None and not inspect.iscoroutinefunction(d.call)
+    ]
+    assert plain == [], plain
 
 
 def test_the_gunicorn_master_loads_no_metrics_before_their_directory_is_set() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import redis
 from covid_stats_contract.documents import encode_record, render_array
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import STATES_DAILY, US_DAILY
-from support import Upstream
+from support import ApiUrl, Upstream, metric_samples, start_api
 
 ApiFactory = Callable[[dict[str, str]], str]
 KEYS = RedisKeys()
@@ -112,6 +113,43 @@ def test_equivalent_questions_share_one_cached_answer(
     us = get(f"{api}/{US_DAILY.document()}")
     assert get(f"{api}/v1/us/daily.json?lastdays=10000&sort=-date").content == us.content
     assert len(answer_keys(client)) == 2
+
+
+def _lookups(api: ApiUrl) -> dict[tuple[str, str], float]:
+    """The api's cache lookups, {(tier, result): count}."""
+    return {
+        (dict(labels)["tier"], dict(labels)["result"]): value
+        for (sample, labels), value in metric_samples(httpx.get(api.metrics).text).items()
+        if sample == "covid_stats_api_cache_lookups_total"
+    }
+
+
+def _without_date(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.multi_items() if k != "date"]
+
+
+def test_a_question_that_is_a_document_is_answered_from_the_workers_memory(
+    published_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Once a worker keeps a published document, a question that selects all of it is
+    answered from that copy, as the document's own URL is: no Redis read (for the states'
+    daily series 13.5 MB and its compressed forms, on the event loop, each time: the hot
+    documents' p99 paid for it during ``make bench-queries``)."""
+    process, api = start_api(published_env, tmp_path, workers=1)
+    try:
+        name = STATES_DAILY.document()
+        whole = get(f"{api}/{name}")  # read once: the worker keeps it
+        before = _lookups(api)
+        questions = ("lastdays=10000", "sort=-date", "from=19990101", "to=20991231")
+        for q in questions:
+            response = get(f"{api}/v1/states/daily.json?{q}")
+            assert response.content == whole.content, q
+            assert _without_date(response) == _without_date(whole), q
+        after = _lookups(api)
+        counted = {key: after[key] - before.get(key, 0) for key in after}
+        assert {key: n for key, n in counted.items() if n} == {("memory", "hit"): len(questions)}
+    finally:
+        process.stop()
 
 
 def test_empty_answers_and_unknown_states_cache_nothing(api: str, client: redis.Redis) -> None:

@@ -16,8 +16,13 @@ services' output in ``bench-queries.log`` there), then:
    (``CpuMeter``);
 3. after: the same figures again, the answers' statuses, and the evictions the budget made.
 
-``--nice-others N`` runs the questioning clients and PostgreSQL N lower in CPU priority
-while the questions last, as if they ran on machines of their own (here all share two cores).
+``--apart`` places the parts as production does, on machines of their own (here all share two
+cores): the api (master, workers, computation processes) alone on CPU 0, as an api pod with
+its own CPU; wrk on CPU 1, as ``make bench`` pins it; and on CPU 1 too, but only when wrk
+leaves it idle (``SCHED_IDLE``), what runs elsewhere in production: PostgreSQL, Redis, the
+fetcher, the upstream and the questioning clients. The placement holds for the whole run,
+before, during and after, so the three are compared alike. A nice value cannot do this: where
+the kernel groups processes by session (autogroup), nice orders them only within a group.
 
 It reports; it asserts nothing about speed. ``QUERY_CACHE_MAX_BYTES`` and
 ``QUERY_ANSWER_MAX_BYTES`` from the environment apply (the shipped defaults otherwise).
@@ -246,19 +251,36 @@ def _p99_line(
     )
 
 
-def _renice(pids: list[int], increment: int) -> None:
-    """Lower the CPU priority of ``pids`` and their children by ``increment``."""
+API_CPU, OTHERS_CPU = 0, 1
+
+
+def _place(pids: list[int], cpu: int, idle: bool) -> None:
+    """Every thread of ``pids`` and of their descendants on ``cpu``; with ``idle``, run only
+    when that CPU has nothing else to run (``SCHED_IDLE``). Processes they start later (a
+    replaced worker, a computation process, a PostgreSQL connection) inherit both."""
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
-            server = psutil.Process(pid)
-            for process in [server, *server.children(recursive=True)]:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    process.nice(min(process.nice() + increment, 19))
+                    for thread in process.threads():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.sched_setaffinity(thread.id, {cpu})
+                            if idle:
+                                os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
 
 
-def bench(
-    state_dir: Path, count: int, clients: int, seconds: int, seed: int, nice_others: int
-) -> int:
+def _apart(stack: Stack, master: int) -> None:
+    """``--apart``: the api alone on ``API_CPU``; this process (its wrk runs inherit it) on
+    ``OTHERS_CPU``; everything else there, idle-only (the questioning clients: ``_ask``)."""
+    others = [server.pid for server in stack.servers]
+    others += [child.proc.pid for child in stack.children if child.proc.pid != master]
+    _place([master], API_CPU, idle=False)
+    _place(others, OTHERS_CPU, idle=True)
+    os.sched_setaffinity(0, {OTHERS_CPU})  # this thread; the threads it starts inherit it
+
+
+def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, apart: bool) -> int:
     log_path = state_dir / "bench-queries.log"
     env = dict(os.environ)
     env.setdefault("API_PORT", str(free_port()))
@@ -271,6 +293,8 @@ def bench(
             with contextlib.redirect_stdout(log):
                 base = start(stack, state_dir)
             master = next(c for c in stack.children if c.name == "api").proc.pid
+            if apart:
+                _apart(stack, master)
             metrics = api_metrics_url(stack.env)
             client = redis.Redis.from_url(stack.env["REDIS_URL"])
             keys = RedisKeys(stack.env.get("REDIS_KEY_PREFIX", "covid-stats"))
@@ -316,16 +340,13 @@ def bench(
             began = time.monotonic()
             thread.start()
             try:
-                if nice_others:
-                    # What runs on other machines in production, here on the api's cores:
-                    # the questioning clients (this thread; wrk's runs keep their priority)
-                    # and PostgreSQL (its new connections inherit the postmaster's priority).
-                    _renice([stores["postgres"]], nice_others)
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice_others)
+                if apart:  # the questioning clients: on other machines in production
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 statuses = asyncio.run(_ask(base, paths, clients))
             finally:
                 asked.set()
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+                if apart:
+                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             took = time.monotonic() - began
             thread.join()
             cpu = meter.stop()
@@ -341,7 +362,8 @@ def bench(
                     [
                         f"bench-queries | {count} distinct questions from {clients} clients in"
                         f" {took:.0f} s ({count / took:.0f}/s); statuses:"
-                        f" {dict(sorted(statuses.items()))}",
+                        f" {dict(sorted(statuses.items()))}; "
+                        + ("the api apart on CPU 0" if apart else "every part on every CPU"),
                         f"Redis used_memory      before {_mib(before[0])}, after"
                         f" {_mib(after[0])} (+{_mib(after[0] - before[0])})",
                         f"answers counted bytes  before {_mib(before[1])}, after"
@@ -379,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument(
-        "--nice-others",
-        type=int,
-        default=0,
-        help="while the questions last, run the questioning clients and PostgreSQL this much"
-        " lower in CPU priority, as if on machines of their own (default 0: as they are)",
+        "--apart",
+        action="store_true",
+        help="the api alone on CPU 0, wrk on CPU 1, and PostgreSQL, Redis and the questioning"
+        " clients on CPU 1 only when wrk leaves it idle: as on machines of their own"
+        " (default: every part on every CPU)",
     )
     parser.add_argument(
         "--state-dir",
@@ -398,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed, args.nice_others)
+    if args.apart and {API_CPU, OTHERS_CPU} - os.sched_getaffinity(0):
+        print("--apart needs CPUs 0 and 1", file=sys.stderr)
+        return 2
+    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed, args.apart)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ the bench: the worker's own CPU, in uvloop's and asyncpg's C code, and the pool'
 thread pickling the buffer).
 
 So one of ``QUERY_COMPUTE_SLOTS`` processes (started from a preloaded fork server on first
-use, niced by ``COMPUTE_NICE``, so the kernel runs the worker first when they share a core;
-each in a session of its own whose CPU group is niced too, ``_own_group``)
+use, at idle CPU priority, ``_idle``: a worker that wakes takes the CPU from it at once)
 does the whole computation: it fetches the texts over a PostgreSQL connection of its own
 (``ProcessDatabase``: opened on first use, with the worker's settings; counted in the
 connection budget), splits and parses the records, renders and compresses the body, and
@@ -29,6 +28,7 @@ processes, and their answers in the worker (docs/limits.md, "Query answers").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -69,23 +69,21 @@ def _watch(worker: int) -> None:
             os._exit(0)
 
 
-def _own_group() -> None:
-    """Where the kernel groups processes by session for the CPU (autogroup: a host's own
-    sessions, not a container's cgroup), a nice value orders processes only within their
-    group, and the computations counted against the workers' group: while they ran, a
-    worker waking for a hot read waited behind PostgreSQL's and the clients' groups (a
-    loop-lag probe read the worker's run-queue wait in ``/proc``: most of its stalls during
-    ``make bench-queries``). So a session of its own, with the group's nice lowered too."""
-    try:
-        os.setsid()
-        with open("/proc/self/autogroup", "w") as group:
-            group.write(str(COMPUTE_NICE))
-    except OSError:
-        pass
+def _idle() -> None:
+    """Run only when the worker (and the rest of the pod) leaves the CPU idle: the scheduler's
+    ``SCHED_IDLE`` policy, which a process may always take for itself. A worker waking for a
+    hot read preempts an idle-policy process at once, wherever they share a CPU group (a
+    container's cgroup; a host's session, ``autogroup``). A nice value does not: the woken
+    worker waited for its turn, a few milliseconds (``make bench-queries --apart``, api on
+    one CPU: the hot documents' paced p99 during the questions 9.8 ms niced in a CPU group
+    of their own, 5.8 ms idle in the worker's; docs/performance.md, "Hostile queries").
+    ``COMPUTE_NICE`` stays as the fallback, where the policy is refused."""
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _start(worker: int) -> None:
-    """A computation process's start: a lower CPU priority than the worker's, and no metrics
+    """A computation process's start: idle CPU priority (and a lower nice), and no metrics
     files: the process counts nothing, and a process of its own writing in the workers'
     ``PROMETHEUS_MULTIPROC_DIR`` would add its (zero) values to theirs (a ``livemin`` gauge
     would read 0). So the variable goes before the rendering code, and with it the metrics
@@ -93,7 +91,7 @@ def _start(worker: int) -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     os.environ.pop("prometheus_multiproc_dir", None)
     os.nice(COMPUTE_NICE)
-    _own_group()
+    _idle()
     threading.Thread(target=_watch, args=(worker,), name="watch-worker", daemon=True).start()
     import covid_stats_api.reads.queries  # noqa: F401 - loaded once, before the first task
 

@@ -31,6 +31,7 @@ from datetime import datetime
 import structlog
 from redis.exceptions import RedisError
 
+from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.recent import RecentAnswers
 from covid_stats_contract.documents import (
     JSON_CONTENT_TYPE,
@@ -100,6 +101,17 @@ class HotCache:
             self._drop(name)
             return None
         self._entries.move_to_end(name)
+        return entry
+
+    def lookup(self, name: str) -> HotEntry | None:
+        """``get``, counted in the memory tier's lookups: a hit, a miss, or a stale entry (of
+        an earlier snapshot: served until its refill arrives, as every kept document is)."""
+        entry = self.get(name)
+        if entry is None:
+            cache_lookup("memory", "miss").inc()
+            return None
+        stale = self.version is not None and entry.version not in ("", self.version)
+        cache_lookup("memory", "stale" if stale else "hit").inc()
         return entry
 
     def put(

@@ -35,7 +35,7 @@ import structlog
 from covid_stats_api.core.stores import Stores
 from covid_stats_api.metrics import query_computed
 from covid_stats_api.reads.answers import AnswerCache, Uncached
-from covid_stats_api.reads.compute import ComputePool
+from covid_stats_api.reads.compute import Answered, ComputePool
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract import history
 from covid_stats_contract.documents import (
@@ -135,6 +135,13 @@ class NoRecords(Exception):
 
 class StoreUnavailable(Exception):
     """Neither the cache nor PostgreSQL could answer."""
+
+
+def unavailable(error: str, where: str = "worker") -> StoreUnavailable:
+    """The one log line of a failed PostgreSQL read (``where``: the worker's pool or a
+    computation process's own connection), and the exception to raise (the api answers 503)."""
+    log.warning("postgres_query_failed", error=error, where=where)
+    return StoreUnavailable(error)
 
 
 class TooLarge(Exception):
@@ -347,8 +354,7 @@ class QueryService:
             async with pool.acquire() as conn:
                 found = await history.served_mark(conn, resource, instant)
         except DATABASE_ERRORS as exc:
-            log.warning("postgres_query_failed", error=repr(exc))
-            raise StoreUnavailable from exc
+            raise unavailable(repr(exc)) from exc
         if found.up_to is None:
             raise NotPublishedYet(found.first_published)
         return found.up_to
@@ -379,7 +385,7 @@ class QueryService:
 
     async def _compute_elsewhere(
         self, query: Query, mark: int | None, limit: int | None
-    ) -> tuple[int, int, bytes, str, bytes]:
+    ) -> Answered:
         """``compute.answered`` in a computation process: its texts never reach the worker."""
         if self.stores.pg_pool is None:  # PostgreSQL not reached yet (or not configured)
             raise StoreUnavailable
@@ -388,9 +394,8 @@ class QueryService:
         except BrokenProcessPool as exc:
             log.warning("query_compute_failed", error=repr(exc))
             raise StoreUnavailable from exc
-        except StoreUnavailable as exc:
-            log.warning("postgres_query_failed", error=str(exc), where="compute")
-            raise
+        except StoreUnavailable as exc:  # the process's own connection failed
+            raise unavailable(str(exc), where="compute") from exc
 
     async def _fetch(self, query: Query, mark: int | None = None) -> tuple[int, bytes]:
         """The number of records and their texts, joined (``fetch``), over the pool."""
@@ -401,5 +406,4 @@ class QueryService:
             async with pool.acquire() as conn:
                 return await fetch(conn, query, mark)
         except DATABASE_ERRORS as exc:
-            log.warning("postgres_query_failed", error=repr(exc))
-            raise StoreUnavailable from exc
+            raise unavailable(repr(exc)) from exc

@@ -28,7 +28,6 @@ from urllib.parse import unquote
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from covid_stats_api.metrics import cache_lookup
 from covid_stats_api.reads.hot import COVID_STATS, HotCache, HotEntry
 from covid_stats_api.reads.recent import RecentAnswers, current_request
 from covid_stats_contract.documents import STATE_CODE_RE, STATE_PLACEHOLDER, document_families
@@ -146,13 +145,8 @@ class FastPath:
         if (target := self.paths.resolve(path)) is None:
             return None
         name, route = target
-        entry = self.hot.get(name)
-        if entry is None:
-            cache_lookup("memory", "miss").inc()
-            return None
-        stale = self.hot.version is not None and entry.version not in ("", self.hot.version)
-        cache_lookup("memory", "stale" if stale else "hit").inc()
-        return route, entry
+        entry = self.hot.lookup(name)
+        return None if entry is None else (route, entry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
