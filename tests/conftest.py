@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import ssl
 from collections.abc import Callable, Generator, Iterator
@@ -99,7 +100,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # first call) is built once per test process and shared; any other is built as before.
 # tests/system/test_harness.py checks that this holds for the installed httpx.
 _create_ssl_context = httpx.create_ssl_context  # the transports' name for it, public
-_DEFAULT_SSL_CONTEXT: list[ssl.SSLContext] = []
+_default_ssl_context = functools.cache(_create_ssl_context)  # built at its first call
 
 
 def _shared_default_ssl_context(
@@ -107,9 +108,7 @@ def _shared_default_ssl_context(
 ) -> ssl.SSLContext:
     if verify is not True or cert is not None or not trust_env:
         return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
-    if not _DEFAULT_SSL_CONTEXT:
-        _DEFAULT_SSL_CONTEXT.append(_create_ssl_context())
-    return _DEFAULT_SSL_CONTEXT[0]
+    return _default_ssl_context()
 
 
 # The name the transports call it by (a private module: tests/system/test_harness.py checks it).

@@ -192,6 +192,21 @@ def accepted_by(worker: int, workers: Sequence[int]) -> Iterator[None]:
             other.resume()
 
 
+def warm_workers(api: ApiUrl, paths: Sequence[str], rounds: int = 20) -> dict[str, bytes]:
+    """Request each path (``/...``) ``rounds`` times, on fresh connections, the rounds taken in
+    turn by each worker (``accepted_by``), so that every worker keeps it in memory; each must
+    answer 200. Returns each path's body."""
+    bodies: dict[str, bytes] = {}
+    serving = api_workers(api)
+    for round_ in range(rounds):
+        with accepted_by(serving[round_ % len(serving)], serving):
+            for path in paths:
+                response = httpx.get(f"{api}{path}")
+                assert response.status_code == 200, (path, response.text)
+                bodies[path] = response.content
+    return bodies
+
+
 @dataclass
 class Process:
     """A project process started by a test, its output in a log file."""

@@ -30,27 +30,21 @@ from stacks import Template
 from support import (
     ApiUrl,
     Upstream,
-    accepted_by,
-    api_workers,
     metric_samples,
     representation_variants,
     run_fetcher,
     scratch_dir,
     start_api,
+    warm_workers,
 )
 
 ApiFactory = Callable[[dict[str, str]], ApiUrl]
 HOT = ["covid-stats", "v1/us/current.json", "v1/states/current.json", "v1/states/ca/daily.csv"]
 
 
-def _warm(api: ApiUrl, paths: list[str], rounds: int = 20) -> None:
-    """Request each path ``rounds`` times, on fresh connections, the rounds taken in turn by
-    each worker (``accepted_by``), so that every worker keeps it."""
-    serving = api_workers(api)
-    for round_ in range(rounds):
-        with accepted_by(serving[round_ % len(serving)], serving):
-            for path in paths:
-                assert httpx.get(f"{api}/{path}").status_code == 200
+def _warm(api: ApiUrl, paths: list[str]) -> None:
+    """Every worker keeps each path (``warm_workers``)."""
+    warm_workers(api, [f"/{path}" for path in paths])
 
 
 def test_hot_documents_answer_from_memory_while_redis_is_down(

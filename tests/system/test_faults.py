@@ -40,14 +40,13 @@ from support import (
     Fetcher,
     Process,
     Upstream,
-    accepted_by,
-    api_workers,
     clean_env,
     metric_samples,
     receive_answer,
     run_fetcher,
     start_api,
     summary,
+    warm_workers,
 )
 
 # Long together: under xdist the file is handed out first (tests/conftest.py). Each test that
@@ -196,19 +195,9 @@ def snapshot_id(redis_url: str) -> str | None:
     return None if raw is None else str(raw)
 
 
-def warm(api: ApiUrl, paths: Sequence[str], rounds: int = 20) -> dict[str, str]:
-    """Request each path ``rounds`` times, on fresh connections, the rounds taken in turn by
-    each worker (``accepted_by``), so that every worker keeps it in memory; returns each
-    path's body digest."""
-    digests: dict[str, str] = {}
-    serving = api_workers(api)
-    for round_ in range(rounds):
-        with accepted_by(serving[round_ % len(serving)], serving):
-            for path in paths:
-                response = httpx.get(f"{api}{path}")
-                assert response.status_code == 200, (path, response.text)
-                digests[path] = body_digest(response.content)
-    return digests
+def warm(api: ApiUrl, paths: Sequence[str]) -> dict[str, str]:
+    """``warm_workers``: every worker keeps each path; returns each path's body digest."""
+    return {path: body_digest(body) for path, body in warm_workers(api, paths).items()}
 
 
 def workers(master: Process) -> set[int]:
