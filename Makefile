@@ -34,7 +34,7 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # devstack,system} run here; tests/deploy by `make deploy-check` (it needs the deploy tools),
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
 # They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
-# starts its own servers, tests/conftest.py); a test marked `load` runs its load alone; the
+# starts its own servers, tests/conftest.py); no two tests marked `load` load at once; the
 # files marked `long` are handed out first. 3 on 2 cores: the tests wait on servers and
 # subprocesses, so a third worker fills the cores (figures in docs/development.md "Tests").
 # TEST_WORKERS=0: one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
