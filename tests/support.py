@@ -6,6 +6,7 @@ import ast
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import secrets
 import socket
@@ -230,6 +231,12 @@ class Process:
             return http_ok(url)
 
         wait_until(ready, timeout, interval=0.1, what=f"{self.name} at {url}")
+
+
+def log_events(output: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's ``output`` whose event is ``event``."""
+    lines = (json.loads(line) for line in output.splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == event]
 
 
 def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Process:

@@ -6,7 +6,6 @@ refusals are all counted and logged sampled (docs/limits.md).
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from support import (
     ApiUrl,
     Process,
     check_error_body,
+    log_events,
     metric_samples,
     raw_exchange,
     start_api,
@@ -155,8 +155,7 @@ def test_protocol_refusals_are_counted_and_logged_sampled(api: tuple[Process, Ap
 
     wait_until(lambda: counted("400") == sent and counted("431") == 1, 10, what="all counted")
     output = process.output()
-    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    logged = [e for e in events if e.get("event") == "invalid_request"]
+    logged = log_events(output, "invalid_request")
     # Each of the two workers logs the first REFUSALS_LOGGED_PER_INTERVAL of the interval.
     assert REFUSALS_LOGGED_PER_INTERVAL <= len(logged) <= 2 * REFUSALS_LOGGED_PER_INTERVAL
     assert {(e["status"], e["code"]) for e in logged} <= {

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import asyncpg
@@ -18,8 +19,11 @@ from conftest import archive_only
 from covid_stats_contract import schema
 from covid_stats_contract.documents import (
     BROTLI_BEST_MAX_BYTES,
+    COMPRESSION,
     GZIP_MIN_BYTES,
+    Compressed,
     DocumentBody,
+    content_hash,
     encode_record,
     etag_for,
     render_array,
@@ -89,6 +93,42 @@ def test_compressed_forms_are_deterministic_and_round_trip_through_a_snapshot(
         assert found is not None
         assert (found.gzip, found.br) == (published.gzip, published.br)
         await client.aclose()
+
+    run(scenario)
+
+
+def test_a_publish_takes_over_the_compressed_forms_of_unchanged_documents(
+    redis_url: str,
+) -> None:
+    """The snapshot before a publish lends the forms of every document whose bytes did not
+    change (``SnapshotStore.compressed_forms``, ``DocumentBody.compressed``): only when it was
+    compressed the same way (its meta's ``compression``), and never to changed bytes."""
+    same, old, new = b"[1,2,3]" * 4000, b"[4,5]" * 3000, b"[6,7]" * 3000
+
+    async def scenario() -> None:
+        client, store = await _snapshots(redis_url)
+        try:
+            assert await store.compressed_forms(COMPRESSION) == {}  # no snapshot yet
+            first = [
+                DocumentBody("same", same).compressed(),
+                DocumentBody("changes", old).compressed(),
+            ]
+            await store.publish(first, meta={"compression": COMPRESSION})
+            forms = await store.compressed_forms(COMPRESSION)
+            assert forms == {d.name: Compressed(content_hash(d.body), d.gzip, d.br) for d in first}
+            assert await store.compressed_forms(f"not {COMPRESSION}") == {}
+            # Marked forms show which document took them over.
+            lent = {name: replace(form, gzip=b"lent", br=b"lent") for name, form in forms.items()}
+            kept = DocumentBody("same", same).compressed(lent["same"])
+            changed = DocumentBody("changes", new).compressed(lent["changes"])
+            assert (kept.gzip, kept.br, kept.reused) == (b"lent", b"lent", True)
+            assert changed == DocumentBody("changes", new).compressed()
+            assert not changed.reused
+            # A snapshot that does not say how it was compressed lends nothing.
+            await store.publish(first)
+            assert await store.compressed_forms(COMPRESSION) == {}
+        finally:
+            await client.aclose()
 
     run(scenario)
 

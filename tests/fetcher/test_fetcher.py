@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -14,14 +14,14 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from covid_stats_contract.documents import Document
+from covid_stats_contract.documents import Document, DocumentBody
 from covid_stats_contract.keys import RedisKeys
 from covid_stats_contract.resources import RESOURCES, STATES_CURRENT, STATES_DAILY, US_CURRENT
 from covid_stats_contract.snapshots import SnapshotStore
 from covid_stats_runtime.http import SERVER_HEADERS, error_cache_control
 from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
-from support import Fetcher, Upstream, check_error_body, clean_env, run_fetcher
+from support import Fetcher, Upstream, check_error_body, clean_env, log_events, run_fetcher
 
 TOKEN = "test-refresh-token"
 # Rows inserted, updated or deleted in the database's tables so far (all backends).
@@ -148,6 +148,51 @@ def test_a_changed_upstream_publishes_a_new_snapshot_and_keeps_the_old_one_for_a
     assert json.loads(body(redis_url, "v1/us/current.json") or b"") == changed
     old_key = RedisKeys().document(str(first), "v1/us/current.json")
     assert 0 < redis.Redis.from_url(redis_url).ttl(old_key) <= 120
+
+
+def snapshot_documents(redis_url: str, snapshot: int) -> dict[str, Document]:
+    """Every document of snapshot ``snapshot``, by name, as Redis holds it."""
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys()
+    try:
+        members = cast(set[bytes], client.smembers(keys.snapshot_docs(str(snapshot))))
+        documents = {}
+        for name in (member.decode() for member in members):
+            fields = cast(dict[bytes, bytes], client.hgetall(keys.document(str(snapshot), name)))
+            documents[name] = Document.from_redis_hash(name, fields)
+        return documents
+    finally:
+        client.close()
+
+
+def test_a_publish_compresses_only_the_documents_it_changes(
+    published_env: dict[str, str], redis_url: str, upstream: Upstream
+) -> None:
+    """gzip and Brotli of every document are most of a publish's CPU: a publish compresses the
+    documents whose bytes changed and takes the others' forms over from the snapshot before
+    (which changed: read from the two snapshots). Every form is what compressing gives."""
+    first = snapshot_id(redis_url)
+    changed = json.loads(upstream.get("/v1/us/current.json").content)
+    changed[0]["positive"] += 1
+    upstream.fault("/v1/us/current.json", "body", body=changed)
+    output = refresh({**published_env, "LOG_LEVEL": "INFO"})
+    assert snapshot_id(redis_url) == first + 1
+    before = snapshot_documents(redis_url, first)
+    after = snapshot_documents(redis_url, first + 1)
+    differ = {
+        name
+        for name, doc in after.items()
+        if name not in before or before[name].content_hash != doc.content_hash
+    }
+    assert "v1/us/current.json" in differ
+    assert len(differ) < len(after)
+    published = log_events(output, "snapshot_published")
+    assert [(line["compressed"], line["reused"]) for line in published] == [
+        (len(differ), len(after) - len(differ))
+    ]
+    for name, doc in after.items():
+        expected = DocumentBody(name, doc.body).compressed()
+        assert (doc.gzip, doc.br) == (expected.gzip, expected.br), name
 
 
 def test_the_same_body_again_costs_no_writes(

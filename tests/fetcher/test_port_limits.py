@@ -24,7 +24,7 @@ from covid_stats_runtime.protocol import (
 )
 from covid_stats_runtime.settings import PortSettings
 from devstack.procs import wait_until
-from support import Fetcher, RawAnswer, check_error_body, raw_exchange, summary
+from support import Fetcher, RawAnswer, check_error_body, log_events, raw_exchange, summary
 
 HEAD_LIMIT = PortSettings.model_fields["http_max_request_head_bytes"].default
 REQUEST_TIMEOUT = 1.0  # HTTP_REQUEST_TIMEOUT_SECONDS of the fetcher under test
@@ -115,8 +115,7 @@ def test_refusals_are_logged_sampled_and_all_counted(fetcher: Fetcher) -> None:
         lambda: fetcher.metric(INVALID, status="400") == sent, 10, what="every refusal counted"
     )
     output = fetcher.process.output()
-    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    logged = [line for line in lines if line.get("event") == "invalid_request"]
+    logged = log_events(output, "invalid_request")
     assert len(logged) == REFUSALS_LOGGED_PER_INTERVAL
     assert {(line["status"], line["code"], line["client"]) for line in logged} == {
         (400, "bad_request", "127.0.0.1")

@@ -118,6 +118,7 @@ def render_csv_rows(header: Sequence[str], records: Iterable[Mapping[str, Any]])
 
 # Bodies smaller than this are not worth compressing (the gzip header alone is 20 bytes).
 GZIP_MIN_BYTES = 256
+GZIP_LEVEL = 6
 
 
 def compress(body: bytes) -> bytes:
@@ -125,7 +126,7 @@ def compress(body: bytes) -> bytes:
     so every replica produces the same bytes. Empty for bodies too small to gain."""
     if len(body) < GZIP_MIN_BYTES:
         return b""
-    return gzip.compress(body, compresslevel=6, mtime=0)
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 # Brotli's quality, measured on the archive's documents (2 cores, one snapshot: 347
@@ -152,6 +153,26 @@ def compress_br(body: bytes, best: bool = True) -> bytes:
         body, quality=BROTLI_BEST_QUALITY if best else BROTLI_FAST_QUALITY
     )
     return compressed
+
+
+# What the compressed forms above depend on: a snapshot records it (its meta's
+# ``compression``), and a publish takes over the forms of the snapshot before it only when
+# that snapshot was compressed the same way (``Compressed``).
+COMPRESSION = (
+    f"gzip:{GZIP_LEVEL};br:{BROTLI_BEST_QUALITY}<={BROTLI_BEST_MAX_BYTES},{BROTLI_FAST_QUALITY};"
+    f"min:{GZIP_MIN_BYTES}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    """A published document's compressed forms, and the hash of the bytes they compress:
+    what the next publish takes over for a document whose bytes did not change, instead of
+    compressing them again (gzip and Brotli of every document are most of a publish's CPU)."""
+
+    content_hash: str
+    gzip: bytes
+    br: bytes
 
 
 def document_family(name: str) -> str:
@@ -192,16 +213,19 @@ class DocumentBody:
     source: Mapping[str, str] = field(default_factory=dict)
     gzip: bytes = b""  # compress(body), or empty
     br: bytes = b""  # compress_br(body), or empty
+    reused: bool = False  # gzip and br taken over from the snapshot before (``compressed``)
 
-    def compressed(self) -> DocumentBody:
-        return DocumentBody(
-            self.name,
-            self.body,
-            self.content_type,
-            self.source,
-            compress(self.body),
-            compress_br(self.body, best=not is_state_series(self.name)),
-        )
+    def compressed(self, previous: Compressed | None = None) -> DocumentBody:
+        """This document with its gzip and Brotli forms: ``previous``'s when they compress
+        the same bytes (the compression is deterministic: they are what compressing gives),
+        else compressed here."""
+        if previous is not None and previous.content_hash == content_hash(self.body):
+            gzip, br, reused = previous.gzip, previous.br, True
+        else:
+            gzip = compress(self.body)
+            br = compress_br(self.body, best=not is_state_series(self.name))
+            reused = False
+        return DocumentBody(self.name, self.body, self.content_type, self.source, gzip, br, reused)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from covid_stats_contract.documents import (
     JSON_CONTENT_TYPE,
     STATE_PLACEHOLDER,
     STATUS,
+    Compressed,
     DocumentBody,
     content_hash,
     encode_record,
@@ -226,9 +227,14 @@ def _status(states: Mapping[str, UpstreamState]) -> DocumentBody | None:
     return DocumentBody(STATUS, render_object(encode_record(status)), JSON_CONTENT_TYPE)
 
 
-async def load_documents(conn: Executor) -> list[DocumentBody]:
-    """Every document the store can render now (empty when it holds no data). Rendering
-    runs in a thread: it is CPU work that must not stall the caller's event loop."""
+async def load_documents(
+    conn: Executor, previous: Mapping[str, Compressed] | None = None
+) -> list[DocumentBody]:
+    """Every document the store can render now (empty when it holds no data), compressed:
+    a document whose bytes are ``previous``'s (by name: the snapshot before, compressed the
+    same way) takes its forms over (``DocumentBody.compressed``). Rendering runs in a thread:
+    it is CPU work that must not stall the caller's event loop."""
+    previous = previous or {}
     states = await upstream_states(conn)
     fetched = [(resource, await _rows(conn, resource)) for resource in RESOURCES]
 
@@ -241,7 +247,7 @@ async def load_documents(conn: Executor) -> list[DocumentBody]:
         status = _status(states)
         if docs and status is not None:
             docs.append(status)
-        return [doc.compressed() for doc in docs]
+        return [doc.compressed(previous.get(doc.name)) for doc in docs]
 
     return await asyncio.to_thread(render)
 

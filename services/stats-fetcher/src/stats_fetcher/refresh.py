@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from covid_stats_contract import history
 from covid_stats_contract import records as store
-from covid_stats_contract.documents import DocumentBody, content_hash
+from covid_stats_contract.documents import COMPRESSION, DocumentBody, content_hash
 from covid_stats_contract.publishes import Publish, record_publish
 from covid_stats_contract.records import UpstreamState
 from covid_stats_contract.resources import RESOURCES, Resource
@@ -128,13 +128,22 @@ class Refresher:
                 span.set_status(StatusCode.ERROR, result.publish_error)
 
     async def _publish(self, result: RefreshResult, fence: str) -> None:
+        try:  # the forms of the documents this publish leaves unchanged: not compressed again
+            previous = await self.snapshots.compressed_forms(COMPRESSION)
+        except RedisError as exc:  # the publish will tell: staging needs Redis too
+            log.warning("compressed_forms_unread", error=repr(exc))
+            previous = {}
         async with self.pool.acquire() as conn:
             marks = await history.version_marks(conn)  # the versions these documents serve
-            documents = await store.load_documents(conn)
+            documents = await store.load_documents(conn, previous)
             states = await store.upstream_states(conn)
         if not documents:
             return
-        meta = {"published_at": _iso_now(), "resources": json.dumps(_sources(states))}
+        meta = {
+            "published_at": _iso_now(),
+            "resources": json.dumps(_sources(states)),
+            "compression": COMPRESSION,
+        }
         try:
             # Staged, the versions it serves stamped with its id, then activated: an answer
             # computed for the new snapshot already names it (covid_stats_contract.history).
@@ -156,7 +165,14 @@ class Refresher:
         await self._versions(history.confirm_published, result.snapshot_id, datetime.now(UTC))
         metrics.SNAPSHOTS_PUBLISHED.inc()
         metrics.SNAPSHOT_ID.set(int(result.snapshot_id))
-        log.info("snapshot_published", snapshot_id=result.snapshot_id, documents=len(documents))
+        reused = sum(doc.reused for doc in documents)
+        log.info(
+            "snapshot_published",
+            snapshot_id=result.snapshot_id,
+            documents=len(documents),
+            compressed=len(documents) - reused,
+            reused=reused,
+        )
         await self._log_publish(result, documents, meta["published_at"], fence)
 
     async def _log_publish(
