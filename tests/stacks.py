@@ -160,25 +160,9 @@ class Template:
         """Copy every key of the template into the database of ``redis_url`` (emptied
         first), on the template's server or another one (``DUMP``/``RESTORE``, TTLs kept);
         returns how many."""
-        source = redis.Redis.from_url(self.redis_url)
-        target = redis.Redis.from_url(redis_url)
-        try:
-            target.flushdb()
-            keys = list(source.scan_iter(count=1000))
-            read = source.pipeline(transaction=False)
-            for key in keys:
-                read.pttl(key)
-                read.dump(key)
-            answers = read.execute()
-            write = target.pipeline(transaction=False)
-            for key, ttl, payload in zip(keys, answers[::2], answers[1::2], strict=True):
-                assert payload is not None, key
-                write.restore(key, max(ttl, 0), payload, replace=True)
-            write.execute()
-            return len(keys)
-        finally:
-            source.close()
-            target.close()
+        entries = _dumped(self.redis_url)
+        _restore(redis_url, entries)
+        return len(entries)
 
     def copy_into(self, redis_url: str, database_url: str) -> None:
         """The template copied into stores on other servers (a test's own, which it may stop
@@ -218,20 +202,7 @@ def _export(
     ``copy_rows`` loads them), every key with its TTL (``DUMP``), then the marker file that
     says the others are whole (written last, renamed into place)."""
     (folder / _ROWS).write_bytes(_pg_tool("pg_dump", *_DATA_ONLY, f"--dbname={database_url}"))
-    client = redis.Redis.from_url(template_redis)
-    try:
-        keys = list(client.scan_iter(count=1000))
-        read = client.pipeline(transaction=False)
-        for key in keys:
-            read.pttl(key)
-            read.dump(key)
-        answers = read.execute()
-    finally:
-        client.close()
-    entries = []
-    for key, ttl, payload in zip(keys, answers[::2], answers[1::2], strict=True):
-        assert payload is not None, key
-        entries.append([_b64(key), ttl, _b64(payload)])
+    entries = [[_b64(key), ttl, _b64(payload)] for key, ttl, payload in _dumped(template_redis)]
     (folder / _KEYS).write_text(json.dumps(entries))
     scratch = folder / f"{_MADE}.partial"
     scratch.write_text(json.dumps({"refreshed_after": refreshed_after.isoformat()}))
@@ -242,20 +213,49 @@ def _import(folder: Path, template_redis: str, database_url: str) -> datetime:
     """Load a template ``_export`` wrote into the (empty, migrated) stores; returns the
     instant before its refresh began."""
     _pg_tool(*_PSQL_LOAD, f"--dbname={database_url}", stdin=(folder / _ROWS).read_bytes())
-    client = redis.Redis.from_url(template_redis)
-    try:
-        write = client.pipeline(transaction=False)
-        for key, ttl, payload in json.loads((folder / _KEYS).read_text()):
-            write.restore(base64.b64decode(key), max(ttl, 0), base64.b64decode(payload))
-        write.execute()
-    finally:
-        client.close()
+    entries = json.loads((folder / _KEYS).read_text())
+    _restore(template_redis, [(_unb64(k), ttl, _unb64(p)) for k, ttl, p in entries])
     made = json.loads((folder / _MADE).read_text())
     return datetime.fromisoformat(made["refreshed_after"])
 
 
+def _dumped(redis_url: str) -> list[tuple[bytes, int, bytes]]:
+    """Every key of ``redis_url``'s database: the key, its TTL (ms; negative: none) and its
+    ``DUMP``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(count=1000))
+        read = client.pipeline(transaction=False)
+        for key in keys:
+            read.pttl(key)
+            read.dump(key)
+        answers = read.execute()
+    finally:
+        client.close()
+    entries = list(zip(keys, answers[::2], answers[1::2], strict=True))
+    assert all(payload is not None for _, _, payload in entries)  # no key expired meanwhile
+    return entries
+
+
+def _restore(redis_url: str, entries: list[tuple[bytes, int, bytes]]) -> None:
+    """``_dumped``'s entries into ``redis_url``'s database, emptied first (TTLs kept)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+        write = client.pipeline(transaction=False)
+        for key, ttl, payload in entries:
+            write.restore(key, max(ttl, 0), payload, replace=True)
+        write.execute()
+    finally:
+        client.close()
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
 
 
 @contextmanager
