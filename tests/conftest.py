@@ -35,6 +35,7 @@ import redis
 
 from devstack.procs import free_port
 from devstack.servers import LocalPostgres, LocalRedis
+from devstack.servers.postgres_server import INITDB_CACHE_ENV
 from stacks import Stack, Template, loaded_stack, migrate, published_template
 from support import (
     ARCHIVE,
@@ -201,6 +202,15 @@ def long_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
 archive_only = pytest.mark.skipif(
     not ARCHIVE.is_dir(), reason=f"the real archive {ARCHIVE} is absent"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def initdb_once(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One ``initdb`` per run: every PostgreSQL cluster the tests make (their servers, and
+    those of the ``make run`` they start) is a copy of one pristine cluster, made by the first
+    worker to need it (devstack.servers.postgres_server, ``DEVSTACK_INITDB_CACHE``)."""
+    shared = run_dir(request.config) or tmp_path_factory.getbasetemp()
+    os.environ[INITDB_CACHE_ENV] = str(shared / "initdb")
 
 
 @pytest.fixture(scope="session")

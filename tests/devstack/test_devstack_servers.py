@@ -20,6 +20,7 @@ import redis
 from devstack import LocalPostgres, LocalRedis, ServerStartError
 from devstack.procs import is_alive, wait_until
 from devstack.servers import pg_bin_dir
+from devstack.servers.postgres_server import INITDB_CACHE_ENV
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.unit]  # unit: `make test-fast`
 
@@ -121,11 +122,18 @@ def test_redis_leftover_server_of_same_dir_is_replaced(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ postgres
 
 
-def test_postgres_lifecycle_keeps_data(tmp_path: Path) -> None:
+def _initdb_runs(pg: LocalPostgres) -> int:
+    """How many times ``initdb`` ran for ``pg``'s cluster (its log says each time)."""
+    return pg.log_path.read_text().count(f"{pg_bin_dir() / 'initdb'} ")
+
+
+def test_postgres_lifecycle_keeps_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INITDB_CACHE_ENV, raising=False)  # initdb itself, as `make run` does
     pg = LocalPostgres(tmp_path, max_connections=50)
     data_dir = tmp_path / "postgres" / "data"
     pg.start()
     try:
+        assert _initdb_runs(pg) == 1
         assert pg.url == f"postgresql://postgres@127.0.0.1:{pg.port}/covid_stats"
         if os.geteuid() == 0:
             assert psutil.Process(pg.pid).uids().real != 0, "postgres must not run as root"
@@ -164,6 +172,25 @@ def test_postgres_lifecycle_keeps_data(tmp_path: Path) -> None:
     finally:
         pg.stop()
     assert _server_pids(data_dir, "postgres") == []
+
+
+def test_with_an_initdb_cache_each_cluster_is_a_copy_of_one_initdb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(INITDB_CACHE_ENV, str(cache))
+    first, second = LocalPostgres(tmp_path / "a"), LocalPostgres(tmp_path / "b")
+    with first, second:
+        # Two clusters of their own, each owned by the server's user.
+        _pg(first.url, "CREATE TABLE only_in_first (id int)")
+        tables = "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'only_in_first'"
+        assert _pg(second.url, tables)[0]["n"] == 0
+        for pg in (first, second):
+            owner = psutil.Process(pg.pid).uids().real
+            assert {path.stat().st_uid for path in pg.data_dir.rglob("*")} == {owner}
+    # initdb ran once, in the cache, logged by the first; the second's cluster is a copy.
+    assert (_initdb_runs(first), _initdb_runs(second)) == (1, 0)
+    assert [path.parent.name for path in cache.glob("*/data/PG_VERSION")] == ["data"]
 
 
 def test_postgres_live_leftover_postmaster_is_stopped(tmp_path: Path) -> None:

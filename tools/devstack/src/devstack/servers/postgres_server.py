@@ -13,10 +13,16 @@ connections, in single-user mode and as a SCRAM verifier (:mod:`devstack.servers
 the server never sees the password itself (nor its log, whatever statement logging is on).
 
 PostgreSQL refuses to run as root: see :mod:`devstack.servers.as_root`.
+
+With ``DEVSTACK_INITDB_CACHE`` set to a folder, ``initdb`` runs once there (per PostgreSQL
+install and user) and each new cluster is a copy of that pristine one: the tests set it, so
+a run of them makes one cluster with ``initdb`` (about 0.9 s of CPU) instead of two dozen.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import shlex
@@ -45,6 +51,8 @@ log = logging.getLogger("devstack")
 
 # Longest usable unix socket path on Linux is 107 bytes (sun_path is 108 with the NUL).
 _MAX_SOCKET_PATH = 107
+# A folder where initdb runs once and new clusters are copied from (module docstring).
+INITDB_CACHE_ENV = "DEVSTACK_INITDB_CACHE"
 
 
 class LocalPostgres(ServerProcess):
@@ -173,11 +181,44 @@ class LocalPostgres(ServerProcess):
                 raise self._error(f"{self.data_dir} exists but is not a PostgreSQL data directory")
             self.data_dir.rmdir()
         # Build in a scratch dir and rename: a crash mid-initdb never leaves a half cluster.
-        scratch = self.root / "data.initdb"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(mode=0o700)
+        scratch = self._scratch(self.root / "data.initdb", run_as)
+        if cache := os.environ.get(INITDB_CACHE_ENV):
+            pristine = self._pristine(Path(cache), bin_dir, run_as, deadline)
+            shutil.copytree(pristine, scratch, symlinks=True, dirs_exist_ok=True)
+            if run_as is not None:
+                _chown_tree(scratch, run_as)
+            log.info("postgres cluster %s copied from %s", self.data_dir, pristine)
+        else:
+            self._run_initdb(scratch, bin_dir, run_as, deadline)
+        scratch.rename(self.data_dir)
+
+    @staticmethod
+    def _scratch(path: Path, run_as: RunAs | None) -> Path:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(mode=0o700)
         if run_as is not None:
-            os.chown(scratch, run_as.uid, run_as.gid)
+            os.chown(path, run_as.uid, run_as.gid)
+        return path
+
+    def _pristine(self, cache: Path, bin_dir: Path, run_as: RunAs | None, deadline: float) -> Path:
+        """The cache's cluster for this install and user, made by the first process to ask
+        (the others wait for it on a lock)."""
+        key = hashlib.sha256(f"{bin_dir.resolve()}\0{run_as}".encode()).hexdigest()[:16]
+        pristine = cache / key / "data"
+        pristine.parent.mkdir(parents=True, exist_ok=True)
+        with (cache / f"{key}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (pristine / "PG_VERSION").exists():
+                if run_as is not None:
+                    ensure_traversable(pristine.parent)
+                scratch = self._scratch(cache / key / "data.initdb", run_as)
+                self._run_initdb(scratch, bin_dir, run_as, deadline)
+                scratch.rename(pristine)
+        return pristine
+
+    def _run_initdb(
+        self, scratch: Path, bin_dir: Path, run_as: RunAs | None, deadline: float
+    ) -> None:
         argv = [
             str(bin_dir / "initdb"),
             "-D", str(scratch),
@@ -210,7 +251,6 @@ class LocalPostgres(ServerProcess):
                 raise self._error("initdb timed out") from None
         if result.returncode != 0:
             raise self._error(f"initdb exited with code {result.returncode}")
-        scratch.rename(self.data_dir)
 
     def _set_password(self, bin_dir: Path, run_as: RunAs | None, deadline: float) -> None:
         """Give the ``postgres`` role the password (as a SCRAM verifier) in single-user mode,
@@ -289,6 +329,13 @@ class LocalPostgres(ServerProcess):
             self.kill()
             output = (result.stdout + result.stderr).decode(errors="replace").strip()
             raise self._error(f"creating database {self.database!r} failed: {output}")
+
+
+def _chown_tree(root: Path, run_as: RunAs) -> None:
+    for folder, _, files in os.walk(root):
+        os.chown(folder, run_as.uid, run_as.gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
 def _read_pid(path: Path) -> int | None:
