@@ -35,8 +35,9 @@ run: $(STAMP) ## Start Redis, PostgreSQL, the replay upstream, the fetcher and t
 # tests/containers by `make test-containers` and tests/lifecycle by `make test-lifecycle`.
 # They run on TEST_WORKERS processes (pytest-xdist, a file's tests on one worker; each worker
 # starts its own servers, tests/conftest.py); no two tests marked `load` load at once; the
-# files marked `long` are handed out first. 3 on 2 cores: the tests wait on servers and
-# subprocesses, so a third worker fills the cores (figures in docs/development.md "Tests").
+# files that took longest (tests/durations.json, `make test-durations`) are handed out
+# first. 3 on 2 cores: the tests wait on servers and subprocesses, so a third worker fills
+# the cores (figures in docs/development.md "Tests").
 # TEST_WORKERS=0: one process (what TEST_REDIS_URL / TEST_DATABASE_URL need).
 TEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
@@ -44,6 +45,10 @@ XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --n
 test: $(STAMP) ## Run the tests against real local servers on TEST_WORKERS (3) processes, all but deploy/containers/lifecycle (PYTEST_ARGS="-m api")
 	$(BIN)/python -m pytest $(XDIST) --ignore=tests/deploy --ignore=tests/containers \
 		--ignore=tests/lifecycle $(PYTEST_ARGS)
+
+.PHONY: test-durations
+test-durations: $(STAMP) ## Run `make test` and write how long each file took to tests/durations.json (the order workers take files in)
+	$(MAKE) test PYTEST_ARGS="$(PYTEST_ARGS) --record-durations"
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the unit-level tests only (marker unit: no gunicorn, no load, no browser)

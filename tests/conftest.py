@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import json
+import math
 import os
 import ssl
 from collections.abc import Callable, Generator, Iterator
@@ -82,6 +84,7 @@ def pytest_runtest_makereport(
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record_duration(report)
     _MEASURED.extend(str(value) for name, value in report.user_properties if name == MEASURED)
 
 
@@ -169,7 +172,7 @@ PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its folder's part; under xdist, hand out the long files first."""
+    """Mark every test with its folder's part; under xdist, hand out the longest files first."""
     for item in items:
         try:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
@@ -178,25 +181,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if folder in PARTS:
             item.add_marker(getattr(pytest.mark, folder))
     if xdist_worker() is not None:
-        items[:] = long_files_first(items)
+        items[:] = longest_files_first(items, recorded_durations())
 
 
-def long_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The items of the files marked ``long`` first, then the others; within each, files with
-    more tests first (pytest-xdist's own order, which ``make test`` turns off with
-    ``--no-loadscope-reorder`` to use this one). A file is a unit of work (``--dist loadfile``):
-    by its count of tests alone, a file of a few long tests (``make run`` started again, the
-    real editions refreshed, a browser) came last and kept one worker busy alone at the end.
-    Every worker computes the same order (xdist checks that they collected the same)."""
-    files: dict[Path, list[pytest.Item]] = {}
+# How long each file's tests took in a `make test` run (seconds, setup to teardown, under the
+# run's own contention), written by `make test-durations` (--record-durations).
+DURATIONS = TESTS / "durations.json"
+
+
+def recorded_durations() -> dict[str, float]:
+    return json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+
+
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def longest_files_first(items: list[pytest.Item], seconds: dict[str, float]) -> list[pytest.Item]:
+    """The items grouped by file, the files that took longest in the recorded run first, a
+    file not recorded yet before them all (pytest-xdist's own order, which ``make test`` turns
+    off with ``--no-loadscope-reorder`` to use this one). A file is a unit of work (``--dist
+    loadfile``), handed to the next free worker: longest first, a long file never starts last
+    while the other workers have nothing left to run. By their count of tests, a file of a
+    few long tests (``make run`` started again, the real editions refreshed, a browser) came
+    last; by a hand-kept ``long`` marker, a long file left unmarked did. Every worker
+    computes the same order (xdist checks that they collected the same)."""
+    files: dict[str, list[pytest.Item]] = {}
     for item in items:
-        files.setdefault(item.path, []).append(item)
+        files.setdefault(file_of(item.nodeid), []).append(item)
+    order = sorted(files, key=lambda name: -seconds.get(name, math.inf))
+    return [item for name in order for item in files[name]]
 
-    def weight(file: list[pytest.Item]) -> tuple[bool, int]:
-        long = any(item.get_closest_marker("long") for item in file)
-        return (not long, -len(file))
 
-    return [item for file in sorted(files.values(), key=weight) for item in file]
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        action="store_true",
+        help=f"write how long each file's tests took to {DURATIONS.relative_to(TESTS.parent)} "
+        "(`make test-durations`): the order in which xdist workers take the files",
+    )
+
+
+_SECONDS: dict[str, float] = {}
+
+
+def _record_duration(report: pytest.TestReport) -> None:
+    _SECONDS[file_of(report.nodeid)] = _SECONDS.get(file_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With --record-durations, after a run that passed: the files it ran get their seconds
+    (the others keep theirs), by the controller (under xdist the workers' reports reach it)."""
+    if not session.config.getoption("record_durations") or xdist_worker() is not None:
+        return
+    if exitstatus != pytest.ExitCode.OK:
+        return
+    durations = {**recorded_durations(), **{k: round(v, 1) for k, v in _SECONDS.items()}}
+    DURATIONS.write_text(json.dumps(dict(sorted(durations.items())), indent=1) + "\n")
 
 
 archive_only = pytest.mark.skipif(

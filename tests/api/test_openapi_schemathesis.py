@@ -20,9 +20,6 @@ import pytest
 
 from stacks import Stack
 
-# Long together, under xdist handed out first: schemathesis over every operation.
-pytestmark = pytest.mark.long
-
 SEED = "20200902"
 CHECKS = ",".join(
     [

@@ -36,9 +36,6 @@ from devstack.procs import free_port, wait_until
 from stacks import Stack, Template, loaded_stack
 from support import REPO, Upstream, run_fetcher, start_api, summary
 
-# Long together, under xdist handed out first: a browser (Chromium) over the session's stack.
-pytestmark = pytest.mark.long
-
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium as root, headless, with nothing that reaches out to the network.
 CHROMIUM_ARGS = [

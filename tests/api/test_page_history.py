@@ -50,9 +50,6 @@ from test_page import (
     visit,
 )
 
-# Long together, under xdist handed out first: the real editions refreshed, then a browser.
-pytestmark = pytest.mark.long
-
 __all__ = ["browser"]  # the module's browser fixture (started after the stack)
 
 

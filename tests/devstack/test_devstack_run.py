@@ -16,9 +16,6 @@ import pytest
 from devstack.procs import free_port, is_alive, wait_until
 from support import Process, clean_env, python_module, scratch_dir, spawn
 
-# Long together, under xdist handed out first: each test starts `make run` (the whole system).
-pytestmark = pytest.mark.long
-
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:

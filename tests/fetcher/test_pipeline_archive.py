@@ -25,8 +25,7 @@ FOLDERS = {
     "ctp_website_final_20210307": {"states/daily": 20780},
 }
 
-# Long together, under xdist handed out first: every folder of the archive through the pipeline.
-pytestmark = [archive_only, pytest.mark.long]
+pytestmark = archive_only
 
 
 @pytest.fixture(scope="module", params=sorted(FOLDERS))

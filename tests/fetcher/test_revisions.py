@@ -45,8 +45,7 @@ from support import (
     summary,
 )
 
-# Long together, under xdist handed out first: the real editions refreshed one after the other.
-pytestmark = [archive_only, pytest.mark.long]
+pytestmark = archive_only
 
 EDITIONS = [(REPO / folder).resolve() for folder in CTP_EDITIONS_FROM_REPO_ROOT]
 # The states daily file of each of the first two editions (the raw bytes the reader reads).

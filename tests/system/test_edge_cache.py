@@ -41,8 +41,6 @@ from support import (
     summary,
 )
 
-pytestmark = pytest.mark.long  # about 90 s together: handed out first (tests/conftest.py)
-
 PURGE, PURGE_KEYS = edge_contract.PURGE_METHOD, edge_contract.PURGE_KEYS_HEADER
 # The state a publish changes, and one it does not.
 CHANGED, UNCHANGED = "MI", "NY"

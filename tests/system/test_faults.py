@@ -49,10 +49,8 @@ from support import (
     warm_workers,
 )
 
-# Long together: under xdist the file is handed out first (tests/conftest.py). Each test that
-# applies load and counts failed requests, or times a drain, is marked load: under xdist it runs
-# alone.
-pytestmark = pytest.mark.long
+# Each test that applies load and counts failed requests, or times a drain, is marked load:
+# under xdist no two loads run at once (tests/conftest.py).
 
 ApiFactory = Callable[[dict[str, str]], ApiUrl]
 FetcherFactory = Callable[..., Fetcher]

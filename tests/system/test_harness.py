@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import httpx._transports.default as httpx_transports
 import pytest
+
+from conftest import DURATIONS, longest_files_first, recorded_durations
 
 pytestmark = pytest.mark.unit  # unit: `make test-fast`
 
@@ -42,3 +46,35 @@ def test_plain_http_clients_share_one_default_ssl_context(monkeypatch: pytest.Mo
     own = ssl.create_default_context()
     assert create(verify=own) is own
     assert shared.verify_mode == ssl.CERT_REQUIRED  # untouched by the others
+
+
+def test_workers_take_the_files_that_took_longest_first() -> None:
+    def item(nodeid: str) -> pytest.Item:
+        return cast("pytest.Item", SimpleNamespace(nodeid=nodeid))
+
+    items = [
+        item("tests/a.py::one"),
+        item("tests/b.py::one"),
+        item("tests/a.py::two"),
+        item("tests/new.py::one"),
+        item("tests/c.py::one"),
+    ]
+    seconds = {"tests/a.py": 3.0, "tests/b.py": 40.0, "tests/c.py": 12.5, "tests/gone.py": 99.0}
+    ordered = [i.nodeid for i in longest_files_first(items, seconds)]
+    # A file not recorded yet first; then by seconds; a file's tests together, in their order.
+    assert ordered == [
+        "tests/new.py::one",
+        "tests/b.py::one",
+        "tests/c.py::one",
+        "tests/a.py::one",
+        "tests/a.py::two",
+    ]
+
+
+def test_the_recorded_durations_name_only_test_files_that_exist() -> None:
+    """tests/durations.json comes from a run (`make test-durations`): a file renamed or
+    removed since would keep a stale entry, and its new name would be taken first."""
+    recorded = recorded_durations()
+    assert recorded, f"{DURATIONS} is missing or empty: run `make test-durations`"
+    root = DURATIONS.parent.parent
+    assert [name for name in recorded if not (root / name).is_file()] == []

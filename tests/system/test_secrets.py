@@ -45,9 +45,6 @@ from support import (
     spawn,
 )
 
-# Long together, under xdist handed out first: `make run` with passwords and TLS.
-pytestmark = pytest.mark.long
-
 # Characters a URL must escape, in every password: the URLs must carry them intact.
 SPECIAL = "@:/%?# "
 REDIS_PASSWORD = "redis-Pw-7f3a9c" + SPECIAL
