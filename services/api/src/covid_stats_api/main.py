@@ -12,12 +12,11 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
-from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
@@ -47,6 +46,9 @@ from covid_stats_api.serving.handoff import DIRECT_ANSWERS_KEY, REFUSALS_KEY
 from covid_stats_runtime import tracing
 from covid_stats_runtime.http import EXPOSED_HEADERS, CORSMiddleware
 from covid_stats_runtime.logs import configure_logging
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # The app's routers, in the order the app matches them (one file per resource in api/routes).
 ROUTERS: tuple[APIRouter, ...] = (

@@ -27,10 +27,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -45,6 +44,9 @@ from covid_stats_runtime.protocol import limited_protocol
 from covid_stats_runtime.tracing import trace_asgi
 from stats_fetcher.config import Settings
 from stats_fetcher.metrics import INVALID_REQUESTS
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # uvicorn's keep-alive timeout on this port: the probes and Prometheus connect anew, or
 # reuse a connection within seconds.

@@ -28,11 +28,10 @@ import random
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 from redis.exceptions import RedisError
 
@@ -48,6 +47,9 @@ from stats_fetcher.refresh import Refresher, RefreshResult
 from stats_fetcher.server import embedded_server
 from stats_fetcher.stores import SchemaNotReady, Stores
 from stats_fetcher.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = structlog.get_logger("stats_fetcher.service")
 tracer = trace.get_tracer(__name__)
