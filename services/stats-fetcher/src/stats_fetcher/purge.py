@@ -43,8 +43,9 @@ from redis.exceptions import RedisError
 
 from covid_stats_contract.edge import PURGE_KEYS_HEADER, PURGE_METHOD, purge_batches
 from covid_stats_contract.keys import RedisKeys
-from stats_fetcher import __version__, metrics
+from stats_fetcher import metrics
 from stats_fetcher.config import Settings
+from stats_fetcher.stores import http_client
 from stats_fetcher.webhooks import backoff
 
 log = structlog.get_logger("stats_fetcher.purge")
@@ -121,11 +122,7 @@ class Purger:
         self.pending: dict[str, dict[str, None]] = {url: {} for url in self.urls}
         self._failures = dict.fromkeys(self.urls, 0)
         self._due = dict.fromkeys(self.urls, 0.0)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.purge_timeout_seconds),
-            headers={"User-Agent": f"covid-stats-fetcher/{__version__}"},
-            follow_redirects=False,
-        )
+        self.http = http_client(settings.purge_timeout_seconds, follow_redirects=False)
         self._wake = asyncio.Event()
         self._repeats = 0  # repeats scheduled (call_later) and not yet queued
 

@@ -39,10 +39,10 @@ from standardwebhooks.webhooks import Webhook
 
 from covid_stats_contract.documents import JSON_CONTENT_TYPE
 from covid_stats_runtime.stores import DATABASE_ERRORS
-from stats_fetcher import __version__, metrics
+from stats_fetcher import metrics
 from stats_fetcher.config import Settings
 from stats_fetcher.leader import LeaderLease
-from stats_fetcher.stores import SchemaNotReady, Stores
+from stats_fetcher.stores import SchemaNotReady, Stores, http_client
 
 log = structlog.get_logger("stats_fetcher.webhooks")
 
@@ -114,11 +114,7 @@ class WebhookSender:
         secret = settings.webhook_secret
         self.signer = Webhook(secret.get_secret_value()) if secret is not None else None
         self.claim_seconds = 2 * settings.webhook_timeout_seconds + 5
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.webhook_timeout_seconds),
-            headers={"User-Agent": f"covid-stats-fetcher/{__version__}"},
-            follow_redirects=False,
-        )
+        self.http = http_client(settings.webhook_timeout_seconds, follow_redirects=False)
         self._wake = asyncio.Event()
 
     @property
