@@ -14,8 +14,10 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import prometheus_client
@@ -206,22 +208,31 @@ def test_every_route_runs_on_the_event_loop_no_thread_pool() -> None:
 
 
 def test_the_gunicorn_master_loads_no_metrics_before_their_directory_is_set() -> None:
-    """gunicorn's master imports the config and the worker class it names before its
-    ``on_starting`` hook sets ``PROMETHEUS_MULTIPROC_DIR``; prometheus_client picks its
-    storage when first imported, and the forked workers inherit that choice. Imported this
-    early, every worker counted in its own memory and ``/metrics`` (the master's, from the
-    files) showed none of it."""
+    """prometheus_client picks its storage when first imported, and the forked workers
+    inherit that choice. gunicorn's master loads the app (``preload_app``) before any of its
+    hooks run, so the config must set ``PROMETHEUS_MULTIPROC_DIR`` as it is read, before
+    anything imports prometheus_client. Imported earlier, every worker counted in its own
+    memory and ``/metrics`` (the master's, from the files) showed none of it."""
     script = (
-        "import importlib, sys\n"
+        "import importlib, os, sys\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'prometheus_client':\n"
+        "            print('prometheus_client with', os.environ.get('PROMETHEUS_MULTIPROC_DIR'))\n"
+        "            sys.exit(0 if os.environ.get('PROMETHEUS_MULTIPROC_DIR') else 1)\n"
+        "sys.meta_path.insert(0, Watch())\n"
         "conf = importlib.import_module('covid_stats_api.serving.gunicorn_conf')\n"
+        "assert conf.preload_app\n"
         "module, _, name = conf.worker_class.rpartition('.')\n"
         "getattr(importlib.import_module(module), name)\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'prometheus_client')\n"
-        "print(module, loaded)\n"
-        "sys.exit(1 if loaded else 0)\n"
+        "importlib.import_module('covid_stats_api.main')\n"
+        "sys.exit(2)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
     )
+    made = done.stdout.rpartition(" with ")[2].strip()
+    if made.startswith(("/dev/shm/covid-stats-metrics-", tempfile.gettempdir())):
+        shutil.rmtree(made, ignore_errors=True)  # the config's own (the master's on_exit)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -63,20 +63,30 @@ control_socket_disable = True
 # Prometheus multiprocess mode (see covid_stats_api.metrics): one directory per pod (the
 # chart mounts an in-memory emptyDir), emptied when the master starts; otherwise a temporary
 # one, in memory too where the machine has /dev/shm (each sample is a write to these files).
-_created_metrics_dir: list[str] = []
-
-
-def on_starting(server: Any) -> None:
+# Set here, when gunicorn reads this file: the master loads the app (preload_app, below)
+# before any hook runs, and prometheus_client picks its storage when first imported.
+def _metrics_directory() -> tuple[str, bool]:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    created = not directory
     if not directory:
         memory = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs
         directory = tempfile.mkdtemp(prefix="covid-stats-metrics-", dir=memory)
-        _created_metrics_dir.append(directory)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     os.makedirs(directory, exist_ok=True)
     for entry in os.scandir(directory):  # samples of a previous run are not this pod's
         if entry.is_file():
             os.unlink(entry.path)
+    return directory, created
+
+
+_metrics_dir, _created_metrics_dir = _metrics_directory()
+
+# The master imports and builds the app once, and forks every worker from it: a worker (a
+# new one, a recycled one, GUNICORN_MAX_REQUESTS) starts serving without importing anything,
+# and the workers share the master's pages of code and data until they write to them. The
+# app opens its connections, threads and timers in its lifespan, which each worker runs after
+# the fork; OpenTelemetry's span processor restarts its thread in the child by itself.
+preload_app = True
 
 
 # /metrics on its own port, served by the master from every worker's files (see
@@ -85,13 +95,18 @@ _metrics_listener: list[Any] = []
 
 
 def when_ready(server: Any) -> None:
+    # The app the master loaded made its metrics' files under the master's pid; the master
+    # counts nothing, and its zeros would win every "livemin" gauge over the workers' values.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     if not _settings.api_metrics_port:
         return
     from covid_stats_api.serving.metrics_server import METRICS_PATH, serve
 
     host, port = _settings.api_host, _settings.api_metrics_port
     try:
-        listener = serve(host, port, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        listener = serve(host, port, _metrics_dir)
     except OSError as exc:  # the port is taken: no api without its metrics
         server.log.error("metrics listener cannot listen on %s:%s: %s", host, port, exc)
         raise
@@ -112,5 +127,5 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    for directory in _created_metrics_dir:
-        shutil.rmtree(directory, ignore_errors=True)
+    if _created_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
