@@ -481,6 +481,11 @@ class Load:
             raise RuntimeError("the load generator failed") from self._error
 
 
-def in_flight_at(outcomes: Iterable[Outcome], moment: float) -> list[Outcome]:
-    """The requests started before ``moment`` and finished after it."""
-    return [o for o in outcomes if o.started <= moment <= o.finished]
+def in_flight_at(
+    outcomes: Iterable[Outcome], moment: float, until: float | None = None
+) -> list[Outcome]:
+    """The requests started before ``moment`` and finished after it; with ``until``, those
+    in flight at any instant from ``moment`` to ``until`` (a fault that takes a while to
+    inflict: a server killed and reaped)."""
+    end = moment if until is None else until
+    return [o for o in outcomes if o.started <= end and moment <= o.finished]
