@@ -306,6 +306,9 @@ def start_api(env: Mapping[str, str], log_dir: Path, workers: int = 2) -> tuple[
     base.metrics = f"http://127.0.0.1:{metrics_port}{METRICS_PATH}"
     base.master = process.proc.pid
     process.wait_http(f"{base}/healthz")
+    # Every worker forked, as tests count them: the master forks them up to 0.1 s apart, and
+    # a worker forked from the loaded app (preload_app) answers before the next is forked.
+    wait_until(lambda: len(api_workers(base)) == workers, 30, what=f"the api's {workers} workers")
     if metrics_port:
         process.wait_http(base.metrics)
     return process, base
