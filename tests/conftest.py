@@ -226,15 +226,15 @@ _SECONDS: dict[str, float] = {}
 
 
 def _record_duration(report: pytest.TestReport) -> None:
-    _SECONDS[file_of(report.nodeid)] = _SECONDS.get(file_of(report.nodeid), 0.0) + report.duration
+    name = file_of(report.nodeid)
+    _SECONDS[name] = _SECONDS.get(name, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With --record-durations, after a run that passed: the files it ran get their seconds
     (the others keep theirs), by the controller (under xdist the workers' reports reach it)."""
-    if not session.config.getoption("record_durations") or xdist_worker() is not None:
-        return
-    if exitstatus != pytest.ExitCode.OK:
+    recording = session.config.getoption("record_durations") and xdist_worker() is None
+    if not recording or exitstatus != pytest.ExitCode.OK:
         return
     durations = {**recorded_durations(), **{k: round(v, 1) for k, v in _SECONDS.items()}}
     DURATIONS.write_text(json.dumps(dict(sorted(durations.items())), indent=1) + "\n")

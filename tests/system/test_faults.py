@@ -634,7 +634,7 @@ def test_a_sigkilled_worker_is_replaced_and_the_metrics_stay_consistent(
 
     assert survivor in workers(master)
     lost = [o for o in outcomes if not o.ok]
-    excused = [o for o in lost if o.started <= dead and o.finished >= killed]
+    excused = in_flight_at(lost, killed, dead)
     failed = [o for o in lost if o not in excused]
     assert failed == [], describe(failed)
     assert len(excused) <= 16  # at most one request per client
