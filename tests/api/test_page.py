@@ -580,6 +580,9 @@ def test_the_page_at_phone_width_in_dark_mode_by_keyboard(stack: Stack, browser:
         with page.expect_response(lambda r: "/derived.json" in r.url and "/states/" in r.url):
             page.keyboard.press("ArrowDown")
         page.wait_for_selector("#daily-json[href*='/states/']")
+        # Drawn: the charts are replaced once both series are in (a key pressed before that
+        # went to the chart being replaced, and Home and End read the new chart's last day).
+        page.wait_for_selector("#main[aria-busy='false']")
         code = page.input_value("#state")
         assert parse_qs(urlsplit(page.url).query) == {"state": [code], "days": ["30"]}
         # A chart by keyboard: Home and End move the readout to the first and last day.
