@@ -332,3 +332,67 @@ def test_unknown_paths_get_404_whatever_the_method(synthetic_server: Server) -> 
         known = synthetic_server.client.request(method, "/v1/us/current.json")
         assert known.status_code == 405
         assert known.headers["allow"] == "GET, HEAD, OPTIONS"
+
+
+# --- --last-days: the newest days of a dataset (the tests' `recent` upstream) --------------
+
+
+def test_last_days_serves_the_newest_dates_and_the_other_files_unchanged(
+    synthetic_server: Server, tmp_path: Path
+) -> None:
+    with run_server(["--synthetic", "--last-days", "3"], tmp_path) as cut:
+        whole = synthetic_server.json("/v1/states/daily.json")
+        newest = sorted({record["date"] for record in whole}, reverse=True)[:3]
+        assert cut.json("/v1/states/daily.json") == [r for r in whole if r["date"] in newest]
+        assert_csv_matches(
+            cut.get("/v1/states/daily.csv").content, cut.json("/v1/states/daily.json")
+        )
+        ny = synthetic_server.json("/v1/states/ny/daily.json")
+        assert cut.json("/v1/states/ny/daily.json") == [r for r in ny if r["date"] in newest]
+        us = synthetic_server.json("/v1/us/daily.json")
+        assert cut.json("/v1/us/daily.json") == [r for r in us if r["date"] in newest]
+        older = max(r["date"] for r in us if r["date"] not in newest)
+        assert cut.get(f"/v1/us/{min(newest)}.json").status_code == 200
+        assert cut.get(f"/v1/us/{older}.json").status_code == 404
+        assert cut.get(f"/v1/states/ca/{older}.json").status_code == 404
+        for path in ("/v1/us/current.json", "/v1/states/current.csv", "/v1/states/info.json"):
+            assert cut.get(path).content == synthetic_server.get(path).content, path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--synthetic", "--last-days", "0"], "at least 1"),
+        (["--editions", "FOLDER", "--last-days", "3"], "not editions"),
+    ],
+)
+def test_last_days_refuses_editions_and_less_than_a_day(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "edition"
+    written = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "replay_upstream",
+            "write-synthetic",
+            str(folder),
+            "--start",
+            "2020-03-01",
+            "--end",
+            "2020-03-03",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert written.returncode == 0, written.stderr
+    args = [str(folder) if arg == "FOLDER" else arg for arg in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "replay_upstream", *args],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

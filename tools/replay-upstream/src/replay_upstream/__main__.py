@@ -1,7 +1,8 @@
 """Command line: run the replay upstream server, or write the synthetic dataset to a folder.
 
     replay-upstream [--dataset DIR | --synthetic | --editions DIR... | --ctp-editions]
-                    [--control] [--github-raw] [--host H] [--port P] [--log-level L]
+                    [--last-days N] [--control] [--github-raw] [--host H] [--port P]
+                    [--log-level L]
     replay-upstream write-synthetic DIR [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--seed N]
 
 Without ``--dataset``, ``--synthetic`` or editions the server picks, in order:
@@ -26,7 +27,7 @@ from pathlib import Path
 import uvicorn
 
 from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX, create_app
-from replay_upstream.dataset import Dataset, default_archive_dir, load_dataset
+from replay_upstream.dataset import Dataset, default_archive_dir, last_days, load_dataset
 from replay_upstream.editions import Editions, ctp_editions
 from replay_upstream.synthetic import (
     DEFAULT_END,
@@ -87,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "--editions with the COVID Tracking Project's three real editions of the states "
             "history in <repo root>/../shared/covidtracking: 2020-09-02, 2020-12-06, 2021-03-07"
+        ),
+    )
+    parser.add_argument(
+        "--last-days",
+        type=int,
+        metavar="N",
+        help=(
+            "serve only the N newest dates of the dataset's us and states daily records (their "
+            "files rendered from the records kept; current, info and status as they are): a "
+            "real dataset a refresh goes through quickly. One dataset only, not editions"
         ),
     )
     parser.add_argument(
@@ -196,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{_PROG}: wrote {len(written)} files to {args.directory}", file=sys.stderr)
             return 0
         editions = choose_editions(args)
+        if editions is not None and args.last_days is not None:
+            raise ValueError("--last-days cuts one dataset, not editions")
         dataset = editions.current if editions is not None else choose_dataset(args)
+        if args.last_days is not None:
+            dataset = last_days(dataset, args.last_days)
     except (OSError, ValueError) as error:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2

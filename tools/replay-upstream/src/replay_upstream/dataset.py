@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
@@ -219,6 +219,46 @@ def api_paths(dataset: Dataset) -> dict[str, bytes]:
         if day := record_date(record):
             single(f"/v1/us/{day}", record)
     return paths
+
+
+DAILY_KINDS = (US_DAILY, STATES_DAILY)
+"""The kinds of record lists that hold one record per date (per state)."""
+
+
+def last_days(dataset: Dataset, days: int) -> Dataset:
+    """``dataset`` cut to the ``days`` newest dates of its daily records: the us and states
+    daily records of those dates only, in their order, and the daily files dropped so that
+    :func:`api_paths` renders their paths from the records kept. The current, info and status
+    files stay as they are, byte for byte. Real records, fewer of them: a refresh of it costs a
+    fraction of the whole archive's."""
+    if days < 1:
+        raise ValueError(f"last days must be at least 1, not {days}")
+    dates = {
+        day
+        for kind in DAILY_KINDS
+        for record in dataset.records.get(kind, ())
+        if (day := record_date(record))
+    }
+    kept = set(sorted(dates, reverse=True)[:days])
+    records = {
+        kind: (
+            [record for record in recs if record_date(record) in kept]
+            if kind in DAILY_KINDS
+            else recs
+        )
+        for kind, recs in dataset.records.items()
+    }
+    files = {
+        name: data
+        for name, data in dataset.files.items()
+        if name.rpartition(".")[0] not in DAILY_KINDS
+    }
+    return replace(
+        dataset,
+        source=f"{dataset.source} (its last {len(kept)} days)",
+        files=files,
+        records=records,
+    )
 
 
 def state_code(record: Mapping[str, Scalar]) -> str | None:
