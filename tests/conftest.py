@@ -41,6 +41,7 @@ from devstack.servers.postgres_server import INITDB_CACHE_ENV
 from stacks import Stack, Template, loaded_stack, migrate, published_template
 from support import (
     ARCHIVE,
+    RECENT,
     SUMMARY_LINES,
     ApiUrl,
     Fetcher,
@@ -338,11 +339,31 @@ def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstre
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def recent_upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The replay upstream serving only the dataset's last RECENT_DAYS days (support.RECENT),
+    with its control API on: started on the first `recent` test of the session."""
+    process, upstream = start_upstream(
+        "recent-upstream", tmp_path_factory.mktemp("recent-upstream-logs"), *RECENT
+    )
+    yield upstream
+    process.stop()
+
+
+def is_recent(request: pytest.FixtureRequest) -> bool:
+    """Whether the test is marked `recent` (its upstream serves the last RECENT_DAYS days)."""
+    return request.node.get_closest_marker("recent") is not None
+
+
 @pytest.fixture
-def upstream(upstream_server: Upstream) -> Upstream:
-    """The replay upstream with no fault set and its request counters at zero."""
-    upstream_server.reset()
-    return upstream_server
+def upstream(request: pytest.FixtureRequest, upstream_server: Upstream) -> Upstream:
+    """The replay upstream with no fault set and its request counters at zero: the session's,
+    or for a test marked `recent` the one serving the last RECENT_DAYS days."""
+    served = (
+        request.getfixturevalue("recent_upstream_server") if is_recent(request) else upstream_server
+    )
+    served.reset()
+    return served
 
 
 def run_dir(config: pytest.Config) -> Path | None:
@@ -392,11 +413,20 @@ def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[s
 
 @pytest.fixture
 def published_env(
-    service_env: dict[str, str], template: Template, redis_url: str
+    request: pytest.FixtureRequest,
+    service_env: dict[str, str],
+    template: Template,
+    redis_url: str,
 ) -> Iterator[dict[str, str]]:
     """``service_env`` with the session upstream's data published, as one ``refresh-once``
     leaves it: the template cloned into the test's Redis database and into a PostgreSQL
-    database of the test's own (``DATABASE_URL``; dropped after)."""
+    database of the test's own (``DATABASE_URL``; dropped after). Not for a `recent` test:
+    its upstream serves other data than the template holds."""
+    if is_recent(request):
+        raise pytest.UsageError(
+            f"{request.node.nodeid}: published_env holds the whole dataset's template; a test "
+            "marked `recent` starts from empty stores (service_env) instead"
+        )
     with template.clone(redis_url) as database_url:
         yield {**service_env, "DATABASE_URL": database_url}
 

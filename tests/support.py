@@ -342,6 +342,14 @@ class Upstream:
         self.reset_requests()
 
 
+RECENT_DAYS = 14
+RECENT = ("--last-days", str(RECENT_DAYS))
+"""The replay upstream's options for a test marked `recent` (tests/conftest.py): only the
+dataset's last RECENT_DAYS days, two weeks of every state's records, real ones. Enough for a
+series, a change and a revision, at about half the CPU of the whole archive's first refresh
+(1.5 s against 3.1 to 3.5 s, the fetcher alone; PostgreSQL writes a seventh of the rows)."""
+
+
 def start_upstream(
     name: str, log_dir: Path, *options: str, ready_path: str = ""
 ) -> tuple[Process, Upstream]:

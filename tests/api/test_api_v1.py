@@ -374,6 +374,7 @@ def test_status_describes_the_data(api: str) -> None:
     assert status["production"] is True
 
 
+@pytest.mark.recent
 def test_the_api_waits_for_data_then_serves_it(
     service_env: dict[str, str], api_factory: ApiFactory
 ) -> None:

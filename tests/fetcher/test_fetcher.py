@@ -231,6 +231,7 @@ def test_nothing_is_published_without_any_data(service_env: dict[str, str], redi
     assert snapshot_id(redis_url) == 0
 
 
+@pytest.mark.recent
 def test_an_unmigrated_database_is_reported_not_written(
     empty_database_url: str, redis_url: str, upstream: Upstream
 ) -> None:
@@ -277,6 +278,7 @@ FAULTS: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
+@pytest.mark.recent
 def test_every_fault_keeps_the_last_good_snapshot_and_moves_the_failure_metric(
     service_env: dict[str, str],
     redis_url: str,
@@ -343,6 +345,7 @@ def test_every_fault_keeps_the_last_good_snapshot_and_moves_the_failure_metric(
             )
 
 
+@pytest.mark.recent
 def test_transient_errors_are_retried(
     service_env: dict[str, str], redis_url: str, upstream: Upstream
 ) -> None:
@@ -402,6 +405,7 @@ def test_the_fetchers_port_answers_errors_in_the_shared_shape(
             assert answer.headers["cache-control"] == expected
 
 
+@pytest.mark.recent
 def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(
     service_env: dict[str, str], fetcher_factory: Any, upstream: Upstream
 ) -> None:
@@ -426,6 +430,7 @@ def test_the_service_refreshes_on_schedule_serves_metrics_and_stops_on_sigterm(
     assert '"fetcher_stopped"' in fetcher.process.output()
 
 
+@pytest.mark.recent
 def test_sigterm_during_a_refresh_lets_it_finish(
     service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
 ) -> None:
@@ -479,6 +484,7 @@ def test_a_flushed_redis_is_rebuilt_by_the_running_fetcher_without_the_upstream(
     assert upstream.requests() == {}
 
 
+@pytest.mark.recent
 def test_redis_down_during_a_publish_then_back_empty(
     service_env: dict[str, str],
     private_redis: LocalRedis,
@@ -512,6 +518,7 @@ def test_redis_down_during_a_publish_then_back_empty(
     assert fetcher.ready()["redis"] == "ok"
 
 
+@pytest.mark.recent
 def test_postgres_down_during_an_upsert_then_back(
     service_env: dict[str, str],
     redis_url: str,
@@ -608,6 +615,7 @@ def test_refresh_once_refuses_while_a_running_fetcher_leads(
     assert run_fetcher("refresh-once", published_env).returncode == 2
 
 
+@pytest.mark.recent
 def test_the_fetcher_keeps_running_while_postgres_is_unreachable_at_start(
     redis_url: str, upstream: Upstream, fetcher_factory: Any
 ) -> None:

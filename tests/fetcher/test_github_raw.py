@@ -19,6 +19,7 @@ from devstack.procs import wait_until
 from replay_upstream.app import GITHUB_RAW_CONTENT_TYPE, GITHUB_RAW_PREFIX
 from stats_fetcher.config import DEFAULT_UPSTREAM_BASE_URL, Settings
 from support import (
+    RECENT,
     Fetcher,
     Upstream,
     clean_env,
@@ -26,6 +27,10 @@ from support import (
     start_upstream,
 )
 from test_fetcher import TOKEN, body, query, refresh, snapshot_id
+
+# The raw upstream serves the `recent` upstream's data (support.RECENT), and the tests compare
+# what the fetcher stored with the `recent` upstream's bytes.
+pytestmark = pytest.mark.recent
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +41,7 @@ def github_raw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         "github-raw",
         tmp_path_factory.mktemp("github-raw-logs"),
         "--github-raw",
+        *RECENT,  # the data of the `recent` upstream, which the tests compare with
         ready_path=GITHUB_RAW_PREFIX,
     )
     yield upstream

@@ -33,6 +33,10 @@ from stats_fetcher.config import Settings
 from stats_fetcher.purge import Purger
 from support import ApiUrl, Fetcher, Upstream, run_fetcher, sql
 
+# Each test starts from empty stores: the archive's last days (the `recent` upstream) are
+# enough for the changes it makes and the deliveries it counts.
+pytestmark = pytest.mark.recent
+
 TOKEN = "test-refresh-token"
 STATES_CURRENT = "/v1/states/current.json"
 PURGES = "covid_stats_fetcher_purges_total"

@@ -770,6 +770,7 @@ def test_a_running_fetcher_republishes_when_redis_is_behind_postgres(
 
 
 @pytest.mark.load
+@pytest.mark.recent
 def test_a_one_shot_refresh_longer_than_its_lease_still_publishes(
     env: dict[str, str], private_redis: LocalRedis, upstream: Upstream
 ) -> None:

@@ -1,6 +1,6 @@
 """The test harness's own shortcuts (tests/conftest.py), checked against the installed
 libraries: if one stops holding, the suite gets slower or wrong without any other test saying
-why."""
+why. And its fixtures' promises (the `recent` upstream, the order files are handed out in)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import httpx._transports.default as httpx_transports
 import pytest
 
 from conftest import DURATIONS, longest_files_first, recorded_durations
+from support import RECENT_DAYS, Upstream
 
 pytestmark = pytest.mark.unit  # unit: `make test-fast`
 
@@ -78,3 +79,35 @@ def test_the_recorded_durations_name_only_test_files_that_exist() -> None:
     assert recorded, f"{DURATIONS} is missing or empty: run `make test-durations`"
     root = DURATIONS.parent.parent
     assert [name for name in recorded if not (root / name).is_file()] == []
+
+
+@pytest.mark.recent
+def test_a_recent_tests_upstream_serves_the_last_days_of_the_sessions_data(
+    upstream: Upstream, upstream_server: Upstream
+) -> None:
+    """A test marked `recent` gets, as ``upstream`` (and so in ``service_env``), the replay of
+    the session's dataset cut to its last RECENT_DAYS days: the newest daily records, and the
+    current and info files byte for byte."""
+    assert upstream.url != upstream_server.url
+    whole = upstream_server.get("/v1/us/daily.json").json()
+    newest = sorted({record["date"] for record in whole}, reverse=True)[:RECENT_DAYS]
+    assert upstream.get("/v1/us/daily.json").json() == [r for r in whole if r["date"] in newest]
+    states = upstream_server.get("/v1/states/daily.json").json()
+    kept = upstream.get("/v1/states/daily.json").json()
+    assert kept == [r for r in states if r["date"] in newest]
+    for path in ("/v1/us/current.json", "/v1/states/current.json", "/v1/states/info.json"):
+        assert upstream.get(path).content == upstream_server.get(path).content, path
+
+
+def test_an_unmarked_tests_upstream_is_the_sessions(
+    upstream: Upstream, upstream_server: Upstream
+) -> None:
+    assert upstream.url == upstream_server.url
+
+
+@pytest.mark.recent
+def test_a_recent_test_cannot_take_the_template_of_the_whole_dataset(
+    request: pytest.FixtureRequest,
+) -> None:
+    with pytest.raises(pytest.UsageError, match="published_env holds the whole dataset"):
+        request.getfixturevalue("published_env")

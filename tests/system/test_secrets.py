@@ -45,6 +45,10 @@ from support import (
     spawn,
 )
 
+# Their refreshes go through TLS proxies to stores of their own: the archive's last days (the
+# `recent` upstream) are enough to show every connection encrypted and no secret written.
+pytestmark = pytest.mark.recent
+
 # Characters a URL must escape, in every password: the URLs must carry them intact.
 SPECIAL = "@:/%?# "
 REDIS_PASSWORD = "redis-Pw-7f3a9c" + SPECIAL

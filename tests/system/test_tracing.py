@@ -292,6 +292,7 @@ def test_a_collector_that_is_away_never_fails_a_request(
     assert httpx.get(f"{api}/healthz").status_code == 200
 
 
+@pytest.mark.recent
 def test_a_refresh_is_one_trace_fetch_validate_store_publish(
     service_env: dict[str, str],
 ) -> None:
