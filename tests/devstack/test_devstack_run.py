@@ -14,7 +14,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from devstack.procs import free_port, is_alive, wait_until
-from support import Process, clean_env, python_module, scratch_dir, spawn
+from support import RECENT_DAYS, Process, clean_env, python_module, scratch_dir, spawn
 
 
 @pytest.fixture
@@ -28,7 +28,14 @@ def _start(state_dir: Path, log_dir: Path, **env: str) -> tuple[Process, str]:
     process = spawn(
         "devstack",
         python_module("devstack", "run", "--state-dir", str(state_dir)),
-        clean_env(API_PORT=str(port), API_METRICS_PORT=str(free_port()), **env),
+        # The replay upstream serves the dataset's last days (as the `recent` tests' does):
+        # what is tested is the supervisor, not the first refresh of the whole archive.
+        clean_env(
+            API_PORT=str(port),
+            API_METRICS_PORT=str(free_port()),
+            REPLAY_LAST_DAYS=str(RECENT_DAYS),
+            **env,
+        ),
         log_dir,
     )
     base = f"http://127.0.0.1:{port}"
@@ -55,6 +62,8 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     upstream = re.search(r"upstream: (http://\S+)", output)
     assert upstream, output
     us = httpx.get(f"{upstream[1]}/v1/us/current.json").content
+    # REPLAY_LAST_DAYS reached the replay upstream: the last days only.
+    assert len(httpx.get(f"{upstream[1]}/v1/us/daily.json").json()) == RECENT_DAYS
     # Served from PostgreSQL between the fetcher's store and its publish, then from Redis.
     wait_until(
         lambda: all(

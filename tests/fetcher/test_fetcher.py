@@ -469,10 +469,11 @@ def test_sigterm_past_the_grace_period_abandons_the_refresh_cleanly(
     assert json.loads(body(redis_url, "v1/us/current.json") or b"") != changed
 
 
+@pytest.mark.recent
 def test_a_flushed_redis_is_rebuilt_by_the_running_fetcher_without_the_upstream(
-    published_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
+    service_env: dict[str, str], redis_url: str, fetcher_factory: Any, upstream: Upstream
 ) -> None:
-    env = {**published_env, "REDIS_CHECK_INTERVAL_SECONDS": "0.2", "FETCH_INTERVAL_SECONDS": "3600"}
+    env = {**service_env, "REDIS_CHECK_INTERVAL_SECONDS": "0.2", "FETCH_INTERVAL_SECONDS": "3600"}
     fetcher: Fetcher = fetcher_factory(env)
     wait_until(lambda: _refreshed(fetcher, 0), 30, what="the first refresh")
     published = body(redis_url, "v1/states/daily.json")

@@ -34,6 +34,7 @@ from devstack.procs import free_port, wait_until
 from devstack.servers import LocalPostgres, LocalRedis
 from devstack.tlsproxy import TlsProxy
 from support import (
+    RECENT_DAYS,
     ApiUrl,
     Fetcher,
     Process,
@@ -321,7 +322,8 @@ def test_make_run_puts_passwords_on_its_stores_and_prints_none(tmp_path: Path) -
         process: Process = spawn(
             "devstack",
             python_module("devstack", "run", "--state-dir", str(state)),
-            clean_env(API_PORT=str(port), LOG_LEVEL="DEBUG"),
+            # The replay upstream serves the archive's last days, as the `recent` tests' does.
+            clean_env(API_PORT=str(port), LOG_LEVEL="DEBUG", REPLAY_LAST_DAYS=str(RECENT_DAYS)),
             tmp_path,
         )
         passwords: list[str] = []

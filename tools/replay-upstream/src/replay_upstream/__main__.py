@@ -39,6 +39,7 @@ from replay_upstream.synthetic import (
 
 ENV_DATASET_DIR = "REPLAY_DATASET_DIR"
 ENV_EDITIONS = "REPLAY_EDITIONS"
+ENV_LAST_DAYS = "REPLAY_LAST_DAYS"
 CTP_EDITIONS = "ctp"  # $REPLAY_EDITIONS naming the real editions (--ctp-editions)
 _PROG = "replay-upstream"
 
@@ -94,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--last-days",
         type=int,
         metavar="N",
+        default=_last_days_from_env(),
         help=(
             "serve only the N newest dates of the dataset's us and states daily records (their "
             "files rendered from the records kept; current, info and status as they are): a "
-            "real dataset a refresh goes through quickly. One dataset only, not editions"
+            "real dataset a refresh goes through quickly. One dataset only, not editions. "
+            f"Default: ${ENV_LAST_DAYS}, else every date"
         ),
     )
     parser.add_argument(
@@ -163,6 +166,17 @@ def _synthetic_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     parser.add_argument(
         "--seed", type=int, default=default(DEFAULT_SEED), help=f"synthetic: seed ({DEFAULT_SEED})"
     )
+
+
+def _last_days_from_env() -> int | None:
+    text = os.environ.get(ENV_LAST_DAYS, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        message = f"{_PROG}: error: ${ENV_LAST_DAYS} is not a number of days: {text!r}"
+        raise SystemExit(message) from None
 
 
 def choose_editions(args: argparse.Namespace) -> Editions | None:
