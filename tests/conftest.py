@@ -25,7 +25,7 @@ import json
 import math
 import os
 import ssl
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +181,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if folder in PARTS:
             item.add_marker(getattr(pytest.mark, folder))
+    if conflicts := recent_conflicts(items):
+        raise pytest.UsageError("\n".join(conflicts))
     if xdist_worker() is not None:
         items[:] = longest_files_first(items, recorded_durations())
+
+
+# The fixtures that hold the whole dataset's data (the session's template, what one refresh of
+# its upstream left): a test marked `recent` refreshes from the last days' upstream instead.
+WHOLE_DATASET_FIXTURES = ("published_env", "template", "shared_api")
+
+
+def recent_conflicts(items: Sequence[pytest.Item]) -> list[str]:
+    """Why each test marked `recent` that also takes one of WHOLE_DATASET_FIXTURES cannot run
+    (its upstream serves other data than the template holds): checked at collection, before
+    any server starts."""
+    return [
+        f"{item.nodeid}: marked `recent` (its upstream serves the last days) but uses {name}, "
+        "which holds the whole dataset; start from empty stores (service_env) instead"
+        for item in items
+        if item.get_closest_marker("recent") is not None
+        for name in WHOLE_DATASET_FIXTURES
+        if name in getattr(item, "fixturenames", ())
+    ]
 
 
 # How long each file's tests took in a `make test` run (seconds, setup to teardown, under the
@@ -413,20 +434,12 @@ def service_env(redis_url: str, database_url: str, upstream: Upstream) -> dict[s
 
 @pytest.fixture
 def published_env(
-    request: pytest.FixtureRequest,
-    service_env: dict[str, str],
-    template: Template,
-    redis_url: str,
+    service_env: dict[str, str], template: Template, redis_url: str
 ) -> Iterator[dict[str, str]]:
     """``service_env`` with the session upstream's data published, as one ``refresh-once``
     leaves it: the template cloned into the test's Redis database and into a PostgreSQL
-    database of the test's own (``DATABASE_URL``; dropped after). Not for a `recent` test:
-    its upstream serves other data than the template holds."""
-    if is_recent(request):
-        raise pytest.UsageError(
-            f"{request.node.nodeid}: published_env holds the whole dataset's template; a test "
-            "marked `recent` starts from empty stores (service_env) instead"
-        )
+    database of the test's own (``DATABASE_URL``; dropped after). Not for a test marked
+    `recent` (``recent_conflicts``)."""
     with template.clone(redis_url) as database_url:
         yield {**service_env, "DATABASE_URL": database_url}
 

@@ -13,7 +13,7 @@ import httpx
 import httpx._transports.default as httpx_transports
 import pytest
 
-from conftest import DURATIONS, longest_files_first, recorded_durations
+from conftest import DURATIONS, longest_files_first, recent_conflicts, recorded_durations
 from support import RECENT_DAYS, Upstream
 
 pytestmark = pytest.mark.unit  # unit: `make test-fast`
@@ -105,9 +105,24 @@ def test_an_unmarked_tests_upstream_is_the_sessions(
     assert upstream.url == upstream_server.url
 
 
-@pytest.mark.recent
-def test_a_recent_test_cannot_take_the_template_of_the_whole_dataset(
-    request: pytest.FixtureRequest,
-) -> None:
-    with pytest.raises(pytest.UsageError, match="published_env holds the whole dataset"):
-        request.getfixturevalue("published_env")
+def test_a_recent_test_that_takes_the_whole_datasets_template_is_refused_at_collection() -> None:
+    def item(nodeid: str, marked: bool, *fixtures: str) -> pytest.Item:
+        marks = {"recent": pytest.mark.recent.mark} if marked else {}
+        fake = SimpleNamespace(
+            nodeid=nodeid, fixturenames=["request", *fixtures], get_closest_marker=marks.get
+        )
+        return cast(pytest.Item, fake)
+
+    items = [
+        item("a.py::mixed", True, "service_env", "published_env"),
+        item("a.py::fine", True, "service_env", "upstream"),
+        item("b.py::unmarked", False, "published_env", "shared_api"),
+        item("b.py::shared", True, "shared_api"),
+    ]
+    found = recent_conflicts(items)
+    assert [line.split(":")[0:3] for line in found] == [
+        ["a.py", "", "mixed"],
+        ["b.py", "", "shared"],
+    ]
+    assert "published_env" in found[0]
+    assert "shared_api" in found[1]
