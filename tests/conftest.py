@@ -371,18 +371,12 @@ def recent_upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     process.stop()
 
 
-def is_recent(request: pytest.FixtureRequest) -> bool:
-    """Whether the test is marked `recent` (its upstream serves the last RECENT_DAYS days)."""
-    return request.node.get_closest_marker("recent") is not None
-
-
 @pytest.fixture
 def upstream(request: pytest.FixtureRequest, upstream_server: Upstream) -> Upstream:
     """The replay upstream with no fault set and its request counters at zero: the session's,
     or for a test marked `recent` the one serving the last RECENT_DAYS days."""
-    served = (
-        request.getfixturevalue("recent_upstream_server") if is_recent(request) else upstream_server
-    )
+    recent = request.node.get_closest_marker("recent") is not None
+    served = request.getfixturevalue("recent_upstream_server") if recent else upstream_server
     served.reset()
     return served
 
