@@ -18,6 +18,7 @@ the archived CTP files (``/COVID19Tracking/covid-public-api/HEAD/v1/...``, ``tex
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -213,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Tens of thousands of records parsed and every path's bytes built, to be kept while the
+    # server runs: no cyclic collection meanwhile (it would walk them again and again for
+    # nothing), then frozen.
+    gc.disable()
     try:
         if args.command == "write-synthetic":
             written = write_synthetic_dataset(
@@ -230,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2
     app = create_app(dataset, control=args.control, github_raw=args.github_raw, editions=editions)
+    gc.freeze()
+    gc.enable()
     control = f", control API at http://{args.host}:{args.port}/_control/" if args.control else ""
     print(
         f"{_PROG}: serving {dataset.source} ({dataset.layout}, {len(app.state.paths)} paths) "
