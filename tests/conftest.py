@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import fcntl
 import functools
-import gc
 import json
 import math
 import os
@@ -126,18 +125,7 @@ def xdist_worker() -> str | None:
     return os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def collects(config: pytest.Config) -> bool:
-    """Whether this process collects and runs the tests: an xdist worker, or pytest alone
-    (the xdist controller only hands them out)."""
-    return xdist_worker() is not None or not getattr(config.option, "numprocesses", None)
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    # As the api's master and the fetcher load (docs/operations.md): no cyclic collection
-    # while the test modules and the product's load, then all of it frozen (collection_finish),
-    # so that the run's collections never walk those objects again.
-    if collects(config):
-        gc.disable()
     if xdist_worker() is None:
         return
     named = [v for v in ("TEST_REDIS_URL", "TEST_DATABASE_URL") if os.environ.get(v)]
@@ -181,11 +169,6 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 # deselected unless asked for).
 TESTS = Path(__file__).resolve().parent
 PARTS = ("contract", "api", "fetcher", "devstack", "deploy", "system")
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    gc.freeze()
-    gc.enable()
 
 
 @pytest.hookimpl(tryfirst=True)
