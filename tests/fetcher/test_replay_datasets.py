@@ -5,6 +5,7 @@ itself (deterministic, 56 jurisdictions, the archive's schema, consistent sums).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from replay_upstream.synthetic import (
     JURISDICTIONS,
     US_SUMMED,
     synthetic_files,
+    write_synthetic_dataset,
 )
 
 pytestmark = pytest.mark.unit  # `make test-fast`
@@ -360,36 +362,22 @@ def test_last_days_serves_the_newest_dates_and_the_other_files_unchanged(
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "env", "message"),
     [
-        (["--synthetic", "--last-days", "0"], "at least 1"),
-        (["--editions", "FOLDER", "--last-days", "3"], "not editions"),
+        (["--synthetic", "--last-days", "0"], {}, "at least 1"),
+        (["--synthetic"], {"REPLAY_LAST_DAYS": "two"}, "invalid int value: 'two'"),
+        (["--editions", "FOLDER", "--last-days", "3"], {}, "not editions"),
     ],
 )
 def test_last_days_refuses_editions_and_less_than_a_day(
-    args: list[str], message: str, tmp_path: Path
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "edition"
-    written = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "replay_upstream",
-            "write-synthetic",
-            str(folder),
-            "--start",
-            "2020-03-01",
-            "--end",
-            "2020-03-03",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert written.returncode == 0, written.stderr
-    args = [str(folder) if arg == "FOLDER" else arg for arg in args]
+    if "FOLDER" in args:
+        write_synthetic_dataset(tmp_path, start=date(2020, 3, 1), end=date(2020, 3, 3))
+    args = [str(tmp_path) if arg == "FOLDER" else arg for arg in args]
     result = subprocess.run(
         [sys.executable, "-m", "replay_upstream", *args],
+        env={**os.environ, **env},
         capture_output=True,
         timeout=60,
         check=False,

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--last-days",
         type=int,
         metavar="N",
-        default=_last_days_from_env(),
+        default=os.environ.get(ENV_LAST_DAYS) or None,  # a string: argparse converts it
         help=(
             "serve only the N newest dates of the dataset's us and states daily records (their "
             "files rendered from the records kept; current, info and status as they are): a "
@@ -167,17 +167,6 @@ def _synthetic_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     parser.add_argument(
         "--seed", type=int, default=default(DEFAULT_SEED), help=f"synthetic: seed ({DEFAULT_SEED})"
     )
-
-
-def _last_days_from_env() -> int | None:
-    text = os.environ.get(ENV_LAST_DAYS, "").strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        message = f"{_PROG}: error: ${ENV_LAST_DAYS} is not a number of days: {text!r}"
-        raise SystemExit(message) from None
 
 
 def choose_editions(args: argparse.Namespace) -> Editions | None:

@@ -225,6 +225,12 @@ DAILY_KINDS = (US_DAILY, STATES_DAILY)
 """The kinds of record lists that hold one record per date (per state)."""
 
 
+def file_kind(file_name: str) -> str:
+    """The kind of records (or ``status``) a dataset file holds: its name without the
+    extension (``states_daily.csv`` -> ``states_daily``)."""
+    return file_name.rsplit(".", 1)[0]
+
+
 def last_days(dataset: Dataset, days: int) -> Dataset:
     """``dataset`` cut to the ``days`` newest dates of its daily records: the us and states
     daily records of those dates only, in their order, and the daily files dropped so that
@@ -249,9 +255,7 @@ def last_days(dataset: Dataset, days: int) -> Dataset:
         for kind, recs in dataset.records.items()
     }
     files = {
-        name: data
-        for name, data in dataset.files.items()
-        if name.rpartition(".")[0] not in DAILY_KINDS
+        name: data for name, data in dataset.files.items() if file_kind(name) not in DAILY_KINDS
     }
     return replace(
         dataset,

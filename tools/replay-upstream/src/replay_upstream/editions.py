@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
-from replay_upstream.dataset import Dataset, find_repo_root, load_dataset
+from replay_upstream.dataset import Dataset, file_kind, find_repo_root, load_dataset
 
 CTP_EDITIONS_FROM_REPO_ROOT: tuple[Path, ...] = tuple(
     Path("..", "shared", "covidtracking", name)
@@ -48,15 +48,11 @@ def ctp_editions() -> list[Path]:
     return folders
 
 
-def _stem(file_name: str) -> str:
-    return file_name.rsplit(".", 1)[0]
-
-
 def overlay(previous: Dataset, edition: Dataset) -> Dataset:
     """``edition`` served after ``previous``: the kinds of records (and files) it lacks stay
     the previous ones; its ``Last-Modified`` is later than the previous one's."""
-    replaced = set(edition.records) | {_stem(name) for name in edition.files}
-    kept = {name: data for name, data in previous.files.items() if _stem(name) not in replaced}
+    replaced = set(edition.records) | {file_kind(name) for name in edition.files}
+    kept = {name: data for name, data in previous.files.items() if file_kind(name) not in replaced}
     records = {kind: recs for kind, recs in previous.records.items() if kind not in edition.records}
     records.update(edition.records)
     return replace(
