@@ -109,10 +109,14 @@ def wrk(
     pin: bool,
     threads: int = 1,
     pace_ms: int = 0,
+    realtime: bool = False,
 ) -> dict[str, float]:
     """wrk's figures (req/s, p50, p99, errors). ``pace_ms``: each connection waits that long
     after an answer before its next request (a steady load below the server's capacity, not
-    the most it can answer; the latencies leave the waits out)."""
+    the most it can answer; the latencies leave the waits out). ``realtime``: wrk runs at a
+    real-time priority (``SCHED_FIFO``, ``chrt``): nothing else on its CPU delays its clock
+    (``bench_queries --apart``: its neighbours run at idle priority, which still takes a
+    whole scheduler tick from a normal process now and then)."""
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "--timeout", "10s",
@@ -123,15 +127,23 @@ def wrk(
             script.write(f"function delay()\n  return {int(pace_ms)}\nend\n")
             script.flush()
             argv += ["-s", script.name]
-        return _wrk_run(argv, url, headers, pin)
+        return _wrk_run(argv, url, headers, pin, realtime)
 
 
-def _wrk_run(argv: list[str], url: str, headers: list[str], pin: bool) -> dict[str, float]:
+# wrk's real-time priority when it measures with ``realtime`` (chrt --fifo; 1 is the lowest).
+WRK_FIFO_PRIORITY = 10
+
+
+def _wrk_run(
+    argv: list[str], url: str, headers: list[str], pin: bool, realtime: bool = False
+) -> dict[str, float]:
     for header in headers:
         argv += ["-H", header]
     argv.append(url)
     if pin:
         argv = ["taskset", "-c", "1", *argv]
+    if realtime:
+        argv = ["chrt", "--fifo", str(WRK_FIFO_PRIORITY), *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
