@@ -78,6 +78,21 @@ end
 return {id, found}
 """
 
+_CLAIM_FILL = """
+-- KEYS[1]: the answer's fill lock, KEYS[2]: the answer's key, KEYS[3]: the LRU index.
+-- ARGV[1]: the lock's lifetime (ms). Not taken (another caller holds it): false. Taken: the
+-- answer's fields, empty when it is not stored; when it is (a filler stored it between the
+-- caller's miss and this claim), the lock goes again and the answer counts as used.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return false end
+local found = redis.call('HGETALL', KEYS[2])
+if #found > 0 then
+  redis.call('DEL', KEYS[1])
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], 'XX', t[1] .. string.format('%06d', t[2]), KEYS[2])
+end
+return found
+"""
+
 # Stores an answer within the budget: the answers' keys are indexed by last use (a ZSET) with
 # the bytes each is counted for (a HASH) and their sum (a counter); while the sum is over the
 # budget the least recently used answers are deleted. Only keys in the index are ever
@@ -85,8 +100,10 @@ return {id, found}
 # answer that expired (TTL) stays counted until the budget pushes it out: the counter
 # overstates what Redis holds, never understates it.
 _STORE_QUERY = """
--- KEYS[1]: the answer's key, KEYS[2]: LRU index, KEYS[3]: sizes, KEYS[4]: bytes used.
--- ARGV: body, etag, content type, gzip ('' none), TTL (s), counted bytes, budget (bytes).
+-- KEYS[1]: the answer's key, KEYS[2]: LRU index, KEYS[3]: sizes, KEYS[4]: bytes used,
+-- KEYS[5]: the answer's fill lock. ARGV: body, etag, content type, gzip ('' none), TTL (s),
+-- counted bytes, budget (bytes), '1' to release the fill lock (the caller holds it).
+if ARGV[8] == '1' then redis.call('DEL', KEYS[5]) end
 local size, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
 if size > budget then return -1 end
 local old = redis.call('HGET', KEYS[3], KEYS[1])
@@ -138,6 +155,15 @@ class QueryLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class FillClaim:
+    """A claim on an answer's fill lock: ``locked``, this caller computes it (and releases
+    the lock, ``store_query``); ``answer``, it was stored meanwhile (the lock is not held)."""
+
+    locked: bool
+    answer: CachedAnswer | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Lookup:
     """What a read found: the current snapshot id (None: nothing published) and the document
     (None: the current snapshot has no document of that name)."""
@@ -157,6 +183,7 @@ class SnapshotStore:
         self._read = redis.register_script(_READ)
         self._read_query = redis.register_script(_READ_QUERY)
         self._store_query = redis.register_script(_STORE_QUERY)
+        self._claim_fill = redis.register_script(_CLAIM_FILL)
         self._snapshot_prefix = keys.snapshot_base("")
 
     async def publish(
@@ -269,23 +296,25 @@ class SnapshotStore:
         raw_id, flat = result
         if not flat:
             return QueryLookup(_text(raw_id), None)
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        answer = CachedAnswer(
-            fields[b"body"],
-            fields[b"etag"].decode(),
-            fields[b"content_type"].decode(),
-            fields.get(b"gzip", b""),
-        )
-        return QueryLookup(_text(raw_id), answer)
+        return QueryLookup(_text(raw_id), _answer(flat))
 
-    async def lock_fill(self, snapshot_id: str, digest: str, ttl_ms: int) -> bool:
-        """Take the fill lock of an answer: True for exactly one caller until it is
-        released or ``ttl_ms`` passes (a crashed filler cannot block the others for long)."""
-        return bool(
-            await self.redis.set(
-                self.keys.query_fill(snapshot_id, digest), b"1", nx=True, px=ttl_ms
-            )
+    async def claim_fill(self, snapshot_id: str, digest: str, ttl_ms: int) -> FillClaim:
+        """Take the fill lock of an answer, and look the answer up again, in one round trip:
+        locked for exactly one caller until it is released or ``ttl_ms`` passes (a crashed
+        filler cannot block the others for long), unless the answer is stored already."""
+        found = await self._claim_fill(
+            keys=[
+                self.keys.query_fill(snapshot_id, digest),
+                self.keys.query(snapshot_id, digest),
+                self.keys.query_lru,
+            ],
+            args=[ttl_ms],
         )
+        if found is None:
+            return FillClaim(locked=False)
+        if found:
+            return FillClaim(locked=False, answer=_answer(found))
+        return FillClaim(locked=True)
 
     async def unlock_fill(self, snapshot_id: str, digest: str) -> None:
         await self.redis.delete(self.keys.query_fill(snapshot_id, digest))
@@ -297,14 +326,22 @@ class SnapshotStore:
         answer: CachedAnswer,
         ttl_seconds: int,
         budget_bytes: int,
+        release_fill: bool = False,
     ) -> int:
         """Cache ``answer`` for ``ttl_seconds``, keeping all the answers within
-        ``budget_bytes`` (least recently used deleted first). Returns how many answers it
-        pushed out, or -1 when ``answer`` alone is over the budget (not stored)."""
+        ``budget_bytes`` (least recently used deleted first); with ``release_fill``, release
+        the answer's fill lock (``claim_fill``) in the same round trip. Returns how many
+        answers it pushed out, or -1 when ``answer`` alone is over the budget (not stored)."""
         key = self.keys.query(snapshot_id, digest)
         size = answer_bytes(key, answer)
         evicted = await self._store_query(
-            keys=[key, self.keys.query_lru, self.keys.query_sizes, self.keys.query_used],
+            keys=[
+                key,
+                self.keys.query_lru,
+                self.keys.query_sizes,
+                self.keys.query_used,
+                self.keys.query_fill(snapshot_id, digest),
+            ],
             args=[
                 answer.body,
                 answer.etag,
@@ -313,6 +350,7 @@ class SnapshotStore:
                 ttl_seconds,
                 size,
                 budget_bytes,
+                "1" if release_fill else "",
             ],
         )
         return int(evicted)
@@ -320,6 +358,17 @@ class SnapshotStore:
     async def query_bytes(self) -> int:
         """The bytes the cached answers are counted for (see ``store_query``)."""
         return int(await self.redis.get(self.keys.query_used) or 0)
+
+
+def _answer(flat: list[bytes]) -> CachedAnswer:
+    """An answer from its hash's fields, as HGETALL lists them."""
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return CachedAnswer(
+        fields[b"body"],
+        fields[b"etag"].decode(),
+        fields[b"content_type"].decode(),
+        fields.get(b"gzip", b""),
+    )
 
 
 def answer_bytes(key: str, answer: CachedAnswer) -> int:

@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reader,
             QueryService(stores, answers, settings.query_answer_max_bytes, compute),
             DerivedService(reader, answers, compute),
-            SpanService(stores, settings.query_cache_ttl_seconds),
+            SpanService(stores, settings.query_cache_ttl_seconds, hot),
             recent,
         )
         # Everything built so far lives as long as the worker: keep it out of the garbage

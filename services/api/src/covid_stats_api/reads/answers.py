@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from covid_stats_api.metrics import cache_lookup, query_answers_evicted
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import compress
-from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
+from covid_stats_contract.snapshots import CachedAnswer, FillClaim, SnapshotStore
 
 log = structlog.get_logger("covid_stats_api.reads.answers")
 
@@ -109,36 +109,41 @@ class AnswerCache:
                 return _served(found)
         if snapshot_id is None or self.budget_bytes == 0:
             return await _compressed(compute)
-        locked = True
+        # The fill lock and a second look (a filler may have stored the answer between this
+        # worker's miss and its claim) in one round trip; the lock goes with the answer's
+        # store in one more: a miss costs three round trips to Redis.
+        claim = FillClaim(locked=True)  # Redis failed: compute it, as when Redis is down
         with contextlib.suppress(RedisError):
-            locked = await self.snapshots.lock_fill(snapshot_id, digest, _FILL_LOCK_MS)
-        if not locked:
+            claim = await self.snapshots.claim_fill(snapshot_id, digest, _FILL_LOCK_MS)
+        if claim.answer is not None:
+            return _served(claim.answer)
+        if not claim.locked:
             # Another worker is computing it: wait for its answer, within a deadline.
             waited = await self._wait_for_fill(digest, snapshot_id)
             if waited is not None:
                 return waited
+        held = claim.locked  # until store_query releases it
         try:
-            if locked:
-                # Double-checked: the worker that held the lock may have stored the answer
-                # and released the lock between this worker's miss and its lock.
-                with contextlib.suppress(RedisError):
-                    again = await self.snapshots.read_query(digest)
-                    if again.snapshot_id == snapshot_id and (found := again.answer) is not None:
-                        return _served(found)
             served = await _compressed(compute)
             answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
             try:
                 evicted = await self.snapshots.store_query(
-                    snapshot_id, digest, answer, self.ttl_seconds, self.budget_bytes
+                    snapshot_id,
+                    digest,
+                    answer,
+                    self.ttl_seconds,
+                    self.budget_bytes,
+                    release_fill=held,
                 )
             except RedisError as exc:
                 log.warning("redis_answer_write_failed", error=repr(exc))
             else:
+                held = False
                 if evicted > 0:
                     query_answers_evicted().inc(evicted)
             return served
         finally:
-            if locked:
+            if held:
                 with contextlib.suppress(RedisError):
                     await self.snapshots.unlock_fill(snapshot_id, digest)
 

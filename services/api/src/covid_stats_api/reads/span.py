@@ -23,6 +23,7 @@ import json
 import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from redis.exceptions import RedisError
@@ -30,6 +31,9 @@ from redis.exceptions import RedisError
 from covid_stats_api.core.stores import Stores
 from covid_stats_contract.resources import RESOURCES, STATES_DAILY, US_DAILY
 from covid_stats_runtime.stores import DATABASE_ERRORS
+
+if TYPE_CHECKING:
+    from covid_stats_api.reads.hot import HotCache
 
 log = structlog.get_logger("covid_stats_api.reads.span")
 
@@ -138,31 +142,47 @@ async def _read_span(stores: Stores) -> Span | None:
 
 class SpanService:
     """The span of the current snapshot, per worker; ``get`` returns None when no store can
-    tell it."""
+    tell it. The current snapshot is the one the worker's hot tier holds (``HotCache.version``,
+    kept by its watcher: no Redis read per question); until the tier has seen one, the one
+    Redis points to."""
 
-    def __init__(self, stores: Stores, ttl_seconds: int) -> None:
+    def __init__(self, stores: Stores, ttl_seconds: int, hot: HotCache | None = None) -> None:
         self.stores = stores
         self.ttl_seconds = ttl_seconds
-        self._held: tuple[str, float, Span] | None = None  # (snapshot id or "", expiry, span)
+        self.hot = hot
+        # (snapshot id or "", its publish time as the hot tier knows it, expiry, span)
+        self._held: tuple[str, float | None, float, Span] | None = None
         self._lock = asyncio.Lock()
 
-    async def get(self) -> Span | None:
-        snapshots = self.stores.snapshots
+    async def _current(self) -> tuple[str, float | None]:
+        """The current snapshot's id ("" when unknown) and publish time (None: unknown). Ids
+        count from 1 again in a Redis that lost its data: the publish time tells apart two
+        snapshots of one id, as the hot tier's watcher does."""
+        hot = self.hot
+        if hot is not None and hot.version is not None:
+            return hot.version, hot.published_at
         try:
-            snapshot_id = await snapshots.current_id() or ""
+            return await self.stores.snapshots.current_id() or "", None
         except RedisError:
-            snapshot_id = ""
+            return "", None
+
+    def _fresh(self, snapshot_id: str, published: float | None) -> Span | None:
         held = self._held
-        if held is not None and held[0] == snapshot_id and held[1] > time.monotonic():
-            return held[2]
+        if held is not None and held[:2] == (snapshot_id, published) and held[2] > time.monotonic():
+            return held[3]
+        return None
+
+    async def get(self) -> Span | None:
+        snapshot_id, published = await self._current()
+        if (span := self._fresh(snapshot_id, published)) is not None:
+            return span
         async with self._lock:  # one read per worker at a time
-            held = self._held
-            if held is not None and held[0] == snapshot_id and held[1] > time.monotonic():
-                return held[2]
+            if (span := self._fresh(snapshot_id, published)) is not None:
+                return span
             span = await self._load(snapshot_id)
             if span is not None:
                 life = self.ttl_seconds if snapshot_id else _UNVERSIONED_SECONDS
-                self._held = (snapshot_id, time.monotonic() + life, span)
+                self._held = (snapshot_id, published, time.monotonic() + life, span)
             return span
 
     async def _load(self, snapshot_id: str) -> Span | None:
