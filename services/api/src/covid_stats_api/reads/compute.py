@@ -77,7 +77,14 @@ def _idle() -> None:
     worker waited for its turn, a few milliseconds (``make bench-queries --apart``, api on
     one CPU: the hot documents' paced p99 during the questions 9.8 ms niced in a CPU group
     of their own, 5.8 ms idle in the worker's; docs/performance.md, "Hostile queries").
-    ``COMPUTE_NICE`` stays as the fallback, where the policy is refused."""
+    ``COMPUTE_NICE`` stays as the fallback, where the policy is refused.
+
+    What it cannot do: keep a worker that is already running on the CPU. The kernel's fair
+    scheduler (EEVDF, Linux 6.6 and later) picks the eligible task, and a computation placed
+    behind the worker (it was owed time) is eligible: now and then it runs until the next
+    tick (4 ms at 250 Hz), traced while the worker waited (docs/performance.md, "The
+    scheduler's tick"). No priority a process may take for itself changes that; only a CPU of
+    their own keeps the computations out of the hot reads' way."""
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
