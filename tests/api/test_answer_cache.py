@@ -4,6 +4,7 @@ and that its fill lock never outlives the fill."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from redis.asyncio import Redis
 from covid_stats_api.reads.answers import AnswerCache, Uncached
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.keys import RedisKeys
-from covid_stats_contract.snapshots import CachedAnswer, SnapshotStore
+from covid_stats_contract.snapshots import CachedAnswer, FillTarget, SnapshotStore
 
 SNAPSHOT = "7"
 
@@ -46,7 +47,7 @@ def test_a_miss_costs_three_round_trips_and_a_hit_one(redis_url: str) -> None:
         client, keys, cache = await _cache(redis_url)
         computed: list[bytes] = []
 
-        async def compute() -> Served:
+        async def compute(_target: FillTarget | None) -> Served:
             computed.append(b"[1]\n")
             return _answer(b"[1]\n")
 
@@ -94,10 +95,10 @@ def test_the_fill_lock_goes_when_the_computation_fails_or_is_not_cached(redis_ur
     async def main() -> None:
         client, _, cache = await _cache(redis_url)
 
-        async def fails() -> Served:
+        async def fails(_target: FillTarget | None) -> Served:
             raise RuntimeError("the store went away")
 
-        async def empty() -> Served:
+        async def empty(_target: FillTarget | None) -> Served:
             raise Uncached(_answer(b"[]\n"))
 
         with pytest.raises(RuntimeError, match="went away"):
@@ -105,6 +106,42 @@ def test_the_fill_lock_goes_when_the_computation_fails_or_is_not_cached(redis_ur
         assert (await cache.get("empty", empty)).body == b"[]\n"
         assert await client.keys("*:fill") == []
         assert await cache.snapshots.query_bytes() == 0
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_computation_that_stores_its_answer_leaves_the_cache_two_round_trips(
+    redis_url: str,
+) -> None:
+    """A computation process stores the answer it made (``FillTarget``): the worker's cache
+    then only looks it up and claims its fill; the lock goes with the process's store."""
+
+    async def main() -> None:
+        client, keys, cache = await _cache(redis_url)
+        elsewhere = Redis.from_url(redis_url)  # the computation's own connection
+        targets: list[FillTarget | None] = []
+
+        async def stores_itself(target: FillTarget | None) -> Served:
+            targets.append(target)
+            assert target is not None
+            answer = CachedAnswer(b"[3]\n", '"3"', "application/json", b"gz")
+            evicted = await SnapshotStore(elsewhere, keys).store_answer(target, answer)
+            return replace(_answer(b"[3]\n"), stored=evicted)
+
+        await cache.get("warm-up", stores_itself)
+        client.sent.clear()
+        served = await cache.get("question", stores_itself)
+        assert client.sent == ["EVALSHA"] * 2  # the lookup, the claim: no store, no unlock
+        assert served.stored == 0
+        target = targets[-1]
+        assert target is not None
+        assert (target.snapshot_id, target.release_fill) == (SNAPSHOT, True)
+        assert await client.keys("*:fill") == []
+        found = (await cache.snapshots.read_query(target.digest)).answer
+        assert found is not None
+        assert found.body == b"[3]\n"
+        await elsewhere.aclose()
         await client.aclose()
 
     asyncio.run(main())

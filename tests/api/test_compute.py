@@ -11,10 +11,12 @@ import csv
 import io
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
+import redis
 
 from covid_stats_api.reads.compute import APPLICATION_NAME, COMPUTE_NICE
 from covid_stats_api.reads.queries import RENDER_INLINE_MAX, SEPARATOR
@@ -127,11 +129,56 @@ def test_large_questions_texts_are_fetched_by_the_processes_never_the_worker(
             " WHERE application_name = $1 AND datname = current_database()",
             APPLICATION_NAME,
         )
-        theirs = {c.laddr.port for p in computers for c in p.net_connections(kind="tcp")}
+        postgres_port = urlsplit(database).port
+        theirs = {
+            c.laddr.port
+            for p in computers
+            for c in p.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == postgres_port
+        }
         assert len(computers) == 2  # QUERY_COMPUTE_SLOTS
         assert len(theirs) == 2, theirs  # one connection each
         assert theirs <= {port for (port,) in named}, (named, theirs)
     finally:
+        process.stop()
+
+
+def _written_bytes(process: psutil.Process) -> int:
+    """What ``process`` has written with write(2) and writev(2): the sockets of a uvloop
+    worker included (``/proc/<pid>/io``'s wchar)."""
+    return int(process.io_counters().write_chars)
+
+
+def test_the_processes_store_their_answers_in_redis_not_the_worker(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each computation process stores the answer it made in Redis over a connection of its
+    own, named ``APPLICATION_NAME``: the answers' bytes (megabytes each, and their gzip
+    bodies) never cross the worker's connection to Redis, which was the largest part of a
+    question's time on the worker's event loop. The worker writes only what it answers (gzip
+    bodies here), well under the answers' size."""
+    budget = {**published_env, "QUERY_CACHE_MAX_BYTES": str(512 * 2**20)}  # every answer kept
+    process, base = _start(budget, tmp_path_factory, 2)
+    client = redis.Redis.from_url(published_env["REDIS_URL"])
+    try:
+        worker = _worker(process)
+        written_before = _written_bytes(worker)
+        assert asyncio.run(_ask_all(base, HEAVY)) == [200] * len(HEAVY)
+        written = _written_bytes(worker) - written_before
+        stored = {
+            key: client.hget(key, "body") or b""
+            for key in client.scan_iter(match="*:query:*")
+            if not key.endswith(b":fill")
+        }
+        assert len(stored) == len(HEAVY), stored.keys()
+        answers = sum(len(body) for body in stored.values())
+        assert answers > 5_000_000, answers  # megabytes: what the worker used to send Redis
+        assert written < answers / 2, (written, answers)
+        named = [c for c in client.client_list() if c.get("name") == APPLICATION_NAME]
+        assert len(named) == 2, named  # one connection per computation process
+        assert not client.keys("*:fill")  # each process released the fill lock it stored
+    finally:
+        client.close()
         process.stop()
 
 

@@ -155,6 +155,20 @@ class QueryLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class FillTarget:
+    """Where a computed answer is stored (``SnapshotStore.store_answer``), handed to whoever
+    computes it: a computation process stores the answer it made itself, so its bytes never
+    cross the worker's connection to Redis. ``release_fill``: the answer's fill lock is the
+    filler's, and goes with the store."""
+
+    snapshot_id: str
+    digest: str
+    ttl_seconds: int
+    budget_bytes: int
+    release_fill: bool
+
+
+@dataclass(frozen=True, slots=True)
 class FillClaim:
     """A claim on an answer's fill lock: ``locked``, this caller computes it (and releases
     the lock, ``store_query``); ``answer``, it was stored meanwhile (the lock is not held)."""
@@ -354,6 +368,17 @@ class SnapshotStore:
             ],
         )
         return int(evicted)
+
+    async def store_answer(self, target: FillTarget, answer: CachedAnswer) -> int:
+        """``store_query`` where ``target`` says (see ``FillTarget``)."""
+        return await self.store_query(
+            target.snapshot_id,
+            target.digest,
+            answer,
+            target.ttl_seconds,
+            target.budget_bytes,
+            release_fill=target.release_fill,
+        )
 
     async def query_bytes(self) -> int:
         """The bytes the cached answers are counted for (see ``store_query``)."""

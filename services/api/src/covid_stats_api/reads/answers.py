@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from covid_stats_api.metrics import cache_lookup, query_answers_evicted
 from covid_stats_api.reads.documents import Served
 from covid_stats_contract.documents import compress
-from covid_stats_contract.snapshots import CachedAnswer, FillClaim, SnapshotStore
+from covid_stats_contract.snapshots import CachedAnswer, FillClaim, FillTarget, SnapshotStore
 
 log = structlog.get_logger("covid_stats_api.reads.answers")
 
@@ -43,9 +43,14 @@ _FILL_WAIT_SECONDS = 10.0
 _COMPRESS_INLINE_MAX = 64 * 1024
 
 
-async def _compressed(compute: Callable[[], Awaitable[Served]]) -> Served:
+# Computes an answer; given a ``FillTarget``, it may store the answer there itself (a
+# computation process does: ``Served.stored``), else the cache stores it.
+Compute = Callable[[FillTarget | None], Awaitable[Served]]
+
+
+async def _compressed(compute: Compute, target: FillTarget | None = None) -> Served:
     """``compute``'s answer with its gzip body."""
-    served = await compute()
+    served = await compute(target)
     if served.gzip:
         return served
     if len(served.body) > _COMPRESS_INLINE_MAX:
@@ -73,7 +78,7 @@ class AnswerCache:
         self.budget_bytes = budget_bytes
         self._inflight: dict[str, asyncio.Future[Served]] = {}
 
-    async def get(self, key: str, compute: Callable[[], Awaitable[Served]]) -> Served:
+    async def get(self, key: str, compute: Compute) -> Served:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         running = self._inflight.get(digest)
         if running is not None:
@@ -95,7 +100,7 @@ class AnswerCache:
         finally:
             del self._inflight[digest]
 
-    async def _fill(self, digest: str, compute: Callable[[], Awaitable[Served]]) -> Served:
+    async def _fill(self, digest: str, compute: Compute) -> Served:
         snapshot_id = None
         try:
             lookup = await self.snapshots.read_query(digest)
@@ -122,25 +127,23 @@ class AnswerCache:
             waited = await self._wait_for_fill(digest, snapshot_id)
             if waited is not None:
                 return waited
-        held = claim.locked  # until store_query releases it
+        held = claim.locked  # until the answer's store releases it
+        target = FillTarget(snapshot_id, digest, self.ttl_seconds, self.budget_bytes, held)
         try:
-            served = await _compressed(compute)
-            answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
-            try:
-                evicted = await self.snapshots.store_query(
-                    snapshot_id,
-                    digest,
-                    answer,
-                    self.ttl_seconds,
-                    self.budget_bytes,
-                    release_fill=held,
-                )
-            except RedisError as exc:
-                log.warning("redis_answer_write_failed", error=repr(exc))
-            else:
+            served = await _compressed(compute, target)
+            evicted = served.stored
+            if evicted is not None:  # its computation stored it (and released the lock)
                 held = False
-                if evicted > 0:
-                    query_answers_evicted().inc(evicted)
+            else:
+                answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
+                try:
+                    evicted = await self.snapshots.store_answer(target, answer)
+                except RedisError as exc:
+                    log.warning("redis_answer_write_failed", error=repr(exc))
+                else:
+                    held = False
+            if evicted is not None and evicted > 0:
+                query_answers_evicted().inc(evicted)
             return served
         finally:
             if held:

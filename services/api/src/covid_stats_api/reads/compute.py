@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import threading
@@ -37,7 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from covid_stats_contract.documents import compress, etag_for
+from covid_stats_contract.documents import CONTENT_TYPES, compress, etag_for
 from covid_stats_runtime.stores import DATABASE_ERRORS
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from covid_stats_api.reads.queries import Query
+    from covid_stats_contract.snapshots import CachedAnswer, FillTarget, SnapshotStore
 
 # How much lower than the worker a computation process runs (os.nice's increment).
 COMPUTE_NICE = 10
@@ -103,12 +105,22 @@ def _start(worker: int) -> None:
     import covid_stats_api.reads.queries  # noqa: F401 - loaded once, before the first task
 
 
-# What a computation answers: the number of records, the body's size, and the body, ETag and
-# gzip body (empty when over the size limit: only the size counts then).
-Answered = tuple[int, int, bytes, str, bytes]
+# What a computation answers: the number of records, the body's size, the body, ETag and
+# gzip body (empty when over the size limit: only the size counts then), and, when it stored
+# the answer in Redis itself (``FillTarget``), the answers that store pushed out (None: not
+# stored: no target, nothing to store, or Redis failed; the worker stores it then).
+Answered = tuple[int, int, bytes, str, bytes, int | None]
 T = TypeVar("T")
-# The name a computation process's connection shows PostgreSQL (pg_stat_activity).
+# The name a computation process's connections show PostgreSQL (pg_stat_activity) and Redis
+# (CLIENT LIST).
 APPLICATION_NAME = "covid-stats-api-compute"
+
+
+@functools.cache
+def _loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop, for its PostgreSQL and Redis connections (one task at a
+    time: the process runs one computation at a time)."""
+    return asyncio.new_event_loop()
 
 
 class ProcessDatabase:
@@ -117,7 +129,6 @@ class ProcessDatabase:
     question opens a new one). One question at a time: the process runs one task at a time."""
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: asyncpg.Connection | None = None
 
     def run(self, query: Query, mark: int | None) -> tuple[int, bytes]:
@@ -125,10 +136,8 @@ class ProcessDatabase:
         Raises ``queries.StoreUnavailable`` (it pickles: the worker answers 503)."""
         from covid_stats_api.reads.queries import StoreUnavailable
 
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
         try:
-            return self._loop.run_until_complete(self._fetch(query, mark))
+            return _loop().run_until_complete(self._fetch(query, mark))
         except DATABASE_ERRORS as exc:
             self._drop()
             raise StoreUnavailable(repr(exc)) from None
@@ -155,29 +164,77 @@ class ProcessDatabase:
             connection.terminate()
 
 
+class ProcessRedis:
+    """A computation process's own Redis connection, opened on first use with the worker's
+    settings and dropped after an error: it stores the answers the process computes, so
+    their bytes (up to ``QUERY_ANSWER_MAX_BYTES`` and the gzip body) never cross the worker's
+    connection to Redis. Writing them there was the largest part of a question's time on the
+    worker's event loop (docs/performance.md, "The scheduler's tick")."""
+
+    def __init__(self) -> None:
+        self._store: SnapshotStore | None = None
+
+    def store(self, target: FillTarget, answer: CachedAnswer) -> int | None:
+        """The answers the store pushed out of the budget; None when Redis failed (the
+        worker stores the answer then, and releases the fill lock)."""
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        from covid_stats_api.core.config import get_settings
+        from covid_stats_contract.keys import RedisKeys
+        from covid_stats_contract.snapshots import SnapshotStore
+
+        try:
+            if self._store is None:
+                settings = get_settings()
+                client = Redis.from_url(
+                    settings.redis_url,
+                    socket_timeout=settings.redis_socket_timeout_seconds,
+                    socket_connect_timeout=settings.redis_socket_timeout_seconds,
+                    client_name=APPLICATION_NAME,
+                )
+                self._store = SnapshotStore(client, RedisKeys(settings.redis_key_prefix))
+            return _loop().run_until_complete(self._store.store_answer(target, answer))
+        except (RedisError, OSError):
+            store, self._store = self._store, None
+            if store is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    _loop().run_until_complete(store.redis.aclose())
+            return None
+
+
 _database = ProcessDatabase()
+_redis = ProcessRedis()
 
 
-def answered(query: Query, mark: int | None, max_bytes: int | None) -> Answered:
-    """(records, size, body, ETag, gzip body) of ``query``'s answer (as of the version
+def answered(
+    query: Query, mark: int | None, max_bytes: int | None, target: FillTarget | None = None
+) -> Answered:
+    """(records, size, body, ETag, gzip body, stored) of ``query``'s answer (as of the version
     ``mark``; None: now), fetched and rendered in this process; over ``max_bytes`` (None: no
     limit) the body, tag and gzip are left out (the answer is refused: only its size counts).
-    Raises ``queries.UnknownField`` and ``queries.StoreUnavailable``."""
+    An answer with records is stored at ``target`` (when given) by this process. Raises
+    ``queries.UnknownField`` and ``queries.StoreUnavailable``."""
     from covid_stats_api.reads.queries import render, split, trim_heap
+    from covid_stats_contract.snapshots import CachedAnswer
 
     records, joined = _database.run(query, mark)
     if not records and query.single:  # no record to render: the worker answers NoRecords
-        return records, 0, b"", "", b""
+        return records, 0, b"", "", b"", None
     body = render(query, split(joined))
     del joined
     size = len(body)
     if max_bytes is not None and size > max_bytes:
         del body
         trim_heap()
-        return records, size, b"", "", b""
+        return records, size, b"", "", b"", None
     gzip = compress(body)
+    etag = etag_for(body)
+    stored = None
+    if target is not None and records:  # an empty answer is never cached (``Uncached``)
+        stored = _redis.store(target, CachedAnswer(body, etag, CONTENT_TYPES[query.fmt], gzip))
     trim_heap()
-    return records, size, body, etag_for(body), gzip
+    return records, size, body, etag, gzip, stored
 
 
 class ComputePool:
@@ -196,9 +253,15 @@ class ComputePool:
             )
         return self._pool
 
-    async def answer(self, query: Query, mark: int | None, max_bytes: int | None) -> Answered:
+    async def answer(
+        self,
+        query: Query,
+        mark: int | None,
+        max_bytes: int | None,
+        target: FillTarget | None = None,
+    ) -> Answered:
         """``answered`` in one of the processes."""
-        return await self.call(answered, query, mark, max_bytes)
+        return await self.call(answered, query, mark, max_bytes, target)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in one of the processes (a module-level function: it travels

@@ -157,7 +157,9 @@ class DerivedService:
             key += f"|{query.key}"
         if daily is not None:
             key += f"|daily:{daily.etag}"
-        return await self.answers.get(key, lambda: self._compute(daily_document, query, daily))
+        return await self.answers.get(
+            key, lambda _target: self._compute(daily_document, query, daily)
+        )
 
     async def _compute(
         self, daily_document: str, query: Query, daily: Served | None = None

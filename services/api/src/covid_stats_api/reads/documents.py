@@ -33,6 +33,9 @@ class Served:
     content_type: str = JSON_CONTENT_TYPE
     gzip: bytes = b""  # the body compressed once by the fetcher (empty: not available)
     br: bytes = b""  # the same with Brotli
+    # A computed answer its computation stored in Redis itself (``FillTarget``): the answers
+    # that store pushed out of the budget; None: not stored by its computation.
+    stored: int | None = None
 
 
 class DocumentReader:

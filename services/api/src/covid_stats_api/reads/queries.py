@@ -48,6 +48,7 @@ from covid_stats_contract.documents import (
 )
 from covid_stats_contract.models import model_of
 from covid_stats_contract.resources import Format, Resource
+from covid_stats_contract.snapshots import FillTarget
 from covid_stats_runtime.stores import DATABASE_ERRORS
 
 log = structlog.get_logger("covid_stats_api.reads.queries")
@@ -341,10 +342,12 @@ class QueryService:
         NoRecords, UnknownField, TooLarge or StoreUnavailable (and, ``as_of``,
         NotPublishedYet). An empty answer is served, never cached."""
         if query.as_of is None:
-            return await self.answers.get(query.key, lambda: self._compute(query, rows))
+            return await self.answers.get(
+                query.key, lambda target: self._compute(query, rows, None, target)
+            )
         mark = await self._served_mark(query.resource, query.as_of)
         key = f"{query.key}|as_of:{history.versions_table(query.resource)}<={mark}"
-        return await self.answers.get(key, lambda: self._compute(query, None, mark))
+        return await self.answers.get(key, lambda target: self._compute(query, None, mark, target))
 
     async def _served_mark(self, resource: Resource, instant: datetime) -> int:
         pool = self.stores.pg_pool
@@ -359,38 +362,46 @@ class QueryService:
             raise NotPublishedYet(found.first_published)
         return found.up_to
 
-    async def _compute(self, query: Query, rows: int | None, mark: int | None = None) -> Served:
+    async def _compute(
+        self, query: Query, rows: int | None, mark: int | None, target: FillTarget | None
+    ) -> Served:
         query_computed().inc()
         async with self._slots:
-            return await self._compute_now(query, rows, mark)
+            return await self._compute_now(query, rows, mark, target)
 
-    async def _compute_now(self, query: Query, rows: int | None, mark: int | None) -> Served:
+    async def _compute_now(
+        self, query: Query, rows: int | None, mark: int | None, target: FillTarget | None
+    ) -> Served:
+        """The answer; one computed in a process is stored at ``target`` by that process."""
         # A published document as of an instant (no other parameter) is what this api
         # served then, whatever its size: one answer per publish, not a question to narrow.
         limit = None if mark is not None and query.asks_document else self.max_bytes
         if inline(query, rows):
             records, joined = await self._fetch(query, mark)
             body = render(query, split(joined))
-            size, etag, gzip = len(body), etag_for(body), b""
+            size, etag, gzip, stored = len(body), etag_for(body), b"", None
         else:
-            records, size, body, etag, gzip = await self._compute_elsewhere(query, mark, limit)
+            records, size, body, etag, gzip, stored = await self._compute_elsewhere(
+                query, mark, limit, target
+            )
         if not records and query.single:
             raise NoRecords
         if limit is not None and size > limit:
             raise TooLarge(size, limit, query.resource.document(query.fmt))
-        served = Served(body, etag, "database", CONTENT_TYPES[query.fmt], gzip)
+        served = Served(body, etag, "database", CONTENT_TYPES[query.fmt], gzip, stored=stored)
         if not records:
             raise Uncached(served)
         return served
 
     async def _compute_elsewhere(
-        self, query: Query, mark: int | None, limit: int | None
+        self, query: Query, mark: int | None, limit: int | None, target: FillTarget | None
     ) -> Answered:
-        """``compute.answered`` in a computation process: its texts never reach the worker."""
+        """``compute.answered`` in a computation process: its texts never reach the worker,
+        nor do its bytes reach the worker's connection to Redis (the process stores it)."""
         if self.stores.pg_pool is None:  # PostgreSQL not reached yet (or not configured)
             raise StoreUnavailable
         try:
-            return await self.compute.answer(query, mark, limit)
+            return await self.compute.answer(query, mark, limit, target)
         except BrokenProcessPool as exc:
             log.warning("query_compute_failed", error=repr(exc))
             raise StoreUnavailable from exc

@@ -97,7 +97,7 @@ class RevisionsService:
 
     async def answer(self, query: RevisionsQuery) -> Served:
         """Raises StoreUnavailable when PostgreSQL cannot answer."""
-        return await self.answers.get(query.key, lambda: self._compute(query))
+        return await self.answers.get(query.key, lambda _target: self._compute(query))
 
     async def _compute(self, query: RevisionsQuery) -> Served:
         pool = self.stores.pg_pool
