@@ -26,7 +26,12 @@ class Settings(PortSettings):
     )
     web_concurrency: int = Field(default=2, ge=1, description="gunicorn worker processes")
 
-    redis_pool_size: int = Field(default=32, ge=1, description="Redis connections per worker")
+    redis_pool_size: int = Field(
+        default=32,
+        ge=1,
+        description="Redis connections per worker (each of its `QUERY_COMPUTE_SLOTS`"
+        " computation processes holds one more)",
+    )
     redis_pool_timeout_seconds: float = Field(
         default=2.0, gt=0, description="how long a request waits for a free Redis connection"
     )

@@ -16,9 +16,11 @@ So one of ``QUERY_COMPUTE_SLOTS`` processes (started from a preloaded fork serve
 use, at idle CPU priority, ``_idle``: a worker that wakes takes the CPU from it at once)
 does the whole computation: it fetches the texts over a PostgreSQL connection of its own
 (``ProcessDatabase``: opened on first use, with the worker's settings; counted in the
-connection budget), splits and parses the records, renders and compresses the body, and
-hands its heap back to the system after each large one. The worker gets back the answer
-(body, ETag, gzip body: at most ``QUERY_ANSWER_MAX_BYTES`` and its gzip) and keeps the cache.
+connection budget), splits and parses the records, renders and compresses the body, stores
+the answer in Redis where the worker's ``AnswerCache`` says (``FillTarget``; ``ProcessRedis``:
+a connection of its own, so the answer's megabytes never cross the worker's), and hands its
+heap back to the system after each large one. The worker gets back the answer (body, ETag,
+gzip body: at most ``QUERY_ANSWER_MAX_BYTES`` and its gzip) to send, and keeps it in memory.
 
 The slots bound a worker's computations (the others wait their turn in ``QueryService``), so
 what they hold: at most ``QUERY_COMPUTE_SLOTS`` times one question's texts and answer, in the
