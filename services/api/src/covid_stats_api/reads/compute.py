@@ -170,8 +170,9 @@ class ProcessRedis:
     """A computation process's own Redis connection, opened on first use with the worker's
     settings and dropped after an error: it stores the answers the process computes, so
     their bytes (up to ``QUERY_ANSWER_MAX_BYTES`` and the gzip body) never cross the worker's
-    connection to Redis. Writing them there was the largest part of a question's time on the
-    worker's event loop (docs/performance.md, "The scheduler's tick")."""
+    connection to Redis. Writing them there was the largest single part of the time a worker
+    held its interpreter for a question (15.6 %, a py-spy profile; docs/performance.md, "The
+    scheduler's tick")."""
 
     def __init__(self) -> None:
         self._store: SnapshotStore | None = None
