@@ -81,7 +81,7 @@ def test_a_claim_finds_an_answer_stored_after_the_miss_and_takes_no_lock(redis_u
         assert (second.locked, second.answer) == (False, None)  # the first caller fills it
         assert (await store.read_query("d")).answer is None
         stored = CachedAnswer(b"[2]\n", '"2"', "application/json")
-        await store.store_query(SNAPSHOT, "d", stored, 60, 1 << 20, release_fill=True)
+        await store.store_query(FillTarget(SNAPSHOT, "d", 60, 1 << 20, True), stored)
         assert not await client.exists(keys.query_fill(SNAPSHOT, "d"))
         third = await store.claim_fill(SNAPSHOT, "d", 10_000)
         assert (third.locked, third.answer) == (False, stored)
@@ -126,7 +126,7 @@ def test_a_computation_that_stores_its_answer_leaves_the_cache_two_round_trips(
             targets.append(target)
             assert target is not None
             answer = CachedAnswer(b"[3]\n", '"3"', "application/json", b"gz")
-            evicted = await SnapshotStore(elsewhere, keys).store_answer(target, answer)
+            evicted = await SnapshotStore(elsewhere, keys).store_query(target, answer)
             return replace(_answer(b"[3]\n"), stored=evicted)
 
         await cache.get("warm-up", stores_itself)

@@ -156,7 +156,7 @@ class QueryLookup:
 
 @dataclass(frozen=True, slots=True)
 class FillTarget:
-    """Where a computed answer is stored (``SnapshotStore.store_answer``), handed to whoever
+    """Where a computed answer is stored (``SnapshotStore.store_query``), handed to whoever
     computes it: a computation process stores the answer it made itself, so its bytes never
     cross the worker's connection to Redis. ``release_fill``: the answer's fill lock is the
     filler's, and goes with the store."""
@@ -333,20 +333,12 @@ class SnapshotStore:
     async def unlock_fill(self, snapshot_id: str, digest: str) -> None:
         await self.redis.delete(self.keys.query_fill(snapshot_id, digest))
 
-    async def store_query(
-        self,
-        snapshot_id: str,
-        digest: str,
-        answer: CachedAnswer,
-        ttl_seconds: int,
-        budget_bytes: int,
-        release_fill: bool = False,
-    ) -> int:
-        """Cache ``answer`` for ``ttl_seconds``, keeping all the answers within
-        ``budget_bytes`` (least recently used deleted first); with ``release_fill``, release
+    async def store_query(self, target: FillTarget, answer: CachedAnswer) -> int:
+        """Cache ``answer`` where ``target`` says, for its TTL, keeping all the answers within
+        its budget (least recently used deleted first); with ``target.release_fill``, release
         the answer's fill lock (``claim_fill``) in the same round trip. Returns how many
         answers it pushed out, or -1 when ``answer`` alone is over the budget (not stored)."""
-        key = self.keys.query(snapshot_id, digest)
+        key = self.keys.query(target.snapshot_id, target.digest)
         size = answer_bytes(key, answer)
         evicted = await self._store_query(
             keys=[
@@ -354,31 +346,20 @@ class SnapshotStore:
                 self.keys.query_lru,
                 self.keys.query_sizes,
                 self.keys.query_used,
-                self.keys.query_fill(snapshot_id, digest),
+                self.keys.query_fill(target.snapshot_id, target.digest),
             ],
             args=[
                 answer.body,
                 answer.etag,
                 answer.content_type,
                 answer.gzip,
-                ttl_seconds,
+                target.ttl_seconds,
                 size,
-                budget_bytes,
-                "1" if release_fill else "",
+                target.budget_bytes,
+                "1" if target.release_fill else "",
             ],
         )
         return int(evicted)
-
-    async def store_answer(self, target: FillTarget, answer: CachedAnswer) -> int:
-        """``store_query`` where ``target`` says (see ``FillTarget``)."""
-        return await self.store_query(
-            target.snapshot_id,
-            target.digest,
-            answer,
-            target.ttl_seconds,
-            target.budget_bytes,
-            release_fill=target.release_fill,
-        )
 
     async def query_bytes(self) -> int:
         """The bytes the cached answers are counted for (see ``store_query``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TypedDict
 
 import asyncpg
 import structlog
@@ -36,6 +37,22 @@ def postgres_options(settings: Settings) -> dict[str, float]:
     }
 
 
+class RedisOptions(TypedDict):
+    socket_timeout: float
+    socket_connect_timeout: float
+    health_check_interval: int
+
+
+def redis_options(settings: Settings) -> RedisOptions:
+    """How every connection of the api's to Redis is opened (beside ``REDIS_URL``): the
+    worker's pool and each computation process's own connection (``reads.compute``)."""
+    return {
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_socket_timeout_seconds,
+        "health_check_interval": 30,
+    }
+
+
 class Stores:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -43,9 +60,7 @@ class Stores:
             settings.redis_url,
             max_connections=settings.redis_pool_size,
             timeout=settings.redis_pool_timeout_seconds,
-            socket_timeout=settings.redis_socket_timeout_seconds,
-            socket_connect_timeout=settings.redis_socket_timeout_seconds,
-            health_check_interval=30,
+            **redis_options(settings),
         )
         self.redis = Redis(connection_pool=self.redis_pool)
         self.snapshots = SnapshotStore(self.redis, RedisKeys(settings.redis_key_prefix))

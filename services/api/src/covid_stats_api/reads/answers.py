@@ -137,7 +137,7 @@ class AnswerCache:
             else:
                 answer = CachedAnswer(served.body, served.etag, served.content_type, served.gzip)
                 try:
-                    evicted = await self.snapshots.store_answer(target, answer)
+                    evicted = await self.snapshots.store_query(target, answer)
                 except RedisError as exc:
                     log.warning("redis_answer_write_failed", error=repr(exc))
                 else:

@@ -168,11 +168,11 @@ class ProcessDatabase:
 
 class ProcessRedis:
     """A computation process's own Redis connection, opened on first use with the worker's
-    settings and dropped after an error: it stores the answers the process computes, so
-    their bytes (up to ``QUERY_ANSWER_MAX_BYTES`` and the gzip body) never cross the worker's
-    connection to Redis. Writing them there was the largest single part of the time a worker
-    held its interpreter for a question (15.6 %, a py-spy profile; docs/performance.md, "The
-    scheduler's tick")."""
+    settings (``core.stores.redis_options``) and dropped after an error: it stores the
+    answers the process computes, so their bytes (up to ``QUERY_ANSWER_MAX_BYTES`` and the
+    gzip body) never cross the worker's connection to Redis. Writing them there was the
+    largest single part of the time a worker held its interpreter for a question (15.6 %, a
+    py-spy profile; docs/performance.md, "The scheduler's tick")."""
 
     def __init__(self) -> None:
         self._store: SnapshotStore | None = None
@@ -184,6 +184,7 @@ class ProcessRedis:
         from redis.exceptions import RedisError
 
         from covid_stats_api.core.config import get_settings
+        from covid_stats_api.core.stores import redis_options
         from covid_stats_contract.keys import RedisKeys
         from covid_stats_contract.snapshots import SnapshotStore
 
@@ -191,13 +192,10 @@ class ProcessRedis:
             if self._store is None:
                 settings = get_settings()
                 client = Redis.from_url(
-                    settings.redis_url,
-                    socket_timeout=settings.redis_socket_timeout_seconds,
-                    socket_connect_timeout=settings.redis_socket_timeout_seconds,
-                    client_name=APPLICATION_NAME,
+                    settings.redis_url, client_name=APPLICATION_NAME, **redis_options(settings)
                 )
                 self._store = SnapshotStore(client, RedisKeys(settings.redis_key_prefix))
-            return _loop().run_until_complete(self._store.store_answer(target, answer))
+            return _loop().run_until_complete(self._store.store_query(target, answer))
         except (RedisError, OSError):
             store, self._store = self._store, None
             if store is not None:
