@@ -64,6 +64,19 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     us = httpx.get(f"{upstream[1]}/v1/us/current.json").content
     # REPLAY_LAST_DAYS reached the replay upstream: the last days only.
     assert len(httpx.get(f"{upstream[1]}/v1/us/daily.json").json()) == RECENT_DAYS
+    # WEB_CONCURRENCY reaches gunicorn: a master with 3 workers. The master forks them one
+    # after another, with a random pause of up to 0.1 s between forks (gunicorn's
+    # Arbiter.spawn_workers), and a preloaded worker serves within milliseconds of its fork:
+    # the first may answer before the last is forked, so the count is waited for.
+    masters = [
+        p
+        for p in psutil.Process(process.proc.pid).children()
+        if "gunicorn" in " ".join(p.cmdline())
+    ]
+    assert len(masters) == 1
+    wait_until(lambda: len(masters[0].children()) >= 3, 30, what="the master's 3 workers")
+    assert len(masters[0].children()) == 3
+
     # Served from PostgreSQL between the fetcher's store and its publish, then from Redis.
     wait_until(
         lambda: all(
@@ -77,15 +90,6 @@ def test_make_run_serves_then_ctrl_c_leaves_no_process(state_dir: Path, tmp_path
     metrics = re.search(r"metrics: +(http://\S+)", output)
     assert metrics, output
     assert "covid_stats_api_requests_total" in httpx.get(metrics[1]).text
-
-    # WEB_CONCURRENCY reaches gunicorn: a master with 3 workers.
-    masters = [
-        p
-        for p in psutil.Process(process.proc.pid).children()
-        if "gunicorn" in " ".join(p.cmdline())
-    ]
-    assert len(masters) == 1
-    assert len(masters[0].children()) == 3
 
     children = _descendants(process)
     assert len(children) >= 6  # redis, postgres (+ backends), upstream, fetcher, api (+ workers)
