@@ -69,7 +69,7 @@ bench-fetcher: $(STAMP) ## Measure a cold refresh of the archive, every document
 	$(BIN)/python -m devstack.bench_fetcher
 
 .PHONY: bench-queries
-bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk; BENCH_ARGS="--apart": the api alone on CPU 0)
+bench-queries: $(STAMP) ## 10,000 distinct hostile queries: Redis and worker memory, hot-document p99 before/during/after (needs wrk; BENCH_ARGS="--apart": the api alone on CPU 0; "--apart --questions-api": the questions to a second api)
 	$(BIN)/python -m devstack.bench_queries $(BENCH_ARGS)
 
 .PHONY: soak

@@ -29,6 +29,12 @@ process now and then (traced: PostgreSQL's backends, at idle priority on wrk's C
 off its CPU for more than 3 ms 74 times in 4 s), and that delay is the instrument's, not the
 api's (docs/performance.md, "The scheduler's tick").
 
+``--questions-api`` sends the questions to a second api of their own (the same code and
+settings, its own gunicorn, workers and computation processes), as a deployment of their own
+for questions behind a route that splits by query string would (the chart has no such
+deployment yet: docs/performance.md, "What unchanged would take"); with ``--apart`` it runs on
+CPU 1 at idle priority, with the rest. The hot documents' api then answers no question.
+
 It reports; it asserts nothing about speed. ``QUERY_CACHE_MAX_BYTES`` and
 ``QUERY_ANSWER_MAX_BYTES`` from the environment apply (the shipped defaults otherwise).
 """
@@ -58,7 +64,7 @@ from covid_stats_contract.keys import RedisKeys
 from covid_stats_runtime.logs import configure_logging
 from devstack.bench_api import wrk
 from devstack.procs import free_port, wait_until
-from devstack.run import Stack, StartupError, api_metrics_url, start
+from devstack.run import Stack, StartupError, api_metrics_url, spawn_api, start
 from devstack.servers import LocalPostgres
 
 HOT = "/v1/states/current.json"
@@ -154,8 +160,8 @@ class CpuMeter:
     process is sampled twice a second and counted from when it was first seen (from 0 when
     it started meanwhile); what one spends after its last sample is missed."""
 
-    def __init__(self, master: int, stores: dict[str, int]) -> None:
-        self.master = master
+    def __init__(self, masters: dict[str, int], stores: dict[str, int]) -> None:
+        self.masters = masters
         self.stores = stores
         self._first: dict[tuple[int, float], tuple[str, float]] = {}
         self._last: dict[tuple[int, float], float] = {}
@@ -164,12 +170,13 @@ class CpuMeter:
         self._own = os.times()
 
     def _processes(self) -> Iterator[tuple[str, psutil.Process]]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for worker in psutil.Process(self.master).children():
-                yield "api workers", worker
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    for child in worker.children(recursive=True):
-                        yield "computations", child
+        for prefix, master in self.masters.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for worker in psutil.Process(master).children():
+                    yield f"{prefix}api workers", worker
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        for child in worker.children(recursive=True):
+                            yield f"{prefix}computations", child
         for name, pid in self.stores.items():
             with contextlib.suppress(psutil.NoSuchProcess):
                 server = psutil.Process(pid)
@@ -198,7 +205,15 @@ class CpuMeter:
         self._stop.set()
         self._thread.join()
         self._sample(first=False)
-        parts = dict.fromkeys(["api workers", "computations", "postgres", "redis"], 0.0)
+        parts = dict.fromkeys(
+            [
+                f"{prefix}{part}"
+                for prefix in self.masters
+                for part in ("api workers", "computations")
+            ]
+            + ["postgres", "redis"],
+            0.0,
+        )
         for key, (part, first) in self._first.items():
             parts[part] += self._last[key] - first
         own = os.times()
@@ -270,6 +285,8 @@ def _p99_line(
 
 
 API_CPU, OTHERS_CPU = 0, 1
+# ``--questions-api``: the second api's name among the stack's children (and in the log).
+QUESTIONS_API = "questions-api"
 
 
 def _place(pids: list[int], cpu: int, idle: bool) -> None:
@@ -298,7 +315,10 @@ def _apart(stack: Stack, master: int) -> None:
     os.sched_setaffinity(0, {OTHERS_CPU})  # this thread; the threads it starts inherit it
 
 
-def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, apart: bool) -> int:
+def bench(
+    state_dir: Path, count: int, clients: int, seconds: int, seed: int, apart: bool,
+    questions_api: bool,
+) -> int:  # fmt: skip
     log_path = state_dir / "bench-queries.log"
     env = dict(os.environ)
     env.setdefault("API_PORT", str(free_port()))
@@ -311,6 +331,21 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, ap
             with contextlib.redirect_stdout(log):
                 base = start(stack, state_dir)
             master = next(c for c in stack.children if c.name == "api").proc.pid
+            # The questions' api (``--questions-api``), else the hot documents' api; their
+            # masters, by the prefix their parts are reported under.
+            asked_base, masters, metrics_urls = base, {"": master}, [api_metrics_url(stack.env)]
+            if questions_api:
+                questions_env = {
+                    **stack.env,
+                    "API_PORT": str(free_port()),
+                    "API_METRICS_PORT": str(free_port()),
+                }
+                with contextlib.redirect_stdout(log):
+                    asked_base = spawn_api(stack, QUESTIONS_API, questions_env)
+                masters["questions "] = next(
+                    c for c in stack.children if c.name == QUESTIONS_API
+                ).proc.pid
+                metrics_urls.append(api_metrics_url(questions_env))
             realtime = False
             if apart:
                 _apart(stack, master)
@@ -321,7 +356,6 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, ap
                         " (needs CAP_SYS_NICE); its neighbours' ticks count in its figures",
                         file=sys.stderr, flush=True,
                     )  # fmt: skip
-            metrics = api_metrics_url(stack.env)
             client = redis.Redis.from_url(stack.env["REDIS_URL"])
             keys = RedisKeys(stack.env.get("REDIS_KEY_PREFIX", "covid-stats"))
             wait_until(
@@ -330,12 +364,12 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, ap
                 what="the first snapshot",
             )
 
-            def figures() -> tuple[int, int, list[int]]:
+            def figures() -> tuple[int, int, dict[str, list[int]]]:
                 memory = client.info("memory")
                 return (
                     int(memory["used_memory"]),
                     int(client.get(keys.query_used) or 0),
-                    _rss(master),
+                    {prefix: _rss(pid) for prefix, pid in masters.items()},
                 )
 
             paths = questions(count, seed)
@@ -364,14 +398,14 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, ap
                 "postgres" if isinstance(server, LocalPostgres) else "redis": server.pid
                 for server in stack.servers
             }
-            meter = CpuMeter(master, stores)
+            meter = CpuMeter(masters, stores)
             meter.start()
             began = time.monotonic()
             thread.start()
             try:
                 if apart:  # the questioning clients: on other machines in production
                     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-                statuses = asyncio.run(_ask(base, paths, clients))
+                statuses = asyncio.run(_ask(asked_base, paths, clients))
             finally:
                 asked.set()
                 if apart:
@@ -395,16 +429,20 @@ def bench(state_dir: Path, count: int, clients: int, seconds: int, seed: int, ap
                         f" {took:.0f} s ({count / took:.0f}/s); statuses:"
                         f" {dict(sorted(statuses.items()))}; "
                         + ("the api apart on CPU 0" if apart else "every part on every CPU")
-                        + (", wrk at a real-time priority" if realtime else ""),
+                        + (", wrk at a real-time priority" if realtime else "")
+                        + (", the questions to an api of their own" if questions_api else ""),
                         f"Redis used_memory      before {_mib(before[0])}, after"
                         f" {_mib(after[0])} (+{_mib(after[0] - before[0])})",
                         f"answers counted bytes  before {_mib(before[1])}, after"
                         f" {_mib(after[1])}; {answers} answer keys; evicted"
-                        f" {_evictions(metrics):.0f}",
-                        "worker RSS             before "
-                        + ", ".join(_mib(r) for r in before[2])
-                        + "; after "
-                        + ", ".join(_mib(r) for r in after[2]),
+                        f" {sum(_evictions(url) for url in metrics_urls):.0f}",
+                        *(
+                            f"{prefix + 'worker RSS':<22} before "
+                            + ", ".join(_mib(r) for r in before[2][prefix])
+                            + "; after "
+                            + ", ".join(_mib(r) for r in after[2][prefix])
+                            for prefix in masters
+                        ),
                         *(
                             _p99_line(
                                 load, seconds, hot_before[load], during[load], hot_after[load]
@@ -440,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         " (default: every part on every CPU)",
     )
     parser.add_argument(
+        "--questions-api",
+        action="store_true",
+        help="the questions to a second api of their own, as a deployment of their own for"
+        " questions would take them (with --apart: on CPU 1, idle-only); the hot documents'"
+        " api answers none",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(os.environ.get("DEVSTACK_STATE_DIR", ".local")) / "bench-queries",
@@ -455,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.apart and {API_CPU, OTHERS_CPU} - os.sched_getaffinity(0):
         print("--apart needs CPUs 0 and 1", file=sys.stderr)
         return 2
-    return bench(state_dir, args.queries, args.clients, args.seconds, args.seed, args.apart)
+    return bench(
+        state_dir, args.queries, args.clients, args.seconds, args.seed, args.apart,
+        args.questions_api,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

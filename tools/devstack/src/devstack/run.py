@@ -71,10 +71,17 @@ class Stack:
     servers: list[LocalRedis | LocalPostgres] = field(default_factory=list)
     edge: Varnish | None = None
 
-    def spawn(self, name: str, argv: list[str], stop_timeout: float = 10.0) -> Child:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        stop_timeout: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        """Start ``argv`` with the stack's environment (``env``, if given, instead)."""
         proc = subprocess.Popen(
             argv,
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
@@ -198,10 +205,21 @@ def start(stack: Stack, state_dir: Path) -> str:
     )
     for key, value in LOCAL_DEFAULTS.items():
         env.setdefault(key, value)
+    base = spawn_api(stack, "api", env)
+    if edge is not None:
+        varnish = stack.spawn("varnish", edge.argv())
+        edge.wait_listening(varnish.proc)
+        stack.edge = edge
+    return base
+
+
+def spawn_api(stack: Stack, name: str, env: dict[str, str]) -> str:
+    """Start the api under gunicorn with ``env`` (``API_HOST``, ``API_PORT``, the stores'
+    URLs); returns its base URL once it is ready."""
     api = stack.spawn(
-        "api",
+        name,
         [
-            python,
+            sys.executable,
             "-m",
             "gunicorn",
             "-c",
@@ -209,13 +227,12 @@ def start(stack: Stack, state_dir: Path) -> str:
             "covid_stats_api.main:app",
         ],
         stop_timeout=30.0,  # longer than gunicorn's graceful_timeout
+        env=env,
     )
     base = _local_url(env["API_HOST"], env.get("API_PORT", "8000"))
-    wait_until(_alive_and(api, _http_ok(f"{base}/readyz")), timeout=60, what="the api to be ready")
-    if edge is not None:
-        varnish = stack.spawn("varnish", edge.argv())
-        edge.wait_listening(varnish.proc)
-        stack.edge = edge
+    wait_until(
+        _alive_and(api, _http_ok(f"{base}/readyz")), timeout=60, what=f"the {name} to be ready"
+    )
     return base
 
 
