@@ -256,6 +256,41 @@ def test_the_rules_and_their_tests_use_only_exported_metric_names(path: Path) ->
     assert unknown_metric_names(text) == set()
 
 
+# A rule's increase() of a fetcher counter, and the matchers in its selector.
+INCREASE = re.compile(r"increase\((covid_stats_fetcher_[a-z_]+)\{([^}]*)\}\[")
+MATCHER = re.compile(r'(\w+)(=~?)"([^"]*)"')
+
+
+def test_every_fetcher_series_a_rule_counts_is_exported_before_its_first_increment(
+    monitoring: Monitoring,
+) -> None:
+    """increase() cannot count a series' first sample: a labelled counter born at its first
+    failure would keep that failure from every alert. Each series a rule's increase() selects
+    (every label value its matchers name, `=~"a|b"` as a and b) is exported by the fetcher's
+    metrics module from the start, before anything has counted."""
+    exported = [
+        (sample.name, sample.labels)
+        for counter in vars(fetcher_metrics).values()
+        if isinstance(counter, Counter)
+        for family in counter.collect()
+        for sample in family.samples
+    ]
+    checked = 0
+    for rule in monitoring.rules:
+        for name, matchers in INCREASE.findall(rule["expr"]):
+            wanted: list[dict[str, str]] = [{}]
+            for label, op, value in MATCHER.findall(matchers):
+                if label != "job":  # Prometheus's, not the process's
+                    values = value.split("|") if op == "=~" else [value]
+                    wanted = [{**w, label: v} for w in wanted for v in values]
+            for labels in wanted:
+                assert any(n == name and labels.items() <= got.items() for n, got in exported), (
+                    f"{rule['alert']}: no {name}{labels} before its first increment"
+                )
+                checked += 1
+    assert checked >= 4
+
+
 # --- dashboard.json ---------------------------------------------------------------------------
 
 

@@ -7,12 +7,23 @@ exact. Names follow Prometheus conventions (base units, ``_total``, ``_seconds``
 from __future__ import annotations
 
 import time
+from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from covid_stats_contract.resources import RESOURCES
 from stats_fetcher import __version__
 
 NAMESPACE = "covid_stats_fetcher"
+
+# The label values the alert rules count failures by. A labelled series exists only from the
+# first time its values are used, and increase() cannot count a series' first sample: born
+# at 1, the first failure would never reach an alert (CovidStatsFetchFailing,
+# CovidStatsPublishFailing, CovidStatsWebhookDeliveriesGivenUp). Each of these series is
+# exported at 0 from the start (the end of this module).
+FetchOutcome = Literal["updated", "unchanged", "not_modified", "rejected", "failed"]
+PublishError = Literal["redis", "fenced"]
+WebhookOutcome = Literal["delivered", "retry", "given_up"]
 
 FETCHES = Counter(
     "fetches",
@@ -151,3 +162,12 @@ PURGE_PENDING_KEYS = Gauge(
     " reached every address)",
     namespace=NAMESPACE,
 )
+
+
+for _resource in RESOURCES:
+    for _outcome in get_args(FetchOutcome):
+        FETCHES.labels(_resource.key, _outcome)
+for _reason in get_args(PublishError):
+    PUBLISH_ERRORS.labels(_reason)
+for _outcome in get_args(WebhookOutcome):
+    WEBHOOK_DELIVERIES.labels(_outcome)

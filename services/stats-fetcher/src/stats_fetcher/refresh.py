@@ -43,7 +43,7 @@ tracer = trace.get_tracer(__name__)
 @dataclass(frozen=True, slots=True)
 class Outcome:
     resource: str
-    outcome: str  # updated | unchanged | not_modified | rejected | failed
+    outcome: metrics.FetchOutcome
     reason: str | None = None
     records: int = 0
     written: int = 0
@@ -56,7 +56,7 @@ class Outcome:
 class RefreshResult:
     outcomes: list[Outcome] = field(default_factory=list)
     snapshot_id: str | None = None
-    publish_error: str | None = None
+    publish_error: metrics.PublishError | None = None
     logged: Publish | None = None  # the publishes row (None: nothing changed, or not logged)
 
     @property
@@ -152,7 +152,7 @@ class Refresher:
             await self.snapshots.activate(snapshot_id, fence)
             result.snapshot_id = snapshot_id
         except ResponseError as exc:
-            reason = "fenced" if "FENCED" in str(exc) else "redis"
+            reason: metrics.PublishError = "fenced" if "FENCED" in str(exc) else "redis"
             result.publish_error = reason
             metrics.PUBLISH_ERRORS.labels(reason).inc()
             log.error("publish_refused", reason=reason, error=str(exc))

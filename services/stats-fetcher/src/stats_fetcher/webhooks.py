@@ -192,7 +192,9 @@ class WebhookSender:
         metrics.WEBHOOK_DELIVERY_DURATION.observe(time.perf_counter() - started)
         attempts: int = row["attempts"]
         given_up = error is not None and attempts >= self.settings.webhook_max_attempts
-        outcome = "delivered" if error is None else "given_up" if given_up else "retry"
+        outcome: metrics.WebhookOutcome = (
+            "delivered" if error is None else "given_up" if given_up else "retry"
+        )
         wait = backoff(
             attempts,
             self.settings.webhook_retry_initial_seconds,
