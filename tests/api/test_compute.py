@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -242,6 +243,37 @@ def test_computation_processes_write_no_metrics_and_end_with_their_worker(
         assert alive == [], alive
     finally:
         process.stop()
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_a_stop_after_computations_ends_the_processes_and_logs_only_json(
+    published_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Structured logs to the end: after computations, the api's stop (SIGTERM to the
+    master) ends the processes, and everything the api wrote, its stop included, is JSON
+    lines. The pool shut down without joining its processes left its queues' semaphores to
+    the resource tracker, which warned of them in plain text at every stop. At INFO, so that
+    gunicorn's own lines from the start to the stop are there too."""
+    process, base = _start({**published_env, "LOG_LEVEL": "INFO"}, tmp_path_factory, 2)
+    try:
+        worker = _worker(process)
+        assert asyncio.run(_ask_all(base, HEAVY[:2])) == [200, 200]
+        assert _niced(worker)
+        descendants = worker.children(recursive=True)
+    finally:
+        code = process.stop()
+    assert code == 0
+    _, alive = psutil.wait_procs(descendants, timeout=30)
+    assert alive == [], alive
+    lines = [line for line in process.output().splitlines() if line.strip()]
+    assert len(lines) > 3
+    assert [line for line in lines if not _json_object(line)] == []
 
 
 def test_record_texts_reach_the_answer_whole_through_the_joined_fetch(

@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield offered
         finally:
             gauges.cancel()
-            compute.close()
+            await compute.close()
             await watcher.stop()
             await stores.close()
 

@@ -281,7 +281,13 @@ class ComputePool:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the processes: queued computations cancelled, a running one finished (at a
+        worker's stop the drain has answered every request already), in a thread, as joining
+        them waits. Joined, the pool's queues go, and their semaphores are unlinked: shut
+        down without waiting, the worker exited with them still registered, and the
+        resource tracker warned of "leaked semaphore objects" at every stop (plain text
+        among the JSON log lines)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
