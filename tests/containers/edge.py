@@ -7,9 +7,9 @@ pods share the host's network) and played as tests/pods.py plays the others, wit
 4.3 needs done here:
 - the edge pod has two containers (varnishd and the exporter); :func:`tests.pods.for_podman`
   plays one: each is made into a played pod the same way and the two joined;
-- no Service exists: the VCL's backend (the api Service's name and port) is that Service's
-  target port on this machine (:func:`tests.pods.service_target`), the one line changed in
-  the played ConfigMap;
+- no Service exists: each of the VCL's backends (the api Service's name and port; the
+  questions' too with questions.enabled) is that Service's target port on this machine
+  (:func:`tests.pods.service_target`), the lines changed in the played ConfigMap;
 - the images: the official varnish image cannot be pulled here; the stand-in `make images`
   builds the exporter on (build_images.VARNISH_STAND_IN: tests/containers/edge/Containerfile on
   the stand-in Debian base, with Debian's varnish, varnish-modules and
@@ -24,7 +24,7 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,12 @@ def ensure_images(podman: Podman, varnish: str, exporter: str) -> None:
 def play_edge(
     podman: Podman,
     rendered: Rendered,
-    api_container: dict[str, Any],
+    containers: Mapping[str, dict[str, Any]],
     folder: Path,
 ) -> tuple[Pod, dict[str, Any], Path]:
-    """Play the edge pod; returns it, its rendered Deployment and the played file."""
+    """Play the edge pod; returns it, its rendered Deployment and the played file.
+    ``containers``: the played containers its VCL's backends reach, by component (the api's;
+    the questions' too with questions.enabled)."""
     doc = edge_deployment(rendered)
     name = doc["metadata"]["name"]
     meta, spec = doc["spec"]["template"]["metadata"], doc["spec"]["template"]["spec"]
@@ -127,17 +129,20 @@ def play_edge(
     (vcl_volume,) = [v for v in spec["volumes"] if "configMap" in v]
     config = rendered.get("ConfigMap", vcl_volume["configMap"]["name"])
     (key,) = config["data"]
-    vcl = config["data"][key]
-    host = re.search(r'\.host\s*=\s*"([^"]*)"', vcl)
-    port = re.search(r'\.port\s*=\s*"([^"]*)"', vcl)
-    assert host, vcl
-    assert port, vcl
-    target = httpx.URL(
-        service_target(rendered, f"http://{host[1]}:{port[1]}", {"api": api_container})
-    )
-    vcl = vcl.replace(host[0], f'.host = "{target.host}"').replace(
-        port[0], f'.port = "{target.port}"'
-    )
+
+    def to_target(block: re.Match[str]) -> str:
+        text = block[0]
+        host = re.search(r'\.host\s*=\s*"([^"]*)"', text)
+        port = re.search(r'\.port\s*=\s*"([^"]*)"', text)
+        assert host, text
+        assert port, text
+        target = httpx.URL(service_target(rendered, f"http://{host[1]}:{port[1]}", containers))
+        return text.replace(host[0], f'.host = "{target.host}"').replace(
+            port[0], f'.port = "{target.port}"'
+        )
+
+    vcl, backends = re.subn(r"(?s)\nbackend \w+ \{.*?\n\}", to_target, config["data"][key])
+    assert backends >= 1, vcl
     config = {**config, "data": {key: vcl}}
     path = folder / "edge-cache.yaml"
     (pod,) = podman.play([config, played], path)

@@ -44,6 +44,7 @@ from deploy_support import (
     Rendered,
     container_argv,
     container_env,
+    container_port,
     dashboard_panels,
     dashboard_queries,
     helm_template,
@@ -531,11 +532,120 @@ def test_the_edge_pod_caches_and_purges_by_surrogate_key(system: System) -> None
     varnishd's counters (tests/containers/edge.py says how and checks)."""
     rendered = edge.render_edge(VALUES, system.folder)
     api = system.containers["api"]
-    pod, doc, path = edge.play_edge(system.podman, rendered, api, system.folder)
+    pod, doc, path = edge.play_edge(system.podman, rendered, {"api": api}, system.folder)
     try:
         edge.prove(pod, doc, system.url("api"))
     finally:
         system.podman.down(path)
+
+
+def _served(metrics_url: str) -> float:
+    """Requests a pod's api counted (its /metrics), the probes' (/healthz, /readyz) left out:
+    the kubelet's stand-in and the edge's backend probes ask those."""
+    samples = metric_samples(httpx.get(metrics_url, timeout=10).text)
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "covid_stats_api_requests_total"
+        and dict(labels).get("route") not in ("/healthz", "/readyz")
+    )
+
+
+def test_the_questions_pod_answers_the_questions_the_edge_sends_it(system: System) -> None:
+    """questions.enabled: the chart's questions Deployment played beside the api pod, the edge
+    pod in front of both with the rendered VCL. Through the edge a question (a query string)
+    is answered by the questions pod and a hot document by the api pod, each pod's own request
+    counter says so, and the question's answer is the api pod's own. On the host's network the
+    questions pod cannot have the api pod's ports (a kubelet gives each pod an address): it
+    gets its own in its played copy of the api's ConfigMap (API_PORT, API_METRICS_PORT)."""
+    values = system.folder / "questions-values.json"
+    values.write_text(
+        json.dumps(
+            nested_values(
+                {
+                    "questions.enabled": True,
+                    "questions.replicas": 1,  # podman plays one pod per Deployment
+                    "questions.autoscaling.enabled": False,
+                    "edgeCache.enabled": True,
+                    "edgeCache.port": free_port(),
+                    "edgeCache.purgePort": free_port(),
+                    "edgeCache.metrics.port": free_port(),
+                    "edgeCache.purge.acl": ["127.0.0.1", "::1"],
+                    "externalDatabase.maxConnections": 1000,
+                }
+            )
+        )
+    )
+    rendered = Rendered(helm_template(VALUES, system.folder / "values.json", values).stdout)
+    (doc,) = [
+        d
+        for d in rendered.of_kind("Deployment")
+        if d["spec"]["template"]["metadata"]["labels"][COMPONENT_LABEL] == "questions"
+    ]
+    spec = rendered.pod_spec(doc)
+    (main,) = for_podman(rendered, doc, system.folder / "secrets")
+    ports = {"http": free_port(), "metrics": free_port()}
+    config_maps = [
+        {**config, "data": {**config["data"], "API_PORT": str(ports["http"])}}
+        if "API_PORT" in config.get("data", {})
+        else config
+        for config in config_maps_of(rendered, spec)
+    ]
+    for config in config_maps:
+        if "API_METRICS_PORT" in config.get("data", {}):
+            config["data"]["API_METRICS_PORT"] = str(ports["metrics"])
+    (container,) = spec["containers"]
+    questions = {
+        **container,
+        "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
+    }
+    path = system.folder / "questions.yaml"
+    (pod,) = system.podman.play([*config_maps, main], path)
+    edge_path: Path | None = None
+    try:
+        base = f"http://127.0.0.1:{ports['http']}"
+        edge.wait_serving(
+            pod,
+            lambda: (
+                edge.answers(f"{base}/readyz")
+                and httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+            ),
+            "the questions pod's readiness",
+        )
+        edge_pod, edge_doc, edge_path = edge.play_edge(
+            system.podman,
+            rendered,
+            {"api": system.containers["api"], "questions": questions},
+            system.folder,
+        )
+        front = f"http://127.0.0.1:{edge.rendered_ports(edge_doc)['http']}"
+        edge.wait_serving(edge_pod, lambda: edge.answers(f"{front}/healthz"), "the edge")
+        metrics = {
+            "api": f"http://127.0.0.1:{container_port(system.containers['api'], 'metrics')}"
+            "/metrics",
+            "questions": f"http://127.0.0.1:{ports['metrics']}/metrics",
+        }
+        before = {name: _served(url) for name, url in metrics.items()}
+        question = "/v1/states/daily.json?states=ca,ny&lastdays=3"
+        asked = httpx.get(f"{front}{question}", timeout=30)
+        hot = httpx.get(f"{front}/v1/us/current.json", timeout=30)
+        assert (asked.status_code, hot.status_code) == (200, 200)
+        after = {name: _served(url) for name, url in metrics.items()}
+        assert {name: after[name] - before[name] for name in metrics} == {
+            "api": 1,
+            "questions": 1,
+        }
+        direct = httpx.get(f"{system.url('api')}{question}", timeout=30)
+        assert asked.content == direct.content
+        assert len(asked.json()) == 6
+    finally:
+        if edge_path is not None:
+            system.podman.down(edge_path)
+        system.podman.down(path)
+    summary(
+        "containers: questions pod behind the edge: a question answered by it, a hot document"
+        " by the api pod (their request counters +1 each)"
+    )
 
 
 # -- 3. Prometheus, the chart's rules and dashboard --------------------------------------------

@@ -44,6 +44,8 @@ from deploy_support import (
         ),
         ({"networkPolicy.egress.dns.ports": [{"port": 53, "protocol": "ICMP"}]}, "/protocol"),
         ({"networkPolicy.egress.upstream.cidr": "0.0.0.0/0"}, "'cidr' not allowed"),
+        ({"questions.replica": 2}, "additional properties 'replica' not allowed"),
+        ({"questions.autoscaling.maxReplicas": 0}, "/questions/autoscaling/maxReplicas"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
@@ -58,6 +60,25 @@ def test_schema_rejects_unknown_keys_and_wrong_types(
 @pytest.mark.parametrize(
     ("values", "message"),
     [
+        (
+            {"questions.enabled": True, "edgeCache.enabled": False},
+            "questions.enabled needs edgeCache.enabled",
+        ),
+        (
+            {
+                "questions.enabled": True,
+                "edgeCache.enabled": True,
+                "questions.autoscaling.minReplicas": 4,
+                "questions.autoscaling.maxReplicas": 3,
+                "postgresql.maxConnections": 1000,
+            },
+            "questions.autoscaling.minReplicas (4) exceeds questions.autoscaling.maxReplicas (3)",
+        ),
+        (
+            # The questions' pods are api pods in the budget: 6 + 6 of them at most, a surge each.
+            {"questions.enabled": True, "edgeCache.enabled": True},
+            "the api may open (12 pods + 2 surge + 2 terminating) x 2 workers",
+        ),
         (
             {"api.autoscaling.maxReplicas": 9},
             "PostgreSQL connection budget exceeded: the api may open (9 pods + 1 surge + 1 "

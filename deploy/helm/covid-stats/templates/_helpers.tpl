@@ -682,6 +682,11 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- include "covid-stats.egress.inRelease" (list . "api" .Values.api.port) -}}
 {{- end -}}
 
+{{/* To the questions' pods (questions.enabled: the edge cache's egress). */}}
+{{- define "covid-stats.egress.questions" -}}
+{{- include "covid-stats.egress.inRelease" (list . "questions" .Values.api.port) -}}
+{{- end -}}
+
 
 {{/* The edge cache (edgeCache) ---------------------------------------------------------
      The Service that clients and the chart's Ingress / HTTPRoute reach: the edge's when it is
@@ -734,6 +739,20 @@ argocd.argoproj.io/sync-wave: {{ index . 1 | quote }}
 {{- $vcl = regexReplaceAll $hostRe $vcl (printf "${1}\"%s\"" (include "covid-stats.componentName" (list . "api"))) -}}
 {{- $vcl = regexReplaceAll $portRe $vcl (printf "${1}\"%d\"" (int .Values.api.service.port)) -}}
 {{- $vcl = regexReplaceAll $aclRe $vcl (printf "${1}\n%s\n}" (join "\n" $entries)) -}}
+{{- if .Values.questions.enabled -}}
+{{- /* The questions' pods (questions.enabled): a second backend, the api's with the questions'
+     Service for host, and a vcl_recv of its own before the file's (Varnish runs a subroutine's
+     definitions in order) that sends every request with a query string there. */ -}}
+{{- $backendRe := `(?s)\nbackend api \{.*?\n\}` -}}
+{{- $recv := "\nsub vcl_recv {" -}}
+{{- if or (ne (len (regexFindAll $backendRe $vcl -1)) 1) (ne (len (regexFindAll (regexQuoteMeta $recv) $vcl -1)) 1) -}}
+{{- fail "questions: files/varnish/default.vcl must have exactly one `backend api { ... }` and one `sub vcl_recv {` at the start of a line for the chart to route the questions" -}}
+{{- end -}}
+{{- $questions := regexFind $backendRe $vcl | replace "backend api {" "backend questions {" -}}
+{{- $questions = regexReplaceAll $hostRe $questions (printf "${1}\"%s\"" (include "covid-stats.componentName" (list . "questions"))) -}}
+{{- $route := printf "%s\n\n# questions.enabled: a request with a query string is a question, for the questions' pods.\nsub vcl_recv {\n    if (local.socket != \"purge\" && req.url ~ \"\\?\") {\n        set req.backend_hint = questions;\n    }\n}\n%s" $questions $recv -}}
+{{- $vcl = replace $recv $route $vcl -}}
+{{- end -}}
 {{- $vcl -}}
 {{- end -}}
 

@@ -30,10 +30,10 @@ off its CPU for more than 3 ms 74 times in 4 s), and that delay is the instrumen
 api's (docs/performance.md, "The scheduler's tick").
 
 ``--questions-api`` sends the questions to a second api of their own (the same code and
-settings, its own gunicorn, workers and computation processes), as a deployment of their own
-for questions behind a route that splits by query string would (the chart has no such
-deployment yet: docs/performance.md, "What unchanged would take"); with ``--apart`` it runs on
-CPU 1 at idle priority, with the rest. The hot documents' api then answers no question.
+settings, its own gunicorn, workers and computation processes), as the chart's questions
+Deployment behind the edge cache takes them (``questions.enabled``: docs/edge-cache.md); with
+``--apart`` it runs on CPU 1 at idle priority, with the rest. The hot documents' api then
+answers no question.
 
 It reports; it asserts nothing about speed. ``QUERY_CACHE_MAX_BYTES`` and
 ``QUERY_ANSWER_MAX_BYTES`` from the environment apply (the shipped defaults otherwise).
@@ -480,9 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--questions-api",
         action="store_true",
-        help="the questions to a second api of their own, as a deployment of their own for"
-        " questions would take them (with --apart: on CPU 1, idle-only); the hot documents'"
-        " api answers none",
+        help="the questions to a second api of their own, as the chart's questions Deployment"
+        " takes them (with --apart: on CPU 1, idle-only); the hot documents' api answers none",
     )
     parser.add_argument(
         "--state-dir",

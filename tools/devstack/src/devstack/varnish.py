@@ -54,6 +54,9 @@ class Varnish:
     backend_host: str = "127.0.0.1"
     cpu: int | None = None  # pinned to this CPU (taskset) when set: the bench
     memory: str = "256m"
+    # A VCL of its own (the chart's render, its backends set), instead of the repository's
+    # rendered to ``backend_host``:``backend_port``.
+    vcl: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,7 +81,9 @@ class Varnish:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)  # the rendered VCL is read by varnishd's unprivileged user
         vcl = self.workdir / "default.vcl"
-        vcl.write_text(render_vcl(self.backend_host, self.backend_port))
+        vcl.write_text(
+            render_vcl(self.backend_host, self.backend_port) if self.vcl is None else self.vcl
+        )
         vcl.chmod(0o644)
         argv = [
             binary,

@@ -222,3 +222,9 @@ spec:
 {{- end }}
 {{- end -}}
 
+{{/* The questions' values (questions.enabled): the api's, with questions' own over them
+     (replicas, autoscaling, pdb, resources). Its pods share the api's ConfigMap, Secrets,
+     ServiceAccount and metrics job. include "covid-stats.questions.values" . | fromYaml */}}
+{{- define "covid-stats.questions.values" -}}
+{{- toYaml (mergeOverwrite (deepCopy .Values.api) (omit .Values.questions "enabled")) -}}
+{{- end -}}
