@@ -574,3 +574,24 @@ def wait_200(process: Process, url: str, timeout: float) -> httpx.Response:
         answer = f"{last[0].status_code} {last[0].text[:300]}" if last else "no answer"
         raise AssertionError(f"{url}: {answer}\n{process.output()[-3000:]}") from exc
     return last[0]
+
+
+def checkov_kubernetes(folder: Path) -> subprocess.CompletedProcess[str]:
+    """checkov's kubernetes checks, with deploy/checkov.yaml's skips, on the manifests in
+    ``folder`` (compact and quiet: only what fails is printed)."""
+    result: subprocess.CompletedProcess[str] = run(
+        [
+            tool("checkov"),
+            "--config-file",
+            REPO / "deploy" / "checkov.yaml",
+            "--framework",
+            "kubernetes",
+            "-d",
+            folder,
+            "--compact",
+            "--quiet",
+        ],
+        check=False,
+        cwd=REPO,
+    )
+    return result

@@ -26,6 +26,7 @@ from deploy_support import (
     MAIN_CONTAINERS,
     RELEASE,
     Rendered,
+    checkov_kubernetes,
     container_env,
     helm_template,
     operator_jobs,
@@ -463,23 +464,8 @@ def test_hadolint_passes_on_the_edge_images() -> None:
 
 def test_checkov_passes_on_the_edge(edge: tuple[Rendered, Path], tmp_path: Path) -> None:
     _, path = edge
-    config = REPO / "deploy" / "checkov.yaml"
     shutil.copy(path, tmp_path / path.name)
-    result = run(
-        [
-            tool("checkov"),
-            "--config-file",
-            config,
-            "--framework",
-            "kubernetes",
-            "-d",
-            tmp_path,
-            "--compact",
-            "--quiet",
-        ],
-        check=False,
-        cwd=REPO,
-    )
+    result = checkov_kubernetes(tmp_path)
     assert result.returncode == 0, result.stdout[-5000:]
 
 

@@ -23,6 +23,7 @@ from deploy_support import (
     KUBERNETES_VERSIONS,
     MAIN_CONTAINERS,
     Rendered,
+    checkov_kubernetes,
     operator_jobs,
     render,
     run,
@@ -31,7 +32,7 @@ from deploy_support import (
 )
 from devstack.procs import free_port
 from devstack.varnish import Varnish, varnishd_binary
-from support import REPO, scratch_dir
+from support import scratch_dir
 
 QUESTIONS_VALUES = values_file("questions")
 API_DEPLOYMENT, API_CONTAINER = MAIN_CONTAINERS["api"]
@@ -274,19 +275,5 @@ def test_checkov_passes_on_the_questions(rendered: Rendered, tmp_path: Path) -> 
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "questions.yaml").write_text(rendered.text)
-    result = run(
-        [
-            tool("checkov"),
-            "--config-file",
-            REPO / "deploy" / "checkov.yaml",
-            "--framework",
-            "kubernetes",
-            "-d",
-            manifests,
-            "--compact",
-            "--quiet",
-        ],
-        check=False,
-        cwd=REPO,
-    )
+    result = checkov_kubernetes(manifests)
     assert result.returncode == 0, result.stdout[-5000:]
