@@ -585,15 +585,11 @@ def test_the_questions_pod_answers_the_questions_the_edge_sends_it(system: Syste
     spec = rendered.pod_spec(doc)
     (main,) = for_podman(rendered, doc, system.folder / "secrets")
     ports = {"http": free_port(), "metrics": free_port()}
-    config_maps = [
-        {**config, "data": {**config["data"], "API_PORT": str(ports["http"])}}
-        if "API_PORT" in config.get("data", {})
-        else config
+    own = {"API_PORT": str(ports["http"]), "API_METRICS_PORT": str(ports["metrics"])}
+    config_maps = [  # the api's ConfigMap, played with the questions pod's own ports
+        {**config, "data": {**config["data"], **own}} if "API_PORT" in config["data"] else config
         for config in config_maps_of(rendered, spec)
     ]
-    for config in config_maps:
-        if "API_METRICS_PORT" in config.get("data", {}):
-            config["data"]["API_METRICS_PORT"] = str(ports["metrics"])
     (container,) = spec["containers"]
     questions = {
         **container,
